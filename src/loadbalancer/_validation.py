@@ -1,0 +1,40 @@
+"""Argument checks shared by the public entry points; each error names the argument."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["check_callable", "check_key", "check_positive_int", "check_server"]
+
+
+def check_server(value: object, name: str = "server") -> str:
+    """Return ``value`` if it is a usable server name, else raise naming ``name``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    return value
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Return ``value`` if it is an int >= 1 (bool excluded), else raise naming ``name``."""
+    # bool is an int subclass; max_servers=True is a bug, not a capacity of one.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def check_callable(value: object, name: str) -> Callable[..., Any]:
+    """Return ``value`` if it is callable, else raise naming ``name``."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, not {type(value).__name__}")
+    return value
+
+
+def check_key(key: object) -> None:
+    """Raise unless ``key`` is a str or bytes; hash keys must hash the same everywhere."""
+    if not isinstance(key, (str, bytes)):
+        raise TypeError(f"key must be str or bytes, not {type(key).__name__}")

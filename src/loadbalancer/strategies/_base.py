@@ -1,0 +1,61 @@
+"""The extension point: a Strategy turns each snapshot of the pool into a Picker."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Protocol, TypeAlias
+
+from .._snapshot import Snapshot
+
+__all__ = ["Key", "PickFunction", "Picker", "Strategy"]
+
+Key: TypeAlias = str | bytes
+"""A hash key for sticky picks: the same key maps to the same server in every process."""
+
+
+class PickFunction(Protocol):
+    """The signature of ``LoadBalancer.get`` and ``Picker.pick``."""
+
+    def __call__(self, key: Key | None = None) -> str:
+        """Return the server for one request; ``key`` pins it for hashing strategies."""
+        ...
+
+
+class Picker(ABC):
+    """Selection over one immutable snapshot: what ``LoadBalancer.get`` calls per request.
+
+    Contract for implementers:
+
+    * ``pick`` is the hot path. It runs on many threads at once with no lock held, so any
+      state it changes (a rotation position) must tolerate concurrent calls.
+    * It returns one of the snapshot's servers. It is never built for an empty snapshot.
+    * A ``key`` that is not ``None`` must be ``str`` or ``bytes``; strategies that do not hash
+      ignore it after checking its type (see ``loadbalancer._validation.check_key``).
+    """
+
+    __slots__ = ()
+
+    @abstractmethod
+    def pick(self, key: Key | None = None) -> str:
+        """Return the server for one request."""
+
+
+class Strategy(ABC):
+    """How servers are chosen. Subclass it to write your own.
+
+    ``build`` is called under the balancer's mutation lock every time the set of eligible
+    servers changes, and never on the request path: precompute tables, prefix sums or rings
+    there. ``previous`` is the picker this strategy built for the same balancer last time (or
+    ``None``); a stateful strategy hands its state from it to the new picker, so that, say, a
+    rotation continues where it was. A strategy holds configuration only, so one instance may
+    serve several balancers.
+    """
+
+    __slots__ = ()
+
+    @abstractmethod
+    def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
+        """Return a picker over ``snapshot`` (which is never empty)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

@@ -1,0 +1,72 @@
+"""Round-robin: each server in turn, in registration order."""
+
+from __future__ import annotations
+
+import sys
+import sysconfig
+from collections.abc import Callable
+from itertools import count, cycle, repeat
+from operator import mod
+from typing import final
+
+from .._snapshot import Snapshot
+from .._validation import check_key
+from ._base import Key, Picker, Strategy
+
+__all__ = ["RoundRobinStrategy"]
+
+# itertools.cycle is safe for concurrent next() under the GIL, and on free-threaded builds from
+# 3.14 (gh-123471). On free-threaded 3.13 only itertools.count is atomic (gh-117657), so there the
+# rotation is derived from a shared counter instead. Both keep the whole pick in C.
+_CYCLE_IS_THREAD_SAFE = sys.version_info >= (3, 14) or not sysconfig.get_config_var(
+    "Py_GIL_DISABLED"
+)
+
+
+def _rotation(order: tuple[str, ...]) -> Callable[[], str]:
+    """Return a thread-safe, C-level function yielding ``order`` endlessly."""
+    if _CYCLE_IS_THREAD_SAFE:
+        return cycle(order).__next__
+    return map(order.__getitem__, map(mod, count(), repeat(len(order)))).__next__
+
+
+@final
+class _RoundRobinPicker(Picker):
+    __slots__ = ("_next", "order")
+
+    def __init__(self, order: tuple[str, ...]) -> None:
+        self.order = order
+        self._next = _rotation(order)
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return the next server in the rotation."""
+        if key is not None:
+            check_key(key)
+        return self._next()
+
+
+def _continue_from(previous: _RoundRobinPicker, servers: tuple[str, ...]) -> int:
+    """Index in ``servers`` at which the rotation of ``previous`` continues."""
+    # Drawing one pick from a picker that is about to be retired tells where it stood; a few
+    # concurrent gets may still use it, and they simply share the rotation a moment longer.
+    upcoming = previous.pick()
+    position = {server: index for index, server in enumerate(servers)}
+    old = previous.order
+    at = old.index(upcoming)
+    for server in old[at:] + old[:at]:
+        if server in position:
+            return position[server]
+    return 0
+
+
+@final
+class RoundRobinStrategy(Strategy):
+    """Each server in turn, in registration order; the rotation survives pool changes."""
+
+    __slots__ = ()
+
+    def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
+        """Return a picker that rotates over the snapshot's servers."""
+        servers = snapshot.servers
+        start = _continue_from(previous, servers) if isinstance(previous, _RoundRobinPicker) else 0
+        return _RoundRobinPicker(servers[start:] + servers[:start])
