@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -88,7 +89,7 @@ def test_str_and_bytes_keys_are_accepted(make_strategy: StrategyFactory, key: st
 
 
 def snapshot(*servers: str) -> Snapshot:
-    return Snapshot.of(tuple(Endpoint(s) for s in servers))
+    return Snapshot.of(tuple(Endpoint(s) for s in servers), time.monotonic)
 
 
 def test_build_accepts_a_previous_picker_of_another_strategy(

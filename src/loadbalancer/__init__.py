@@ -3,8 +3,10 @@
 from ._balancer import LoadBalancer as LoadBalancer
 from ._errors import LoadBalancerError as LoadBalancerError
 from ._errors import NoServersAvailableError as NoServersAvailableError
+from ._lease import Lease as Lease
 from ._snapshot import Endpoint as Endpoint
 from ._snapshot import Snapshot as Snapshot
+from ._stats import ServerStats as ServerStats
 from .strategies._base import Key as Key
 from .strategies._base import Picker as Picker
 from .strategies._base import PickFunction as PickFunction
@@ -15,6 +17,7 @@ from .strategies.round_robin import RoundRobinStrategy as RoundRobinStrategy
 __all__ = [
     "Endpoint",
     "Key",
+    "Lease",
     "LoadBalancer",
     "LoadBalancerError",
     "NoServersAvailableError",
@@ -22,6 +25,7 @@ __all__ = [
     "Picker",
     "RandomStrategy",
     "RoundRobinStrategy",
+    "ServerStats",
     "Snapshot",
     "Strategy",
 ]

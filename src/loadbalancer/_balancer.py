@@ -5,13 +5,21 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import final
 
 from ._errors import NoServersAvailableError
+from ._lease import Lease, check_latency, check_ok
 from ._snapshot import Endpoint, Snapshot
-from ._validation import check_callable, check_key, check_positive_int, check_server
+from ._stats import ServerStats
+from ._validation import (
+    check_callable,
+    check_key,
+    check_positive_int,
+    check_server,
+    check_weight,
+)
 from .strategies._base import Key, Picker, PickFunction, Strategy
 from .strategies.round_robin import RoundRobinStrategy
 
@@ -76,7 +84,16 @@ class LoadBalancer:
       the pool never holds more than ``max_servers``, even for an instant.
     """
 
-    __slots__ = ("__weakref__", "_clock", "_lock", "_max_servers", "_strategy", "_view", "get")
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_decay",
+        "_lock",
+        "_max_servers",
+        "_strategy",
+        "_view",
+        "get",
+    )
 
     get: PickFunction
     """Return the server for the next request; raise NoServersAvailableError if none."""
@@ -90,7 +107,8 @@ class LoadBalancer:
     ) -> None:
         self._strategy = RoundRobinStrategy() if strategy is None else _check_strategy(strategy)
         self._max_servers = check_positive_int(max_servers, "max_servers")
-        self._clock = check_callable(clock, "clock")
+        self._clock: Callable[[], float] = check_callable(clock, "clock")
+        self._decay = self._strategy.latency_decay
         self._lock = threading.Lock()
         self._view = _EMPTY_VIEW
         # get is the current picker's bound pick: a request costs one Python call, no more.
@@ -98,14 +116,34 @@ class LoadBalancer:
 
     # -- membership -------------------------------------------------------------------------
 
-    def register(self, server: str) -> bool:
-        """Add ``server``; return False if it is already present or the pool is full."""
+    def register(self, server: str, weight: float = 1) -> bool:
+        """Add ``server``; return False if it is already present or the pool is full.
+
+        ``weight`` (a positive finite number) matters to weight-aware strategies only.
+        """
         check_server(server)
+        check_weight(weight)
         with self._lock:
             endpoints = self._view.endpoints
             if server in endpoints or len(endpoints) >= self._max_servers:
                 return False
-            self._publish({**endpoints, server: Endpoint(server)})
+            self._publish({**endpoints, server: Endpoint(server, weight)})
+            return True
+
+    def set_weight(self, server: str, weight: float) -> bool:
+        """Change the weight of ``server``; return False if it is not present."""
+        check_server(server)
+        check_weight(weight)
+        with self._lock:
+            endpoint = self._view.endpoints.get(server)
+            if endpoint is None:
+                return False
+            previous, endpoint.weight = endpoint.weight, weight
+            try:
+                self._publish(dict(self._view.endpoints))
+            except BaseException:
+                endpoint.weight = previous
+                raise
             return True
 
     def unregister(self, server: str) -> bool:
@@ -118,15 +156,20 @@ class LoadBalancer:
             self._publish({name: e for name, e in endpoints.items() if name != server})
             return True
 
-    def replace(self, servers: Iterable[str]) -> None:
+    def replace(self, servers: Iterable[str] | Mapping[str, float]) -> None:
         """Make the pool exactly ``servers``, in that order, in one atomic step.
 
-        Servers that stay keep their live state. Duplicates, bad names or more than
-        ``max_servers`` raise ``ValueError``/``TypeError`` and change nothing.
+        Pass a mapping to set weights too; otherwise new servers get weight 1 and servers
+        that stay keep theirs. Servers that stay keep their live state. Duplicates, bad names
+        or weights, or more than ``max_servers`` raise ``ValueError``/``TypeError`` and change
+        nothing.
         """
         if isinstance(servers, (str, bytes)) or not isinstance(servers, Iterable):
             raise TypeError(f"servers must be an iterable of str, not {type(servers).__name__}")
+        weights: Mapping[str, float] = servers if isinstance(servers, Mapping) else {}
         wanted = [check_server(s, "servers[]") for s in servers]
+        for server in weights:
+            check_weight(weights[server], f"weight of {server!r}")
         duplicates = sorted(s for s, n in Counter(wanted).items() if n > 1)
         if duplicates:
             raise ValueError(f"servers contains duplicates: {duplicates}")
@@ -136,14 +179,27 @@ class LoadBalancer:
             )
         with self._lock:
             current = self._view.endpoints
-            self._publish({s: current[s] if s in current else Endpoint(s) for s in wanted})
+            endpoints = {s: current[s] if s in current else Endpoint(s) for s in wanted}
+            changed = {
+                s: endpoints[s].weight
+                for s in weights
+                if s in current and endpoints[s].weight != weights[s]
+            }
+            for server, weight in weights.items():
+                endpoints[server].weight = weight
+            try:
+                self._publish(endpoints)
+            except BaseException:
+                for server, weight in changed.items():
+                    current[server].weight = weight
+                raise
 
     def _publish(self, endpoints: dict[str, Endpoint]) -> None:
         """Build a picker for ``endpoints`` and make both current. Caller holds ``_lock``."""
         if endpoints:
             previous = self._view.picker
             picker = self._strategy.build(
-                Snapshot.of(tuple(endpoints.values())),
+                Snapshot.of(tuple(endpoints.values()), self._clock),
                 None if previous is _EMPTY_PICKER else previous,
             )
         else:
@@ -152,12 +208,48 @@ class LoadBalancer:
         self._view = _View(endpoints, picker)
         self.get = picker.pick
 
+    # -- the request lifecycle ----------------------------------------------------------------
+
+    def acquire(self, key: Key | None = None) -> Lease:
+        """Pick a server and count a request in flight on it until the lease is released."""
+        view = self._view  # read once: the picker and the endpoints belong together
+        endpoint = view.picker.acquire(key, view.endpoints)
+        return Lease(endpoint, self._clock, self._decay, self._clock())
+
+    def lease(self, key: Key | None = None) -> Lease:
+        """Like ``acquire``, spelled for ``with lb.lease() as server:``."""
+        return self.acquire(key)
+
+    def done(self, server: str, ok: bool = True, latency: float | None = None) -> bool:
+        """Report the outcome of a request sent after ``get()``; False if not registered.
+
+        ``get()`` does not count requests in flight, so this records only the outcome and,
+        when given, the latency in seconds.
+        """
+        check_server(server)
+        check_ok(ok)
+        latency = check_latency(latency)
+        endpoint = self._view.endpoints.get(server)
+        if endpoint is None:
+            return False
+        endpoint._record(ok, latency, self._clock(), self._decay)
+        return True
+
+    def stats(self) -> dict[str, ServerStats]:
+        """Frozen per-server statistics, in registration order."""
+        return {name: ServerStats.of(e) for name, e in self._view.endpoints.items()}
+
     # -- introspection ----------------------------------------------------------------------
 
     @property
     def servers(self) -> tuple[str, ...]:
         """The registered servers, in registration order."""
         return self._view.servers
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each registered server's configured weight, in registration order."""
+        return {name: e.weight for name, e in self._view.endpoints.items()}
 
     @property
     def max_servers(self) -> int:

@@ -2,38 +2,119 @@
 
 from __future__ import annotations
 
+import math
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import final
+from typing import Protocol, final
 
 __all__ = ["Endpoint", "Snapshot"]
+
+
+class _Releasable(Protocol):
+    released: bool
 
 
 @final
 class Endpoint:
     """One registered server and its live state, shared by every snapshot that contains it.
 
-    Strategies read it; only the balancer writes it. The same object lives for as long as the
-    server stays registered, so state survives membership changes of other servers.
+    Strategies read these attributes without locking (a value may be a moment old); only the
+    balancer writes them, under the endpoint's own lock. The object lives for as long as the
+    server stays registered, so its state survives changes to the rest of the pool.
+
+    * ``in_flight``: requests acquired and not yet released.
+    * ``latency``: peak-sensitive, time-decayed average latency in seconds (``None`` before
+      the first completed request); ``latency_at`` is the clock reading it was last updated at.
     """
 
-    __slots__ = ("server",)
+    __slots__ = (
+        "_lock",
+        "failures",
+        "in_flight",
+        "latency",
+        "latency_at",
+        "picks",
+        "server",
+        "successes",
+        "weight",
+    )
 
-    def __init__(self, server: str) -> None:
+    def __init__(self, server: str, weight: float = 1) -> None:
         self.server = server
+        self.weight = weight
+        self.in_flight = 0
+        self.picks = 0
+        self.successes = 0
+        self.failures = 0
+        self.latency: float | None = None
+        self.latency_at = 0.0
+        self._lock = threading.Lock()
+
+    # The balancer's side: every write happens under the endpoint's lock, so counts stay exact
+    # under any interleaving (no reliance on the GIL making += atomic, which it does not).
+
+    def _start(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.picks += 1
+
+    def _finish(
+        self, lease: _Releasable, ok: bool, latency: float, now: float, decay: float
+    ) -> bool:
+        with self._lock:
+            if lease.released:
+                return False
+            lease.released = True
+            self.in_flight -= 1
+            self._observe(ok, latency, now, decay)
+            return True
+
+    def _record(self, ok: bool, latency: float | None, now: float, decay: float) -> None:
+        with self._lock:
+            self._observe(ok, latency, now, decay)
+
+    def _observe(self, ok: bool, latency: float | None, now: float, decay: float) -> None:
+        # Finagle's peak EWMA: a slower sample is taken at once; faster ones are averaged in
+        # with a weight that grows with the time since the last update.
+        if ok:
+            self.successes += 1
+        else:
+            self.failures += 1
+        if latency is None:
+            return
+        previous = self.latency
+        if previous is None or latency > previous:
+            self.latency = latency
+        else:
+            keep = math.exp(-max(now - self.latency_at, 0.0) / decay)
+            self.latency = previous * keep + latency * (1.0 - keep)
+        self.latency_at = now
 
     def __repr__(self) -> str:
-        return f"Endpoint({self.server!r})"
+        return f"Endpoint({self.server!r}, weight={self.weight!r}, in_flight={self.in_flight})"
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The servers eligible for picking at one moment, in registration order; never empty."""
+    """The servers eligible for picking at one moment, in registration order; never empty.
+
+    ``weights`` are the configured weights at that moment, aligned with ``servers``;
+    ``clock`` is the balancer's clock, for strategies whose picks depend on time.
+    """
 
     endpoints: tuple[Endpoint, ...]
     servers: tuple[str, ...]
+    weights: tuple[float, ...]
+    clock: Callable[[], float]
 
     @classmethod
-    def of(cls, endpoints: tuple[Endpoint, ...]) -> Snapshot:
-        """Build a snapshot over ``endpoints``, deriving the server names once."""
-        return cls(endpoints, tuple(e.server for e in endpoints))
+    def of(cls, endpoints: tuple[Endpoint, ...], clock: Callable[[], float]) -> Snapshot:
+        """Build a snapshot over ``endpoints``, reading names and weights once."""
+        return cls(
+            endpoints,
+            tuple(e.server for e in endpoints),
+            tuple(e.weight for e in endpoints),
+            clock,
+        )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["check_callable", "check_key", "check_positive_int", "check_server"]
+__all__ = ["check_callable", "check_key", "check_positive_int", "check_server", "check_weight"]
 
 
 def check_server(value: object, name: str = "server") -> str:
@@ -38,3 +39,12 @@ def check_key(key: object) -> None:
     """Raise unless ``key`` is a str or bytes; hash keys must hash the same everywhere."""
     if not isinstance(key, (str, bytes)):
         raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
+
+
+def check_weight(value: object, name: str = "weight") -> float:
+    """Return ``value`` if it is a positive finite int or float, else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be an int or float, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+    return value

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Protocol, TypeAlias
 
-from .._snapshot import Snapshot
+from .._snapshot import Endpoint, Snapshot
 
 __all__ = ["Key", "PickFunction", "Picker", "Strategy"]
 
@@ -39,6 +40,17 @@ class Picker(ABC):
     def pick(self, key: Key | None = None) -> str:
         """Return the server for one request."""
 
+    def acquire(self, key: Key | None, endpoints: Mapping[str, Endpoint]) -> Endpoint:
+        """Pick a server and count one request in flight on it: the lease path.
+
+        ``endpoints`` maps this picker's servers to their live state. The default picks with
+        ``pick`` and counts the request. Override it only when the choice depends on loads that
+        must not change between choosing and counting (bounded loads).
+        """
+        endpoint = endpoints[self.pick(key)]
+        endpoint._start()
+        return endpoint
+
 
 class Strategy(ABC):
     """How servers are chosen. Subclass it to write your own.
@@ -56,6 +68,11 @@ class Strategy(ABC):
     @abstractmethod
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
         """Return a picker over ``snapshot`` (which is never empty)."""
+
+    @property
+    def latency_decay(self) -> float:
+        """Seconds over which per-server latency estimates forget old samples (default 10)."""
+        return 10.0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
