@@ -1,4 +1,4 @@
-"""ns per get() for each strategy beside same-run references.
+"""ns per get() for each strategy, and per lease cycle, beside same-run references.
 
 References:
   floor     one Python method call: a class whose get() is next() on an itertools.cycle
@@ -11,11 +11,23 @@ import itertools
 import random
 import sys
 import threading
+from collections.abc import Callable, Mapping
 
 from _timing import best_ns_per_call, print_table
-from loadbalancer import LoadBalancer, RandomStrategy, RoundRobinStrategy, Strategy
+from loadbalancer import (
+    LeastConnectionsStrategy,
+    LoadBalancer,
+    PeakEWMAStrategy,
+    PowerOfTwoChoicesStrategy,
+    RandomStrategy,
+    RoundRobinStrategy,
+    Strategy,
+    WeightedRandomStrategy,
+    WeightedRoundRobinStrategy,
+)
 
 SERVERS = [f"10.0.0.{i}:8080" for i in range(10)]
+WEIGHTS = {server: 1 + i % 4 for i, server in enumerate(SERVERS)}
 
 
 class Floor:
@@ -43,23 +55,52 @@ class Textbook:
             return server
 
 
-def balancer(strategy: Strategy) -> LoadBalancer:
+def balancer(strategy: Strategy, weights: Mapping[str, float] = WEIGHTS) -> LoadBalancer:
     lb = LoadBalancer(strategy=strategy)
-    for server in SERVERS:
-        lb.register(server)
+    lb.replace(weights)
     return lb
 
 
+def lease_cycle(lb: LoadBalancer) -> Callable[[], None]:
+    def cycle() -> None:
+        with lb.lease():
+            pass
+
+    return cycle
+
+
 def main() -> None:
-    print(f"Python {sys.version.split()[0]}, {len(SERVERS)} servers")
+    print(f"Python {sys.version.split()[0]}, {len(SERVERS)} servers, weights 1-4")
+    floor = "floor (itertools.cycle in a method)"
+    rng = random.Random(1)
+    equal = dict.fromkeys(SERVERS, 1)
     candidates = {
-        "floor (itertools.cycle in a method)": Floor(SERVERS).get,
+        floor: Floor(SERVERS).get,
         "textbook (Lock + list index)": Textbook(SERVERS).get,
-        "RoundRobinStrategy get()": balancer(RoundRobinStrategy()).get,
-        "RandomStrategy get()": balancer(RandomStrategy(random.Random(1))).get,
+        "RoundRobinStrategy": balancer(RoundRobinStrategy()).get,
+        "RandomStrategy": balancer(RandomStrategy(rng)).get,
+        "WeightedRandomStrategy": balancer(WeightedRandomStrategy(rng)).get,
+        "WeightedRoundRobinStrategy": balancer(WeightedRoundRobinStrategy()).get,
+        "PowerOfTwoChoicesStrategy, equal weights": balancer(
+            PowerOfTwoChoicesStrategy(rng=rng), equal
+        ).get,
+        "PowerOfTwoChoicesStrategy, weights 1-4": balancer(PowerOfTwoChoicesStrategy(rng=rng)).get,
+        "LeastConnectionsStrategy": balancer(LeastConnectionsStrategy(rng)).get,
+        "PeakEWMAStrategy": balancer(PeakEWMAStrategy(rng=rng)).get,
     }
-    results = best_ns_per_call(candidates)
-    print_table("get(), 10 servers", results, "floor (itertools.cycle in a method)")
+    print_table("get(), 10 servers", best_ns_per_call(candidates), floor)
+
+    rr = balancer(RoundRobinStrategy())
+    leases = {
+        floor: Floor(SERVERS).get,
+        "with lb.lease(): round-robin": lease_cycle(balancer(RoundRobinStrategy())),
+        "with lb.lease(): power of two choices": lease_cycle(
+            balancer(PowerOfTwoChoicesStrategy(rng=rng))
+        ),
+        "acquire() + release(): round-robin": lambda: rr.acquire().release(),
+    }
+    title = "lease cycle: pick, count in flight, record outcome and latency"
+    print_table(title, best_ns_per_call(leases, calls=50_000), floor)
 
 
 if __name__ == "__main__":

@@ -11,23 +11,33 @@ from .strategies._base import Key as Key
 from .strategies._base import Picker as Picker
 from .strategies._base import PickFunction as PickFunction
 from .strategies._base import Strategy as Strategy
+from .strategies.least_loaded import LeastConnectionsStrategy as LeastConnectionsStrategy
+from .strategies.least_loaded import PeakEWMAStrategy as PeakEWMAStrategy
+from .strategies.least_loaded import PowerOfTwoChoicesStrategy as PowerOfTwoChoicesStrategy
 from .strategies.random import RandomStrategy as RandomStrategy
 from .strategies.round_robin import RoundRobinStrategy as RoundRobinStrategy
+from .strategies.weighted import WeightedRandomStrategy as WeightedRandomStrategy
+from .strategies.weighted import WeightedRoundRobinStrategy as WeightedRoundRobinStrategy
 
 __all__ = [
     "Endpoint",
     "Key",
     "Lease",
+    "LeastConnectionsStrategy",
     "LoadBalancer",
     "LoadBalancerError",
     "NoServersAvailableError",
+    "PeakEWMAStrategy",
     "PickFunction",
     "Picker",
+    "PowerOfTwoChoicesStrategy",
     "RandomStrategy",
     "RoundRobinStrategy",
     "ServerStats",
     "Snapshot",
     "Strategy",
+    "WeightedRandomStrategy",
+    "WeightedRoundRobinStrategy",
 ]
 
 __version__ = "0.1.0"

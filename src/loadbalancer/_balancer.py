@@ -127,7 +127,7 @@ class LoadBalancer:
             endpoints = self._view.endpoints
             if server in endpoints or len(endpoints) >= self._max_servers:
                 return False
-            self._publish({**endpoints, server: Endpoint(server, weight)})
+            self._publish({**endpoints, server: Endpoint(server, weight, self._clock())})
             return True
 
     def set_weight(self, server: str, weight: float) -> bool:
@@ -179,7 +179,8 @@ class LoadBalancer:
             )
         with self._lock:
             current = self._view.endpoints
-            endpoints = {s: current[s] if s in current else Endpoint(s) for s in wanted}
+            now = self._clock()
+            endpoints = {s: current[s] if s in current else Endpoint(s, 1, now) for s in wanted}
             changed = {
                 s: endpoints[s].weight
                 for s in weights
@@ -216,9 +217,8 @@ class LoadBalancer:
         endpoint = view.picker.acquire(key, view.endpoints)
         return Lease(endpoint, self._clock, self._decay, self._clock())
 
-    def lease(self, key: Key | None = None) -> Lease:
-        """Like ``acquire``, spelled for ``with lb.lease() as server:``."""
-        return self.acquire(key)
+    # The same call, spelled for ``with lb.lease() as server:``; an alias saves a call.
+    lease = acquire
 
     def done(self, server: str, ok: bool = True, latency: float | None = None) -> bool:
         """Report the outcome of a request sent after ``get()``; False if not registered.
@@ -232,7 +232,7 @@ class LoadBalancer:
         endpoint = self._view.endpoints.get(server)
         if endpoint is None:
             return False
-        endpoint._record(ok, latency, self._clock(), self._decay)
+        endpoint._complete(None, ok, latency, self._clock(), self._decay)
         return True
 
     def stats(self) -> dict[str, ServerStats]:

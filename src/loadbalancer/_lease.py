@@ -46,12 +46,12 @@ class Lease:
         self, endpoint: Endpoint, clock: Callable[[], float], decay: float, started: float
     ) -> None:
         self.server = endpoint.server
-        self.released = False
         self._endpoint = endpoint
         self._clock = clock
         self._decay = decay
         self._started = started
         self._outcome: bool | None = None
+        self.released = False
 
     def mark(self, ok: bool) -> None:
         """Set the outcome recorded on exit, whatever the block raises."""
@@ -60,11 +60,11 @@ class Lease:
     def release(self, ok: bool = True, latency: float | None = None) -> bool:
         """Record the outcome and stop counting the request; False if already released."""
         check_ok(ok)
-        latency = check_latency(latency)
+        given = check_latency(latency)
         now = self._clock()
-        if latency is None:
-            latency = max(now - self._started, 0.0)
-        return self._endpoint._finish(self, ok, latency, now, self._decay)
+        if given is None:
+            given = max(now - self._started, 0.0)  # max: a clock that is not monotonic
+        return self._endpoint._complete(self, ok, given, now, self._decay)
 
     def __enter__(self) -> str:
         return self.server
@@ -75,7 +75,11 @@ class Lease:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.release(exc_type is None if self._outcome is None else self._outcome)
+        # release(), unrolled: this runs once per request.
+        now = self._clock()
+        latency = now - self._started
+        ok = exc_type is None if self._outcome is None else self._outcome
+        self._endpoint._complete(self, ok, latency if latency > 0.0 else 0.0, now, self._decay)
 
     def __repr__(self) -> str:
         state = "released" if self.released else "in flight"

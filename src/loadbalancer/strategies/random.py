@@ -8,19 +8,9 @@ from typing import final
 from .._snapshot import Snapshot
 from .._validation import check_key
 from ._base import Key, Picker, Strategy
+from ._draw import check_rng, draw_width
 
 __all__ = ["RandomStrategy"]
-
-# getrandbits(k) for k <= 30 returns a one-digit int, CPython's cheapest path: one call draws
-# a number wide enough that rejection is almost never needed.
-_MIN_BITS = 30
-
-
-def check_rng(rng: object) -> random.Random:
-    """Return ``rng`` if it can draw random bits, else raise naming the argument."""
-    if not isinstance(rng, random.Random):
-        raise TypeError(f"rng must be a random.Random instance, not {type(rng).__name__}")
-    return rng
 
 
 @final
@@ -31,10 +21,8 @@ class _RandomPicker(Picker):
         self._servers = servers
         self._count = len(servers)
         self._bits = rng.getrandbits
-        self._width = max(_MIN_BITS, self._count.bit_length() + 8)
-        # Draws at or above the largest multiple of the pool size are redrawn, so that
-        # draw % count is exactly uniform (no modulo bias).
-        self._limit = (1 << self._width) // self._count * self._count
+        # The draw is inlined in pick: one Python call per pick.
+        self._width, self._limit = draw_width(self._count)
 
     def pick(self, key: Key | None = None) -> str:
         """Return a server drawn uniformly at random."""

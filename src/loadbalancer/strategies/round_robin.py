@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 import sysconfig
-from collections.abc import Callable
-from itertools import count, cycle, repeat
+from collections.abc import Callable, Iterator
+from itertools import chain, count, cycle, repeat
 from operator import mod
 from typing import final
 
@@ -28,6 +28,13 @@ def _rotation(order: tuple[str, ...]) -> Callable[[], str]:
     if _CYCLE_IS_THREAD_SAFE:
         return cycle(order).__next__
     return map(order.__getitem__, map(mod, count(), repeat(len(order)))).__next__
+
+
+def positions(size: int, start: int) -> Iterator[int]:
+    """Thread-safe, C-level iterator over ``start, start + 1, ... size - 1, 0, 1, ...``."""
+    if _CYCLE_IS_THREAD_SAFE:
+        return cycle(chain(range(start, size), range(start)))
+    return map(mod, count(start), repeat(size))
 
 
 @final

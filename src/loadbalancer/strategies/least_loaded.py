@@ -1,0 +1,318 @@
+"""Load-aware strategies: least connections, power of two choices, and peak EWMA latency."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from itertools import compress, repeat
+from math import exp
+from operator import attrgetter, eq, truediv
+from typing import final
+
+from .._snapshot import Endpoint, Snapshot
+from .._validation import check_key, check_positive_int
+from ._base import Key, Picker, Strategy
+from ._draw import check_rng, draw_width, repeated_table, table_width
+
+__all__ = ["LeastConnectionsStrategy", "PeakEWMAStrategy", "PowerOfTwoChoicesStrategy"]
+
+_in_flight = attrgetter("in_flight")
+
+
+def _check_positive_float(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+    return float(value)
+
+
+def _check_bias(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"active_request_bias must be a number, not {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"active_request_bias must be finite and >= 0, got {value!r}")
+    return float(value)
+
+
+def _weights_if_unequal(snapshot: Snapshot) -> dict[Endpoint, float] | None:
+    """Each endpoint's weight, or None when all are equal and weights cannot matter."""
+    weights = snapshot.weights
+    if all(w == weights[0] for w in weights):
+        return None
+    return dict(zip(snapshot.endpoints, weights, strict=True))
+
+
+@final
+class _LeastConnectionsPicker(Picker):
+    __slots__ = ("_endpoints", "_random", "_servers", "_weights")
+
+    def __init__(self, snapshot: Snapshot, rng: random.Random) -> None:
+        self._endpoints = snapshot.endpoints
+        self._servers = snapshot.servers
+        weights = snapshot.weights
+        # With equal weights the load is the raw count: one C-level pass, exact integer ties.
+        self._weights = None if all(w == weights[0] for w in weights) else weights
+        self._random = rng.random
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return a server with the fewest requests in flight per unit of weight."""
+        if key is not None:
+            check_key(key)
+        loads: list[float] = list(map(_in_flight, self._endpoints))
+        if self._weights is not None:
+            loads = list(map(truediv, loads, self._weights))
+        lowest = min(loads)
+        if loads.count(lowest) == 1:
+            return self._servers[loads.index(lowest)]
+        # Ties go to a random one of them: always taking the first in the list is how
+        # a well-known router sent almost all of its traffic to one backend.
+        tied = list(compress(self._servers, map(eq, loads, repeat(lowest))))
+        return tied[int(self._random() * len(tied))]
+
+
+@final
+class LeastConnectionsStrategy(Strategy):
+    """The server with the fewest requests in flight, relative to its weight.
+
+    Loads are in-flight counts tracked by leases (``lb.lease()``/``lb.acquire()``); ties are
+    broken uniformly at random with ``rng``. O(n) per pick.
+    """
+
+    __slots__ = ("_rng",)
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = random.Random() if rng is None else check_rng(rng)
+
+    def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
+        """Return a picker scanning the snapshot's in-flight counts."""
+        return _LeastConnectionsPicker(snapshot, self._rng)
+
+
+class _PairDraw:
+    """Draws two distinct endpoints uniformly, without replacement: the P2C candidates.
+
+    For pools of up to 64 servers every ordered pair sits in a one-draw table (see
+    ``repeated_table``); larger pools draw one number encoding an ordered pair.
+    """
+
+    __slots__ = ("_bits", "_endpoints", "_limit", "_rng", "_size", "_space", "_width", "table")
+
+    def __init__(self, endpoints: tuple[Endpoint, ...], rng: random.Random) -> None:
+        self._endpoints = endpoints
+        self._size = size = len(endpoints)
+        self._rng = rng
+        self._bits = rng.getrandbits
+        self._space = max(size * (size - 1), 1)
+        width = table_width(self._space)
+        self.table: tuple[tuple[Endpoint, Endpoint], ...] | None = None
+        if width is not None and size > 1:
+            ordered = [(a, b) for a in endpoints for b in endpoints if a is not b]
+            self.table = repeated_table(ordered, [1] * len(ordered), width)
+            self._width, self._limit = width, len(self.table)
+        else:
+            self._width, self._limit = draw_width(self._space)
+
+    @property
+    def width(self) -> int:
+        """Bits per draw from ``table``."""
+        return self._width
+
+    @property
+    def limit(self) -> int:
+        """Draws at or above this are redrawn."""
+        return self._limit
+
+    def pair(self) -> tuple[Endpoint, Endpoint]:
+        """Two distinct endpoints, every ordered pair equally likely."""
+        draw = self._bits(self._width)
+        while draw >= self._limit:
+            draw = self._bits(self._width)
+        if self.table is not None:
+            return self.table[draw]
+        draw %= self._space
+        first, second = draw % self._size, draw // self._size
+        # second ranges over size - 1 values: skipping first makes it distinct from it.
+        return self._endpoints[first], self._endpoints[second + (second >= first)]
+
+    def sample(self, count: int) -> list[Endpoint]:
+        """``count`` distinct endpoints, for choice counts above two."""
+        return self._rng.sample(self._endpoints, count)
+
+
+def _envoy_score(endpoint: Endpoint, weight: float, bias: float) -> float:
+    """Envoy's least_request with unequal weights: weight / (in_flight + 1) ** bias."""
+    in_flight = endpoint.in_flight + 1
+    return weight / in_flight if bias == 1.0 else weight / in_flight**bias
+
+
+@final
+class _TwoChoicesPicker(Picker):
+    __slots__ = ("_bias", "_bits", "_choices", "_draw", "_limit", "_table", "_weights", "_width")
+
+    def __init__(self, snapshot: Snapshot, choices: int, bias: float, rng: random.Random) -> None:
+        self._weights = _weights_if_unequal(snapshot)
+        self._bias = bias
+        self._choices = min(choices, len(snapshot.endpoints))
+        self._draw = _PairDraw(snapshot.endpoints, rng)
+        # The table draw is inlined in pick for the common case: one Python call per pick.
+        self._bits = rng.getrandbits
+        self._width, self._limit = self._draw.width, self._draw.limit
+        self._table = self._draw.table if self._choices == 2 else None
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return the less loaded of two servers sampled without replacement."""
+        if key is not None:
+            check_key(key)
+        table = self._table
+        if table is None:
+            return self._pick_general()
+        draw = self._bits(self._width)
+        while draw >= self._limit:
+            draw = self._bits(self._width)
+        first, second = table[draw]
+        weights = self._weights
+        if weights is None:
+            return (second if second.in_flight < first.in_flight else first).server
+        if self._bias == 1.0:  # weight / (in_flight + 1), compared without dividing
+            if weights[second] * (first.in_flight + 1) > weights[first] * (second.in_flight + 1):
+                return second.server
+            return first.server
+        return max(first, second, key=lambda e: _envoy_score(e, weights[e], self._bias)).server
+
+    def _pick_general(self) -> str:
+        """More than two choices, a single server, or a pool too large for the pair table."""
+        if self._choices == 1:
+            return self._draw.sample(1)[0].server
+        candidates = self._draw.pair() if self._choices == 2 else self._draw.sample(self._choices)
+        weights = self._weights
+        if weights is None:
+            return min(candidates, key=_in_flight).server
+        bias = self._bias
+        return max(candidates, key=lambda e: _envoy_score(e, weights[e], bias)).server
+
+
+@final
+class PowerOfTwoChoicesStrategy(Strategy):
+    """Envoy's least-request balancer: the less loaded of ``choices`` random servers.
+
+    Candidates are sampled *without* replacement (Envoy samples with replacement, so with two
+    hosts half its picks compare a host with itself: envoy#11004). With equal weights the one
+    with fewer requests in flight wins (ties to the first drawn, itself random); with unequal
+    weights the highest ``weight / (in_flight + 1) ** active_request_bias`` wins.
+    """
+
+    __slots__ = ("_bias", "_choices", "_rng")
+
+    def __init__(
+        self,
+        choices: int = 2,
+        *,
+        active_request_bias: float = 1.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._choices = check_positive_int(choices, "choices")
+        if self._choices < 2:
+            raise ValueError(f"choices must be >= 2, got {choices}")
+        self._bias = _check_bias(active_request_bias)
+        self._rng = random.Random() if rng is None else check_rng(rng)
+
+    def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
+        """Return a picker comparing sampled servers' in-flight counts."""
+        return _TwoChoicesPicker(snapshot, self._choices, self._bias, self._rng)
+
+    def __repr__(self) -> str:
+        args = [f"choices={self._choices}"] if self._choices != 2 else []
+        if self._bias != 1.0:
+            args.append(f"active_request_bias={self._bias}")
+        return f"PowerOfTwoChoicesStrategy({', '.join(args)})"
+
+
+@final
+class _PeakEWMAPicker(Picker):
+    __slots__ = ("_clock", "_decay", "_default", "_draw", "_single", "_weights")
+
+    def __init__(
+        self, snapshot: Snapshot, decay: float, default: float, rng: random.Random
+    ) -> None:
+        self._weights = _weights_if_unequal(snapshot)
+        self._single = snapshot.servers[0] if len(snapshot.servers) == 1 else None
+        self._clock: Callable[[], float] = snapshot.clock
+        self._decay = decay
+        self._default = default
+        self._draw = _PairDraw(snapshot.endpoints, rng)
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return the cheaper of two servers sampled without replacement.
+
+        Cost is the expected latency of one more request: the peak-EWMA latency (the default
+        before any sample), decayed by the idle time since its last sample, times the requests
+        in flight plus one.
+        """
+        if key is not None:
+            check_key(key)
+        if self._single is not None:
+            return self._single
+        first, second = self._draw.pair()
+        if first.latency is None and second.latency is None:
+            # Neither measured yet: their costs differ only by age, so compare loads alone.
+            first_cost: float = first.in_flight + 1
+            second_cost: float = second.in_flight + 1
+        else:
+            now = self._clock()
+            first_cost = self._cost(first, now)
+            second_cost = self._cost(second, now)
+        if self._weights is not None:
+            first_cost /= self._weights[first]
+            second_cost /= self._weights[second]
+        return (second if second_cost < first_cost else first).server
+
+    def _cost(self, endpoint: Endpoint, now: float) -> float:
+        """Expected latency of one more request on ``endpoint``."""
+        latency = self._default if endpoint.latency is None else endpoint.latency
+        # Idle time pulls an estimate down (Finagle, Linkerd), so a server that was slow, or
+        # has not been tried yet, is tried now and then, and regains traffic once it is fast.
+        decay = exp(min(endpoint.latency_at - now, 0.0) / self._decay)
+        return latency * decay * (endpoint.in_flight + 1)
+
+
+@final
+class PeakEWMAStrategy(Strategy):
+    """Finagle's and Linkerd's latency-aware balancer: power of two choices over cost.
+
+    Cost is the peak-EWMA latency, decayed over ``decay`` seconds (default 10), times the
+    requests in flight plus one; servers without a sample yet count ``default_latency``
+    (default 30 ms, as Linkerd). Weights divide the cost. Latencies come from leases and
+    ``done(latency=...)``, timed with the balancer's clock.
+    """
+
+    __slots__ = ("_decay", "_default", "_rng")
+
+    def __init__(
+        self,
+        *,
+        decay: float = 10.0,
+        default_latency: float = 0.030,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._decay = _check_positive_float(decay, "decay")
+        self._default = _check_positive_float(default_latency, "default_latency")
+        self._rng = random.Random() if rng is None else check_rng(rng)
+
+    @property
+    def latency_decay(self) -> float:
+        """Seconds over which latency estimates forget: this strategy's ``decay``."""
+        return self._decay
+
+    def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
+        """Return a picker comparing two sampled servers' latency cost."""
+        return _PeakEWMAPicker(snapshot, self._decay, self._default, self._rng)
+
+    def __repr__(self) -> str:
+        args = []
+        if self._decay != 10.0:
+            args.append(f"decay={self._decay}")
+        if self._default != 0.030:
+            args.append(f"default_latency={self._default}")
+        return f"PeakEWMAStrategy({', '.join(args)})"

@@ -1,0 +1,223 @@
+"""Weight-proportional strategies: weighted random (alias method) and NGINX's smooth WRR."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from operator import add
+from typing import final
+
+from .._snapshot import Snapshot
+from .._validation import check_key, check_positive_int
+from ._base import Key, Picker, Strategy
+from ._draw import check_rng, repeated_table, table_width
+from .round_robin import positions
+
+__all__ = ["WeightedRandomStrategy", "WeightedRoundRobinStrategy"]
+
+# Each alias-table column accepts its own server when the high bits of the draw fall below
+# its threshold: 24 bits resolve a column's share to one part in 16 million.
+_THRESHOLD_BITS = 24
+
+
+def _alias_table(weights: Sequence[float], columns: int) -> tuple[list[float], list[int]]:
+    """Vose's alias method over ``columns`` columns (extra columns carry zero weight).
+
+    Returns, per column, the probability of keeping its own index and the index it aliases.
+    """
+    total = math.fsum(weights)
+    scaled = [w * columns / total for w in weights] + [0.0] * (columns - len(weights))
+    keep = [1.0] * columns
+    alias = list(range(columns))
+    small = [i for i, p in enumerate(scaled) if p < 1.0]
+    large = [i for i, p in enumerate(scaled) if p >= 1.0]
+    while small and large:
+        low, high = small.pop(), large.pop()
+        keep[low] = scaled[low]
+        alias[low] = high
+        scaled[high] -= 1.0 - scaled[low]
+        (small if scaled[high] < 1.0 else large).append(high)
+    # Whatever is left is 1.0 up to rounding: it keeps its own column.
+    return keep, alias
+
+
+@final
+class _WeightedRandomPicker(Picker):
+    # Vose's alias method: for weights without a small integer form.
+    __slots__ = ("_alias", "_bits", "_mask", "_own", "_shift", "_threshold", "_width")
+
+    def __init__(self, snapshot: Snapshot, rng: random.Random) -> None:
+        servers = snapshot.servers
+        # A power-of-two column count turns the column choice into a mask and the acceptance
+        # test into a shift: one getrandbits call, no division, no rejection loop.
+        self._shift = max(len(servers) - 1, 1).bit_length()
+        columns = 1 << self._shift
+        keep, alias = _alias_table(snapshot.weights, columns)
+        scale = 1 << _THRESHOLD_BITS
+        self._threshold = tuple(round(p * scale) for p in keep)
+        padded = servers + (servers[0],) * (columns - len(servers))  # zero-weight columns
+        self._own = padded
+        self._alias = tuple(padded[i] for i in alias)
+        self._mask = columns - 1
+        self._width = self._shift + _THRESHOLD_BITS
+        self._bits = rng.getrandbits
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return a server drawn with probability proportional to its weight."""
+        if key is not None:
+            check_key(key)
+        draw = self._bits(self._width)
+        column = draw & self._mask
+        if draw >> self._shift < self._threshold[column]:
+            return self._own[column]
+        return self._alias[column]
+
+
+@final
+class _WeightedTablePicker(Picker):
+    __slots__ = ("_bits", "_limit", "_table", "_width")
+
+    def __init__(self, table: tuple[str, ...], width: int, rng: random.Random) -> None:
+        self._table = table
+        self._width = width
+        self._limit = len(table)
+        self._bits = rng.getrandbits
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return a server drawn with probability proportional to its weight."""
+        if key is not None:
+            check_key(key)
+        draw = self._bits(self._width)
+        while draw >= self._limit:
+            draw = self._bits(self._width)
+        return self._table[draw]
+
+
+@final
+class WeightedRandomStrategy(Strategy):
+    """A server drawn with probability proportional to its weight; O(1) per pick.
+
+    Built once per pool change. When the weights reduce to small integers (a total up to
+    4096, such as 5:1:1 or 0.5:1.5) each server fills that share of a table and a pick is one
+    random index into it; otherwise Vose's alias table, exact for any weights, costs a little
+    more per pick. ``rng`` is any ``random.Random``.
+    """
+
+    __slots__ = ("_rng",)
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = random.Random() if rng is None else check_rng(rng)
+
+    def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
+        """Return a picker drawing servers in proportion to the snapshot's weights."""
+        integers = _small_integer_weights(snapshot.weights)
+        width = None if integers is None else table_width(sum(integers))
+        if integers is None or width is None:
+            return _WeightedRandomPicker(snapshot, self._rng)
+        return _WeightedTablePicker(
+            repeated_table(snapshot.servers, integers, width), width, self._rng
+        )
+
+
+def _small_integer_weights(weights: Sequence[float]) -> list[int] | None:
+    """The smallest integers in the same proportions, or None if the weights have none.
+
+    Floats are read as fractions with denominators up to 1000 (0.1 is 1/10), accepted when
+    that is the float to one part in a billion.
+    """
+    fractions = [Fraction(w).limit_denominator(1000) for w in weights]
+    if any(abs(f - w) > 1e-9 * w for f, w in zip(fractions, weights, strict=True)):
+        return None
+    scale = math.lcm(*(f.denominator for f in fractions))
+    integers = [int(f * scale) for f in fractions]
+    divisor = math.gcd(*integers)
+    return [i // divisor for i in integers]
+
+
+def _apportion(weights: Sequence[float], turns: int) -> list[int]:
+    """Split ``turns`` in proportion to ``weights`` by largest remainder, at least one each."""
+    total = math.fsum(weights)
+    spare = turns - len(weights)  # one turn each is reserved
+    quotas = [w / total * spare for w in weights]
+    shares = [1 + math.floor(q) for q in quotas]
+    by_remainder = sorted(range(len(weights)), key=lambda i: quotas[i] - math.floor(quotas[i]))
+    for i in by_remainder[len(weights) - (turns - sum(shares)) :]:
+        shares[i] += 1
+    return shares
+
+
+def _smooth_cycle(servers: Sequence[str], weights: Sequence[int]) -> tuple[str, ...]:
+    """One full cycle of NGINX's smooth weighted round-robin.
+
+    Each turn every server's current weight grows by its weight; the largest (the first of
+    equals, as NGINX scans) is picked and loses the total. Weights 5, 1, 1 give a a b a c a a.
+    """
+    total = sum(weights)
+    current = [0] * len(weights)
+    cycle = []
+    for _ in range(total):
+        current = list(map(add, current, weights))
+        best = current.index(max(current))
+        current[best] -= total
+        cycle.append(servers[best])
+    return tuple(cycle)
+
+
+@final
+class _SmoothPicker(Picker):
+    __slots__ = ("_next", "_positions", "cycle")
+
+    def __init__(self, cycle: tuple[str, ...], start: int) -> None:
+        self.cycle = cycle
+        # Positions rather than servers are rotated, so a successor learns where this stopped.
+        self._positions = positions(len(cycle), start)
+        self._next: Callable[[], str] = map(cycle.__getitem__, self._positions).__next__
+
+    def next_position(self) -> int:
+        """Take the next turn's position: where a successor picker should continue."""
+        return next(self._positions)
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return the server whose turn it is."""
+        if key is not None:
+            check_key(key)
+        return self._next()
+
+
+@final
+class WeightedRoundRobinStrategy(Strategy):
+    """NGINX's smooth weighted round-robin: deterministic, proportional, no bursts.
+
+    Weights 5, 1, 1 give ``a a b a c a a`` every cycle. The cycle is precomputed when the pool
+    changes, so a pick is one C-level step. Weights are reduced to the smallest integers in
+    the same proportions; a cycle longer than ``max_cycle`` turns (default 4096, at least 8 per
+    server) is apportioned to that length, which bounds memory for any weights. After a pool
+    change the new cycle continues at the same fraction of its length, so frequent changes do
+    not favour the servers early in the cycle.
+    """
+
+    __slots__ = ("_max_cycle",)
+
+    def __init__(self, max_cycle: int = 4096) -> None:
+        self._max_cycle = check_positive_int(max_cycle, "max_cycle")
+
+    def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
+        """Return a picker stepping through one precomputed smooth-WRR cycle."""
+        limit = max(self._max_cycle, 8 * len(snapshot.servers))
+        integers = _small_integer_weights(snapshot.weights)
+        if integers is None or sum(integers) > limit:
+            integers = _apportion(snapshot.weights, limit)
+        cycle = _smooth_cycle(snapshot.servers, integers)
+        start = 0
+        if isinstance(previous, _SmoothPicker):
+            start = previous.next_position() * len(cycle) // len(previous.cycle)
+        return _SmoothPicker(cycle, start)
+
+    def __repr__(self) -> str:
+        return (
+            "WeightedRoundRobinStrategy()"
+            if self._max_cycle == 4096
+            else (f"WeightedRoundRobinStrategy(max_cycle={self._max_cycle})")
+        )

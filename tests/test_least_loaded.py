@@ -1,0 +1,249 @@
+"""Least connections, power of two choices and peak EWMA: load- and latency-aware picks."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+
+import pytest
+
+from loadbalancer import (
+    Lease,
+    LeastConnectionsStrategy,
+    LoadBalancer,
+    PeakEWMAStrategy,
+    PowerOfTwoChoicesStrategy,
+    Strategy,
+)
+
+from .fakes import FakeClock
+
+
+def pool(strategy: Strategy, clock: FakeClock | None = None, **weights: float) -> LoadBalancer:
+    lb = LoadBalancer(strategy=strategy, clock=clock or FakeClock())
+    lb.replace(weights)
+    return lb
+
+
+class Held:
+    """Requests in flight on one server, started directly on its endpoint (white-box)."""
+
+    def __init__(self, lb: LoadBalancer, server: str, count: int) -> None:
+        self.endpoint = lb._view.endpoints[server]
+        self.count = count
+        for _ in range(count):
+            self.endpoint._start()
+
+    def release_one(self) -> None:
+        with self.endpoint._lock:
+            self.endpoint.in_flight -= 1
+
+
+def hold(lb: LoadBalancer, server: str, count: int) -> Held:
+    """Put ``count`` requests in flight on ``server``."""
+    return Held(lb, server, count)
+
+
+def leases_with_a_stuck_server(
+    lb: LoadBalancer, stuck: str, threads: int, each: int
+) -> Counter[str]:
+    """Threads lease concurrently; leases on ``stuck`` are never released until the end."""
+    start = threading.Barrier(threads)
+    picks: list[Counter[str]] = []
+    held: list[Lease] = []
+
+    def worker() -> None:
+        mine: Counter[str] = Counter()
+        start.wait()
+        for _ in range(each):
+            lease = lb.acquire()
+            mine[lease.server] += 1
+            if lease.server == stuck:
+                held.append(lease)  # a request that never finishes
+            else:
+                lease.release()
+        picks.append(mine)
+
+    pool_ = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool_:
+        t.start()
+    for t in pool_:
+        t.join()
+    for lease in held:
+        lease.release()
+    assert all(s.in_flight == 0 for s in lb.stats().values())
+    return sum(picks, Counter())
+
+
+# -- least connections ------------------------------------------------------------------------
+
+
+def test_least_connections_picks_the_idle_server() -> None:
+    lb = pool(LeastConnectionsStrategy(rng=random.Random(1)), a=1, b=1, c=1)
+    hold(lb, "a", 1)
+    hold(lb, "b", 1)
+    assert {lb.get() for _ in range(50)} == {"c"}
+
+
+def test_least_connections_divides_by_weight() -> None:
+    lb = pool(LeastConnectionsStrategy(rng=random.Random(1)), a=3, b=1)
+    hold(lb, "a", 2)  # 2/3 per unit of weight, below b's 1/1 once b has one
+    hold(lb, "b", 1)
+    assert {lb.get() for _ in range(50)} == {"a"}
+
+
+def test_least_connections_breaks_ties_fairly() -> None:
+    lb = pool(LeastConnectionsStrategy(rng=random.Random(1)), a=1, b=1, c=1, d=1)
+    counts = Counter(lb.get() for _ in range(8000))
+    assert set(counts) == {"a", "b", "c", "d"}
+    assert all(1700 < n < 2300 for n in counts.values())
+
+
+def test_least_connections_avoids_a_stuck_server_under_threads() -> None:
+    lb = pool(LeastConnectionsStrategy(rng=random.Random(1)), fast1=1, fast2=1, stuck=1)
+    picks = leases_with_a_stuck_server(lb, "stuck", threads=8, each=500)
+    # Round-robin would send it a third (1333); once it holds more than the 8 threads can
+    # have on the others, it is never the least loaded again.
+    assert picks["stuck"] <= 9
+
+
+# -- power of two choices ---------------------------------------------------------------------
+
+
+def test_p2c_samples_without_replacement() -> None:
+    lb = pool(PowerOfTwoChoicesStrategy(rng=random.Random(1)), a=1, b=1)
+    hold(lb, "a", 1)
+    # With replacement, a quarter of the picks would compare a with itself and return it.
+    assert {lb.get() for _ in range(1000)} == {"b"}
+
+
+def test_p2c_pairs_are_uniform_when_idle() -> None:
+    lb = pool(PowerOfTwoChoicesStrategy(rng=random.Random(1)), a=1, b=1, c=1)
+    counts = Counter(lb.get() for _ in range(9000))
+    assert all(2700 < n < 3300 for n in counts.values())
+
+
+def test_p2c_avoids_a_stuck_server_under_threads() -> None:
+    lb = pool(PowerOfTwoChoicesStrategy(rng=random.Random(1)), fast1=1, fast2=1, stuck=1)
+    picks = leases_with_a_stuck_server(lb, "stuck", threads=8, each=500)
+    assert picks["stuck"] <= 9
+
+
+def test_p2c_with_weights_uses_envoys_formula() -> None:
+    lb = pool(PowerOfTwoChoicesStrategy(rng=random.Random(1)), a=3, b=1)
+    assert {lb.get() for _ in range(100)} == {"a"}  # 3/1 beats 1/1
+    held = hold(lb, "a", 3)  # 3/4 loses to 1/1
+    assert {lb.get() for _ in range(100)} == {"b"}
+    held.release_one()  # 3/3 ties 1/1: the first drawn wins, so both appear
+    assert {lb.get() for _ in range(200)} == {"a", "b"}
+
+
+def test_p2c_bias_zero_ignores_load() -> None:
+    lb = pool(PowerOfTwoChoicesStrategy(active_request_bias=0, rng=random.Random(1)), a=3, b=1)
+    hold(lb, "a", 5)
+    assert {lb.get() for _ in range(100)} == {"a"}
+
+
+def test_p2c_with_more_choices_compares_them_all() -> None:
+    lb = pool(PowerOfTwoChoicesStrategy(3, rng=random.Random(1)), a=1, b=1, c=1)
+    hold(lb, "a", 1)
+    hold(lb, "c", 1)
+    assert {lb.get() for _ in range(100)} == {"b"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"choices": 1}, ValueError, "choices"),
+        ({"choices": True}, TypeError, "choices"),
+        ({"active_request_bias": -1}, ValueError, "active_request_bias"),
+        ({"active_request_bias": "1"}, TypeError, "active_request_bias"),
+        ({"rng": 3}, TypeError, "rng"),
+    ],
+)
+def test_p2c_bad_arguments(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        PowerOfTwoChoicesStrategy(**kwargs)  # type: ignore[arg-type]
+
+
+# -- peak EWMA --------------------------------------------------------------------------------
+
+
+def share(
+    lb: LoadBalancer, clock: FakeClock, latencies: dict[str, float], picks: int
+) -> Counter[str]:
+    """Serve ``picks`` sequential requests, each taking its server's latency."""
+    counts: Counter[str] = Counter()
+    for _ in range(picks):
+        lease = lb.acquire()
+        counts[lease.server] += 1
+        clock.advance(latencies[lease.server])
+        lease.release()
+    return counts
+
+
+def test_peak_ewma_moves_traffic_off_a_slow_server_and_back_after_it_recovers() -> None:
+    clock = FakeClock()
+    lb = pool(PeakEWMAStrategy(rng=random.Random(1)), clock, a=1, b=1, c=1)
+    healthy = {"a": 0.01, "b": 0.01, "c": 0.01}
+    share(lb, clock, healthy, 3000)  # untried servers' default latency decays: all get tried
+    balanced = share(lb, clock, healthy, 900)
+    assert all(balanced[s] > 200 for s in healthy)
+
+    slow = {**healthy, "c": 1.0}
+    share(lb, clock, slow, 50)  # c turns slow: a sample or two is enough to avoid it
+    assert share(lb, clock, slow, 1000)["c"] <= 10
+
+    # c recovers; idle time decays its estimate until it is tried again, then it is back.
+    recovering = share(lb, clock, healthy, 6000)
+    assert recovering["c"] > 0
+    assert share(lb, clock, healthy, 900)["c"] > 200
+
+
+def test_peak_ewma_prefers_an_unsampled_server_with_the_default_latency() -> None:
+    clock = FakeClock()
+    lb = pool(PeakEWMAStrategy(default_latency=0.03, rng=random.Random(1)), clock, a=1, b=1)
+    lb.done("a", latency=0.5)
+    assert {lb.get() for _ in range(50)} == {"b"}
+
+
+def test_peak_ewma_cost_grows_with_requests_in_flight() -> None:
+    clock = FakeClock()
+    lb = pool(PeakEWMAStrategy(rng=random.Random(1)), clock, a=1, b=1)
+    lb.done("a", latency=0.1)
+    lb.done("b", latency=0.25)
+    assert {lb.get() for _ in range(20)} == {"a"}
+    hold(lb, "a", 2)  # 0.1 x 3 > 0.25 x 1
+    assert {lb.get() for _ in range(20)} == {"b"}
+
+
+def test_peak_ewma_decay_governs_the_balancers_latency_estimate() -> None:
+    clock = FakeClock()
+    lb = pool(PeakEWMAStrategy(decay=1.0, rng=random.Random(1)), clock, a=1)
+    lb.done("a", latency=1.0)
+    clock.advance(1.0)
+    lb.done("a", latency=0.0)
+    assert lb.stats()["a"].latency_ewma == pytest.approx(0.36787944117144233)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"decay": 0}, "decay"),
+        ({"default_latency": -1}, "default_latency"),
+        ({"decay": "1"}, "decay"),
+    ],
+)
+def test_peak_ewma_bad_arguments(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=match):
+        PeakEWMAStrategy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_reprs() -> None:
+    assert repr(PowerOfTwoChoicesStrategy()) == "PowerOfTwoChoicesStrategy()"
+    assert repr(PowerOfTwoChoicesStrategy(3, active_request_bias=0.5)) == (
+        "PowerOfTwoChoicesStrategy(choices=3, active_request_bias=0.5)"
+    )
+    assert repr(PeakEWMAStrategy(decay=5)) == "PeakEWMAStrategy(decay=5.0)"
+    assert repr(LeastConnectionsStrategy()) == "LeastConnectionsStrategy()"
