@@ -139,7 +139,21 @@ def test_stats_are_frozen_and_in_registration_order() -> None:
     lb = balancer("b", "a")
     stats = lb.stats()
     assert list(stats) == ["b", "a"]
-    assert stats["a"] == ServerStats("a", 1, 0, 0, 0, 0, None)
+    assert stats["a"] == ServerStats(
+        server="a",
+        weight=1,
+        in_flight=0,
+        picks=0,
+        successes=0,
+        failures=0,
+        latency_ewma=None,
+        consecutive_failures=0,
+        healthy=True,
+        ejected_until=None,
+        ejections=0,
+        eligible=True,
+        effective_weight=1,
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats["a"].in_flight = 3  # type: ignore[misc]
 

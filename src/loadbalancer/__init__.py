@@ -3,10 +3,14 @@
 from ._balancer import LoadBalancer as LoadBalancer
 from ._errors import LoadBalancerError as LoadBalancerError
 from ._errors import NoServersAvailableError as NoServersAvailableError
+from ._events import HealthEvent as HealthEvent
+from ._events import HealthEventKind as HealthEventKind
 from ._lease import Lease as Lease
 from ._snapshot import Endpoint as Endpoint
 from ._snapshot import Snapshot as Snapshot
 from ._stats import ServerStats as ServerStats
+from .health.outlier import OutlierDetection as OutlierDetection
+from .health.slow_start import SlowStart as SlowStart
 from .strategies._base import Key as Key
 from .strategies._base import Picker as Picker
 from .strategies._base import PickFunction as PickFunction
@@ -21,12 +25,15 @@ from .strategies.weighted import WeightedRoundRobinStrategy as WeightedRoundRobi
 
 __all__ = [
     "Endpoint",
+    "HealthEvent",
+    "HealthEventKind",
     "Key",
     "Lease",
     "LeastConnectionsStrategy",
     "LoadBalancer",
     "LoadBalancerError",
     "NoServersAvailableError",
+    "OutlierDetection",
     "PeakEWMAStrategy",
     "PickFunction",
     "Picker",
@@ -34,6 +41,7 @@ __all__ = [
     "RandomStrategy",
     "RoundRobinStrategy",
     "ServerStats",
+    "SlowStart",
     "Snapshot",
     "Strategy",
     "WeightedRandomStrategy",

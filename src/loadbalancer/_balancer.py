@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -10,6 +12,8 @@ from dataclasses import dataclass
 from typing import final
 
 from ._errors import NoServersAvailableError
+from ._events import HealthEvent
+from ._health import HealthKeeper, Plan, check_panic_threshold
 from ._lease import Lease, check_latency, check_ok
 from ._snapshot import Endpoint, Snapshot
 from ._stats import ServerStats
@@ -20,24 +24,32 @@ from ._validation import (
     check_server,
     check_weight,
 )
+from .health.outlier import OutlierDetection
+from .health.slow_start import SlowStart
 from .strategies._base import Key, Picker, PickFunction, Strategy
 from .strategies.round_robin import RoundRobinStrategy
 
 __all__ = ["LoadBalancer"]
 
+_log = logging.getLogger("loadbalancer")
+
 
 @final
 class _EmptyPicker(Picker):
-    __slots__ = ()
+    __slots__ = ("_message",)
+
+    def __init__(self, message: str) -> None:
+        self._message = message
 
     def pick(self, key: Key | None = None) -> str:
         """Raise: there is nothing to pick."""
         if key is not None:
             check_key(key)
-        raise NoServersAvailableError
+        raise NoServersAvailableError(self._message)
 
 
-_EMPTY_PICKER = _EmptyPicker()
+_EMPTY_PICKER = _EmptyPicker("no servers available: the pool is empty")
+_EMPTY_PLAN = Plan((), (), False, 0, math.inf)
 
 
 @final
@@ -47,13 +59,14 @@ class _View:
 
     endpoints: dict[str, Endpoint]  # registration order; never mutated once published
     picker: Picker
+    plan: Plan
 
     @property
     def servers(self) -> tuple[str, ...]:
         return tuple(self.endpoints)
 
 
-_EMPTY_VIEW = _View({}, _EMPTY_PICKER)
+_EMPTY_VIEW = _View({}, _EMPTY_PICKER, _EMPTY_PLAN)
 
 
 def _check_strategy(strategy: object) -> Strategy:
@@ -66,30 +79,48 @@ def _check_strategy(strategy: object) -> Strategy:
     raise TypeError(f"strategy must be a Strategy instance, not {type(strategy).__name__}")
 
 
+def _check_optional(value: object, kind: type, name: str) -> None:
+    if value is not None and not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__} or None, not {type(value).__name__}")
+
+
 @final
 class LoadBalancer:
     """A pool of up to ``max_servers`` unique servers and a strategy that picks among them.
 
-    ``get()`` returns the next server (``NoServersAvailableError`` on an empty pool).
+    ``get()`` returns the next server (``NoServersAvailableError`` on an empty pool). Leases
+    (``lease()``, ``acquire()``, ``done()``) track requests in flight and their outcomes,
+    which feed load-aware strategies and ``outlier_detection``. Servers that are ejected or
+    fail active health checks (``set_healthy``) are not picked, unless fewer than
+    ``panic_threshold`` percent are healthy, when all are used (Envoy's panic mode).
+    ``slow_start`` ramps new and returning servers up to their weight. Time comes from
+    ``clock``; health changes are reported to ``on_event`` and the ``loadbalancer`` logger.
 
     Thread safety: every method may be called from any number of threads at once.
 
-    * ``register``, ``unregister`` and ``replace`` are serialised by one lock. Each builds the
-      new pool aside, asks the strategy for a picker, and publishes both with reference
-      assignments; a call that raises changes nothing.
+    * Mutations (``register``, ``unregister``, ``replace``, ``set_weight``, ``set_healthy``,
+      ejections) are serialised by one lock. Each builds the new pool aside, asks the strategy
+      for a picker, and publishes both with reference assignments; a call that raises changes
+      nothing.
     * ``get`` takes no lock: it is the current picker's ``pick``, read once. Strategy code
       never runs under the balancer's lock on the request path.
     * Membership is linearisable: once ``unregister(s)`` has returned, no ``get`` that starts
       afterwards returns ``s``; of concurrent ``register(s)`` calls exactly one returns True;
       the pool never holds more than ``max_servers``, even for an instant.
+    * Time-driven changes (an ejection ending, a slow-start step, a failure-percentage
+      interval) are applied by the next ``acquire``/``lease``, ``done`` or ``refresh`` call
+      that finds them due; ``get`` stays a bare pick.
     """
 
     __slots__ = (
         "__weakref__",
         "_clock",
         "_decay",
+        "_due",
+        "_health",
         "_lock",
         "_max_servers",
+        "_on_event",
         "_strategy",
         "_view",
         "get",
@@ -104,13 +135,24 @@ class LoadBalancer:
         max_servers: int = 10,
         *,
         clock: Callable[[], float] = time.monotonic,
+        outlier_detection: OutlierDetection | None = None,
+        slow_start: SlowStart | None = None,
+        panic_threshold: float = 50.0,
+        on_event: Callable[[HealthEvent], object] | None = None,
     ) -> None:
         self._strategy = RoundRobinStrategy() if strategy is None else _check_strategy(strategy)
         self._max_servers = check_positive_int(max_servers, "max_servers")
         self._clock: Callable[[], float] = check_callable(clock, "clock")
+        _check_optional(outlier_detection, OutlierDetection, "outlier_detection")
+        _check_optional(slow_start, SlowStart, "slow_start")
+        self._health = HealthKeeper(
+            outlier_detection, slow_start, check_panic_threshold(panic_threshold)
+        )
+        self._on_event = None if on_event is None else check_callable(on_event, "on_event")
         self._decay = self._strategy.latency_decay
         self._lock = threading.Lock()
         self._view = _EMPTY_VIEW
+        self._due = math.inf
         # get is the current picker's bound pick: a request costs one Python call, no more.
         self.get = _EMPTY_PICKER.pick
 
@@ -127,8 +169,12 @@ class LoadBalancer:
             endpoints = self._view.endpoints
             if server in endpoints or len(endpoints) >= self._max_servers:
                 return False
-            self._publish({**endpoints, server: Endpoint(server, weight, self._clock())})
-            return True
+            now = self._clock()
+            endpoint = Endpoint(server, weight, now)
+            self._health.joined(endpoint, now)
+            events = self._publish({**endpoints, server: endpoint}, now)
+        self._emit(events)
+        return True
 
     def set_weight(self, server: str, weight: float) -> bool:
         """Change the weight of ``server``; return False if it is not present."""
@@ -140,11 +186,12 @@ class LoadBalancer:
                 return False
             previous, endpoint.weight = endpoint.weight, weight
             try:
-                self._publish(dict(self._view.endpoints))
+                events = self._publish(dict(self._view.endpoints), self._clock())
             except BaseException:
                 endpoint.weight = previous
                 raise
-            return True
+        self._emit(events)
+        return True
 
     def unregister(self, server: str) -> bool:
         """Remove ``server``; return False if it is not present."""
@@ -153,8 +200,10 @@ class LoadBalancer:
             endpoints = self._view.endpoints
             if server not in endpoints:
                 return False
-            self._publish({name: e for name, e in endpoints.items() if name != server})
-            return True
+            remaining = {name: e for name, e in endpoints.items() if name != server}
+            events = self._publish(remaining, self._clock())
+        self._emit(events)
+        return True
 
     def replace(self, servers: Iterable[str] | Mapping[str, float]) -> None:
         """Make the pool exactly ``servers``, in that order, in one atomic step.
@@ -180,7 +229,13 @@ class LoadBalancer:
         with self._lock:
             current = self._view.endpoints
             now = self._clock()
-            endpoints = {s: current[s] if s in current else Endpoint(s, 1, now) for s in wanted}
+            endpoints = {}
+            for server in wanted:
+                if server in current:
+                    endpoints[server] = current[server]
+                else:
+                    endpoints[server] = Endpoint(server, 1, now)
+                    self._health.joined(endpoints[server], now)
             changed = {
                 s: endpoints[s].weight
                 for s in weights
@@ -189,33 +244,111 @@ class LoadBalancer:
             for server, weight in weights.items():
                 endpoints[server].weight = weight
             try:
-                self._publish(endpoints)
+                events = self._publish(endpoints, now)
             except BaseException:
                 for server, weight in changed.items():
                     current[server].weight = weight
                 raise
+        self._emit(events)
 
-    def _publish(self, endpoints: dict[str, Endpoint]) -> None:
+    # -- health -------------------------------------------------------------------------------
+
+    def set_healthy(self, server: str, healthy: bool) -> bool:
+        """Record an active health check's verdict; False if ``server`` is not registered.
+
+        An unhealthy server is not picked (outside panic mode); one that becomes healthy
+        again starts its slow start. New servers are healthy until told otherwise.
+        """
+        check_server(server)
+        check_ok(healthy, "healthy")
+        with self._lock:
+            endpoint = self._view.endpoints.get(server)
+            if endpoint is None:
+                return False
+            now = self._clock()
+            events = self._health.set_healthy(endpoint, healthy, now)
+            if events:
+                events += self._publish(dict(self._view.endpoints), now)
+        self._emit(events)
+        return True
+
+    def refresh(self) -> None:
+        """Apply whatever time has made due: ejections ending, slow-start steps, intervals."""
+        now = self._clock()
+        if now >= self._due:
+            self._maintain(now)
+
+    @property
+    def panic(self) -> bool:
+        """True while too few servers are healthy and all of them are being used."""
+        return self._view.plan.panic
+
+    def _maintain(self, now: float) -> None:
+        with self._lock:
+            if now < self._due:
+                return  # another thread got here first
+            endpoints = self._view.endpoints
+            events = self._health.expire(tuple(endpoints.values()), now)
+            events += self._publish(dict(endpoints), now)
+        self._emit(events)
+
+    def _after_failure(self, endpoint: Endpoint, now: float) -> None:
+        """Eject ``endpoint`` if its consecutive failures call for it."""
+        outlier = self._health.outlier
+        if outlier is None or endpoint.consecutive_failures < outlier.consecutive_failures:
+            return
+        with self._lock:
+            endpoints = self._view.endpoints
+            if endpoints.get(endpoint.server) is not endpoint:
+                return  # unregistered meanwhile
+            why = f"{endpoint.consecutive_failures} consecutive failures"
+            events = self._health.eject(endpoint, tuple(endpoints.values()), now, why)
+            if events:
+                events += self._publish(dict(endpoints), now)
+        self._emit(events)
+
+    def _publish(self, endpoints: dict[str, Endpoint], now: float) -> list[HealthEvent]:
         """Build a picker for ``endpoints`` and make both current. Caller holds ``_lock``."""
-        if endpoints:
+        pool = tuple(endpoints.values())
+        plan = self._health.plan(pool, now)
+        if plan.eligible:
             previous = self._view.picker
-            picker = self._strategy.build(
-                Snapshot.of(tuple(endpoints.values()), self._clock),
-                None if previous is _EMPTY_PICKER else previous,
+            snapshot = Snapshot(
+                plan.eligible, tuple(e.server for e in plan.eligible), plan.weights, self._clock
             )
+            picker = self._strategy.build(
+                snapshot, None if isinstance(previous, _EmptyPicker) else previous
+            )
+        elif pool:
+            picker = _EmptyPicker(f"no healthy servers: all {len(pool)} are ejected or unhealthy")
         else:
             picker = _EMPTY_PICKER
-        # The strategy may raise above; nothing has changed until these two assignments.
-        self._view = _View(endpoints, picker)
+        # The strategy may raise above; nothing has changed until these assignments.
+        self._view = _View(endpoints, picker, plan)
         self.get = picker.pick
+        self._due = plan.due
+        return self._health.adopt(plan, len(pool), now)
+
+    def _emit(self, events: list[HealthEvent]) -> None:
+        """Log and report events; runs outside the lock, so a callback may use the balancer."""
+        for event in events:
+            _log.info("%s %s: %s", event.kind.value, event.server or "pool", event.detail)
+            if self._on_event is not None:
+                try:
+                    self._on_event(event)
+                except Exception:
+                    _log.exception("on_event callback failed for %s", event)
 
     # -- the request lifecycle ----------------------------------------------------------------
 
     def acquire(self, key: Key | None = None) -> Lease:
         """Pick a server and count a request in flight on it until the lease is released."""
+        now = self._clock()
+        if now >= self._due:
+            self._maintain(now)
         view = self._view  # read once: the picker and the endpoints belong together
         endpoint = view.picker.acquire(key, view.endpoints)
-        return Lease(endpoint, self._clock, self._decay, self._clock())
+        return Lease(self, endpoint, now)
 
     # The same call, spelled for ``with lb.lease() as server:``; an alias saves a call.
     lease = acquire
@@ -232,12 +365,19 @@ class LoadBalancer:
         endpoint = self._view.endpoints.get(server)
         if endpoint is None:
             return False
-        endpoint._complete(None, ok, latency, self._clock(), self._decay)
+        now = self._clock()
+        endpoint._complete(None, ok, latency, now, self._decay)
+        if not ok:
+            self._after_failure(endpoint, now)
+        if now >= self._due:
+            self._maintain(now)
         return True
 
     def stats(self) -> dict[str, ServerStats]:
         """Frozen per-server statistics, in registration order."""
-        return {name: ServerStats.of(e) for name, e in self._view.endpoints.items()}
+        view = self._view
+        effective = dict(zip(view.plan.eligible, view.plan.weights, strict=True))
+        return {name: ServerStats.of(e, effective.get(e)) for name, e in view.endpoints.items()}
 
     # -- introspection ----------------------------------------------------------------------
 

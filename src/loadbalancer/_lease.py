@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from types import TracebackType
-from typing import final
+from typing import TYPE_CHECKING, final
 
 from ._snapshot import Endpoint
+
+if TYPE_CHECKING:
+    from ._balancer import LoadBalancer
 
 __all__ = ["Lease", "check_latency", "check_ok"]
 
 
-def check_ok(ok: object) -> bool:
+def check_ok(ok: object, name: str = "ok") -> bool:
     """Return ``ok`` if it is a bool, else raise naming the argument."""
     if not isinstance(ok, bool):
-        raise TypeError(f"ok must be a bool, not {type(ok).__name__}")
+        raise TypeError(f"{name} must be a bool, not {type(ok).__name__}")
     return ok
 
 
@@ -40,15 +42,12 @@ class Lease:
     with the balancer's clock from acquisition to release.
     """
 
-    __slots__ = ("_clock", "_decay", "_endpoint", "_outcome", "_started", "released", "server")
+    __slots__ = ("_balancer", "_endpoint", "_outcome", "_started", "released", "server")
 
-    def __init__(
-        self, endpoint: Endpoint, clock: Callable[[], float], decay: float, started: float
-    ) -> None:
+    def __init__(self, balancer: LoadBalancer, endpoint: Endpoint, started: float) -> None:
         self.server = endpoint.server
+        self._balancer = balancer
         self._endpoint = endpoint
-        self._clock = clock
-        self._decay = decay
         self._started = started
         self._outcome: bool | None = None
         self.released = False
@@ -61,10 +60,10 @@ class Lease:
         """Record the outcome and stop counting the request; False if already released."""
         check_ok(ok)
         given = check_latency(latency)
-        now = self._clock()
+        now = self._balancer._clock()
         if given is None:
             given = max(now - self._started, 0.0)  # max: a clock that is not monotonic
-        return self._endpoint._complete(self, ok, given, now, self._decay)
+        return self._end(ok, given, now)
 
     def __enter__(self) -> str:
         return self.server
@@ -76,10 +75,17 @@ class Lease:
         traceback: TracebackType | None,
     ) -> None:
         # release(), unrolled: this runs once per request.
-        now = self._clock()
+        now = self._balancer._clock()
         latency = now - self._started
         ok = exc_type is None if self._outcome is None else self._outcome
-        self._endpoint._complete(self, ok, latency if latency > 0.0 else 0.0, now, self._decay)
+        self._end(ok, latency if latency > 0.0 else 0.0, now)
+
+    def _end(self, ok: bool, latency: float, now: float) -> bool:
+        balancer = self._balancer
+        ended = self._endpoint._complete(self, ok, latency, now, balancer._decay)
+        if ended and not ok:
+            balancer._after_failure(self._endpoint, now)
+        return ended
 
     def __repr__(self) -> str:
         state = "released" if self.released else "in flight"

@@ -27,18 +27,30 @@ class Endpoint:
     * ``latency``: peak-sensitive, time-decayed average latency in seconds (``None`` before
       the first completed request); ``latency_at`` is the clock reading it was last updated
       at (at first, when the server was registered).
+    * ``consecutive_failures``: failed outcomes since the last success.
+    * Health, written under the balancer's lock: ``healthy`` (the active checks' verdict),
+      ``ejected_until`` (clock time, or None), ``ejections`` (how many times, for the next
+      ejection's length), ``returned_at`` and ``ramp_from`` (when slow start began, or None).
     """
 
     __slots__ = (
         "_lock",
+        "consecutive_failures",
+        "ejected_until",
+        "ejections",
         "failures",
+        "healthy",
         "in_flight",
         "latency",
         "latency_at",
         "picks",
+        "ramp_from",
+        "returned_at",
         "server",
         "successes",
         "weight",
+        "window_failures",
+        "window_requests",
     )
 
     def __init__(self, server: str, weight: float = 1, created_at: float = 0.0) -> None:
@@ -50,6 +62,14 @@ class Endpoint:
         self.failures = 0
         self.latency: float | None = None
         self.latency_at = created_at
+        self.consecutive_failures = 0
+        self.window_requests = 0
+        self.window_failures = 0
+        self.healthy = True
+        self.ejected_until: float | None = None
+        self.ejections = 0
+        self.returned_at = created_at
+        self.ramp_from: float | None = None
         self._lock = threading.Lock()
 
     # The balancer's side: every write happens under the endpoint's lock, so counts stay exact
@@ -75,10 +95,14 @@ class Endpoint:
                     return False
                 lease.released = True
                 self.in_flight -= 1
+            self.window_requests += 1
             if ok:
                 self.successes += 1
+                self.consecutive_failures = 0
             else:
                 self.failures += 1
+                self.consecutive_failures += 1
+                self.window_failures += 1
             if latency is None:
                 return True
             # Peak EWMA (Finagle, Linkerd): the estimate decays towards zero while no sample
@@ -96,6 +120,13 @@ class Endpoint:
             return True
         finally:
             lock.release()
+
+    def _take_window(self) -> tuple[int, int]:
+        """Requests and failures since the last call, for failure-percentage detection."""
+        with self._lock:
+            window = self.window_requests, self.window_failures
+            self.window_requests = self.window_failures = 0
+            return window
 
     def __repr__(self) -> str:
         return f"Endpoint({self.server!r}, weight={self.weight!r}, in_flight={self.in_flight})"

@@ -19,6 +19,11 @@ class ServerStats:
     not tracked. ``successes`` and ``failures`` count released leases and ``done()`` reports.
     ``latency_ewma`` is the peak-sensitive moving average of latency in seconds, or ``None``
     before the first sample.
+
+    Health: ``healthy`` is the active checks' verdict; ``ejected_until`` the clock time an
+    outlier ejection ends (None when not ejected); ``ejections`` how many times it has been
+    ejected, less what probation has forgiven; ``eligible`` whether picks may return it now;
+    ``effective_weight`` the weight picks use (lower during slow start), None if ineligible.
     """
 
     server: str
@@ -28,9 +33,20 @@ class ServerStats:
     successes: int
     failures: int
     latency_ewma: float | None
+    consecutive_failures: int
+    healthy: bool
+    ejected_until: float | None
+    ejections: int
+    eligible: bool
+    effective_weight: float | None
+
+    @property
+    def ejected(self) -> bool:
+        """Whether an outlier ejection is in force."""
+        return self.ejected_until is not None
 
     @classmethod
-    def of(cls, endpoint: Endpoint) -> ServerStats:
+    def of(cls, endpoint: Endpoint, effective_weight: float | None) -> ServerStats:
         """Read ``endpoint``'s counters consistently, under its lock."""
         with endpoint._lock:
             return cls(
@@ -41,4 +57,10 @@ class ServerStats:
                 endpoint.successes,
                 endpoint.failures,
                 endpoint.latency,
+                endpoint.consecutive_failures,
+                endpoint.healthy,
+                endpoint.ejected_until,
+                endpoint.ejections,
+                effective_weight is not None,
+                effective_weight,
             )

@@ -1,0 +1,157 @@
+"""The balancer's health bookkeeping: who is eligible, at what weight, and until when.
+
+Every method runs under the balancer's mutation lock; each returns the events it caused,
+which the balancer dispatches after releasing the lock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import final
+
+from ._events import HealthEvent, HealthEventKind
+from ._snapshot import Endpoint
+from .health.outlier import OutlierDetection
+from .health.slow_start import SlowStart
+
+__all__ = ["HealthKeeper", "Plan"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to pick from at one moment, and when that must be worked out again."""
+
+    eligible: tuple[Endpoint, ...]
+    weights: tuple[float, ...]  # effective weights, aligned with eligible
+    panic: bool
+    healthy: int
+    due: float  # the next clock time at which the plan changes by itself
+
+
+def check_panic_threshold(value: object) -> float:
+    """Return ``value`` if it is a percentage in [0, 100], else raise naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"panic_threshold must be a number, not {type(value).__name__}")
+    if not 0 <= value <= 100:
+        raise ValueError(f"panic_threshold must be a percentage in [0, 100], got {value!r}")
+    return float(value)
+
+
+@final
+class HealthKeeper:
+    """Outlier ejection, active-check verdicts, slow start and the panic threshold."""
+
+    __slots__ = ("_outlier", "_panic_threshold", "_slow_start", "_window_end", "panic")
+
+    panic: bool  # whether the current plan is in panic mode
+
+    def __init__(
+        self,
+        outlier: OutlierDetection | None,
+        slow_start: SlowStart | None,
+        panic_threshold: float,
+    ) -> None:
+        self._outlier = outlier
+        self._slow_start = slow_start
+        self._panic_threshold = panic_threshold
+        self._window_end: float | None = None
+        self.panic = False
+
+    @property
+    def outlier(self) -> OutlierDetection | None:
+        """The outlier-detection settings, or None when it is off."""
+        return self._outlier
+
+    def joined(self, endpoint: Endpoint, now: float) -> None:
+        """A server was registered: start its slow start."""
+        if self._slow_start is not None:
+            endpoint.ramp_from = now
+
+    def plan(self, pool: Sequence[Endpoint], now: float) -> Plan:
+        """Work out the eligible servers and their effective weights at ``now``."""
+        healthy = [e for e in pool if e.healthy and e.ejected_until is None]
+        # Envoy's panic mode: with too few healthy servers, spreading load over all of them
+        # beats crushing the few that are left.
+        panic = bool(pool) and len(healthy) * 100 < self._panic_threshold * len(pool)
+        eligible = tuple(pool) if panic else tuple(healthy)
+        due = math.inf
+        weights = []
+        for endpoint in eligible:
+            weight = endpoint.weight
+            if self._slow_start is not None and endpoint.ramp_from is not None:
+                factor = self._slow_start.factor(now - endpoint.ramp_from)
+                if factor is None:
+                    endpoint.ramp_from = None  # ramp over: full weight from now on
+                else:
+                    weight *= factor
+                    due = min(due, now + self._slow_start.step)
+            weights.append(weight)
+        for endpoint in pool:
+            if endpoint.ejected_until is not None:
+                due = min(due, endpoint.ejected_until)
+        if self._outlier is not None and self._outlier.failure_percentage is not None:
+            if self._window_end is None:
+                self._window_end = now + self._outlier.interval
+            due = min(due, self._window_end)
+        return Plan(eligible, tuple(weights), panic, len(healthy), due)
+
+    def adopt(self, plan: Plan, pool_size: int, now: float) -> list[HealthEvent]:
+        """Make ``plan`` current (once its picker is built); report entering or leaving panic."""
+        if plan.panic == self.panic:
+            return []
+        self.panic = plan.panic
+        kind = HealthEventKind.PANIC if plan.panic else HealthEventKind.PANIC_OVER
+        detail = f"{plan.healthy} of {pool_size} servers healthy"
+        return [HealthEvent(kind, None, now, detail)]
+
+    def eject(
+        self, endpoint: Endpoint, pool: Sequence[Endpoint], now: float, why: str
+    ) -> list[HealthEvent]:
+        """Eject ``endpoint`` unless the pool has already ejected all it may."""
+        outlier = self._outlier
+        if outlier is None or endpoint.ejected_until is not None:
+            return []
+        ejected = sum(1 for e in pool if e.ejected_until is not None)
+        if ejected >= outlier.max_ejected(len(pool)):
+            return []
+        endpoint.ejections = outlier.forgiven(endpoint.ejections, now - endpoint.returned_at) + 1
+        duration = outlier.ejection_time(endpoint.ejections)
+        endpoint.ejected_until = now + duration
+        endpoint.consecutive_failures = 0
+        detail = f"{why}; ejected for {duration:g} s (ejection {endpoint.ejections})"
+        return [HealthEvent(HealthEventKind.EJECTED, endpoint.server, now, detail)]
+
+    def expire(self, pool: Sequence[Endpoint], now: float) -> list[HealthEvent]:
+        """Return servers whose ejection is over; judge the failure-percentage window."""
+        events = []
+        for endpoint in pool:
+            until = endpoint.ejected_until
+            if until is not None and until <= now:
+                endpoint.ejected_until = None
+                endpoint.returned_at = now
+                endpoint.consecutive_failures = 0
+                self.joined(endpoint, now)
+                detail = f"ejection over; on probation after {endpoint.ejections} ejection(s)"
+                events.append(HealthEvent(HealthEventKind.RETURNED, endpoint.server, now, detail))
+        outlier = self._outlier
+        if outlier is not None and self._window_end is not None and now >= self._window_end:
+            self._window_end = now + outlier.interval
+            for endpoint in pool:
+                requests, failures = endpoint._take_window()
+                if outlier.fails_percentage(requests, failures):
+                    why = f"{failures} of {requests} requests failed in {outlier.interval:g} s"
+                    events += self.eject(endpoint, pool, now, why)
+        return events
+
+    def set_healthy(self, endpoint: Endpoint, healthy: bool, now: float) -> list[HealthEvent]:
+        """Record an active-check verdict; a server that recovers starts its slow start."""
+        if endpoint.healthy == healthy:
+            return []
+        endpoint.healthy = healthy
+        if healthy:
+            self.joined(endpoint, now)
+        kind = HealthEventKind.HEALTHY if healthy else HealthEventKind.UNHEALTHY
+        return [HealthEvent(kind, endpoint.server, now, "active health check")]
