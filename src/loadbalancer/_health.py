@@ -120,7 +120,7 @@ class HealthKeeper:
         endpoint.ejections = outlier.forgiven(endpoint.ejections, now - endpoint.returned_at) + 1
         duration = outlier.ejection_time(endpoint.ejections)
         endpoint.ejected_until = now + duration
-        endpoint.consecutive_failures = 0
+        endpoint._reset_failures()
         detail = f"{why}; ejected for {duration:g} s (ejection {endpoint.ejections})"
         return [HealthEvent(HealthEventKind.EJECTED, endpoint.server, now, detail)]
 
@@ -132,7 +132,7 @@ class HealthKeeper:
             if until is not None and until <= now:
                 endpoint.ejected_until = None
                 endpoint.returned_at = now
-                endpoint.consecutive_failures = 0
+                endpoint._reset_failures()
                 self.joined(endpoint, now)
                 detail = f"ejection over; on probation after {endpoint.ejections} ejection(s)"
                 events.append(HealthEvent(HealthEventKind.RETURNED, endpoint.server, now, detail))

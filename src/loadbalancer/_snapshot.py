@@ -121,6 +121,10 @@ class Endpoint:
         finally:
             lock.release()
 
+    def _reset_failures(self) -> None:
+        with self._lock:  # the lease path counts failures under this lock too
+            self.consecutive_failures = 0
+
     def _take_window(self) -> tuple[int, int]:
         """Requests and failures since the last call, for failure-percentage detection."""
         with self._lock:
