@@ -51,7 +51,7 @@ def test_weighted_random_shares_are_proportional(weights: dict[str, float]) -> N
 @pytest.mark.parametrize(
     ("weights", "picker"),
     [
-        ({"a": 5, "b": 1, "c": 1}, "_WeightedTablePicker"),
+        ({"a": 5, "b": 1, "c": 1}, "TablePicker"),
         ({"a": 1.0001, "b": 1}, "_WeightedRandomPicker"),
     ],
 )

@@ -8,30 +8,36 @@ from typing import final
 from .._snapshot import Snapshot
 from .._validation import check_key
 from ._base import Key, Picker, Strategy
-from ._draw import check_rng, draw_width
+from ._draw import check_rng, repeated_table, table_width
 
-__all__ = ["RandomStrategy"]
+__all__ = ["RandomStrategy", "TablePicker"]
 
 
 @final
-class _RandomPicker(Picker):
-    __slots__ = ("_bits", "_count", "_limit", "_servers", "_width")
+class TablePicker(Picker):
+    """Picks ``table[draw]`` for one uniform random draw: the pick of every random strategy.
 
-    def __init__(self, servers: tuple[str, ...], rng: random.Random) -> None:
-        self._servers = servers
-        self._count = len(servers)
+    A server's probability is its share of the table, so a table of each server once is
+    uniform and one with a server ``w`` times is weighted. ``getrandbits(width)`` is redrawn
+    while it is ``>= len(table)``, which keeps it exact.
+    """
+
+    __slots__ = ("_bits", "_limit", "_table", "_width")
+
+    def __init__(self, table: tuple[str, ...], width: int, rng: random.Random) -> None:
+        self._table = table
+        self._width = width
+        self._limit = len(table)
         self._bits = rng.getrandbits
-        # The draw is inlined in pick: one Python call per pick.
-        self._width, self._limit = draw_width(self._count)
 
     def pick(self, key: Key | None = None) -> str:
-        """Return a server drawn uniformly at random."""
+        """Return the server at a uniformly drawn position of the table."""
         if key is not None:
             check_key(key)
         draw = self._bits(self._width)
         while draw >= self._limit:
             draw = self._bits(self._width)
-        return self._servers[draw % self._count]
+        return self._table[draw]
 
 
 @final
@@ -49,4 +55,8 @@ class RandomStrategy(Strategy):
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
         """Return a picker drawing uniformly over the snapshot's servers."""
-        return _RandomPicker(snapshot.servers, self._rng)
+        servers = snapshot.servers
+        width = table_width(len(servers))
+        if width is None:  # a huge pool: the servers alone, redrawn less than half the time
+            return TablePicker(servers, max(len(servers) - 1, 1).bit_length(), self._rng)
+        return TablePicker(repeated_table(servers, [1] * len(servers), width), width, self._rng)

@@ -13,6 +13,7 @@ from .._snapshot import Snapshot
 from .._validation import check_key, check_positive_int
 from ._base import Key, Picker, Strategy
 from ._draw import check_rng, repeated_table, table_width
+from .random import TablePicker
 from .round_robin import positions
 
 __all__ = ["WeightedRandomStrategy", "WeightedRoundRobinStrategy"]
@@ -76,26 +77,6 @@ class _WeightedRandomPicker(Picker):
 
 
 @final
-class _WeightedTablePicker(Picker):
-    __slots__ = ("_bits", "_limit", "_table", "_width")
-
-    def __init__(self, table: tuple[str, ...], width: int, rng: random.Random) -> None:
-        self._table = table
-        self._width = width
-        self._limit = len(table)
-        self._bits = rng.getrandbits
-
-    def pick(self, key: Key | None = None) -> str:
-        """Return a server drawn with probability proportional to its weight."""
-        if key is not None:
-            check_key(key)
-        draw = self._bits(self._width)
-        while draw >= self._limit:
-            draw = self._bits(self._width)
-        return self._table[draw]
-
-
-@final
 class WeightedRandomStrategy(Strategy):
     """A server drawn with probability proportional to its weight; O(1) per pick.
 
@@ -116,9 +97,7 @@ class WeightedRandomStrategy(Strategy):
         width = None if integers is None else table_width(sum(integers))
         if integers is None or width is None:
             return _WeightedRandomPicker(snapshot, self._rng)
-        return _WeightedTablePicker(
-            repeated_table(snapshot.servers, integers, width), width, self._rng
-        )
+        return TablePicker(repeated_table(snapshot.servers, integers, width), width, self._rng)
 
 
 def _small_integer_weights(weights: Sequence[float]) -> list[int] | None:
