@@ -15,6 +15,9 @@ from .strategies._base import Key as Key
 from .strategies._base import Picker as Picker
 from .strategies._base import PickFunction as PickFunction
 from .strategies._base import Strategy as Strategy
+from .strategies.hashing import MaglevStrategy as MaglevStrategy
+from .strategies.hashing import RendezvousStrategy as RendezvousStrategy
+from .strategies.hashing import RingHashStrategy as RingHashStrategy
 from .strategies.least_loaded import LeastConnectionsStrategy as LeastConnectionsStrategy
 from .strategies.least_loaded import PeakEWMAStrategy as PeakEWMAStrategy
 from .strategies.least_loaded import PowerOfTwoChoicesStrategy as PowerOfTwoChoicesStrategy
@@ -32,6 +35,7 @@ __all__ = [
     "LeastConnectionsStrategy",
     "LoadBalancer",
     "LoadBalancerError",
+    "MaglevStrategy",
     "NoServersAvailableError",
     "OutlierDetection",
     "PeakEWMAStrategy",
@@ -39,6 +43,8 @@ __all__ = [
     "Picker",
     "PowerOfTwoChoicesStrategy",
     "RandomStrategy",
+    "RendezvousStrategy",
+    "RingHashStrategy",
     "RoundRobinStrategy",
     "ServerStats",
     "SlowStart",

@@ -1,0 +1,33 @@
+"""Argument checks and repr shared by the hashing strategies; each error names the argument."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from .._draw import check_rng
+
+__all__ = ["check_balance_factor", "describe", "resolve_rng"]
+
+
+def check_balance_factor(value: object) -> float | None:
+    """Return ``value`` if it is ``None`` or a finite number above 1, else raise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"balance_factor must be a float or None, not {type(value).__name__}")
+    # A factor of 1 or less would leave some request without a server under capacity.
+    if not math.isfinite(value) or value <= 1:
+        raise ValueError(f"balance_factor must be a finite number > 1, got {value!r}")
+    return float(value)
+
+
+def resolve_rng(rng: object) -> random.Random:
+    """Return ``rng`` if it is a ``random.Random``, a fresh one if ``None``, else raise."""
+    return random.Random() if rng is None else check_rng(rng)
+
+
+def describe(name: str, **non_default: object) -> str:
+    """``Name(a=1, b='x')`` for the arguments given, skipping those that are ``None``."""
+    arguments = ", ".join(f"{k}={v!r}" for k, v in non_default.items() if v is not None)
+    return f"{name}({arguments})"

@@ -1,0 +1,259 @@
+"""Maglev hashing (Eisenbud et al., NSDI 2016): a lookup table filled by server preferences."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Iterator
+from fractions import Fraction
+from itertools import cycle, filterfalse, islice, repeat
+from math import isqrt, lcm
+from operator import add, floordiv, mod, mul, sub
+from typing import final
+
+from ..._snapshot import Snapshot
+from .._base import Key, Picker, Strategy
+from ._bounded import Admission, BoundedPicker
+from ._config import check_balance_factor, describe, resolve_rng
+from ._keys import key_bytes, name_bytes, xxh64
+
+__all__ = ["DEFAULT_TABLE_SIZE", "MAX_TABLE_SIZE", "MaglevStrategy", "is_prime", "maglev_table"]
+
+DEFAULT_TABLE_SIZE = 65537
+"""The paper's and Envoy's default table size: a prime well above 100 x the usual pool."""
+
+MAX_TABLE_SIZE = 5_000_011
+"""Envoy's upper bound on the table size (a prime); such a table takes 7 to 20 s to build."""
+
+# The fill switches to its end game when TAIL * size / servers entries are left (see _fill).
+_TAIL = 0.5
+
+
+def is_prime(number: int) -> bool:
+    """Whether ``number`` is prime (trial division: table sizes are at most a few million)."""
+    if number < 2:
+        return False
+    if number % 2 == 0:
+        return number == 2
+    return all(number % divisor for divisor in range(3, isqrt(number) + 1, 2))
+
+
+def _check_table_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"table_size must be an int, not {type(value).__name__}")
+    if not 2 <= value <= MAX_TABLE_SIZE or not is_prime(value):
+        raise ValueError(f"table_size must be a prime between 2 and {MAX_TABLE_SIZE}, got {value}")
+    return value
+
+
+def _turns(weights: tuple[float, ...], size: int) -> list[int]:
+    """Which server takes each of the ``size`` turns of the fill, in order.
+
+    Equal weights: plain rotation, as in the paper. Otherwise Envoy's weighted Maglev: in round
+    ``r`` (from 1) a server takes a turn only when ``r * weight`` has reached the weight it has
+    already been served (its turns so far times the largest weight), so its ``j``-th turn
+    (from 0) falls in round ``max(j + 1, ceil(j * top / weight))``; within a round servers go in
+    order. Computed in exact integers, so the table is the same on every machine.
+    """
+    count = len(weights)
+    if len(set(weights)) == 1:
+        return list(islice(cycle(range(count)), size))
+    # Floats are binary fractions: one common denominator makes every weight an exact integer.
+    ratios = [Fraction(weight) for weight in weights]
+    denominator = lcm(*(ratio.denominator for ratio in ratios))
+    integers = [int(ratio * denominator) for ratio in ratios]
+    top = max(integers)
+
+    def served(rounds: int) -> int:
+        return sum(min(rounds, rounds * weight // top + 1) for weight in integers)
+
+    low, high = 1, size  # the heaviest server alone takes a turn in each of `size` rounds
+    while low < high:
+        middle = (low + high) // 2
+        if served(middle) >= size:
+            high = middle
+        else:
+            low = middle + 1
+    rounds: list[int] = []
+    owners: list[int] = []
+    for server, weight in enumerate(integers):
+        taken = min(low, low * weight // top + 1)
+        if weight == top:
+            rounds += range(1, taken + 1)
+        else:  # round 1, then ceil(j * top / weight), which exceeds j, for j >= 1
+            rounds.append(1)
+            rounds += map(floordiv, range(top + weight - 1, taken * top, top), repeat(weight))
+        owners += [server] * taken
+    # A stable sort by round keeps servers in order within a round.
+    order = sorted(range(len(rounds)), key=rounds.__getitem__)
+    return list(map(owners.__getitem__, islice(order, size)))
+
+
+def _fill(offsets: list[int], skips: list[int], turns: list[int], size: int) -> list[int]:
+    """Each entry's owner, as its index + 1: the paper's population loop, run in C iterators.
+
+    On each turn a server takes the first entry of its permutation ``offset + j * skip (mod
+    size)`` that is still free. Written as a Python loop that costs about 100 ns per probe and
+    some ``size * ln(size)`` probes, most of them near the end when few entries are free: close
+    to 100 ms at 1,000 servers. Two changes keep the exact result at about half that:
+
+    * No Python bytecode per probe or per turn. The table is a list holding owner + 1, or 0
+      while free, so ``filterfalse(table.__getitem__, permutation)`` is a server's walk to its
+      next free entry, and all turns run as one ``map`` that claims with ``table.__setitem__``.
+    * End game: once only ``_TAIL * size / servers`` entries are free, each server sorts them
+      by rank in its permutation (``(entry - offset) / skip mod size``) and walks that list
+      instead. The entries it had not yet reached and that are still free are all in it, in
+      permutation order, so it claims the same entries, minus the long walks over taken ones.
+    """
+    count = len(offsets)
+    if count == 1:
+        return [1] * size
+    table = [0] * size
+    taken = table.__getitem__
+    # Indexed by server + 1, like the table, so turns need no arithmetic.
+    walks: list[Iterator[int]] = [iter(())]
+    walks += (
+        filterfalse(taken, map(mod, range(offset, offset + skip * size, skip), repeat(size)))
+        for offset, skip in zip(offsets, skips, strict=True)
+    )
+    ids = list(map(add, turns, repeat(1)))
+    switch = max(size - int(_TAIL * size / count), 0)
+    claims = map(next, map(walks.__getitem__, islice(ids, switch)))
+    deque(map(table.__setitem__, claims, islice(ids, switch)), maxlen=0)
+    remaining = list(filterfalse(taken, range(size)))
+    for server in set(islice(ids, switch, None)):
+        offset, inverse = offsets[server - 1], pow(skips[server - 1], -1, size)
+        ranks = map(
+            mod, map(mul, map(sub, remaining, repeat(offset)), repeat(inverse)), repeat(size)
+        )
+        by_rank = dict(zip(ranks, remaining, strict=True))
+        walks[server] = filterfalse(taken, map(by_rank.__getitem__, sorted(by_rank)))
+    claims = map(next, map(walks.__getitem__, islice(ids, switch, None)))
+    deque(map(table.__setitem__, claims, islice(ids, switch, None)), maxlen=0)
+    return table
+
+
+def maglev_table(servers: tuple[str, ...], weights: tuple[float, ...], size: int) -> list[str]:
+    """The Maglev lookup table of ``size`` entries for ``servers`` (in any order).
+
+    Server ``s`` has offset ``XXH64(s, seed 0) mod size`` and skip ``XXH64(s, seed 1) mod
+    (size - 1) + 1``, as in Envoy. Servers take turns in name order, so the table does not
+    depend on registration order. Unweighted, each owns ``floor(size / n)`` or
+    ``ceil(size / n)`` entries.
+    """
+    pairs = sorted(zip(servers, weights, strict=True))
+    names = [name_bytes(server) for server, _ in pairs]
+    offsets = [xxh64(name, 0) % size for name in names]
+    skips = [xxh64(name, 1) % (size - 1) + 1 for name in names]
+    owners = _fill(offsets, skips, _turns(tuple(weight for _, weight in pairs), size), size)
+    labels = ["", *(server for server, _ in pairs)]  # owners count from 1
+    return list(map(labels.__getitem__, owners))
+
+
+@final
+class _MaglevPicker(BoundedPicker):
+    __slots__ = ("_count", "_rng", "_size", "_table")
+
+    def __init__(
+        self, table: list[str], count: int, rng: random.Random, admission: Admission | None
+    ) -> None:
+        super().__init__(admission)
+        self._table = table
+        self._size = len(table)
+        self._count = count
+        self._rng = rng
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return the table entry at the key's XXH64 hash modulo the table size."""
+        if type(key) is str:
+            return self._table[xxh64(key.encode()) % self._size]
+        if type(key) is bytes:
+            return self._table[xxh64(key) % self._size]
+        return self._table[self._hash(key) % self._size]
+
+    def _hash(self, key: Key | None) -> int:
+        if key is None:
+            return self._rng.getrandbits(64)
+        return xxh64(key_bytes(key))
+
+    def candidates(self, key: Key | None) -> Iterator[str]:
+        """Distinct servers along successive table entries from the key's entry."""
+        return self._walk(self._hash(key) % self._size)
+
+    def _walk(self, start: int) -> Iterator[str]:
+        table = self._table
+        seen: set[str] = set()
+        for server in islice(table, start, None):
+            if server not in seen:
+                seen.add(server)
+                yield server
+                if len(seen) == self._count:
+                    return
+        for server in islice(table, start):
+            if server not in seen:
+                seen.add(server)
+                yield server
+                if len(seen) == self._count:
+                    return
+
+
+@final
+class MaglevStrategy(Strategy):
+    """Maglev hashing: a key goes to the server in its entry of a precomputed lookup table.
+
+    The table (``table_size`` entries, a prime, default 65537, at most 5,000,011, and no
+    smaller than the pool) is filled by the servers taking turns, each claiming the next free
+    entry in its own pseudo-random permutation (NSDI 2016, Algorithm 1). Unweighted, every
+    server owns ``floor(M/N)`` or ``ceil(M/N)`` entries; with weights, entries are proportional
+    to weight (Envoy's weighted Maglev: a server takes a turn only when its weight allows).
+    A pool change moves the keys of the server removed (or to the server added) plus a few
+    others: the price of perfect balance. At M = 65537 that extra is under 1% of all keys
+    for pools of up to 100 servers (measured: 0.2% for one change among 10 servers, 0.6%
+    among 100).
+
+    ``key=None`` picks as if for a uniformly random key: a hash drawn from ``rng``.
+    ``balance_factor`` (> 1, off by default) bounds loads on the lease path: a server holding
+    ``ceil(balance_factor * (leases in flight + 1) * weight / total weight)`` or more
+    admits no more, and the key goes to the next distinct server along the table. ``get``
+    ignores it.
+
+    The table is built when the pool changes (tens of ms, even for 1,000 servers); a pick is one
+    hash and one index, with no lock. The strategy holds configuration only.
+    """
+
+    __slots__ = ("_balance_factor", "_rng", "_rng_given", "_table_size")
+
+    def __init__(
+        self,
+        *,
+        table_size: int = DEFAULT_TABLE_SIZE,
+        balance_factor: float | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._table_size = _check_table_size(table_size)
+        self._balance_factor = check_balance_factor(balance_factor)
+        self._rng = resolve_rng(rng)
+        self._rng_given = rng is not None
+
+    def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
+        """Return a picker over the Maglev table of the snapshot's servers."""
+        count = len(snapshot.servers)
+        if count > self._table_size:
+            raise ValueError(
+                f"table_size={self._table_size} is smaller than the pool of {count} servers"
+            )
+        admission = (
+            None
+            if self._balance_factor is None
+            else Admission(self._balance_factor, snapshot, previous)
+        )
+        table = maglev_table(snapshot.servers, snapshot.weights, self._table_size)
+        return _MaglevPicker(table, count, self._rng, admission)
+
+    def __repr__(self) -> str:
+        return describe(
+            "MaglevStrategy",
+            table_size=None if self._table_size == DEFAULT_TABLE_SIZE else self._table_size,
+            balance_factor=self._balance_factor,
+            rng=self._rng if self._rng_given else None,
+        )
