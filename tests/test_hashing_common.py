@@ -223,7 +223,7 @@ def test_rng_must_be_a_random_instance(make: Callable[..., Strategy], rng: objec
         make(rng=rng)
 
 
-def test_repr_shows_only_what_was_set() -> None:
+def test_repr_shows_only_placement_settings() -> None:
     assert repr(RingHashStrategy()) == "RingHashStrategy()"
     assert repr(MaglevStrategy()) == "MaglevStrategy()"
     assert repr(RendezvousStrategy()) == "RendezvousStrategy()"
@@ -234,8 +234,8 @@ def test_repr_shows_only_what_was_set() -> None:
     assert repr(RingHashStrategy(hash="ketama", vnodes=40)) == "RingHashStrategy(hash='ketama')"
     assert repr(MaglevStrategy(table_size=101)) == "MaglevStrategy(table_size=101)"
     assert repr(RendezvousStrategy(balance_factor=2)) == "RendezvousStrategy(balance_factor=2.0)"
-    rng = random.Random(1)
-    assert repr(MaglevStrategy(rng=rng)) == f"MaglevStrategy(rng={rng!r})"
+    # An rng's repr is a memory address: it would make reprs differ from run to run.
+    assert repr(MaglevStrategy(rng=random.Random(1))) == "MaglevStrategy()"
 
 
 # -- bounded loads ----------------------------------------------------------------------------

@@ -221,7 +221,7 @@ class MaglevStrategy(Strategy):
     hash and one index, with no lock. The strategy holds configuration only.
     """
 
-    __slots__ = ("_balance_factor", "_rng", "_rng_given", "_table_size")
+    __slots__ = ("_balance_factor", "_rng", "_table_size")
 
     def __init__(
         self,
@@ -233,7 +233,6 @@ class MaglevStrategy(Strategy):
         self._table_size = _check_table_size(table_size)
         self._balance_factor = check_balance_factor(balance_factor)
         self._rng = resolve_rng(rng)
-        self._rng_given = rng is not None
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
         """Return a picker over the Maglev table of the snapshot's servers."""
@@ -255,5 +254,4 @@ class MaglevStrategy(Strategy):
             "MaglevStrategy",
             table_size=None if self._table_size == DEFAULT_TABLE_SIZE else self._table_size,
             balance_factor=self._balance_factor,
-            rng=self._rng if self._rng_given else None,
         )

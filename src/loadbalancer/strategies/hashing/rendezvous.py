@@ -94,14 +94,13 @@ class RendezvousStrategy(Strategy):
     holds configuration only and may serve several balancers.
     """
 
-    __slots__ = ("_balance_factor", "_rng", "_rng_given")
+    __slots__ = ("_balance_factor", "_rng")
 
     def __init__(
         self, *, balance_factor: float | None = None, rng: random.Random | None = None
     ) -> None:
         self._balance_factor = check_balance_factor(balance_factor)
         self._rng = resolve_rng(rng)
-        self._rng_given = rng is not None
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
         """Return a picker scoring the snapshot's servers."""
@@ -120,5 +119,4 @@ class RendezvousStrategy(Strategy):
         return describe(
             "RendezvousStrategy",
             balance_factor=self._balance_factor,
-            rng=self._rng if self._rng_given else None,
         )

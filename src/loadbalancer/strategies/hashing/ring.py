@@ -203,7 +203,7 @@ class RingHashStrategy(Strategy):
     and may serve several balancers.
     """
 
-    __slots__ = ("_balance_factor", "_hash", "_rng", "_rng_given", "_vnodes")
+    __slots__ = ("_balance_factor", "_hash", "_rng", "_vnodes")
 
     def __init__(
         self,
@@ -223,7 +223,6 @@ class RingHashStrategy(Strategy):
         )
         self._balance_factor = check_balance_factor(balance_factor)
         self._rng = resolve_rng(rng)
-        self._rng_given = rng is not None
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
         """Return a picker over the ring of the snapshot's servers."""
@@ -244,5 +243,4 @@ class RingHashStrategy(Strategy):
             hash=None if self._hash == "xxh64" else self._hash,
             vnodes=None if self._vnodes == _DEFAULT_VNODES[self._hash] else self._vnodes,
             balance_factor=self._balance_factor,
-            rng=self._rng if self._rng_given else None,
         )
