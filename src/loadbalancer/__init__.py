@@ -9,8 +9,15 @@ from ._lease import Lease as Lease
 from ._snapshot import Endpoint as Endpoint
 from ._snapshot import Snapshot as Snapshot
 from ._stats import ServerStats as ServerStats
-from .health.outlier import OutlierDetection as OutlierDetection
-from .health.slow_start import SlowStart as SlowStart
+from .health import AsyncHealthChecker as AsyncHealthChecker
+from .health import AsyncHttpProbe as AsyncHttpProbe
+from .health import AsyncTcpProbe as AsyncTcpProbe
+from .health import HealthChecker as HealthChecker
+from .health import HealthCheckStatus as HealthCheckStatus
+from .health import HttpProbe as HttpProbe
+from .health import OutlierDetection as OutlierDetection
+from .health import SlowStart as SlowStart
+from .health import TcpProbe as TcpProbe
 from .strategies._base import Key as Key
 from .strategies._base import Picker as Picker
 from .strategies._base import PickFunction as PickFunction
@@ -27,9 +34,15 @@ from .strategies.weighted import WeightedRandomStrategy as WeightedRandomStrateg
 from .strategies.weighted import WeightedRoundRobinStrategy as WeightedRoundRobinStrategy
 
 __all__ = [
+    "AsyncHealthChecker",
+    "AsyncHttpProbe",
+    "AsyncTcpProbe",
     "Endpoint",
+    "HealthCheckStatus",
+    "HealthChecker",
     "HealthEvent",
     "HealthEventKind",
+    "HttpProbe",
     "Key",
     "Lease",
     "LeastConnectionsStrategy",
@@ -50,6 +63,7 @@ __all__ = [
     "SlowStart",
     "Snapshot",
     "Strategy",
+    "TcpProbe",
     "WeightedRandomStrategy",
     "WeightedRoundRobinStrategy",
 ]
