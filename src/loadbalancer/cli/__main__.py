@@ -1,0 +1,5 @@
+"""``python -m loadbalancer.cli``: the same as the ``loadbalancer`` command."""
+
+from . import main
+
+raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""The command line: argument parsing, dispatch to a subcommand, and exit statuses.
+
+Exit statuses: 0 on success; 2 for a usage error or a bad scenario (argparse's convention);
+1 when something the run needs is missing (an optional dependency, a writable plot file) or
+stdout closed early; 130 when interrupted. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from ._errors import CommandError
+from .simulate import command as simulate
+
+__all__ = ["main"]
+
+_PROG = "loadbalancer"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Client-side load balancing for Python: tools around the library.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Each command adds its own subparser and handler; `serve` will sit beside `simulate`.
+    simulate.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``loadbalancer`` command with ``argv`` (default: ``sys.argv[1:]``)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # argparse exits on --help (0) and on usage errors (2)
+        return stop.code if isinstance(stop.code, int) else 2
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except CommandError as error:
+        print(f"{_PROG} {args.command}: error: {error}", file=sys.stderr)
+        return error.status
+    except KeyboardInterrupt:
+        print(f"{_PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`... | head`): nothing to report. Point stdout at devnull so
+        # the interpreter's final flush does not fail again (the Python docs' recipe).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
