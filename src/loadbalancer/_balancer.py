@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import final
 
 from ._errors import NoServersAvailableError
@@ -32,6 +33,7 @@ from .strategies.round_robin import RoundRobinStrategy
 __all__ = ["LoadBalancer"]
 
 _log = logging.getLogger("loadbalancer")
+_server = attrgetter("server")
 
 
 @final
@@ -200,7 +202,8 @@ class LoadBalancer:
             endpoints = self._view.endpoints
             if server not in endpoints:
                 return False
-            remaining = {name: e for name, e in endpoints.items() if name != server}
+            remaining = endpoints.copy()
+            del remaining[server]
             events = self._publish(remaining, self._clock())
         self._emit(events)
         return True
@@ -313,9 +316,8 @@ class LoadBalancer:
         plan = self._health.plan(pool, now)
         if plan.eligible:
             previous = self._view.picker
-            snapshot = Snapshot(
-                plan.eligible, tuple(e.server for e in plan.eligible), plan.weights, self._clock
-            )
+            servers = tuple(map(_server, plan.eligible))
+            snapshot = Snapshot(plan.eligible, servers, plan.weights, self._clock)
             picker = self._strategy.build(
                 snapshot, None if isinstance(previous, _EmptyPicker) else previous
             )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
+from operator import attrgetter, is_not
 from typing import final
 
 from ._events import HealthEvent, HealthEventKind
@@ -17,6 +19,11 @@ from .health.outlier import OutlierDetection
 from .health.slow_start import SlowStart
 
 __all__ = ["HealthKeeper", "Plan"]
+
+_ejected_until = attrgetter("ejected_until")
+_healthy = attrgetter("healthy")
+_weight = attrgetter("weight")
+_is_set = partial(is_not, None)
 
 
 @final
@@ -72,31 +79,45 @@ class HealthKeeper:
 
     def plan(self, pool: Sequence[Endpoint], now: float) -> Plan:
         """Work out the eligible servers and their effective weights at ``now``."""
-        healthy = [e for e in pool if e.healthy and e.ejected_until is None]
+        # C-level passes first: with nobody ejected or unhealthy (the usual case) a pool
+        # change costs no Python loop over the pool.
+        deadlines = list(filter(_is_set, map(_ejected_until, pool)))
+        if deadlines or not all(map(_healthy, pool)):
+            healthy = tuple(e for e in pool if e.healthy and e.ejected_until is None)
+        else:
+            healthy = tuple(pool)
         # Envoy's panic mode: with too few healthy servers, spreading load over all of them
         # beats crushing the few that are left.
         panic = bool(pool) and len(healthy) * 100 < self._panic_threshold * len(pool)
-        eligible = tuple(pool) if panic else tuple(healthy)
-        due = math.inf
-        weights = []
-        for endpoint in eligible:
-            weight = endpoint.weight
-            if self._slow_start is not None and endpoint.ramp_from is not None:
-                factor = self._slow_start.factor(now - endpoint.ramp_from)
-                if factor is None:
-                    endpoint.ramp_from = None  # ramp over: full weight from now on
-                else:
-                    weight *= factor
-                    due = min(due, now + self._slow_start.step)
-            weights.append(weight)
-        for endpoint in pool:
-            if endpoint.ejected_until is not None:
-                due = min(due, endpoint.ejected_until)
+        eligible = tuple(pool) if panic else healthy
+        weights = tuple(map(_weight, eligible))
+        due = min(deadlines, default=math.inf)
+        if self._slow_start is not None:
+            weights, ramp_due = self._ramp(eligible, weights, now, self._slow_start)
+            due = min(due, ramp_due)
         if self._outlier is not None and self._outlier.failure_percentage is not None:
             if self._window_end is None:
                 self._window_end = now + self._outlier.interval
             due = min(due, self._window_end)
-        return Plan(eligible, tuple(weights), panic, len(healthy), due)
+        return Plan(eligible, weights, panic, len(healthy), due)
+
+    @staticmethod
+    def _ramp(
+        eligible: tuple[Endpoint, ...], weights: tuple[float, ...], now: float, ramp: SlowStart
+    ) -> tuple[tuple[float, ...], float]:
+        """Scale the weights of servers in slow start; when the next step is due."""
+        scaled = list(weights)
+        due = math.inf
+        for i, endpoint in enumerate(eligible):
+            if endpoint.ramp_from is None:
+                continue
+            factor = ramp.factor(now - endpoint.ramp_from)
+            if factor is None:
+                endpoint.ramp_from = None  # ramp over: full weight from now on
+            else:
+                scaled[i] *= factor
+                due = min(due, now + ramp.step)
+        return tuple(scaled), due
 
     def adopt(self, plan: Plan, pool_size: int, now: float) -> list[HealthEvent]:
         """Make ``plan`` current (once its picker is built); report entering or leaving panic."""

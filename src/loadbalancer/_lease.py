@@ -74,11 +74,17 @@ class Lease:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        # release(), unrolled: this runs once per request.
-        now = self._balancer._clock()
+        # release() and _end(), unrolled: this runs once per request.
+        balancer = self._balancer
+        endpoint = self._endpoint
+        now = balancer._clock()
         latency = now - self._started
         ok = exc_type is None if self._outcome is None else self._outcome
-        self._end(ok, latency if latency > 0.0 else 0.0, now)
+        ended = endpoint._complete(
+            self, ok, latency if latency > 0.0 else 0.0, now, balancer._decay
+        )
+        if ended and not ok:
+            balancer._after_failure(endpoint, now)
 
     def _end(self, ok: bool, latency: float, now: float) -> bool:
         balancer = self._balancer

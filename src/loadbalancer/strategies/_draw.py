@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from itertools import chain, repeat
 from typing import TypeVar
 
 __all__ = [
@@ -54,5 +55,5 @@ def repeated_table(items: Sequence[T], counts: Sequence[int], width: int) -> tup
     Draw ``getrandbits(width)``, redraw while the draw is ``>= len(table)``, and
     ``table[draw]`` is exactly distributed by ``counts``: one C-level step per pick.
     """
-    once = [item for item, n in zip(items, counts, strict=True) for _ in range(n)]
-    return tuple(once * ((1 << width) // len(once)))
+    once = tuple(chain.from_iterable(map(repeat, items, counts)))
+    return once * ((1 << width) // len(once))

@@ -8,7 +8,7 @@ from typing import final
 from .._snapshot import Snapshot
 from .._validation import check_key
 from ._base import Key, Picker, Strategy
-from ._draw import check_rng, repeated_table, table_width
+from ._draw import check_rng, table_width
 
 __all__ = ["RandomStrategy", "TablePicker"]
 
@@ -59,4 +59,4 @@ class RandomStrategy(Strategy):
         width = table_width(len(servers))
         if width is None:  # a huge pool: the servers alone, redrawn less than half the time
             return TablePicker(servers, max(len(servers) - 1, 1).bit_length(), self._rng)
-        return TablePicker(repeated_table(servers, [1] * len(servers), width), width, self._rng)
+        return TablePicker(servers * ((1 << width) // len(servers)), width, self._rng)

@@ -57,12 +57,12 @@ def _continue_from(previous: _RoundRobinPicker, servers: tuple[str, ...]) -> int
     # Drawing one pick from a picker that is about to be retired tells where it stood; a few
     # concurrent gets may still use it, and they simply share the rotation a moment longer.
     upcoming = previous.pick()
-    position = {server: index for index, server in enumerate(servers)}
+    present = set(servers)
     old = previous.order
     at = old.index(upcoming)
     for server in old[at:] + old[:at]:
-        if server in position:
-            return position[server]
+        if server in present:
+            return servers.index(server)
     return 0
 
 
