@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from itertools import compress, repeat
 from math import exp
-from operator import attrgetter, eq, truediv
+from operator import attrgetter
 from typing import final
 
 from .._snapshot import Endpoint, Snapshot
@@ -46,30 +45,31 @@ def _weights_if_unequal(snapshot: Snapshot) -> dict[Endpoint, float] | None:
 
 @final
 class _LeastConnectionsPicker(Picker):
-    __slots__ = ("_endpoints", "_random", "_servers", "_weights")
+    __slots__ = ("_random", "_weighted")
 
     def __init__(self, snapshot: Snapshot, rng: random.Random) -> None:
-        self._endpoints = snapshot.endpoints
-        self._servers = snapshot.servers
-        weights = snapshot.weights
-        # With equal weights the load is the raw count: one C-level pass, exact integer ties.
-        self._weights = None if all(w == weights[0] for w in weights) else weights
+        self._weighted = tuple(zip(snapshot.endpoints, snapshot.weights, strict=True))
         self._random = rng.random
 
     def pick(self, key: Key | None = None) -> str:
         """Return a server with the fewest requests in flight per unit of weight."""
         if key is not None:
             check_key(key)
-        loads: list[float] = list(map(_in_flight, self._endpoints))
-        if self._weights is not None:
-            loads = list(map(truediv, loads, self._weights))
-        lowest = min(loads)
-        if loads.count(lowest) == 1:
-            return self._servers[loads.index(lowest)]
-        # Ties go to a random one of them: always taking the first in the list is how
-        # a well-known router sent almost all of its traffic to one backend.
-        tied = list(compress(self._servers, map(eq, loads, repeat(lowest))))
-        return tied[int(self._random() * len(tied))]
+        # One plain loop: cheaper here than several C-level passes over the pool.
+        lowest = math.inf
+        best = self._weighted[0][0]  # replaced by the first endpoint: every load is < inf
+        ties = 0
+        for endpoint, weight in self._weighted:
+            load = endpoint.in_flight / weight
+            if load < lowest:
+                lowest, best, ties = load, endpoint, 1
+            elif load == lowest:
+                # Ties go to a uniformly random one (reservoir sampling): always taking the
+                # first is how a well-known router sent almost all its traffic to one backend.
+                ties += 1
+                if self._random() * ties < 1.0:
+                    best = endpoint
+        return best.server
 
 
 @final
