@@ -88,9 +88,12 @@ def test_least_connections_picks_the_idle_server() -> None:
 
 def test_least_connections_divides_by_weight() -> None:
     lb = pool(LeastConnectionsStrategy(rng=random.Random(1)), a=3, b=1)
-    hold(lb, "a", 2)  # 2/3 per unit of weight, below b's 1/1 once b has one
+    assert {lb.get() for _ in range(20)} == {"a"}  # idle: 1/3 beats 1/1
+    hold(lb, "a", 2)  # (2 + 1) / 3 = 1 per unit of weight, below b's (1 + 1) / 1
     hold(lb, "b", 1)
     assert {lb.get() for _ in range(50)} == {"a"}
+    hold(lb, "a", 4)  # (6 + 1) / 3 > 2
+    assert {lb.get() for _ in range(50)} == {"b"}
 
 
 def test_least_connections_breaks_ties_fairly() -> None:

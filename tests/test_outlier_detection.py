@@ -12,7 +12,11 @@ from loadbalancer import (
     HealthEventKind,
     LoadBalancer,
     OutlierDetection,
+    Picker,
     RandomStrategy,
+    RoundRobinStrategy,
+    Snapshot,
+    Strategy,
 )
 
 from .fakes import FakeClock
@@ -236,3 +240,76 @@ def test_a_failing_event_callback_does_not_break_the_balancer(
     fail(lb, "a", 5)
     assert lb.stats()["a"].ejected
     assert "on_event callback failed" in caplog.text
+
+
+class Breakable(Strategy):
+    """Round-robin that can be told to fail its next builds."""
+
+    broken = False
+
+    def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
+        if self.broken:
+            raise RuntimeError("build failed")
+        return RoundRobinStrategy().build(snapshot, previous)
+
+
+def test_a_failed_rebuild_on_the_request_path_changes_nothing_and_is_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    events: list[HealthEvent] = []
+    strategy = Breakable()
+    lb = LoadBalancer(
+        strategy, clock=clock, outlier_detection=OutlierDetection(), on_event=events.append
+    )
+    lb.replace(["a", "b", "c"])
+    fail(lb, "a", 5)
+    strategy.broken = True
+    clock.advance(30)  # the ejection is over, but the picker cannot be rebuilt
+    lease = lb.acquire()  # the request still goes through, on the current picker
+    lease.release()
+    assert "rebuilding the picker failed" in caplog.text
+    assert lb.stats()["a"].ejected  # rolled back: still ejected, consistently
+    assert [e.kind for e in events] == [HealthEventKind.EJECTED]
+    strategy.broken = False
+    clock.advance(0.5)
+    lb.acquire().release()  # within the retry delay: nothing yet
+    assert lb.stats()["a"].ejected
+    clock.advance(0.5)
+    lb.acquire().release()
+    assert not lb.stats()["a"].ejected
+    assert [e.kind for e in events] == [HealthEventKind.EJECTED, HealthEventKind.RETURNED]
+
+
+def test_a_failed_rebuild_leaves_set_healthy_without_effect() -> None:
+    strategy = Breakable()
+    lb = LoadBalancer(strategy)
+    lb.replace(["a", "b", "c"])
+    strategy.broken = True
+    with pytest.raises(RuntimeError):
+        lb.set_healthy("a", False)
+    assert lb.stats()["a"].healthy
+    strategy.broken = False
+    assert "a" in {lb.get() for _ in range(3)}
+
+
+def test_a_lease_never_waits_for_maintenance() -> None:
+    clock = FakeClock()
+    lb, clock, _ = pool(clock=clock)
+    fail(lb, "s1", 5)
+    clock.advance(30)
+    with lb._lock:  # another thread mid-mutation: the lease must not block on it
+        lb.acquire().release()
+        assert lb.stats()["s1"].ejected
+    lb.acquire().release()
+    assert not lb.stats()["s1"].ejected
+
+
+def test_a_clock_stepping_back_does_not_lengthen_ejections() -> None:
+    lb, clock, _ = pool()
+    fail(lb, "s1", 5)
+    clock.advance(30)
+    lb.refresh()
+    clock.now -= 60  # the clock steps back
+    fail(lb, "s1", 5)
+    assert lb.stats()["s1"].ejections == 2

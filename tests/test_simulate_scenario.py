@@ -57,13 +57,8 @@ def test_default_scenario_matches_its_description() -> None:
     assert 0.65 <= scenario.arrivals.rate / capacity <= 0.85  # the load the issue asks for
 
 
-def test_default_strategies_include_hashing_when_importable() -> None:
-    try:
-        import loadbalancer.strategies.hashing  # noqa: F401
-    except ImportError:
-        assert "maglev" not in DEFAULT_STRATEGIES
-    else:
-        assert {"ring_hash", "maglev"} <= set(DEFAULT_STRATEGIES)
+def test_default_strategies_include_hashing() -> None:
+    assert {"ring_hash", "maglev"} <= set(DEFAULT_STRATEGIES)
     assert set(DEFAULT_STRATEGIES) <= set(STRATEGIES)
 
 

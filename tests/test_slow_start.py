@@ -12,9 +12,13 @@ from loadbalancer import (
     Lease,
     LeastConnectionsStrategy,
     LoadBalancer,
+    MaglevStrategy,
     OutlierDetection,
     PeakEWMAStrategy,
     PowerOfTwoChoicesStrategy,
+    RandomStrategy,
+    RingHashStrategy,
+    RoundRobinStrategy,
     SlowStart,
     Strategy,
     WeightedRandomStrategy,
@@ -110,7 +114,7 @@ def test_a_server_back_from_ejection_ramps_again() -> None:
 
 def test_a_server_healthy_again_ramps_again() -> None:
     clock = FakeClock()
-    lb = LoadBalancer(clock=clock, slow_start=SlowStart(window=30))
+    lb = LoadBalancer(WeightedRoundRobinStrategy(), clock=clock, slow_start=SlowStart(window=30))
     lb.replace(["a", "b", "c"])
     clock.advance(30)
     lb.refresh()
@@ -118,6 +122,17 @@ def test_a_server_healthy_again_ramps_again() -> None:
     assert lb.stats()["a"].effective_weight is None
     lb.set_healthy("a", True)
     assert lb.stats()["a"].effective_weight == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [RoundRobinStrategy(), RandomStrategy(), RingHashStrategy(), MaglevStrategy(table_size=101)],
+    ids=repr,
+)
+def test_slow_start_is_refused_where_it_cannot_apply(strategy: Strategy) -> None:
+    # Round-robin and random ignore weights; hashing would move sticky keys as weights ramp.
+    with pytest.raises(ValueError, match="slow_start does not apply"):
+        LoadBalancer(strategy, slow_start=SlowStart())
 
 
 @pytest.mark.parametrize(

@@ -14,11 +14,20 @@ BAD_WEIGHTS = [
     (-0.5, ValueError),
     (math.nan, ValueError),
     (math.inf, ValueError),
+    (1_000_001, ValueError),
+    (1.7e308, ValueError),
+    (10**400, ValueError),
     (True, TypeError),
     ("2", TypeError),
     (None, TypeError),
     (1j, TypeError),
 ]
+
+
+def test_the_largest_weight_is_accepted() -> None:
+    lb = LoadBalancer()
+    assert lb.register("a", weight=1_000_000)
+    assert lb.register("b", weight=1e-9)
 
 
 def test_default_weight_is_one_and_visible() -> None:

@@ -51,6 +51,36 @@ class _EmptyPicker(Picker):
 
 
 _EMPTY_PICKER = _EmptyPicker("no servers available: the pool is empty")
+
+# After a picker rebuild on the request path fails, how long until it is tried again.
+_RETRY_AFTER = 1.0
+
+
+@final
+class _HealthRollback:
+    """Restores the health state of ``pool`` if the block raises: a failed call changes nothing."""
+
+    __slots__ = ("_saved",)
+
+    def __init__(self, pool: tuple[Endpoint, ...]) -> None:
+        self._saved = [
+            (e, e.healthy, e.ejected_until, e.ejections, e.returned_at, e.ramp_from) for e in pool
+        ]
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            return
+        for endpoint, healthy, until, ejections, returned_at, ramp_from in self._saved:
+            endpoint.healthy = healthy
+            endpoint.ejected_until = until
+            endpoint.ejections = ejections
+            endpoint.returned_at = returned_at
+            endpoint.ramp_from = ramp_from
+
+
 _EMPTY_PLAN = Plan((), (), False, 0, math.inf)
 
 
@@ -104,8 +134,10 @@ class LoadBalancer:
       ejections) are serialised by one lock. Each builds the new pool aside, asks the strategy
       for a picker, and publishes both with reference assignments; a call that raises changes
       nothing.
-    * ``get`` takes no lock: it is the current picker's ``pick``, read once. Strategy code
-      never runs under the balancer's lock on the request path.
+    * ``get`` takes no lock: it is the current picker's ``pick``, read once, so look it up on
+      the balancer for each request (a saved ``lb.get`` keeps the pool of its moment). Picks
+      never run under the balancer's lock; leases may rebuild the picker when a time-driven
+      change is due, but never wait for the lock to do so.
     * Membership is linearisable: once ``unregister(s)`` has returned, no ``get`` that starts
       afterwards returns ``s``; of concurrent ``register(s)`` calls exactly one returns True;
       the pool never holds more than ``max_servers``, even for an instant.
@@ -147,6 +179,12 @@ class LoadBalancer:
         self._clock: Callable[[], float] = check_callable(clock, "clock")
         _check_optional(outlier_detection, OutlierDetection, "outlier_detection")
         _check_optional(slow_start, SlowStart, "slow_start")
+        if slow_start is not None and not self._strategy.accepts_slow_start:
+            raise ValueError(
+                f"slow_start does not apply to {self._strategy!r}: it ignores weights or pins "
+                "keys to servers; use a weight-aware strategy such as "
+                "WeightedRoundRobinStrategy or PowerOfTwoChoicesStrategy"
+            )
         self._health = HealthKeeper(
             outlier_detection, slow_start, check_panic_threshold(panic_threshold)
         )
@@ -269,9 +307,10 @@ class LoadBalancer:
             if endpoint is None:
                 return False
             now = self._clock()
-            events = self._health.set_healthy(endpoint, healthy, now)
-            if events:
-                events += self._publish(dict(self._view.endpoints), now)
+            with _HealthRollback((endpoint,)):
+                events = self._health.set_healthy(endpoint, healthy, now)
+                if events:
+                    events += self._publish(dict(self._view.endpoints), now)
         self._emit(events)
         return True
 
@@ -279,35 +318,67 @@ class LoadBalancer:
         """Apply whatever time has made due: ejections ending, slow-start steps, intervals."""
         now = self._clock()
         if now >= self._due:
-            self._maintain(now)
+            with self._lock:
+                events = self._maintain(now)
+            self._emit(events)
 
     @property
     def panic(self) -> bool:
         """True while too few servers are healthy and all of them are being used."""
         return self._view.plan.panic
 
-    def _maintain(self, now: float) -> None:
-        with self._lock:
-            if now < self._due:
-                return  # another thread got here first
-            endpoints = self._view.endpoints
-            events = self._health.expire(tuple(endpoints.values()), now)
-            events += self._publish(dict(endpoints), now)
+    def _maintain_if_free(self, now: float) -> None:
+        """The request path's maintenance: skipped while another thread holds the lock.
+
+        A lease never waits for a rebuild: the thread already holding the lock is either
+        doing this maintenance or a mutation, after which the next lease finds it due again.
+        A strategy that fails to build here is logged, not raised into the request.
+        """
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            events = self._maintain(now)
+        except Exception:
+            _log.exception("rebuilding the picker failed; retrying in %g s", _RETRY_AFTER)
+            self._due = now + _RETRY_AFTER
+            return
+        finally:
+            self._lock.release()
         self._emit(events)
 
+    def _maintain(self, now: float) -> list[HealthEvent]:
+        """Apply what is due at ``now``. Caller holds ``_lock``; on error nothing changes."""
+        if now < self._due:
+            return []  # another thread got here first
+        endpoints = self._view.endpoints
+        pool = tuple(endpoints.values())
+        with _HealthRollback(pool):
+            events = self._health.expire(pool, now)
+            return events + self._publish(dict(endpoints), now)
+
     def _after_failure(self, endpoint: Endpoint, now: float) -> None:
-        """Eject ``endpoint`` if its consecutive failures call for it."""
+        """Eject ``endpoint`` if its consecutive failures call for it (lease exit, done)."""
         outlier = self._health.outlier
         if outlier is None or endpoint.consecutive_failures < outlier.consecutive_failures:
             return
-        with self._lock:
-            endpoints = self._view.endpoints
-            if endpoints.get(endpoint.server) is not endpoint:
-                return  # unregistered meanwhile
-            why = f"{endpoint.consecutive_failures} consecutive failures"
-            events = self._health.eject(endpoint, tuple(endpoints.values()), now, why)
-            if events:
-                events += self._publish(dict(endpoints), now)
+        try:
+            with self._lock:
+                endpoints = self._view.endpoints
+                failures = endpoint.consecutive_failures  # again: a success may have reset it
+                if failures < outlier.consecutive_failures or (
+                    endpoints.get(endpoint.server) is not endpoint  # unregistered meanwhile
+                ):
+                    return
+                pool = tuple(endpoints.values())
+                with _HealthRollback(pool):
+                    why = f"{failures} consecutive failures"
+                    events = self._health.eject(endpoint, pool, now, why)
+                    if events:
+                        events += self._publish(dict(endpoints), now)
+        except Exception:
+            # Raised from a lease's exit this would mask the caller's own exception.
+            _log.exception("ejecting %r failed; it stays in the pool", endpoint.server)
+            return
         self._emit(events)
 
     def _publish(self, endpoints: dict[str, Endpoint], now: float) -> list[HealthEvent]:
@@ -347,7 +418,7 @@ class LoadBalancer:
         """Pick a server and count a request in flight on it until the lease is released."""
         now = self._clock()
         if now >= self._due:
-            self._maintain(now)
+            self._maintain_if_free(now)
         view = self._view  # read once: the picker and the endpoints belong together
         endpoint = view.picker.acquire(key, view.endpoints)
         return Lease(self, endpoint, now)
@@ -372,7 +443,7 @@ class LoadBalancer:
         if not ok:
             self._after_failure(endpoint, now)
         if now >= self._due:
-            self._maintain(now)
+            self._maintain_if_free(now)
         return True
 
     def stats(self) -> dict[str, ServerStats]:

@@ -6,7 +6,14 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["check_callable", "check_key", "check_positive_int", "check_server", "check_weight"]
+__all__ = [
+    "MAX_WEIGHT",
+    "check_callable",
+    "check_key",
+    "check_positive_int",
+    "check_server",
+    "check_weight",
+]
 
 
 def check_server(value: object, name: str = "server") -> str:
@@ -41,10 +48,17 @@ def check_key(key: object) -> None:
         raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
 
 
+MAX_WEIGHT = 1_000_000
+"""The largest weight: ratios beyond a million to one are a mistake, and sums must not overflow."""
+
+
 def check_weight(value: object, name: str = "weight") -> float:
-    """Return ``value`` if it is a positive finite int or float, else raise naming ``name``."""
+    """Return ``value`` if it is an int or float in (0, MAX_WEIGHT], else raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be an int or float, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+    # Compared before isfinite, which raises OverflowError for an int too large for a float.
+    if not 0 < value <= MAX_WEIGHT or not math.isfinite(value):
+        raise ValueError(
+            f"{name} must be positive, finite and at most {MAX_WEIGHT:,}, got {value!r}"
+        )
     return value

@@ -71,7 +71,8 @@ class OutlierDetection:
 
     def forgiven(self, ejections: int, time_in: float) -> int:
         """The ejection count after ``time_in`` seconds back in the pool on probation."""
-        return max(0, ejections - math.floor(time_in / self.base_ejection_time))
+        # max: a clock that stepped back must not add ejections.
+        return max(0, ejections - math.floor(max(time_in, 0.0) / self.base_ejection_time))
 
     def fails_percentage(self, requests: int, failures: int) -> bool:
         """Whether one interval's counts call for ejection by failure percentage."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Protocol, TypeAlias
+from typing import ClassVar, Protocol, TypeAlias
 
 from .._snapshot import Endpoint, Snapshot
 
@@ -55,8 +55,8 @@ class Picker(ABC):
 class Strategy(ABC):
     """How servers are chosen. Subclass it to write your own.
 
-    ``build`` is called under the balancer's mutation lock every time the set of eligible
-    servers changes, and never on the request path: precompute tables, prefix sums or rings
+    ``build`` is called under the balancer's mutation lock every time the eligible servers
+    or their weights change, never inside ``get``: precompute tables, prefix sums or rings
     there. ``previous`` is the picker this strategy built for the same balancer last time (or
     ``None``); a stateful strategy hands its state from it to the new picker, so that, say, a
     rotation continues where it was. A strategy holds configuration only, so one instance may
@@ -64,6 +64,10 @@ class Strategy(ABC):
     """
 
     __slots__ = ()
+
+    accepts_slow_start: ClassVar[bool] = True
+    """Whether slow start may scale this strategy's weights. False where weights are ignored
+    (round-robin, random) or where changing them would move sticky keys (hashing)."""
 
     @abstractmethod
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:

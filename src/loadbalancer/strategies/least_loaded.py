@@ -55,12 +55,14 @@ class _LeastConnectionsPicker(Picker):
         """Return a server with the fewest requests in flight per unit of weight."""
         if key is not None:
             check_key(key)
-        # One plain loop: cheaper here than several C-level passes over the pool.
+        # HAProxy's leastconn load, (in flight + 1) / weight: counting the request about to be
+        # sent lets weights decide among idle servers too. One plain loop is cheaper here than
+        # several C-level passes over the pool.
         lowest = math.inf
         best = self._weighted[0][0]  # replaced by the first endpoint: every load is < inf
         ties = 0
         for endpoint, weight in self._weighted:
-            load = endpoint.in_flight / weight
+            load = (endpoint.in_flight + 1) / weight
             if load < lowest:
                 lowest, best, ties = load, endpoint, 1
             elif load == lowest:
@@ -76,8 +78,9 @@ class _LeastConnectionsPicker(Picker):
 class LeastConnectionsStrategy(Strategy):
     """The server with the fewest requests in flight, relative to its weight.
 
-    Loads are in-flight counts tracked by leases (``lb.lease()``/``lb.acquire()``); ties are
-    broken uniformly at random with ``rng``. O(n) per pick.
+    The load is HAProxy's ``(in_flight + 1) / weight``, so weights (and slow start) count even
+    when servers are idle. In-flight counts come from leases (``lb.lease()``/``lb.acquire()``);
+    ties are broken uniformly at random with ``rng``. O(n) per pick.
     """
 
     __slots__ = ("_rng",)
@@ -136,6 +139,11 @@ class _PairDraw:
         # second ranges over size - 1 values: skipping first makes it distinct from it.
         return self._endpoints[first], self._endpoints[second + (second >= first)]
 
+    @property
+    def only(self) -> str:
+        """The server of a one-server pool."""
+        return self._endpoints[0].server
+
     def sample(self, count: int) -> list[Endpoint]:
         """``count`` distinct endpoints, for choice counts above two."""
         return self._rng.sample(self._endpoints, count)
@@ -184,7 +192,7 @@ class _TwoChoicesPicker(Picker):
     def _pick_general(self) -> str:
         """More than two choices, a single server, or a pool too large for the pair table."""
         if self._choices == 1:
-            return self._draw.sample(1)[0].server
+            return self._draw.only
         candidates = self._draw.pair() if self._choices == 2 else self._draw.sample(self._choices)
         weights = self._weights
         if weights is None:

@@ -50,6 +50,8 @@ class RandomStrategy(Strategy):
 
     __slots__ = ("_rng",)
 
+    accepts_slow_start = False
+
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = random.Random() if rng is None else check_rng(rng)
 

@@ -72,6 +72,8 @@ class RoundRobinStrategy(Strategy):
 
     __slots__ = ()
 
+    accepts_slow_start = False
+
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
         """Return a picker that rotates over the snapshot's servers."""
         servers = snapshot.servers

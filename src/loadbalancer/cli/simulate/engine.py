@@ -100,7 +100,8 @@ class _Simulation:
             max_servers=len(scenario.servers),
             clock=self.clock,
             outlier_detection=scenario.outlier_detection,
-            slow_start=scenario.slow_start,
+            # Strategies that ignore weights or pin keys refuse slow start; they run without.
+            slow_start=scenario.slow_start if strategy.accepts_slow_start else None,
             panic_threshold=scenario.panic_threshold,
             on_event=tally.on_event,
         )

@@ -9,9 +9,12 @@ from typing import Any
 
 from ... import (
     LeastConnectionsStrategy,
+    MaglevStrategy,
     PeakEWMAStrategy,
     PowerOfTwoChoicesStrategy,
     RandomStrategy,
+    RendezvousStrategy,
+    RingHashStrategy,
     RoundRobinStrategy,
     Strategy,
     WeightedRandomStrategy,
@@ -27,25 +30,6 @@ __all__ = [
 ]
 
 
-def _hashing_strategies() -> dict[str, type[Strategy]]:
-    """The consistent-hashing strategies, if this install has them."""
-    # Guarded: the hashing family is optional to the simulator, which must work without it.
-    try:
-        from ...strategies import hashing
-    except ImportError:
-        return {}
-    found = {}
-    for name, attribute in (
-        ("ring_hash", "RingHashStrategy"),
-        ("maglev", "MaglevStrategy"),
-        ("rendezvous", "RendezvousStrategy"),
-    ):
-        cls = getattr(hashing, attribute, None)
-        if isinstance(cls, type) and issubclass(cls, Strategy):
-            found[name] = cls
-    return found
-
-
 STRATEGIES: Mapping[str, type[Strategy]] = {
     "round_robin": RoundRobinStrategy,
     "random": RandomStrategy,
@@ -54,23 +38,21 @@ STRATEGIES: Mapping[str, type[Strategy]] = {
     "least_connections": LeastConnectionsStrategy,
     "power_of_two_choices": PowerOfTwoChoicesStrategy,
     "peak_ewma": PeakEWMAStrategy,
-    **_hashing_strategies(),
+    "ring_hash": RingHashStrategy,
+    "maglev": MaglevStrategy,
+    "rendezvous": RendezvousStrategy,
 }
 """Every strategy a scenario may name, by its scenario name."""
 
-DEFAULT_STRATEGIES: tuple[str, ...] = tuple(
-    name
-    for name in (
-        "round_robin",
-        "random",
-        "weighted_round_robin",
-        "least_connections",
-        "power_of_two_choices",
-        "peak_ewma",
-        "ring_hash",
-        "maglev",
-    )
-    if name in STRATEGIES
+DEFAULT_STRATEGIES: tuple[str, ...] = (
+    "round_robin",
+    "random",
+    "weighted_round_robin",
+    "least_connections",
+    "power_of_two_choices",
+    "peak_ewma",
+    "ring_hash",
+    "maglev",
 )
 """What a scenario compares when it lists no strategies."""
 

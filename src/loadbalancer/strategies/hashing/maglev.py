@@ -223,6 +223,8 @@ class MaglevStrategy(Strategy):
 
     __slots__ = ("_balance_factor", "_rng", "_table_size")
 
+    accepts_slow_start = False
+
     def __init__(
         self,
         *,

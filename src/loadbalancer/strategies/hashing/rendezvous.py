@@ -96,6 +96,8 @@ class RendezvousStrategy(Strategy):
 
     __slots__ = ("_balance_factor", "_rng")
 
+    accepts_slow_start = False
+
     def __init__(
         self, *, balance_factor: float | None = None, rng: random.Random | None = None
     ) -> None:

@@ -205,6 +205,8 @@ class RingHashStrategy(Strategy):
 
     __slots__ = ("_balance_factor", "_hash", "_rng", "_vnodes")
 
+    accepts_slow_start = False
+
     def __init__(
         self,
         *,
