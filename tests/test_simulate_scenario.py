@@ -232,7 +232,7 @@ BAD = [
     (
         "slow start bad",
         MINIMAL.replace("[[servers]]", "[slow_start]\nwindow = -1\n[[servers]]"),
-        "slow_start.window: must be positive",
+        "slow_start.window: must be finite and > 0",
     ),
     (
         "keys distribution",

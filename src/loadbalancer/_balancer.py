@@ -14,13 +14,15 @@ from typing import final
 
 from ._errors import NoServersAvailableError
 from ._events import HealthEvent
-from ._health import HealthKeeper, Plan, check_panic_threshold
-from ._lease import Lease, check_latency, check_ok
+from ._health import HealthKeeper, Plan
+from ._lease import Lease, check_latency
 from ._snapshot import Endpoint, Snapshot
 from ._stats import ServerStats
 from ._validation import (
+    check_bool,
     check_callable,
     check_key,
+    check_number,
     check_positive_int,
     check_server,
     check_weight,
@@ -186,7 +188,9 @@ class LoadBalancer:
                 "WeightedRoundRobinStrategy or PowerOfTwoChoicesStrategy"
             )
         self._health = HealthKeeper(
-            outlier_detection, slow_start, check_panic_threshold(panic_threshold)
+            outlier_detection,
+            slow_start,
+            check_number(panic_threshold, "panic_threshold", at_least=0, at_most=100),
         )
         self._on_event = None if on_event is None else check_callable(on_event, "on_event")
         self._decay = self._strategy.latency_decay
@@ -301,7 +305,7 @@ class LoadBalancer:
         again starts its slow start. New servers are healthy until told otherwise.
         """
         check_server(server)
-        check_ok(healthy, "healthy")
+        check_bool(healthy, "healthy")
         with self._lock:
             endpoint = self._view.endpoints.get(server)
             if endpoint is None:
@@ -433,7 +437,7 @@ class LoadBalancer:
         when given, the latency in seconds.
         """
         check_server(server)
-        check_ok(ok)
+        check_bool(ok, "ok")
         latency = check_latency(latency)
         endpoint = self._view.endpoints.get(server)
         if endpoint is None:

@@ -38,15 +38,6 @@ class Plan:
     due: float  # the next clock time at which the plan changes by itself
 
 
-def check_panic_threshold(value: object) -> float:
-    """Return ``value`` if it is a percentage in [0, 100], else raise naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"panic_threshold must be a number, not {type(value).__name__}")
-    if not 0 <= value <= 100:
-        raise ValueError(f"panic_threshold must be a percentage in [0, 100], got {value!r}")
-    return float(value)
-
-
 @final
 class HealthKeeper:
     """Outlier ejection, active-check verdicts, slow start and the panic threshold."""

@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import math
 from types import TracebackType
 from typing import TYPE_CHECKING, final
 
 from ._snapshot import Endpoint
+from ._validation import check_bool, check_number
 
 if TYPE_CHECKING:
     from ._balancer import LoadBalancer
 
-__all__ = ["Lease", "check_latency", "check_ok"]
-
-
-def check_ok(ok: object, name: str = "ok") -> bool:
-    """Return ``ok`` if it is a bool, else raise naming the argument."""
-    if not isinstance(ok, bool):
-        raise TypeError(f"{name} must be a bool, not {type(ok).__name__}")
-    return ok
+__all__ = ["Lease", "check_latency"]
 
 
 def check_latency(latency: object) -> float | None:
     """Return ``latency`` if it is None or a finite number of seconds >= 0, else raise."""
-    if latency is None:
-        return None
-    if isinstance(latency, bool) or not isinstance(latency, (int, float)):
-        raise TypeError(f"latency must be a number of seconds, not {type(latency).__name__}")
-    if not math.isfinite(latency) or latency < 0:
-        raise ValueError(f"latency must be finite and >= 0, got {latency!r}")
-    return float(latency)
+    return None if latency is None else check_number(latency, "latency", at_least=0)
 
 
 @final
@@ -54,11 +41,11 @@ class Lease:
 
     def mark(self, ok: bool) -> None:
         """Set the outcome recorded on exit, whatever the block raises."""
-        self._outcome = check_ok(ok)
+        self._outcome = check_bool(ok, "ok")
 
     def release(self, ok: bool = True, latency: float | None = None) -> bool:
         """Record the outcome and stop counting the request; False if already released."""
-        check_ok(ok)
+        check_bool(ok, "ok")
         given = check_latency(latency)
         now = self._balancer._clock()
         if given is None:

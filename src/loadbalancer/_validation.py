@@ -8,8 +8,10 @@ from typing import Any
 
 __all__ = [
     "MAX_WEIGHT",
+    "check_bool",
     "check_callable",
     "check_key",
+    "check_number",
     "check_positive_int",
     "check_server",
     "check_weight",
@@ -53,12 +55,49 @@ MAX_WEIGHT = 1_000_000
 
 
 def check_weight(value: object, name: str = "weight") -> float:
-    """Return ``value`` if it is an int or float in (0, MAX_WEIGHT], else raise naming ``name``."""
+    """Return ``value`` (an int stays an int) if it is in (0, MAX_WEIGHT], else raise."""
+    check_number(value, name, above=0, at_most=MAX_WEIGHT)
+    return value  # type: ignore[return-value]  # check_number proved it an int or float
+
+
+def check_number(
+    value: object,
+    name: str,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    at_most: float | None = None,
+) -> float:
+    """Return ``value`` as a float if it is a finite int or float within the bounds, else raise.
+
+    ``TypeError`` for a non-number (bool included), ``ValueError`` for one out of bounds;
+    both name the argument.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be an int or float, not {type(value).__name__}")
-    # Compared before isfinite, which raises OverflowError for an int too large for a float.
-    if not 0 < value <= MAX_WEIGHT or not math.isfinite(value):
-        raise ValueError(
-            f"{name} must be positive, finite and at most {MAX_WEIGHT:,}, got {value!r}"
-        )
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if (
+        not math.isfinite(number)
+        or (above is not None and not number > above)
+        or (at_least is not None and not number >= at_least)
+        or (at_most is not None and not number <= at_most)
+    ):
+        bounds = ["finite"]
+        if above is not None:
+            bounds.append(f"> {above:g}")
+        if at_least is not None:
+            bounds.append(f">= {at_least:g}")
+        if at_most is not None:
+            bounds.append(f"<= {at_most:g}")
+        raise ValueError(f"{name} must be {' and '.join(bounds)}, got {value!r}")
+    return number
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Return ``value`` if it is a bool, else raise naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
     return value

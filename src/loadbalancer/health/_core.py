@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import random
 from collections.abc import Callable
 from typing import Protocol, final
 
-from .._validation import check_callable, check_positive_int
+from .._validation import check_callable, check_number, check_positive_int
 from ..strategies._draw import check_rng
 from ._state import HealthCheckStatus, RiseFall
 
@@ -45,13 +44,10 @@ class HealthCheckTarget(Protocol):
 
 
 def check_seconds(value: object, name: str, *, zero_ok: bool = False) -> float:
-    """Return ``value`` as a float if it is a finite, positive number, else raise naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be an int or float, not {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-        bound = ">= 0" if zero_ok else "> 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
-    return float(value)
+    """Return ``value`` as a float if it is a finite number > 0 (>= 0 if ``zero_ok``)."""
+    if zero_ok:
+        return check_number(value, name, at_least=0)
+    return check_number(value, name, above=0)
 
 
 def _check_target(lb: object) -> HealthCheckTarget:

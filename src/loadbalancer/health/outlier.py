@@ -6,16 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import final
 
+from .._validation import check_number, check_positive_int
+
 __all__ = ["OutlierDetection"]
-
-
-def _check_number(value: object, name: str, *, minimum: float, inclusive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
-        bound = f">= {minimum}" if inclusive else f"> {minimum}"
-        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
-    return value
 
 
 @final
@@ -42,24 +35,14 @@ class OutlierDetection:
     interval: float = 10.0
 
     def __post_init__(self) -> None:
-        _check_int(self.consecutive_failures, "consecutive_failures")
-        _check_number(self.base_ejection_time, "base_ejection_time", minimum=0, inclusive=False)
-        _check_number(self.max_ejection_time, "max_ejection_time", minimum=0, inclusive=False)
-        if self.max_ejection_time < self.base_ejection_time:
-            raise ValueError("max_ejection_time must be >= base_ejection_time")
-        _check_number(self.max_ejection_percent, "max_ejection_percent", minimum=0, inclusive=True)
-        if self.max_ejection_percent > 100:
-            raise ValueError(
-                f"max_ejection_percent must be <= 100, got {self.max_ejection_percent}"
-            )
+        check_positive_int(self.consecutive_failures, "consecutive_failures")
+        check_number(self.base_ejection_time, "base_ejection_time", above=0)
+        check_number(self.max_ejection_time, "max_ejection_time", at_least=self.base_ejection_time)
+        check_number(self.max_ejection_percent, "max_ejection_percent", at_least=0, at_most=100)
         if self.failure_percentage is not None:
-            _check_number(self.failure_percentage, "failure_percentage", minimum=0, inclusive=False)
-            if self.failure_percentage > 100:
-                raise ValueError(
-                    f"failure_percentage must be <= 100, got {self.failure_percentage}"
-                )
-        _check_int(self.minimum_requests, "minimum_requests")
-        _check_number(self.interval, "interval", minimum=0, inclusive=False)
+            check_number(self.failure_percentage, "failure_percentage", above=0, at_most=100)
+        check_positive_int(self.minimum_requests, "minimum_requests")
+        check_number(self.interval, "interval", above=0)
 
     def ejection_time(self, ejections: int) -> float:
         """How long the ``ejections``-th ejection of a server lasts."""
@@ -79,10 +62,3 @@ class OutlierDetection:
         if self.failure_percentage is None or requests < self.minimum_requests:
             return False
         return failures * 100 >= self.failure_percentage * requests
-
-
-def _check_int(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import final
+
+from .._validation import check_number, check_positive_int
 
 __all__ = ["SlowStart"]
 
@@ -25,21 +26,10 @@ class SlowStart:
     steps: int = 20
 
     def __post_init__(self) -> None:
-        for name in ("window", "aggression"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be positive and finite, got {value!r}")
-        percent = self.min_weight_percent
-        if isinstance(percent, bool) or not isinstance(percent, (int, float)):
-            raise TypeError(f"min_weight_percent must be a number, not {type(percent).__name__}")
-        if not 0 < percent <= 100:
-            raise ValueError(f"min_weight_percent must be in (0, 100], got {percent!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int):
-            raise TypeError(f"steps must be an int, not {type(self.steps).__name__}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        check_number(self.window, "window", above=0)
+        check_number(self.aggression, "aggression", above=0)
+        check_number(self.min_weight_percent, "min_weight_percent", above=0, at_most=100)
+        check_positive_int(self.steps, "steps")
 
     def factor(self, elapsed: float) -> float | None:
         """The weight factor ``elapsed`` seconds into the ramp, or None once it is over."""

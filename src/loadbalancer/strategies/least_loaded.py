@@ -10,29 +10,13 @@ from operator import attrgetter
 from typing import final
 
 from .._snapshot import Endpoint, Snapshot
-from .._validation import check_key, check_positive_int
+from .._validation import check_key, check_number, check_positive_int
 from ._base import Key, Picker, Strategy
 from ._draw import check_rng, draw_width, repeated_table, table_width
 
 __all__ = ["LeastConnectionsStrategy", "PeakEWMAStrategy", "PowerOfTwoChoicesStrategy"]
 
 _in_flight = attrgetter("in_flight")
-
-
-def _check_positive_float(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be positive and finite, got {value!r}")
-    return float(value)
-
-
-def _check_bias(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"active_request_bias must be a number, not {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"active_request_bias must be finite and >= 0, got {value!r}")
-    return float(value)
 
 
 def _weights_if_unequal(snapshot: Snapshot) -> dict[Endpoint, float] | None:
@@ -223,7 +207,7 @@ class PowerOfTwoChoicesStrategy(Strategy):
         self._choices = check_positive_int(choices, "choices")
         if self._choices < 2:
             raise ValueError(f"choices must be >= 2, got {choices}")
-        self._bias = _check_bias(active_request_bias)
+        self._bias = check_number(active_request_bias, "active_request_bias", at_least=0)
         self._rng = random.Random() if rng is None else check_rng(rng)
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
@@ -304,8 +288,8 @@ class PeakEWMAStrategy(Strategy):
         default_latency: float = 0.030,
         rng: random.Random | None = None,
     ) -> None:
-        self._decay = _check_positive_float(decay, "decay")
-        self._default = _check_positive_float(default_latency, "default_latency")
+        self._decay = check_number(decay, "decay", above=0)
+        self._default = check_number(default_latency, "default_latency", above=0)
         self._rng = random.Random() if rng is None else check_rng(rng)
 
     @property

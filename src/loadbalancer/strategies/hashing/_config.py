@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import random
 
+from ..._validation import check_number
 from .._draw import check_rng
 
 __all__ = ["check_balance_factor", "describe", "resolve_rng"]
@@ -12,14 +12,8 @@ __all__ = ["check_balance_factor", "describe", "resolve_rng"]
 
 def check_balance_factor(value: object) -> float | None:
     """Return ``value`` if it is ``None`` or a finite number above 1, else raise."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"balance_factor must be a float or None, not {type(value).__name__}")
     # A factor of 1 or less would leave some request without a server under capacity.
-    if not math.isfinite(value) or value <= 1:
-        raise ValueError(f"balance_factor must be a finite number > 1, got {value!r}")
-    return float(value)
+    return None if value is None else check_number(value, "balance_factor", above=1)
 
 
 def resolve_rng(rng: object) -> random.Random:
