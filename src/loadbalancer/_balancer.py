@@ -9,7 +9,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import final
 
 from ._errors import NoServersAvailableError
@@ -35,7 +34,6 @@ from .strategies.round_robin import RoundRobinStrategy
 __all__ = ["LoadBalancer"]
 
 _log = logging.getLogger("loadbalancer")
-_server = attrgetter("server")
 
 
 @final
@@ -391,8 +389,7 @@ class LoadBalancer:
         plan = self._health.plan(pool, now)
         if plan.eligible:
             previous = self._view.picker
-            servers = tuple(map(_server, plan.eligible))
-            snapshot = Snapshot(plan.eligible, servers, plan.weights, self._clock)
+            snapshot = Snapshot.of(plan.eligible, self._clock, plan.weights)
             picker = self._strategy.build(
                 snapshot, None if isinstance(previous, _EmptyPicker) else previous
             )

@@ -6,9 +6,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from math import exp
+from operator import attrgetter
 from typing import Protocol, final
 
 __all__ = ["Endpoint", "Snapshot"]
+
+_server = attrgetter("server")
+_weight = attrgetter("weight")
 
 
 class _Releasable(Protocol):
@@ -151,11 +155,16 @@ class Snapshot:
     clock: Callable[[], float]
 
     @classmethod
-    def of(cls, endpoints: tuple[Endpoint, ...], clock: Callable[[], float]) -> Snapshot:
-        """Build a snapshot over ``endpoints``, reading names and weights once."""
+    def of(
+        cls,
+        endpoints: tuple[Endpoint, ...],
+        clock: Callable[[], float],
+        weights: tuple[float, ...] | None = None,
+    ) -> Snapshot:
+        """A snapshot over ``endpoints``; ``weights`` default to their configured weights."""
         return cls(
             endpoints,
-            tuple(e.server for e in endpoints),
-            tuple(e.weight for e in endpoints),
+            tuple(map(_server, endpoints)),
+            tuple(map(_weight, endpoints)) if weights is None else weights,
             clock,
         )

@@ -8,9 +8,9 @@ from functools import lru_cache
 from typing import final
 from urllib.parse import urlsplit
 
-__all__ = ["Address", "parse_address"]
+__all__ = ["DEFAULT_PORTS", "Address", "parse_address"]
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # Characters that never belong in a host name; rejecting them here also keeps CR/LF out of the
 # request line and Host header the HTTP probes write.
@@ -70,9 +70,9 @@ def _parse_url(server: str) -> Address:
         explicit = parts.port
     except ValueError:  # urlsplit's own message does not say which server
         raise _error(server, "the port is not a number in 1..65535") from None
-    if explicit is None and scheme not in _DEFAULT_PORTS:
+    if explicit is None and scheme not in DEFAULT_PORTS:
         raise _error(server, f"a {scheme!r} URL needs an explicit port")
-    port = _DEFAULT_PORTS[scheme] if explicit is None else explicit
+    port = DEFAULT_PORTS[scheme] if explicit is None else explicit
     if not 1 <= port <= 65535:
         raise _error(server, "the port is not in 1..65535")
     return Address(host, port, scheme, _check_path(parts.path, server))

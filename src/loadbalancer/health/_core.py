@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Protocol, final
 
 from .._validation import check_callable, check_number, check_positive_int
-from ..strategies._draw import check_rng
+from ..strategies._draw import resolve_rng
 from ._state import HealthCheckStatus, RiseFall
 
 __all__ = [
@@ -145,7 +145,7 @@ class Core:
             )
         self.initially_healthy = initially_healthy
         self.clock: Callable[[], float] = check_callable(clock, "clock")
-        self.rng = random.Random() if rng is None else check_rng(rng)
+        self.rng = resolve_rng(rng)
         self.tracker = RiseFall(self.rise, self.fall, initially_healthy)
 
     def delay(self) -> float:

@@ -17,14 +17,13 @@ import ssl
 from collections.abc import Collection
 from typing import final
 
-from ._address import Address, parse_address
+from ._address import DEFAULT_PORTS, Address, parse_address
 from ._core import check_seconds, logger
 
 __all__ = ["AsyncHttpProbe", "AsyncTcpProbe", "HttpProbe", "TcpProbe"]
 
 _USER_AGENT = "loadbalancer-health/0.1"
 _SCHEMES = ("http", "https")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 # -- TCP ------------------------------------------------------------------------------------
@@ -279,7 +278,7 @@ def _request(address: Address, scheme: str, path: str) -> bytes:
         host = host.encode("idna").decode("ascii")
     if ":" in host:
         host = f"[{host}]"
-    if address.port != _DEFAULT_PORTS[scheme]:
+    if address.port != DEFAULT_PORTS[scheme]:
         host = f"{host}:{address.port}"
     return (
         f"GET {path} HTTP/1.1\r\n"

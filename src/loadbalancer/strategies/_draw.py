@@ -8,9 +8,9 @@ from itertools import chain, repeat
 from typing import TypeVar
 
 __all__ = [
-    "check_rng",
     "draw_width",
     "repeated_table",
+    "resolve_rng",
     "table_width",
 ]
 
@@ -20,8 +20,10 @@ T = TypeVar("T")
 _MIN_BITS = 30
 
 
-def check_rng(rng: object) -> random.Random:
-    """Return ``rng`` if it is a ``random.Random``, else raise naming the argument."""
+def resolve_rng(rng: object) -> random.Random:
+    """Return ``rng`` if it is a ``random.Random``, a fresh one if None, else raise naming it."""
+    if rng is None:
+        return random.Random()
     if not isinstance(rng, random.Random):
         raise TypeError(f"rng must be a random.Random instance, not {type(rng).__name__}")
     return rng

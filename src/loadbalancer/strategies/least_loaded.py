@@ -12,7 +12,7 @@ from typing import final
 from .._snapshot import Endpoint, Snapshot
 from .._validation import check_key, check_number, check_positive_int
 from ._base import Key, Picker, Strategy
-from ._draw import check_rng, draw_width, repeated_table, table_width
+from ._draw import draw_width, repeated_table, resolve_rng, table_width
 
 __all__ = ["LeastConnectionsStrategy", "PeakEWMAStrategy", "PowerOfTwoChoicesStrategy"]
 
@@ -70,7 +70,7 @@ class LeastConnectionsStrategy(Strategy):
     __slots__ = ("_rng",)
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._rng = random.Random() if rng is None else check_rng(rng)
+        self._rng = resolve_rng(rng)
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
         """Return a picker scanning the snapshot's in-flight counts."""
@@ -208,7 +208,7 @@ class PowerOfTwoChoicesStrategy(Strategy):
         if self._choices < 2:
             raise ValueError(f"choices must be >= 2, got {choices}")
         self._bias = check_number(active_request_bias, "active_request_bias", at_least=0)
-        self._rng = random.Random() if rng is None else check_rng(rng)
+        self._rng = resolve_rng(rng)
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
         """Return a picker comparing sampled servers' in-flight counts."""
@@ -290,7 +290,7 @@ class PeakEWMAStrategy(Strategy):
     ) -> None:
         self._decay = check_number(decay, "decay", above=0)
         self._default = check_number(default_latency, "default_latency", above=0)
-        self._rng = random.Random() if rng is None else check_rng(rng)
+        self._rng = resolve_rng(rng)
 
     @property
     def latency_decay(self) -> float:

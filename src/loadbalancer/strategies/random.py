@@ -8,7 +8,7 @@ from typing import final
 from .._snapshot import Snapshot
 from .._validation import check_key
 from ._base import Key, Picker, Strategy
-from ._draw import check_rng, table_width
+from ._draw import resolve_rng, table_width
 
 __all__ = ["RandomStrategy", "TablePicker"]
 
@@ -53,7 +53,7 @@ class RandomStrategy(Strategy):
     accepts_slow_start = False
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._rng = random.Random() if rng is None else check_rng(rng)
+        self._rng = resolve_rng(rng)
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
         """Return a picker drawing uniformly over the snapshot's servers."""

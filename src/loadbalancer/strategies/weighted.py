@@ -12,7 +12,7 @@ from typing import final
 from .._snapshot import Snapshot
 from .._validation import check_key, check_positive_int
 from ._base import Key, Picker, Strategy
-from ._draw import check_rng, repeated_table, table_width
+from ._draw import repeated_table, resolve_rng, table_width
 from .random import TablePicker
 from .round_robin import positions
 
@@ -89,7 +89,7 @@ class WeightedRandomStrategy(Strategy):
     __slots__ = ("_rng",)
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._rng = random.Random() if rng is None else check_rng(rng)
+        self._rng = resolve_rng(rng)
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
         """Return a picker drawing servers in proportion to the snapshot's weights."""

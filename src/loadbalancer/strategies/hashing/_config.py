@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import random
-
 from ..._validation import check_number
-from .._draw import check_rng
+from .._draw import resolve_rng
 
 __all__ = ["check_balance_factor", "describe", "resolve_rng"]
 
@@ -14,11 +12,6 @@ def check_balance_factor(value: object) -> float | None:
     """Return ``value`` if it is ``None`` or a finite number above 1, else raise."""
     # A factor of 1 or less would leave some request without a server under capacity.
     return None if value is None else check_number(value, "balance_factor", above=1)
-
-
-def resolve_rng(rng: object) -> random.Random:
-    """Return ``rng`` if it is a ``random.Random``, a fresh one if ``None``, else raise."""
-    return random.Random() if rng is None else check_rng(rng)
 
 
 def describe(name: str, **non_default: object) -> str:
