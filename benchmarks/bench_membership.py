@@ -1,7 +1,7 @@
 """Cost of register() and unregister() at 10, 1,000 and 10,000 servers.
 
 Each mutation rebuilds the snapshot and the picker (copy-on-write), so it is O(n) by design:
-that is what keeps get() free of locks. This shows what that costs.
+that is what keeps get() free of locks. This shows what that costs, with weights 1-4.
 """
 
 from __future__ import annotations
@@ -11,13 +11,20 @@ import sys
 import time
 from collections.abc import Callable
 
-from loadbalancer import LoadBalancer, RandomStrategy, RoundRobinStrategy, Strategy
+from loadbalancer import (
+    LoadBalancer,
+    PowerOfTwoChoicesStrategy,
+    RandomStrategy,
+    RoundRobinStrategy,
+    Strategy,
+    WeightedRoundRobinStrategy,
+)
 
 
 def mutation_us(strategy: Strategy, size: int, repeats: int) -> tuple[float, float]:
     """Best µs for one register and one unregister on a pool of ``size`` servers."""
     lb = LoadBalancer(strategy=strategy, max_servers=size + 1)
-    lb.replace(f"s{i}" for i in range(size))
+    lb.replace({f"s{i}": 1 + i % 4 for i in range(size)})  # weights 1-4
     best_register = best_unregister = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -32,16 +39,18 @@ def mutation_us(strategy: Strategy, size: int, repeats: int) -> tuple[float, flo
 
 def main() -> None:
     print(f"Python {sys.version.split()[0]}")
-    print(f"  {'strategy':<20} {'servers':>8} {'register':>12} {'unregister':>12}")
+    print(f"  {'strategy':<28} {'servers':>8} {'register':>12} {'unregister':>12}")
     factories: dict[str, Callable[[], Strategy]] = {
         "RoundRobinStrategy": RoundRobinStrategy,
         "RandomStrategy": lambda: RandomStrategy(random.Random(1)),
+        "WeightedRoundRobinStrategy": WeightedRoundRobinStrategy,
+        "PowerOfTwoChoicesStrategy": lambda: PowerOfTwoChoicesStrategy(rng=random.Random(1)),
     }
     for name, factory in factories.items():
         for size in (10, 1_000, 10_000):
             strategy = factory()
-            register, unregister = mutation_us(strategy, size, repeats=max(20, 20_000 // size))
-            print(f"  {name:<20} {size:>8} {register:>9.1f} µs {unregister:>9.1f} µs")
+            register, unregister = mutation_us(strategy, size, repeats=max(5, 20_000 // size))
+            print(f"  {name:<28} {size:>8} {register:>9.1f} µs {unregister:>9.1f} µs")
 
 
 if __name__ == "__main__":

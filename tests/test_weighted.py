@@ -179,3 +179,25 @@ def test_reprs() -> None:
         repr(WeightedRoundRobinStrategy(max_cycle=10)) == "WeightedRoundRobinStrategy(max_cycle=10)"
     )
     assert repr(WeightedRandomStrategy()) == "WeightedRandomStrategy()"
+
+
+def nginx_smooth_cycle(weights: list[int]) -> list[int]:
+    """NGINX's loop, transcribed: the reference the fast cycle must equal."""
+    total = sum(weights)
+    current = [0] * len(weights)
+    picks = []
+    for _ in range(total):
+        current = [c + w for c, w in zip(current, weights, strict=True)]
+        best = current.index(max(current))
+        current[best] -= total
+        picks.append(best)
+    return picks
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=12), min_size=1, max_size=12))
+def test_smooth_wrr_cycle_is_nginxs_exactly(weights: list[int]) -> None:
+    from loadbalancer.strategies.weighted import _smooth_cycle
+
+    servers = [str(i) for i in range(len(weights))]
+    assert [int(s) for s in _smooth_cycle(servers, weights)] == nginx_smooth_cycle(weights)

@@ -6,7 +6,6 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from fractions import Fraction
-from operator import add
 from typing import final
 
 from .._snapshot import Snapshot
@@ -130,17 +129,35 @@ def _apportion(weights: Sequence[float], turns: int) -> list[int]:
 def _smooth_cycle(servers: Sequence[str], weights: Sequence[int]) -> tuple[str, ...]:
     """One full cycle of NGINX's smooth weighted round-robin.
 
-    Each turn every server's current weight grows by its weight; the largest (the first of
-    equals, as NGINX scans) is picked and loses the total. Weights 5, 1, 1 give a a b a c a a.
+    NGINX, each turn: every server's current weight grows by its weight; the largest (the
+    first of equals) is picked and loses the total. Weights 5, 1, 1 give a a b a c a a.
+
+    The same sequence in O(turns x distinct weights) instead of O(turns x servers): servers of
+    equal weight are always picked in index order (the one picked least so far leads, and
+    among those the first), so each weight class needs only a cursor and the number of full
+    rounds it has made. A class's leader has current weight ``weight * turn - total * rounds``.
     """
     total = sum(weights)
-    current = [0] * len(weights)
+    members: dict[int, list[int]] = {}
+    for index, weight in enumerate(weights):
+        members.setdefault(weight, []).append(index)
+    classes = list(members.items())
+    cursors = [0] * len(classes)
+    rounds = [0] * len(classes)
     cycle = []
-    for _ in range(total):
-        current = list(map(add, current, weights))
-        best = current.index(max(current))
-        current[best] -= total
-        cycle.append(servers[best])
+    for turn in range(1, total + 1):
+        best = 0
+        best_current = best_index = -1
+        for c, (weight, indices) in enumerate(classes):
+            current = weight * turn - total * rounds[c]
+            index = indices[cursors[c]]
+            if current > best_current or (current == best_current and index < best_index):
+                best, best_current, best_index = c, current, index
+        cycle.append(servers[best_index])
+        cursors[best] += 1
+        if cursors[best] == len(classes[best][1]):
+            cursors[best] = 0
+            rounds[best] += 1
     return tuple(cycle)
 
 
