@@ -63,3 +63,17 @@ def test_concurrent_picks_are_exactly_fair(threads: int) -> None:
     total = sum(counts, Counter())
     # Every pick takes the next position exactly once, so the shares are exact, not approximate.
     assert total == Counter(dict.fromkeys(servers, rounds * threads))
+
+
+def test_the_counter_rotation_for_free_threaded_313_gives_the_same_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from loadbalancer.strategies import round_robin
+
+    monkeypatch.setattr(round_robin, "_CYCLE_IS_THREAD_SAFE", False)
+    lb = rr("a", "b", "c")
+    assert [lb.get() for _ in range(5)] == ["a", "b", "c", "a", "b"]
+    lb.register("d")
+    assert [lb.get() for _ in range(4)] == ["c", "d", "a", "b"]
+    positions = round_robin.positions(4, 2)
+    assert [next(positions) for _ in range(6)] == [2, 3, 0, 1, 2, 3]

@@ -27,7 +27,7 @@ def _rotation(order: tuple[str, ...]) -> Callable[[], str]:
     """Return a thread-safe, C-level function yielding ``order`` endlessly."""
     if _CYCLE_IS_THREAD_SAFE:
         return cycle(order).__next__
-    return map(order.__getitem__, map(mod, count(), repeat(len(order)))).__next__
+    return map(order.__getitem__, positions(len(order), 0)).__next__
 
 
 def positions(size: int, start: int) -> Iterator[int]:
