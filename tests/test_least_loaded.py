@@ -33,7 +33,7 @@ class Held:
         self.endpoint = lb._view.endpoints[server]
         self.count = count
         for _ in range(count):
-            self.endpoint._start()
+            self.endpoint.begin()
 
     def release_one(self) -> None:
         with self.endpoint._lock:

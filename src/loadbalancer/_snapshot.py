@@ -76,10 +76,11 @@ class Endpoint:
         self.ramp_from: float | None = None
         self._lock = threading.Lock()
 
-    # The balancer's side: every write happens under the endpoint's lock, so counts stay exact
-    # under any interleaving (no reliance on the GIL making += atomic, which it does not).
+    # Every write happens under the endpoint's lock, so counts stay exact under any
+    # interleaving (no reliance on the GIL making += atomic, which it does not).
 
-    def _start(self) -> None:
+    def begin(self) -> None:
+        """Count one request in flight: ``Picker.acquire`` calls it for the server it chose."""
         # Explicit acquire/release: a with-statement on a Lock costs twice as much in CPython.
         lock = self._lock
         lock.acquire()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import ClassVar, Protocol, TypeAlias
 
 from .._snapshot import Endpoint, Snapshot
 
-__all__ = ["Key", "PickFunction", "Picker", "Strategy"]
+__all__ = ["REPICKS", "Key", "PickFunction", "Picker", "Strategy"]
 
 Key: TypeAlias = str | bytes
 """A hash key for sticky picks: the same key maps to the same server in every process."""
@@ -22,6 +22,13 @@ class PickFunction(Protocol):
         ...
 
 
+REPICKS = 8
+"""How often the default ``Picker.pick_excluding`` picks again before it takes what it gets.
+
+Envoy's previous-hosts retry predicate does the same (``host_selection_retry_max_attempts``).
+"""
+
+
 class Picker(ABC):
     """Selection over one immutable snapshot: what ``LoadBalancer.get`` calls per request.
 
@@ -32,6 +39,9 @@ class Picker(ABC):
     * It returns one of the snapshot's servers. It is never built for an empty snapshot.
     * A ``key`` that is not ``None`` must be ``str`` or ``bytes``; strategies that do not hash
       ignore it after checking its type (see ``loadbalancer._validation.check_key``).
+    * ``pick_excluding`` serves retries: the pick among the servers not yet tried. Its default
+      picks again up to ``REPICKS`` times; the built-in pickers override it with the exact
+      choice in their own terms.
     """
 
     __slots__ = ()
@@ -40,15 +50,33 @@ class Picker(ABC):
     def pick(self, key: Key | None = None) -> str:
         """Return the server for one request."""
 
-    def acquire(self, key: Key | None, endpoints: Mapping[str, Endpoint]) -> Endpoint:
+    def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
+        """Return a server not in ``exclude`` (servers already tried), if this picker has one.
+
+        ``exclude`` is a non-empty set of server names, some of which may not be in the pool.
+        When every server of the picker is excluded, return what ``pick`` returns: a retry
+        then goes to a server already tried rather than nowhere. The default picks again up to
+        ``REPICKS`` times and then takes what it gets, as Envoy's previous-hosts predicate does.
+        """
+        server = self.pick(key)
+        for _ in range(REPICKS):
+            if server not in exclude:
+                break
+            server = self.pick(key)
+        return server
+
+    def acquire(
+        self, key: Key | None, endpoints: Mapping[str, Endpoint], exclude: Set[str] = frozenset()
+    ) -> Endpoint:
         """Pick a server and count one request in flight on it: the lease path.
 
-        ``endpoints`` maps this picker's servers to their live state. The default picks with
-        ``pick`` and counts the request. Override it only when the choice depends on loads that
-        must not change between choosing and counting (bounded loads).
+        ``endpoints`` maps this picker's servers to their live state; ``exclude`` is as for
+        ``pick_excluding`` (empty for a first attempt). The default picks and calls
+        ``Endpoint.begin``. Override it only when the choice depends on loads that must not
+        change between choosing and counting (bounded loads).
         """
-        endpoint = endpoints[self.pick(key)]
-        endpoint._start()
+        endpoint = endpoints[self.pick_excluding(key, exclude) if exclude else self.pick(key)]
+        endpoint.begin()
         return endpoint
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 from abc import abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Set
 from typing import final
 
 from ..._snapshot import Endpoint, Snapshot
@@ -60,7 +60,7 @@ class Admission:
             for server in candidates:
                 endpoint = endpoints[server]
                 if endpoint.in_flight < math.ceil(limit * shares[server]):
-                    endpoint._start()
+                    endpoint.begin()
                     return endpoint
                 if first is None:
                     first = endpoint
@@ -70,7 +70,7 @@ class Admission:
             # (their weight is then under 1/40 of the mean) with c very close to 1: the key's
             # own server is the safe answer there.
             assert first is not None
-            first._start()
+            first.begin()
             return first
 
 
@@ -86,9 +86,11 @@ class BoundedPicker(Picker):
     def candidates(self, key: Key | None) -> Iterator[str]:
         """The servers in the order ``key`` prefers them, each once, its own server first."""
 
-    def acquire(self, key: Key | None, endpoints: Mapping[str, Endpoint]) -> Endpoint:
+    def acquire(
+        self, key: Key | None, endpoints: Mapping[str, Endpoint], exclude: Set[str] = frozenset()
+    ) -> Endpoint:
         """Pick and count a request; with a balance factor, skip servers at capacity."""
         admission = self._admission
         if admission is None:
-            return super().acquire(key, endpoints)
+            return super().acquire(key, endpoints, exclude)
         return admission.admit(self.candidates(key), endpoints)
