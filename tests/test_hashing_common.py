@@ -315,15 +315,15 @@ def test_admission_lock_is_handed_to_the_next_picker(make: Callable[..., Strateg
 
 @pytest.fixture
 def admissions(monkeypatch: pytest.MonkeyPatch) -> list[Endpoint]:
-    """Every endpoint whose ``_start`` ran, recorded as it ran (under the admission lock)."""
+    """Every endpoint whose ``begin`` ran, recorded as it ran (under the admission lock)."""
     started: list[Endpoint] = []
-    original = Endpoint._start
+    original = Endpoint.begin
 
     def recording_start(self: Endpoint) -> None:
         original(self)
         started.append(self)
 
-    monkeypatch.setattr(Endpoint, "_start", recording_start)
+    monkeypatch.setattr(Endpoint, "begin", recording_start)
     return started
 
 
@@ -333,7 +333,7 @@ def test_bound_holds_at_every_admission_under_real_threads(
     factor, threads, per_thread, rounds = 1.25, 8, 3, 15
     lb = balancer(make(balance_factor=factor))
     violations: list[str] = []
-    original = Endpoint._start
+    original = Endpoint.begin
 
     def checking_start(self: Endpoint) -> None:
         original(self)
@@ -344,7 +344,7 @@ def test_bound_holds_at_every_admission_under_real_threads(
         if loads[self.server] > limit:
             violations.append(f"{self.server}: {loads[self.server]} > {limit}")
 
-    monkeypatch.setattr(Endpoint, "_start", checking_start)
+    monkeypatch.setattr(Endpoint, "begin", checking_start)
     acquire_phase = threading.Barrier(threads)
     release_phase = threading.Barrier(threads)
 
