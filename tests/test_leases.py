@@ -118,7 +118,7 @@ def test_done_records_outcomes_for_get_style_callers() -> None:
     assert lb.done("gone") is False
     stats = lb.stats()["a"]
     assert (stats.in_flight, stats.picks, stats.failures) == (0, 0, 1)
-    assert stats.latency_ewma == 0.1
+    assert stats.latency_ewma == 1.0  # a failure counts as at least failure_latency
     with pytest.raises(TypeError, match="ok"):
         lb.done("a", ok="yes")  # type: ignore[arg-type]
 

@@ -440,7 +440,7 @@ class LoadBalancer:
         if endpoint is None:
             return False
         now = self._clock()
-        endpoint._complete(None, ok, latency, now, self._decay)
+        endpoint._complete(None, ok, latency, now, self._decay, self._strategy.failure_latency)
         if not ok:
             self._after_failure(endpoint, now)
         if now >= self._due:

@@ -68,14 +68,14 @@ class Lease:
         latency = now - self._started
         ok = exc_type is None if self._outcome is None else self._outcome
         ended = endpoint._complete(
-            self, ok, latency if latency > 0.0 else 0.0, now, balancer._decay
+            self, ok, latency if latency > 0.0 else 0.0, now, balancer._decay, 1.0
         )
         if ended and not ok:
             balancer._after_failure(endpoint, now)
 
     def _end(self, ok: bool, latency: float, now: float) -> bool:
         balancer = self._balancer
-        ended = self._endpoint._complete(self, ok, latency, now, balancer._decay)
+        ended = self._endpoint._complete(self, ok, latency, now, balancer._decay, 1.0)
         if ended and not ok:
             balancer._after_failure(self._endpoint, now)
         return ended

@@ -28,10 +28,14 @@ class Endpoint:
     server stays registered, so its state survives changes to the rest of the pool.
 
     * ``in_flight``: requests acquired and not yet released.
+    * ``load``: ``in_flight`` plus ``consecutive_failures``, what the load-aware strategies
+      compare: a server that fails fast has few requests in flight, and must not look idle.
     * ``latency``: peak-sensitive, time-decayed average latency in seconds (``None`` before
-      the first completed request); ``latency_at`` is the clock reading it was last updated
-      at (at first, when the server was registered).
+      the first completed request); a failure counts as at least the strategy's
+      ``failure_latency``. ``latency_at`` is the clock reading it was last updated at (at
+      first, when the server was registered).
     * ``consecutive_failures``: failed outcomes since the last success.
+    * Outcomes: ``successes``, ``failures``, and ``cancelled`` (leases ended with no outcome).
     * Health, written under the balancer's lock: ``healthy`` (the active checks' verdict),
       ``ejected_until`` (clock time, or None), ``ejections`` (how many times, for the next
       ejection's length), ``returned_at`` and ``ramp_from`` (when slow start began, or None).
@@ -39,6 +43,7 @@ class Endpoint:
 
     __slots__ = (
         "_lock",
+        "cancelled",
         "consecutive_failures",
         "ejected_until",
         "ejections",
@@ -47,6 +52,7 @@ class Endpoint:
         "in_flight",
         "latency",
         "latency_at",
+        "load",
         "picks",
         "ramp_from",
         "returned_at",
@@ -61,9 +67,11 @@ class Endpoint:
         self.server = server
         self.weight = weight
         self.in_flight = 0
+        self.load = 0
         self.picks = 0
         self.successes = 0
         self.failures = 0
+        self.cancelled = 0
         self.latency: float | None = None
         self.latency_at = created_at
         self.consecutive_failures = 0
@@ -85,13 +93,23 @@ class Endpoint:
         lock = self._lock
         lock.acquire()
         self.in_flight += 1
+        self.load += 1
         self.picks += 1
         lock.release()
 
     def _complete(
-        self, lease: _Releasable | None, ok: bool, latency: float | None, now: float, decay: float
+        self,
+        lease: _Releasable | None,
+        ok: bool | None,
+        latency: float | None,
+        now: float,
+        decay: float,
+        failure_latency: float,
     ) -> bool:
-        """Record one outcome; with a lease, also end it (once) and count it out of flight."""
+        """Record one outcome; with a lease, also end it (once) and count it out of flight.
+
+        ``ok=None`` is no outcome: the request leaves flight and teaches nothing.
+        """
         lock = self._lock
         lock.acquire()
         try:
@@ -100,14 +118,29 @@ class Endpoint:
                     return False
                 lease.released = True
                 self.in_flight -= 1
+                self.load -= 1
+            if ok is None:
+                self.cancelled += 1
+                return True
             self.window_requests += 1
             if ok:
                 self.successes += 1
+                self.load -= self.consecutive_failures
                 self.consecutive_failures = 0
             else:
                 self.failures += 1
                 self.consecutive_failures += 1
+                self.load += 1
                 self.window_failures += 1
+                # A failure never makes a server look faster: a refused connection answers in
+                # a millisecond and must not read as the quickest server in the pool. So it
+                # counts as at least failure_latency, and never lowers the estimate (taking
+                # the estimate again also restarts its decay).
+                floor = failure_latency
+                if self.latency is not None and self.latency > floor:
+                    floor = self.latency
+                if latency is None or latency < floor:
+                    latency = floor
             if latency is None:
                 return True
             # Peak EWMA (Finagle, Linkerd): the estimate decays towards zero while no sample
@@ -128,6 +161,7 @@ class Endpoint:
 
     def _reset_failures(self) -> None:
         with self._lock:  # the lease path counts failures under this lock too
+            self.load -= self.consecutive_failures
             self.consecutive_failures = 0
 
     def _take_window(self) -> tuple[int, int]:

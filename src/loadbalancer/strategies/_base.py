@@ -106,5 +106,14 @@ class Strategy(ABC):
         """Seconds over which per-server latency estimates forget old samples (default 10)."""
         return 10.0
 
+    @property
+    def failure_latency(self) -> float:
+        """Seconds a failed request counts as at least, in latency estimates (default 1).
+
+        A failure also never lowers a server's estimate, so a server that fails fast never
+        looks faster than it did.
+        """
+        return 1.0
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
