@@ -13,7 +13,7 @@ from typing import final
 
 from ._errors import NoServersAvailableError
 from ._events import HealthEvent
-from ._health import HealthKeeper, Plan
+from .health._keeper import HealthKeeper, Plan
 from ._lease import Lease, check_latency
 from ._snapshot import Endpoint, Snapshot
 from ._stats import ServerStats

@@ -13,10 +13,10 @@ from functools import partial
 from operator import attrgetter, is_not
 from typing import final
 
-from ._events import HealthEvent, HealthEventKind
-from ._snapshot import Endpoint
-from .health.outlier import OutlierDetection
-from .health.slow_start import SlowStart
+from .._events import HealthEvent, HealthEventKind
+from .._snapshot import Endpoint
+from .outlier import OutlierDetection
+from .slow_start import SlowStart
 
 __all__ = ["HealthKeeper", "Plan"]
 
