@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import pytest
 
 from loadbalancer import LoadBalancer
-from loadbalancer.health import AsyncHealthChecker, AsyncHttpProbe, AsyncTcpProbe, HttpProbe
+from loadbalancer.checks import AsyncHealthChecker, AsyncHttpProbe, AsyncTcpProbe, HttpProbe
 
 from .fakes import FakeClock
 from .health_servers import HANG, ClosedPort, FakeBalancer, HealthServer, health_threads

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from loadbalancer import HealthEvent, HealthEventKind, LoadBalancer
-from loadbalancer.health import HealthChecker, HealthCheckStatus, TcpProbe
-from loadbalancer.health._state import RiseFall
+from loadbalancer.checks import HealthChecker, HealthCheckStatus, TcpProbe
+from loadbalancer.checks._state import RiseFall
 
 from .fakes import FakeClock
 from .health_servers import ClosedPort, FakeBalancer, TcpListener, health_threads

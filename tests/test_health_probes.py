@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from loadbalancer.health import AsyncHttpProbe, AsyncTcpProbe, HttpProbe, TcpProbe
-from loadbalancer.health._address import Address, parse_address
-from loadbalancer.health.probes import _request, _status
+from loadbalancer.checks import AsyncHttpProbe, AsyncTcpProbe, HttpProbe, TcpProbe
+from loadbalancer.checks._address import Address, parse_address
+from loadbalancer.checks.probes import _request, _status
 
 from .health_servers import HANG, ClosedPort, HealthServer, TcpListener
 

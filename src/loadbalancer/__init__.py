@@ -1,5 +1,8 @@
 """Client-side load balancing: fast, thread-safe picks over a pool of backend servers."""
 
+import logging
+import typing
+
 from ._balancer import LoadBalancer as LoadBalancer
 from ._errors import LoadBalancerError as LoadBalancerError
 from ._errors import NoServersAvailableError as NoServersAvailableError
@@ -9,15 +12,8 @@ from ._lease import Lease as Lease
 from ._snapshot import Endpoint as Endpoint
 from ._snapshot import Snapshot as Snapshot
 from ._stats import ServerStats as ServerStats
-from .health import AsyncHealthChecker as AsyncHealthChecker
-from .health import AsyncHttpProbe as AsyncHttpProbe
-from .health import AsyncTcpProbe as AsyncTcpProbe
-from .health import HealthChecker as HealthChecker
-from .health import HealthCheckStatus as HealthCheckStatus
-from .health import HttpProbe as HttpProbe
 from .health import OutlierDetection as OutlierDetection
 from .health import SlowStart as SlowStart
-from .health import TcpProbe as TcpProbe
 from .strategies._base import Key as Key
 from .strategies._base import Picker as Picker
 from .strategies._base import PickFunction as PickFunction
@@ -32,6 +28,15 @@ from .strategies.random import RandomStrategy as RandomStrategy
 from .strategies.round_robin import RoundRobinStrategy as RoundRobinStrategy
 from .strategies.weighted import WeightedRandomStrategy as WeightedRandomStrategy
 from .strategies.weighted import WeightedRoundRobinStrategy as WeightedRoundRobinStrategy
+
+if typing.TYPE_CHECKING:  # for mypy and IDEs; at run time __getattr__ imports these lazily
+    from .checks import AsyncHealthChecker as AsyncHealthChecker
+    from .checks import AsyncHttpProbe as AsyncHttpProbe
+    from .checks import AsyncTcpProbe as AsyncTcpProbe
+    from .checks import HealthChecker as HealthChecker
+    from .checks import HealthCheckStatus as HealthCheckStatus
+    from .checks import HttpProbe as HttpProbe
+    from .checks import TcpProbe as TcpProbe
 
 __all__ = [
     "AsyncHealthChecker",
@@ -69,3 +74,39 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# The active checkers and probes do network I/O; importing them would load asyncio, ssl and
+# socket into every program that only balances, so they are imported on first access.
+_LAZY = frozenset(
+    {
+        "AsyncHealthChecker",
+        "AsyncHttpProbe",
+        "AsyncTcpProbe",
+        "HealthCheckStatus",
+        "HealthChecker",
+        "HttpProbe",
+        "TcpProbe",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    """Import the active health checks on first access to one of their names (PEP 562)."""
+    if name in _LAZY:
+        from . import checks
+
+        value = getattr(checks, name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazily imported ones included."""
+    return sorted(set(globals()) | _LAZY)
+
+
+# A library must not decide where its log records go, but without any handler Python's
+# last-resort handler prints WARNING and above to stderr; the application's configuration
+# (logging.basicConfig or its own handlers) still receives every record.
+logging.getLogger(__name__).addHandler(logging.NullHandler())

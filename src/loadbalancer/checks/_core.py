@@ -23,6 +23,8 @@ __all__ = [
     "logger",
 ]
 
+# Named for what it reports, not for this package: applications configure it by this name,
+# which predates the move of the checkers from loadbalancer.health to loadbalancer.checks.
 logger = logging.getLogger("loadbalancer.health")
 
 
