@@ -78,7 +78,7 @@ def test_release_with_explicit_latency() -> None:
     ("kwargs", "error"),
     [
         ({"ok": 1}, TypeError),
-        ({"ok": None}, TypeError),
+        ({"ok": "yes"}, TypeError),
         ({"latency": -1}, ValueError),
         ({"latency": float("nan")}, ValueError),
         ({"latency": "1"}, TypeError),
@@ -146,6 +146,7 @@ def test_stats_are_frozen_and_in_registration_order() -> None:
         picks=0,
         successes=0,
         failures=0,
+        cancelled=0,
         latency_ewma=None,
         consecutive_failures=0,
         healthy=True,

@@ -7,29 +7,36 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import final
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import TypeVar, final
 
 from ._errors import NoServersAvailableError
 from ._events import HealthEvent
-from .health._keeper import HealthKeeper, Plan
-from ._lease import Lease, check_latency
+from ._lease import Lease, Recorder, check_latency
 from ._snapshot import Endpoint, Snapshot
 from ._stats import ServerStats
 from ._validation import (
     check_bool,
     check_callable,
+    check_clock_reading,
+    check_exclude,
     check_key,
     check_number,
     check_positive_int,
     check_server,
     check_weight,
 )
+from .failover._budget import RetryBudget
+from .failover._policy import Classifier, HedgingPolicy, RetryPolicy, retry_on_exception
+from .failover._sync import call as _call
+from .health._keeper import HealthKeeper, Plan
 from .health.outlier import OutlierDetection
 from .health.slow_start import SlowStart
-from .strategies._base import Key, Picker, PickFunction, Strategy
+from .strategies._base import Key, Picker, Strategy
 from .strategies.round_robin import RoundRobinStrategy
+
+T = TypeVar("T")
 
 __all__ = ["LoadBalancer"]
 
@@ -92,13 +99,15 @@ class _View:
     endpoints: dict[str, Endpoint]  # registration order; never mutated once published
     picker: Picker
     plan: Plan
+    due: float  # the clock time at which time-driven changes must be applied
+    since: float  # the clock time this view was published at: a reading below it is a step back
 
     @property
     def servers(self) -> tuple[str, ...]:
         return tuple(self.endpoints)
 
 
-_EMPTY_VIEW = _View({}, _EMPTY_PICKER, _EMPTY_PLAN)
+_EMPTY_VIEW = _View({}, _EMPTY_PICKER, _EMPTY_PLAN, math.inf, -math.inf)
 
 
 def _check_strategy(strategy: object) -> Strategy:
@@ -121,47 +130,49 @@ class LoadBalancer:
     """A pool of up to ``max_servers`` unique servers and a strategy that picks among them.
 
     ``get()`` returns the next server (``NoServersAvailableError`` on an empty pool). Leases
-    (``lease()``, ``acquire()``, ``done()``) track requests in flight and their outcomes,
-    which feed load-aware strategies and ``outlier_detection``. Servers that are ejected or
-    fail active health checks (``set_healthy``) are not picked, unless fewer than
-    ``panic_threshold`` percent are healthy, when all are used (Envoy's panic mode).
-    ``slow_start`` ramps new and returning servers up to their weight. Time comes from
-    ``clock``; health changes are reported to ``on_event`` and the ``loadbalancer`` logger.
+    (``lease()``, ``acquire()``, ``done()``) track requests in flight and their outcomes
+    (success, failure, or none), which feed load-aware strategies and ``outlier_detection``.
+    ``call()`` and ``acall()`` run the failover engine: retries on servers not tried yet,
+    within ``retry_budget``, and hedging. Servers that are ejected or fail active health checks
+    (``set_healthy``) are not picked, unless fewer than ``panic_threshold`` percent are
+    healthy, when all are used (Envoy's panic mode). ``slow_start`` ramps new and returning
+    servers up to their weight. Time comes from ``clock`` (a finite number of seconds per
+    reading) and retries wait with ``sleep``; health changes are reported to ``on_event`` and
+    the ``loadbalancer`` logger.
 
     Thread safety: every method may be called from any number of threads at once.
 
     * Mutations (``register``, ``unregister``, ``replace``, ``set_weight``, ``set_healthy``,
       ejections) are serialised by one lock. Each builds the new pool aside, asks the strategy
-      for a picker, and publishes both with reference assignments; a call that raises changes
-      nothing.
-    * ``get`` takes no lock: it is the current picker's ``pick``, read once, so look it up on
-      the balancer for each request (a saved ``lb.get`` keeps the pool of its moment). Picks
-      never run under the balancer's lock; leases may rebuild the picker when a time-driven
-      change is due, but never wait for the lock to do so.
+      for a picker, and publishes pool and picker together with one reference assignment; a
+      call that raises changes nothing.
+    * ``get`` takes no lock: it reads the published picker once and picks. ``lb.picker`` is
+      that picker itself, for hot loops that want one call per pick (it keeps the pool of its
+      moment). Picks never run under the balancer's lock; leases may rebuild the picker when a
+      time-driven change is due, but never wait for the lock to do so.
     * Membership is linearisable: once ``unregister(s)`` has returned, no ``get`` that starts
       afterwards returns ``s``; of concurrent ``register(s)`` calls exactly one returns True;
       the pool never holds more than ``max_servers``, even for an instant.
     * Time-driven changes (an ejection ending, a slow-start step, a failure-percentage
       interval) are applied by the next ``acquire``/``lease``, ``done`` or ``refresh`` call
-      that finds them due; ``get`` stays a bare pick.
+      that finds them due; ``get`` stays a bare pick. The picker is rebuilt only when the
+      eligible servers or their weights change. If the clock steps back, every deadline is
+      capped relative to the new time, so no ejection outlasts its length.
     """
 
     __slots__ = (
         "__weakref__",
         "_clock",
-        "_decay",
-        "_due",
         "_health",
         "_lock",
         "_max_servers",
         "_on_event",
+        "_recorder",
+        "_retry_budget",
+        "_sleep",
         "_strategy",
         "_view",
-        "get",
     )
-
-    get: PickFunction
-    """Return the server for the next request; raise NoServersAvailableError if none."""
 
     def __init__(
         self,
@@ -169,16 +180,20 @@ class LoadBalancer:
         max_servers: int = 10,
         *,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
         outlier_detection: OutlierDetection | None = None,
         slow_start: SlowStart | None = None,
         panic_threshold: float = 50.0,
+        retry_budget: RetryBudget | None = None,
         on_event: Callable[[HealthEvent], object] | None = None,
     ) -> None:
         self._strategy = RoundRobinStrategy() if strategy is None else _check_strategy(strategy)
         self._max_servers = check_positive_int(max_servers, "max_servers")
         self._clock: Callable[[], float] = check_callable(clock, "clock")
+        self._sleep: Callable[[float], object] = check_callable(sleep, "sleep")
         _check_optional(outlier_detection, OutlierDetection, "outlier_detection")
         _check_optional(slow_start, SlowStart, "slow_start")
+        _check_optional(retry_budget, RetryBudget, "retry_budget")
         if slow_start is not None and not self._strategy.accepts_slow_start:
             raise ValueError(
                 f"slow_start does not apply to {self._strategy!r}: it ignores weights or pins "
@@ -190,13 +205,43 @@ class LoadBalancer:
             slow_start,
             check_number(panic_threshold, "panic_threshold", at_least=0, at_most=100),
         )
+        self._retry_budget = RetryBudget() if retry_budget is None else retry_budget
         self._on_event = None if on_event is None else check_callable(on_event, "on_event")
-        self._decay = self._strategy.latency_decay
+        self._recorder = Recorder(
+            self._clock,
+            check_number(self._strategy.latency_decay, "strategy.latency_decay", above=0),
+            check_number(self._strategy.failure_latency, "strategy.failure_latency", at_least=0),
+            self._after_failure,
+        )
         self._lock = threading.Lock()
         self._view = _EMPTY_VIEW
-        self._due = math.inf
-        # get is the current picker's bound pick: a request costs one Python call, no more.
-        self.get = _EMPTY_PICKER.pick
+        self._now()  # a clock that returns nonsense is refused here, not at the first request
+
+    def _now(self) -> float:
+        return self._recorder.now()
+
+    # -- picking --------------------------------------------------------------------------
+
+    def get(self, key: Key | None = None, exclude: Collection[str] = ()) -> str:
+        """Return the server for the next request; raise NoServersAvailableError if none.
+
+        ``key`` (``str`` or ``bytes``) pins the request to a server for hashing strategies.
+        ``exclude`` names servers already tried: the pick is made among the others, in the
+        strategy's own terms (the next in rotation, the best remaining, the key's next
+        server), and only if every eligible server is excluded does it return one of them.
+        """
+        if exclude:
+            return self._view.picker.pick_excluding(key, check_exclude(exclude))
+        return self._view.picker.pick(key)
+
+    @property
+    def picker(self) -> Picker:
+        """The current picker: ``lb.picker.pick`` is ``get`` in one call, for hot loops.
+
+        It keeps picking from the pool as it was when read, so read it again after the pool
+        may have changed.
+        """
+        return self._view.picker
 
     # -- membership -------------------------------------------------------------------------
 
@@ -211,7 +256,7 @@ class LoadBalancer:
             endpoints = self._view.endpoints
             if server in endpoints or len(endpoints) >= self._max_servers:
                 return False
-            now = self._clock()
+            now = self._now()
             endpoint = Endpoint(server, weight, now)
             self._health.joined(endpoint, now)
             events = self._publish({**endpoints, server: endpoint}, now)
@@ -226,9 +271,10 @@ class LoadBalancer:
             endpoint = self._view.endpoints.get(server)
             if endpoint is None:
                 return False
+            now = self._now()
             previous, endpoint.weight = endpoint.weight, weight
             try:
-                events = self._publish(dict(self._view.endpoints), self._clock())
+                events = self._publish(dict(self._view.endpoints), now)
             except BaseException:
                 endpoint.weight = previous
                 raise
@@ -244,7 +290,7 @@ class LoadBalancer:
                 return False
             remaining = endpoints.copy()
             del remaining[server]
-            events = self._publish(remaining, self._clock())
+            events = self._publish(remaining, self._now())
         self._emit(events)
         return True
 
@@ -258,10 +304,16 @@ class LoadBalancer:
         """
         if isinstance(servers, (str, bytes)) or not isinstance(servers, Iterable):
             raise TypeError(f"servers must be an iterable of str, not {type(servers).__name__}")
-        weights: Mapping[str, float] = servers if isinstance(servers, Mapping) else {}
-        wanted = [check_server(s, "servers[]") for s in servers]
-        for server in weights:
-            check_weight(weights[server], f"weight of {server!r}")
+        # Each name and weight is read exactly once: a mapping that changes while it is read
+        # cannot slip a value past the checks.
+        weights: dict[str, float] = {}
+        if isinstance(servers, Mapping):
+            wanted = []
+            for server, weight in list(servers.items()):
+                wanted.append(check_server(server, "servers[]"))
+                weights[server] = check_weight(weight, f"weight of {server!r}")
+        else:
+            wanted = [check_server(s, "servers[]") for s in servers]
         duplicates = sorted(s for s, n in Counter(wanted).items() if n > 1)
         if duplicates:
             raise ValueError(f"servers contains duplicates: {duplicates}")
@@ -271,7 +323,7 @@ class LoadBalancer:
             )
         with self._lock:
             current = self._view.endpoints
-            now = self._clock()
+            now = self._now()
             endpoints = {}
             for server in wanted:
                 if server in current:
@@ -308,7 +360,7 @@ class LoadBalancer:
             endpoint = self._view.endpoints.get(server)
             if endpoint is None:
                 return False
-            now = self._clock()
+            now = self._now()
             with _HealthRollback((endpoint,)):
                 events = self._health.set_healthy(endpoint, healthy, now)
                 if events:
@@ -318,8 +370,9 @@ class LoadBalancer:
 
     def refresh(self) -> None:
         """Apply whatever time has made due: ejections ending, slow-start steps, intervals."""
-        now = self._clock()
-        if now >= self._due:
+        now = self._now()
+        view = self._view
+        if now >= view.due or now < view.since:
             with self._lock:
                 events = self._maintain(now)
             self._emit(events)
@@ -342,7 +395,7 @@ class LoadBalancer:
             events = self._maintain(now)
         except Exception:
             _log.exception("rebuilding the picker failed; retrying in %g s", _RETRY_AFTER)
-            self._due = now + _RETRY_AFTER
+            self._view = replace(self._view, due=now + _RETRY_AFTER, since=now)
             return
         finally:
             self._lock.release()
@@ -350,9 +403,10 @@ class LoadBalancer:
 
     def _maintain(self, now: float) -> list[HealthEvent]:
         """Apply what is due at ``now``. Caller holds ``_lock``; on error nothing changes."""
-        if now < self._due:
+        view = self._view
+        if view.since <= now < view.due:
             return []  # another thread got here first
-        endpoints = self._view.endpoints
+        endpoints = view.endpoints
         pool = tuple(endpoints.values())
         with _HealthRollback(pool):
             events = self._health.expire(pool, now)
@@ -387,20 +441,27 @@ class LoadBalancer:
         """Build a picker for ``endpoints`` and make both current. Caller holds ``_lock``."""
         pool = tuple(endpoints.values())
         plan = self._health.plan(pool, now)
+        view = self._view
         if plan.eligible:
-            previous = self._view.picker
-            snapshot = Snapshot.of(plan.eligible, self._clock, plan.weights)
-            picker = self._strategy.build(
-                snapshot, None if isinstance(previous, _EmptyPicker) else previous
-            )
+            previous = view.picker
+            if plan.eligible == view.plan.eligible and plan.weights == view.plan.weights:
+                picker = previous  # same servers at the same weights: nothing to rebuild
+            else:
+                snapshot = Snapshot.of(plan.eligible, self._clock, plan.weights)
+                picker = self._strategy.build(
+                    snapshot, None if isinstance(previous, _EmptyPicker) else previous
+                )
+                if not isinstance(picker, Picker):
+                    raise TypeError(
+                        f"{self._strategy!r}.build must return a Picker, "
+                        f"not {type(picker).__name__}"
+                    )
         elif pool:
             picker = _EmptyPicker(f"no healthy servers: all {len(pool)} are ejected or unhealthy")
         else:
             picker = _EMPTY_PICKER
-        # The strategy may raise above; nothing has changed until these assignments.
-        self._view = _View(endpoints, picker, plan)
-        self.get = picker.pick
-        self._due = plan.due
+        # The strategy may raise above; nothing has changed until this assignment.
+        self._view = _View(endpoints, picker, plan, plan.due, now)
         return self._health.adopt(plan, len(pool), now)
 
     def _emit(self, events: list[HealthEvent]) -> None:
@@ -415,14 +476,24 @@ class LoadBalancer:
 
     # -- the request lifecycle ----------------------------------------------------------------
 
-    def acquire(self, key: Key | None = None) -> Lease:
-        """Pick a server and count a request in flight on it until the lease is released."""
+    def acquire(self, key: Key | None = None, exclude: Collection[str] = ()) -> Lease:
+        """Pick a server and count a request in flight on it until the lease is released.
+
+        ``key`` and ``exclude`` are as for ``get``. Use the lease as ``with lb.lease() as
+        server:`` (or ``async with``), or call ``lease.release(ok)`` yourself.
+        """
         now = self._clock()
-        if now >= self._due:
-            self._maintain_if_free(now)
+        if now.__class__ is not float or now - now != 0.0:
+            now = check_clock_reading(now)
         view = self._view  # read once: the picker and the endpoints belong together
-        endpoint = view.picker.acquire(key, view.endpoints)
-        return Lease(self, endpoint, now)
+        if now >= view.due or now < view.since:
+            self._maintain_if_free(now)
+            view = self._view
+        if exclude:
+            endpoint = view.picker.acquire(key, view.endpoints, check_exclude(exclude))
+        else:
+            endpoint = view.picker.acquire(key, view.endpoints)
+        return Lease(self._recorder, endpoint, now)
 
     # The same call, spelled for ``with lb.lease() as server:``; an alias saves a call.
     lease = acquire
@@ -431,7 +502,8 @@ class LoadBalancer:
         """Report the outcome of a request sent after ``get()``; False if not registered.
 
         ``get()`` does not count requests in flight, so this records only the outcome and,
-        when given, the latency in seconds.
+        when given, the latency in seconds. A ``get()`` that is never reported is not counted
+        anywhere.
         """
         check_server(server)
         check_bool(ok, "ok")
@@ -439,13 +511,91 @@ class LoadBalancer:
         endpoint = self._view.endpoints.get(server)
         if endpoint is None:
             return False
-        now = self._clock()
-        endpoint._complete(None, ok, latency, now, self._decay, self._strategy.failure_latency)
+        now = self._now()
+        recorder = self._recorder
+        endpoint._complete(None, ok, latency, now, recorder.decay, recorder.failure_latency)
         if not ok:
             self._after_failure(endpoint, now)
-        if now >= self._due:
+        view = self._view
+        if now >= view.due or now < view.since:
             self._maintain_if_free(now)
         return True
+
+    # -- the failover engine ----------------------------------------------------------------
+
+    def call(
+        self,
+        fn: Callable[[str], T],
+        *,
+        key: Key | None = None,
+        retry: RetryPolicy | None = None,
+        classify: Classifier[T] = retry_on_exception,
+    ) -> T:
+        """Return ``fn(server)``, trying other servers when an attempt fails retryably.
+
+        Each attempt leases a server (``key`` as for ``get``) and calls ``fn`` with it;
+        ``classify`` turns what happened into a ``Verdict``: the outcome recorded on that
+        server (success, failure or none) and whether another server may be tried. The
+        default counts a return as a success and any ``Exception`` as a retryable failure.
+        A retry goes to a server not tried yet, after a jittered backoff (``sleep``), while
+        ``retry`` allows more attempts (default ``RetryPolicy()``: one retry) and the
+        balancer's ``retry_budget`` has a token for it. The answer is the last attempt's:
+        its result returned, or its exception raised. A ``BaseException`` that is not an
+        ``Exception`` (a ``KeyboardInterrupt``) ends the attempt with no outcome and
+        propagates at once.
+        """
+        check_callable(fn, "fn")
+        check_callable(classify, "classify")
+        _check_optional(retry, RetryPolicy, "retry")
+        return _call(
+            self.acquire,
+            self._retry_budget,
+            fn,
+            key=key,
+            policy=RetryPolicy() if retry is None else retry,
+            classify=classify,
+            sleep=self._sleep,
+        )
+
+    async def acall(
+        self,
+        fn: Callable[[str], Awaitable[T]],
+        *,
+        key: Key | None = None,
+        retry: RetryPolicy | None = None,
+        hedging: HedgingPolicy | None = None,
+        classify: Classifier[T] = retry_on_exception,
+    ) -> T:
+        """The asyncio twin of ``call``: ``await fn(server)``, with retries or hedging.
+
+        As ``call``, but backoff waits with ``asyncio.sleep``, and ``retry.per_try_timeout``
+        is enforced: an attempt past it is cancelled and classified with an
+        ``AttemptTimeoutError``. With ``hedging`` (for idempotent requests only), another server
+        is tried whenever ``hedging.delay`` passes without an answer, up to
+        ``hedging.attempts`` in flight; the first answer that is not a retryable failure wins
+        and the others are cancelled with no outcome. Cancelling the call (a client timeout,
+        ``asyncio.wait_for``) cancels every attempt, each with no outcome.
+        """
+        check_callable(fn, "fn")
+        check_callable(classify, "classify")
+        _check_optional(retry, RetryPolicy, "retry")
+        _check_optional(hedging, HedgingPolicy, "hedging")
+        from .failover._async import acall  # asyncio loads only for async callers
+
+        return await acall(
+            self.acquire,
+            self._retry_budget,
+            fn,
+            key=key,
+            policy=RetryPolicy() if retry is None else retry,
+            hedging=hedging,
+            classify=classify,
+        )
+
+    @property
+    def retry_budget(self) -> RetryBudget:
+        """The budget every retry and hedge of ``call``/``acall`` draws on."""
+        return self._retry_budget
 
     def stats(self) -> dict[str, ServerStats]:
         """Frozen per-server statistics, in registration order."""

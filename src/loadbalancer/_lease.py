@@ -1,53 +1,127 @@
-"""Lease: one request in flight, from pick to outcome."""
+"""Lease: one request in flight, from pick to outcome (success, failure, or none)."""
 
 from __future__ import annotations
 
+import enum
+import logging
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, final
+from typing import Final, final
 
 from ._snapshot import Endpoint
-from ._validation import check_bool, check_number
+from ._validation import check_clock_reading, check_number
 
-if TYPE_CHECKING:
-    from ._balancer import LoadBalancer
+__all__ = ["Lease", "Recorder", "check_latency", "check_outcome"]
 
-__all__ = ["Lease", "check_latency"]
+_log = logging.getLogger("loadbalancer")
 
 
 def check_latency(latency: object) -> float | None:
     """Return ``latency`` if it is None or a finite number of seconds >= 0, else raise."""
-    return None if latency is None else check_number(latency, "latency", at_least=0)
+    if latency is None:
+        return None
+    return check_number(latency, "latency", at_least=0) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def check_outcome(ok: object) -> bool | None:
+    """Return ``ok`` if it is True (success), False (failure) or None (no outcome)."""
+    if ok is not None and not isinstance(ok, bool):
+        raise TypeError(f"ok must be True, False or None, not {type(ok).__name__}")
+    return ok
+
+
+@final
+class Recorder:
+    """What a lease needs from its balancer, handed over when the balancer is built.
+
+    ``clock`` times the request; ``decay`` and ``failure_latency`` shape the latency estimate
+    (see ``Endpoint``); ``failed(endpoint, now)`` is told of every failure, for outlier
+    detection. Leases depend on this, never on the balancer itself.
+    """
+
+    __slots__ = ("clock", "decay", "failed", "failure_latency")
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        decay: float,
+        failure_latency: float,
+        failed: Callable[[Endpoint, float], None],
+    ) -> None:
+        self.clock = clock
+        self.decay = decay
+        self.failure_latency = failure_latency
+        self.failed = failed
+
+    def now(self) -> float:
+        """Read the clock; raise naming ``clock`` if it returns anything but a finite number."""
+        now = self.clock()
+        # A finite float passes with one type check and one subtraction (inf and nan fail it).
+        if now.__class__ is not float or now - now != 0.0:
+            now = check_clock_reading(now)
+        return now
+
+
+class _Unmarked(enum.Enum):
+    """No outcome chosen by ``mark`` yet (an enum, so that type checkers narrow on ``is``)."""
+
+    UNMARKED = 0
+
+
+_UNMARKED: Final = _Unmarked.UNMARKED
 
 
 @final
 class Lease:
     """A request in flight on ``server``, counted until released.
 
-    As a context manager it yields the server and releases on exit: a clean exit is a success,
-    an escaping exception a failure, unless ``mark(ok=...)`` said otherwise. Without ``with``,
-    call ``release(ok=...)``; releasing again is harmless and not counted. Latency is measured
-    with the balancer's clock from acquisition to release.
+    A request ends one of three ways, and the lease records which:
+
+    * **success** (``ok=True``): counted, its latency sampled;
+    * **failure** (``ok=False``): counted, fed to outlier detection, its latency sampled as at
+      least the strategy's ``failure_latency``, so a fast failure never looks fast;
+    * **no outcome** (``ok=None``): the request was cancelled, timed out on the caller's
+      side, lost a hedging race or was abandoned. It only stops counting in flight: no success,
+      no failure, no latency sample, nothing for outlier detection.
+
+    As a context manager (``with`` or ``async with``) it yields the server and releases on
+    exit: a clean exit is a success, an ``Exception`` a failure, and any other
+    ``BaseException`` (``asyncio.CancelledError``, ``KeyboardInterrupt``, ``SystemExit``,
+    ``GeneratorExit``) no outcome, unless ``mark(ok)`` chose otherwise. Without ``with``, call
+    ``release(ok)``; releasing again is harmless and not counted. Latency is measured with the
+    balancer's clock from acquisition to release. Release always happens, even when the clock
+    fails: the request leaves flight, and the clock's error is raised only if the block did
+    not raise one of its own.
     """
 
-    __slots__ = ("_balancer", "_endpoint", "_outcome", "_started", "released", "server")
+    __slots__ = ("_endpoint", "_outcome", "_recorder", "_started", "released", "server")
 
-    def __init__(self, balancer: LoadBalancer, endpoint: Endpoint, started: float) -> None:
+    def __init__(self, recorder: Recorder, endpoint: Endpoint, started: float) -> None:
         self.server = endpoint.server
-        self._balancer = balancer
+        self._recorder = recorder
         self._endpoint = endpoint
         self._started = started
-        self._outcome: bool | None = None
+        self._outcome: bool | _Unmarked | None = _UNMARKED
         self.released = False
 
-    def mark(self, ok: bool) -> None:
-        """Set the outcome recorded on exit, whatever the block raises."""
-        self._outcome = check_bool(ok, "ok")
+    def mark(self, ok: bool | None) -> None:
+        """Set the outcome recorded on exit, whatever the block raises (None: no outcome)."""
+        self._outcome = check_outcome(ok)
 
-    def release(self, ok: bool = True, latency: float | None = None) -> bool:
-        """Record the outcome and stop counting the request; False if already released."""
-        check_bool(ok, "ok")
+    def release(self, ok: bool | None = True, latency: float | None = None) -> bool:
+        """Record the outcome and stop counting the request; False if already released.
+
+        ``ok`` is True (success), False (failure) or None (no outcome, ``latency`` ignored);
+        ``latency`` defaults to the time since acquisition.
+        """
+        check_outcome(ok)
         given = check_latency(latency)
-        now = self._balancer._clock()
+        recorder = self._recorder
+        try:
+            now = recorder.now()
+        except Exception:
+            self._end(ok, None, self._started)  # release first: a bad clock must not leak
+            raise
         if given is None:
             given = max(now - self._started, 0.0)  # max: a clock that is not monotonic
         return self._end(ok, given, now)
@@ -61,23 +135,61 @@ class Lease:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        # release() and _end(), unrolled: this runs once per request.
-        balancer = self._balancer
-        endpoint = self._endpoint
-        now = balancer._clock()
+        marked = self._outcome
+        outcome: bool | None
+        if marked is _UNMARKED:
+            # Only an Exception is the server's failure; the other BaseExceptions are the
+            # caller going away (cancellation, interrupts), which says nothing about it.
+            outcome = exc_type is None or (None if not issubclass(exc_type, Exception) else False)
+        else:
+            outcome = marked
+        recorder = self._recorder
+        try:
+            now = recorder.clock()
+            if now.__class__ is not float or now - now != 0.0:
+                now = check_clock_reading(now)
+        except Exception:
+            self._end(outcome, None, self._started)
+            if exc_type is None:
+                raise
+            # Raising here would replace the caller's own exception: log this one instead.
+            _log.exception("the clock failed while releasing a lease on %r", self.server)
+            return
+        # _end, unrolled: this runs once per request.
         latency = now - self._started
-        ok = exc_type is None if self._outcome is None else self._outcome
-        ended = endpoint._complete(
-            self, ok, latency if latency > 0.0 else 0.0, now, balancer._decay, 1.0
-        )
-        if ended and not ok:
-            balancer._after_failure(endpoint, now)
+        endpoint = self._endpoint
+        if (
+            endpoint._complete(
+                self,
+                outcome,
+                latency if latency > 0.0 else 0.0,
+                now,
+                recorder.decay,
+                recorder.failure_latency,
+            )
+            and outcome is False
+        ):
+            recorder.failed(endpoint, now)
 
-    def _end(self, ok: bool, latency: float, now: float) -> bool:
-        balancer = self._balancer
-        ended = self._endpoint._complete(self, ok, latency, now, balancer._decay, 1.0)
-        if ended and not ok:
-            balancer._after_failure(self._endpoint, now)
+    async def __aenter__(self) -> str:
+        return self.server
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Releasing never blocks (a short lock on the server's counters), so the event loop
+        # is never held up.
+        self.__exit__(exc_type, exc, traceback)
+
+    def _end(self, ok: bool | None, latency: float | None, now: float) -> bool:
+        recorder = self._recorder
+        endpoint = self._endpoint
+        ended = endpoint._complete(self, ok, latency, now, recorder.decay, recorder.failure_latency)
+        if ended and ok is False:
+            recorder.failed(endpoint, now)
         return ended
 
     def __repr__(self) -> str:

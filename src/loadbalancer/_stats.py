@@ -16,7 +16,8 @@ class ServerStats:
     """One server's counters at the moment ``stats()`` read them.
 
     ``picks`` counts leases started on the server (``acquire``/``lease``); a plain ``get()`` is
-    not tracked. ``successes`` and ``failures`` count released leases and ``done()`` reports.
+    not tracked. ``successes`` and ``failures`` count released leases and ``done()`` reports;
+    ``cancelled`` counts leases that ended with no outcome (cancelled, abandoned, lost hedges).
     ``latency_ewma`` is the peak-sensitive moving average of latency in seconds, or ``None``
     before the first sample.
 
@@ -32,6 +33,7 @@ class ServerStats:
     picks: int
     successes: int
     failures: int
+    cancelled: int
     latency_ewma: float | None
     consecutive_failures: int
     healthy: bool
@@ -56,6 +58,7 @@ class ServerStats:
                 endpoint.picks,
                 endpoint.successes,
                 endpoint.failures,
+                endpoint.cancelled,
                 endpoint.latency,
                 endpoint.consecutive_failures,
                 endpoint.healthy,

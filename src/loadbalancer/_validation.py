@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 __all__ = [
     "MAX_WEIGHT",
     "check_bool",
     "check_callable",
+    "check_clock_reading",
+    "check_exclude",
     "check_key",
     "check_number",
     "check_positive_int",
@@ -101,3 +103,35 @@ def check_bool(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
     return value
+
+
+def check_clock_reading(value: object) -> float:
+    """Return a clock reading as a float if it is a finite number, else raise naming ``clock``.
+
+    The hot paths accept a finite float without calling this; everything else comes here.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"clock must return a number of seconds, not {type(value).__name__}")
+    try:
+        reading = float(value)
+    except OverflowError:
+        reading = math.inf
+    if not math.isfinite(reading):
+        raise ValueError(f"clock must return a finite number of seconds, got {value!r}")
+    return reading
+
+
+def check_exclude(exclude: object) -> frozenset[str]:
+    """Return ``exclude`` as a frozenset of server names, else raise naming ``exclude``."""
+    if isinstance(exclude, (str, bytes)) or not isinstance(exclude, Collection):
+        raise TypeError(
+            f"exclude must be a collection of server names, not {type(exclude).__name__}"
+        )
+    try:
+        names = exclude if isinstance(exclude, frozenset) else frozenset(exclude)
+    except TypeError:
+        raise TypeError("exclude must hold server names (str)") from None
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"exclude must hold server names (str), not {type(name).__name__}")
+    return names
