@@ -136,8 +136,26 @@ class HealthKeeper:
         detail = f"{why}; ejected for {duration:g} s (ejection {endpoint.ejections})"
         return [HealthEvent(HealthEventKind.EJECTED, endpoint.server, now, detail)]
 
+    def rebase(self, pool: Sequence[Endpoint], now: float) -> None:
+        """Cap every deadline relative to ``now``: after the clock stepped back, none outlasts
+        its own length (an ejection its ejection time, slow start its window)."""
+        outlier = self._outlier
+        for endpoint in pool:
+            until = endpoint.ejected_until
+            if outlier is not None and until is not None:
+                longest = outlier.ejection_time(max(endpoint.ejections, 1))
+                if until - now > longest:
+                    endpoint.ejected_until = now + longest
+            if endpoint.returned_at > now:
+                endpoint.returned_at = now
+            if endpoint.ramp_from is not None and endpoint.ramp_from > now:
+                endpoint.ramp_from = now
+        if outlier is not None and self._window_end is not None:
+            self._window_end = min(self._window_end, now + outlier.interval)
+
     def expire(self, pool: Sequence[Endpoint], now: float) -> list[HealthEvent]:
         """Return servers whose ejection is over; judge the failure-percentage window."""
+        self.rebase(pool, now)
         events = []
         for endpoint in pool:
             until = endpoint.ejected_until
