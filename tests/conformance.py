@@ -1,41 +1,54 @@
-"""The strategies every conformance test runs against; add each new strategy here."""
+"""The strategies every conformance test runs against, derived from the registry.
+
+Each registered strategy runs with its defaults (and a seeded rng where it takes one), plus
+the variants below, which exercise code paths the defaults do not. A new strategy needs no
+line here: registering it in ``loadbalancer.strategies.registry`` is enough.
+"""
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Callable
 
 from loadbalancer import (
-    LeastConnectionsStrategy,
     MaglevStrategy,
-    PeakEWMAStrategy,
     PowerOfTwoChoicesStrategy,
-    RandomStrategy,
     RendezvousStrategy,
     RingHashStrategy,
-    RoundRobinStrategy,
     Strategy,
-    WeightedRandomStrategy,
-    WeightedRoundRobinStrategy,
 )
+from loadbalancer.strategies import STRATEGIES
+
+SEED = 1234
+
+
+def seeded(cls: Callable[..., Strategy], **options: object) -> Callable[[], Strategy]:
+    """A factory of ``cls(**options)``, with a fresh ``random.Random(SEED)`` if it takes an rng."""
+
+    def make() -> Strategy:
+        if "rng" in inspect.signature(cls).parameters:
+            return cls(rng=random.Random(SEED), **options)
+        return cls(**options)
+
+    return make
+
+
+VARIANTS: dict[str, Callable[[], Strategy]] = {
+    "power_of_three_choices": seeded(PowerOfTwoChoicesStrategy, choices=3),
+    "ring_hash_ketama": seeded(RingHashStrategy, hash="ketama"),
+    "ring_hash_bounded": seeded(RingHashStrategy, balance_factor=1.25),
+    # A small prime table: each pool change rebuilds it, and the races change the pool a lot.
+    "maglev_small": seeded(MaglevStrategy, table_size=1009),
+    "maglev_bounded": seeded(MaglevStrategy, table_size=1009, balance_factor=1.25),
+    "rendezvous_bounded": seeded(RendezvousStrategy, balance_factor=1.25),
+}
+"""Non-default configurations worth running every conformance test against."""
 
 STRATEGY_FACTORIES: dict[str, Callable[[], Strategy]] = {
-    "round_robin": RoundRobinStrategy,
-    "random": lambda: RandomStrategy(rng=random.Random(1234)),
-    "weighted_random": lambda: WeightedRandomStrategy(rng=random.Random(1234)),
-    "weighted_round_robin": WeightedRoundRobinStrategy,
-    "least_connections": lambda: LeastConnectionsStrategy(rng=random.Random(1234)),
-    "power_of_two_choices": lambda: PowerOfTwoChoicesStrategy(rng=random.Random(1234)),
-    "power_of_three_choices": lambda: PowerOfTwoChoicesStrategy(3, rng=random.Random(1234)),
-    "peak_ewma": lambda: PeakEWMAStrategy(rng=random.Random(1234)),
-    "ring_hash": lambda: RingHashStrategy(rng=random.Random(1234)),
-    "ring_hash_ketama": lambda: RingHashStrategy(hash="ketama", rng=random.Random(1234)),
-    "ring_hash_bounded": lambda: RingHashStrategy(balance_factor=1.25, rng=random.Random(1234)),
-    # A small prime table: each pool change rebuilds it, and the races change the pool a lot.
-    "maglev": lambda: MaglevStrategy(table_size=1009, rng=random.Random(1234)),
-    "maglev_bounded": lambda: MaglevStrategy(
-        table_size=1009, balance_factor=1.25, rng=random.Random(1234)
-    ),
-    "rendezvous": lambda: RendezvousStrategy(rng=random.Random(1234)),
-    "rendezvous_bounded": lambda: RendezvousStrategy(balance_factor=1.25, rng=random.Random(1234)),
+    **{name: seeded(cls) for name, cls in STRATEGIES.items()},
+    **VARIANTS,
 }
+"""Every registered strategy under its canonical name, then the variants."""
+
+__all__ = ["SEED", "STRATEGY_FACTORIES", "VARIANTS", "seeded"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections import Counter
@@ -9,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+import loadbalancer
 from loadbalancer import (
     Endpoint,
     Key,
@@ -18,6 +20,9 @@ from loadbalancer import (
     Snapshot,
     Strategy,
 )
+from loadbalancer.strategies import ALIASES, STRATEGIES, canonical_name, strategy_class
+
+from .conformance import STRATEGY_FACTORIES
 
 StrategyFactory = Callable[[], Strategy]
 
@@ -139,3 +144,106 @@ def test_concurrent_picks_return_members(make_strategy: StrategyFactory) -> None
     total = sum(results, Counter())
     assert set(total) == servers
     assert sum(total.values()) == 8 * 2000
+
+
+# -- the registry: one list of strategies ------------------------------------------------------
+
+
+def exported_strategies() -> dict[str, type[Strategy]]:
+    """Every concrete Strategy class ``loadbalancer`` exports, by exported name."""
+    found = {}
+    for name in loadbalancer.__all__:
+        value = getattr(loadbalancer, name)
+        if inspect.isclass(value) and issubclass(value, Strategy) and value is not Strategy:
+            found[name] = value
+    return found
+
+
+def test_every_exported_strategy_is_registered() -> None:
+    exported = exported_strategies()
+    assert len(exported) >= 10  # the guard itself finds the strategies
+    missing = sorted(name for name, cls in exported.items() if cls not in STRATEGIES.values())
+    assert missing == []
+
+
+def test_every_registered_strategy_is_exported_and_in_the_conformance_list() -> None:
+    exported = set(exported_strategies().values())
+    for name, cls in STRATEGIES.items():
+        assert cls in exported, name
+        assert type(STRATEGY_FACTORIES[name]()) is cls, name
+
+
+def test_registry_is_read_only() -> None:
+    with pytest.raises(TypeError):
+        STRATEGIES["mine"] = Strategy  # type: ignore[index]
+    with pytest.raises(TypeError):
+        ALIASES["mine"] = "round_robin"  # type: ignore[index]
+
+
+def test_canonical_names_are_lower_snake_case_and_unique() -> None:
+    assert len(set(STRATEGIES.values())) == len(STRATEGIES)
+    for name in STRATEGIES:
+        assert name == name.strip().lower().replace("-", "_")
+        assert canonical_name(name) == name
+
+
+@pytest.mark.parametrize(
+    ("alias", "name"),
+    [
+        ("p2c", "power_of_two_choices"),
+        ("least_request", "power_of_two_choices"),
+        ("rr", "round_robin"),
+        ("wrr", "weighted_round_robin"),
+        ("least_conn", "least_connections"),
+        ("leastconn", "least_connections"),
+        ("ewma", "peak_ewma"),
+        ("ring", "ring_hash"),
+        ("hrw", "rendezvous"),
+    ],
+)
+def test_aliases(alias: str, name: str) -> None:
+    assert ALIASES[alias] == name
+    assert canonical_name(alias) == name
+    assert strategy_class(alias) is STRATEGIES[name]
+
+
+def test_every_alias_names_a_canonical_strategy_and_is_not_one() -> None:
+    for alias, name in ALIASES.items():
+        assert name in STRATEGIES, alias
+        assert alias not in STRATEGIES, alias
+
+
+@pytest.mark.parametrize(
+    ("written", "name"),
+    [
+        ("LEAST_REQUEST", "power_of_two_choices"),
+        ("Round-Robin", "round_robin"),
+        (" p2c ", "power_of_two_choices"),
+    ],
+)
+def test_lookup_ignores_case_hyphens_and_spaces(written: str, name: str) -> None:
+    assert canonical_name(written) == name
+
+
+def test_ketama_is_not_an_alias_and_the_error_says_what_to_use() -> None:
+    # ketama needs RingHashStrategy(hash="ketama"): a bare name would map keys differently.
+    with pytest.raises(
+        ValueError, match='name must be a strategy name: ketama is ring_hash with hash="ketama"'
+    ):
+        strategy_class("ketama")
+
+
+def test_unknown_names_list_the_valid_ones() -> None:
+    with pytest.raises(
+        ValueError, match=r"^name must be a strategy name: one of round_robin, "
+    ) as error:
+        strategy_class("fastest")
+    message = str(error.value)
+    assert all(name in message for name in [*STRATEGIES, *ALIASES])
+    assert message.endswith("got 'fastest'")
+
+
+@pytest.mark.parametrize("bad", [None, 3, b"p2c"])
+def test_names_must_be_strings(bad: object) -> None:
+    with pytest.raises(TypeError, match=r"^name must be a str,"):
+        canonical_name(bad)  # type: ignore[arg-type]

@@ -122,6 +122,37 @@ def test_scenario_file_and_strategy_labels(
     assert only["stickiness"] is None
 
 
+def test_strategies_accepts_aliases_and_reports_canonical_names(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["simulate", "--json", "--duration", "1", "--strategies", "p2c,EWMA,rr"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [(s["label"], s["strategy"]) for s in document["strategies"]] == [
+        ("power_of_two_choices", "PowerOfTwoChoicesStrategy()"),
+        ("peak_ewma", "PeakEWMAStrategy()"),
+        ("round_robin", "RoundRobinStrategy()"),
+    ]
+
+
+def test_an_alias_selects_the_scenarios_entry_for_its_strategy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "tuned.toml"
+    path.write_text(
+        'duration = 1.0\nstrategies = [{ name = "p2c", choices = 3 }, "random"]\n'
+        '[arrivals]\nrate = 50.0\n[[servers]]\nname = "x"\ncapacity = 2\n'
+        "latency = { mean = 0.01 }\n",
+        encoding="utf-8",
+    )
+    # The entry named p2c is labelled power_of_two_choices, and --strategies p2c means it.
+    assert main(["simulate", str(path), "--json", "--strategies", "least_request"]) == 0
+    (only,) = json.loads(capsys.readouterr().out)["strategies"]
+    assert (only["label"], only["strategy"]) == (
+        "power_of_two_choices",
+        "PowerOfTwoChoicesStrategy(choices=3)",
+    )
+
+
 ERRORS = [
     (["simulate", "--bogus"], "unrecognized arguments: --bogus"),
     (["simulate", "--seed", "x"], "--seed: invalid int value"),
@@ -130,6 +161,11 @@ ERRORS = [
     (["simulate", "no/such/file.toml"], "cannot read no/such/file.toml"),
     (["simulate", "--strategies", "round_robin,nope"], "--strategies: unknown strategy 'nope'"),
     (["simulate", "--strategies", "random,random"], "--strategies: 'random' given twice"),
+    (
+        ["simulate", "--strategies", "p2c,power_of_two_choices"],
+        "'power_of_two_choices' given twice",
+    ),
+    (["simulate", "--strategies", "ketama"], "unknown strategy 'ketama' (choose from: round_robin"),
     (["simulate", "--strategies", "random,"], "--strategies: empty name"),
     (["simulate", "--plot", "no/such/dir/x.png"], "--plot: directory 'no/such/dir' does not exist"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),

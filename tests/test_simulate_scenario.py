@@ -122,6 +122,36 @@ def test_strategy_tables_take_options_and_labels() -> None:
     ]
 
 
+def test_aliases_name_the_canonical_strategy_and_label() -> None:
+    scenario = parse_scenario(
+        tomllib.loads(
+            'strategies = ["p2c", { name = "HRW" }, { name = "Least-Conn", label = "lc" }, '
+            '{ name = "ring", vnodes = 40 }]' + MINIMAL
+        )
+    )
+    assert [(s.name, s.label, s.options) for s in scenario.strategies] == [
+        ("power_of_two_choices", "power_of_two_choices", ()),
+        ("rendezvous", "rendezvous", ()),
+        ("least_connections", "lc", ()),
+        ("ring_hash", "ring_hash", (("vnodes", 40),)),
+    ]
+
+
+def test_an_alias_and_its_canonical_name_are_the_same_label() -> None:
+    with pytest.raises(
+        ScenarioError, match='strategies\\[1\\]: duplicate strategy label "rendezvous"'
+    ):
+        parse('strategies = ["rendezvous", "hrw"]\n' + MINIMAL)
+
+
+def test_ketama_is_not_an_alias() -> None:
+    with pytest.raises(
+        ScenarioError, match='strategies\\[0\\]: unknown strategy "ketama"'
+    ) as error:
+        parse('strategies = ["ketama"]\n' + MINIMAL)
+    assert "p2c" in str(error.value)  # the aliases are listed with the names
+
+
 def test_outlier_detection_table_and_enabled_flag() -> None:
     on = parse_scenario(tomllib.loads(MINIMAL + "[outlier_detection]\nconsecutive_failures = 3"))
     assert on.outlier_detection == OutlierDetection(consecutive_failures=3)

@@ -50,7 +50,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--strategies",
         metavar="A,B,...",
-        help="compare only these: labels from the scenario, or strategy names",
+        help="compare only these: labels from the scenario, strategy names or aliases (p2c)",
     )
     parser.add_argument(
         "--duration", type=_positive_float, metavar="S", help="simulated seconds (override)"
@@ -84,8 +84,13 @@ def _load(path: str | None) -> Scenario:
 
 
 def _select(scenario: Scenario, wanted: str) -> Scenario:
-    """The scenario comparing only the strategies in ``wanted`` (comma-separated)."""
-    from .registry import STRATEGIES
+    """The scenario comparing only the strategies in ``wanted`` (comma-separated).
+
+    A name is first a label of the scenario's strategies; else a strategy name or alias, which
+    means what its canonical name means: the scenario's entry of that label, or else the
+    strategy with default options. Either way an alias is reported under the canonical name.
+    """
+    from .registry import known_names, resolve
     from .scenario import StrategySpec
 
     by_label = {spec.label: spec for spec in scenario.strategies}
@@ -93,13 +98,16 @@ def _select(scenario: Scenario, wanted: str) -> Scenario:
     for name in (part.strip() for part in wanted.split(",")):
         if not name:
             raise UsageError("--strategies: empty name in the list")
+        canonical = resolve(name)
         if name in by_label:
             spec = by_label[name]
-        elif name in STRATEGIES:
-            spec = StrategySpec(name, name)
+        elif canonical is not None:
+            spec = by_label.get(canonical) or StrategySpec(canonical, canonical)
         else:
-            choices = ", ".join(dict.fromkeys([*by_label, *STRATEGIES]))
-            raise UsageError(f"--strategies: unknown strategy {name!r} (choose from: {choices})")
+            labels = "".join(f"{label}, " for label in by_label if resolve(label) is None)
+            raise UsageError(
+                f"--strategies: unknown strategy {name!r} (choose from: {labels}{known_names()})"
+            )
         if any(s.label == spec.label for s in specs):
             raise UsageError(f"--strategies: {name!r} given twice")
         specs.append(spec)

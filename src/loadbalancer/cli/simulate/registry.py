@@ -1,4 +1,9 @@
-"""The strategies a scenario may name, the options each accepts, and how to build one."""
+"""The strategies a scenario may name, the options each accepts, and how to build one.
+
+The names are the library's registry (``loadbalancer.strategies``): canonical names and their
+aliases. Results are reported under the canonical name (``p2c`` runs as
+``power_of_two_choices``), so one strategy has one row name however it was asked for.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +12,20 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from ... import (
-    LeastConnectionsStrategy,
-    MaglevStrategy,
-    PeakEWMAStrategy,
-    PowerOfTwoChoicesStrategy,
-    RandomStrategy,
-    RendezvousStrategy,
-    RingHashStrategy,
-    RoundRobinStrategy,
-    Strategy,
-    WeightedRandomStrategy,
-    WeightedRoundRobinStrategy,
-)
+from ... import Strategy
+from ...strategies.registry import ALIASES, STRATEGIES, canonical_name, strategy_class
 
 __all__ = [
+    "ALIASES",
     "DEFAULT_STRATEGIES",
     "STRATEGIES",
     "build_strategy",
+    "canonical_name",
     "describe_strategy",
+    "known_names",
+    "resolve",
     "strategy_options",
 ]
-
-
-STRATEGIES: Mapping[str, type[Strategy]] = {
-    "round_robin": RoundRobinStrategy,
-    "random": RandomStrategy,
-    "weighted_random": WeightedRandomStrategy,
-    "weighted_round_robin": WeightedRoundRobinStrategy,
-    "least_connections": LeastConnectionsStrategy,
-    "power_of_two_choices": PowerOfTwoChoicesStrategy,
-    "peak_ewma": PeakEWMAStrategy,
-    "ring_hash": RingHashStrategy,
-    "maglev": MaglevStrategy,
-    "rendezvous": RendezvousStrategy,
-}
-"""Every strategy a scenario may name, by its scenario name."""
 
 DEFAULT_STRATEGIES: tuple[str, ...] = (
     "round_robin",
@@ -57,6 +40,20 @@ DEFAULT_STRATEGIES: tuple[str, ...] = (
 """What a scenario compares when it lists no strategies."""
 
 
+def known_names() -> str:
+    """The names a scenario or ``--strategies`` may use, for error messages."""
+    aliases = ", ".join(ALIASES)
+    return f"{', '.join(STRATEGIES)}; aliases: {aliases}"
+
+
+def resolve(name: str) -> str | None:
+    """The canonical name for strategy ``name`` or an alias of it; None if it is neither."""
+    try:
+        return canonical_name(name)
+    except ValueError:
+        return None
+
+
 def _parameters(cls: type[Strategy]) -> dict[str, inspect.Parameter]:
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return {name: p for name, p in inspect.signature(cls).parameters.items() if p.kind in kinds}
@@ -64,12 +61,12 @@ def _parameters(cls: type[Strategy]) -> dict[str, inspect.Parameter]:
 
 def strategy_options(name: str) -> tuple[str, ...]:
     """The keyword options strategy ``name`` accepts in a scenario (its ``rng`` is seeded)."""
-    return tuple(sorted(p for p in _parameters(STRATEGIES[name]) if p != "rng"))
+    return tuple(sorted(p for p in _parameters(strategy_class(name)) if p != "rng"))
 
 
 def build_strategy(name: str, options: Mapping[str, Any], rng: random.Random) -> Strategy:
     """A fresh strategy ``name`` with ``options``, drawing its randomness from ``rng``."""
-    cls = STRATEGIES[name]
+    cls = strategy_class(name)
     arguments = dict(options)
     if "rng" in _parameters(cls):
         arguments["rng"] = rng
@@ -83,4 +80,4 @@ def describe_strategy(name: str, options: Mapping[str, Any]) -> str:
     so it is the same in every run.
     """
     arguments = ", ".join(f"{key}={value!r}" for key, value in sorted(options.items()))
-    return f"{STRATEGIES[name].__name__}({arguments})"
+    return f"{strategy_class(name).__name__}({arguments})"

@@ -36,7 +36,7 @@ from .fields import (
     kind,
     one_of,
 )
-from .registry import DEFAULT_STRATEGIES, STRATEGIES, build_strategy, strategy_options
+from .registry import DEFAULT_STRATEGIES, build_strategy, known_names, resolve, strategy_options
 
 __all__ = [
     "DEFAULT_SEED",
@@ -307,21 +307,29 @@ def _library_error(error: Exception, path: str, names: tuple[str, ...]) -> Scena
 
 
 def _strategy(item: object, path: str) -> StrategySpec:
-    """A strategy entry: a name, or a table with ``name``, optional ``label`` and options."""
-    known = ", ".join(STRATEGIES)
+    """A strategy entry: a name, or a table with ``name``, optional ``label`` and options.
+
+    An alias stands for its canonical name, which is also the default label: ``"p2c"`` is
+    reported as ``power_of_two_choices``, as if it had been written so.
+    """
     if isinstance(item, str):
-        name, label, options = item, item, {}
+        written, label, options = item, None, {}
         name_path = path
     elif isinstance(item, dict):
         table = Table(item, path)
-        name = table.require("name", as_name)
+        written = table.require("name", as_name)
         name_path = table.path("name")
-        label = table.get("label", as_name, name)
+        label = table.get("label", as_name, None)
         options = {k: table.raw(k) for k in table if k not in ("label", "name")}
     else:
         raise ScenarioError(path, f"must be a strategy name or a table, not {kind(item)}")
-    if name not in STRATEGIES:
-        raise ScenarioError(name_path, f'unknown strategy "{name}" (choose from: {known})')
+    name = resolve(written)
+    if name is None:
+        raise ScenarioError(
+            name_path, f'unknown strategy "{written}" (choose from: {known_names()})'
+        )
+    if label is None:
+        label = name
     accepted = strategy_options(name)
     for key in options:
         if key not in accepted:
