@@ -11,7 +11,13 @@ from typing import Any, TypeVar
 import pytest
 
 from loadbalancer import LoadBalancer
-from loadbalancer.checks import AsyncHealthChecker, AsyncHttpProbe, AsyncTcpProbe, HttpProbe
+from loadbalancer.checks import (
+    AsyncHealthChecker,
+    AsyncHttpProbe,
+    AsyncTcpProbe,
+    HttpProbe,
+    TcpProbe,
+)
 
 from .fakes import FakeClock
 from .health_servers import HANG, ClosedPort, FakeBalancer, HealthServer, health_threads
@@ -65,6 +71,14 @@ def test_parameters_are_checked_like_the_threaded_checker() -> None:
         AsyncHealthChecker(FakeBalancer(), AsyncTcpProbe(), fall=0)
     with pytest.raises(TypeError, match="lb must be"):
         AsyncHealthChecker(None, AsyncTcpProbe())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("probe", [AsyncTcpProbe, AsyncHttpProbe, TcpProbe, HttpProbe])
+def test_a_probe_class_is_refused_naming_the_instance_to_pass(probe: type[TcpProbe]) -> None:
+    name = probe.__name__
+    expected = f"probe must be a probe instance such as {name}\\(\\), not the class {name}$"
+    with pytest.raises(TypeError, match=expected):
+        AsyncHealthChecker(FakeBalancer(), probe)  # type: ignore[arg-type]
 
 
 def test_rise_and_fall_with_an_async_probe() -> None:

@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from loadbalancer import HealthEvent, HealthEventKind, LoadBalancer
-from loadbalancer.checks import HealthChecker, HealthCheckStatus, TcpProbe
+from loadbalancer.checks import (
+    AsyncHttpProbe,
+    AsyncTcpProbe,
+    HealthChecker,
+    HealthCheckStatus,
+    HttpProbe,
+    TcpProbe,
+)
 from loadbalancer.checks._state import RiseFall
 
 from .fakes import FakeClock
@@ -156,6 +163,14 @@ def test_lb_and_probe_are_checked() -> None:
         HealthChecker(object(), ok_probe)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="probe must be callable"):
         HealthChecker(FakeBalancer(), "tcp")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("probe", [TcpProbe, HttpProbe, AsyncTcpProbe, AsyncHttpProbe])
+def test_a_probe_class_is_refused_naming_the_instance_to_pass(probe: type[TcpProbe]) -> None:
+    name = probe.__name__
+    expected = f"probe must be a probe instance such as {name}\\(\\), not the class {name}$"
+    with pytest.raises(TypeError, match=expected):
+        HealthChecker(FakeBalancer(), probe)  # type: ignore[arg-type]
 
 
 def test_async_probes_are_refused() -> None:

@@ -16,6 +16,7 @@ __all__ = [
     "Core",
     "HealthCheckTarget",
     "call_sync_probe",
+    "check_probe",
     "check_seconds",
     "describe_error",
     "describe_result",
@@ -60,6 +61,17 @@ def _check_target(lb: object) -> HealthCheckTarget:
             f"{type(lb).__name__} lacks {', '.join(missing)}"
         )
     return lb  # type: ignore[return-value]  # checked structurally just above
+
+
+def check_probe(probe: object) -> Callable[[str], object]:
+    """Return ``probe`` if it is callable and not a class, else raise TypeError naming it."""
+    if isinstance(probe, type):
+        # Calling a class makes an instance, which is never True: every probe would fail,
+        # silently. HealthChecker(lb, TcpProbe) for HealthChecker(lb, TcpProbe()) is the usual
+        # slip.
+        name = probe.__name__
+        raise TypeError(f"probe must be a probe instance such as {name}(), not the class {name}")
+    return check_callable(probe, "probe")
 
 
 def is_async_callable(probe: object) -> bool:
@@ -135,7 +147,7 @@ class Core:
         rng: random.Random | None,
     ) -> None:
         self.lb = _check_target(lb)
-        self.probe: Callable[[str], object] = check_callable(probe, "probe")
+        self.probe = check_probe(probe)
         self.interval = check_seconds(interval, "interval")
         self.timeout = check_seconds(timeout, "timeout")
         self.rise = check_positive_int(rise, "rise")

@@ -10,7 +10,14 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TypeAlias, final
 
-from ._core import Core, HealthCheckTarget, call_sync_probe, is_async_callable, logger
+from ._core import (
+    Core,
+    HealthCheckTarget,
+    call_sync_probe,
+    check_probe,
+    is_async_callable,
+    logger,
+)
 from ._state import HealthCheckStatus
 
 __all__ = ["HealthChecker"]
@@ -85,7 +92,8 @@ class HealthChecker:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        if is_async_callable(probe):
+        # The class check first: an async probe class has an async __call__ too.
+        if is_async_callable(check_probe(probe)):
             raise TypeError("probe is a coroutine function; use AsyncHealthChecker for it")
         self._core = Core(
             lb,
