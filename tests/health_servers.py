@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
 HANG: Literal["hang"] = "hang"
+
+CERTS = Path(__file__).resolve().parent / "certs"
+CERT = CERTS / "localhost-cert.pem"  # self-signed for 127.0.0.1 and localhost; see README
+
+
+def server_tls() -> ssl.SSLContext:
+    """A server-side TLS context presenting the test certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(CERT, CERTS / "localhost-key.pem")
+    return context
+
+
+def client_tls() -> ssl.SSLContext:
+    """A client-side TLS context that trusts the test certificate and nothing else."""
+    return ssl.create_default_context(cafile=str(CERT))
 
 
 class FakeBalancer:
@@ -121,10 +139,13 @@ class HealthServer:
 
     Set ``status = HANG`` to accept requests and never answer; ``hanging`` is set while a
     request is held, and ``close()`` releases it, so no server thread outlives the test.
-    ``requests`` records (path, headers) of every request.
+    ``requests`` records (path, headers) of every request. With ``tls`` (e.g.
+    ``server_tls()``) it speaks HTTPS, and ``url`` starts with ``https://``.
     """
 
-    def __init__(self, status: int | Literal["hang"] = 200) -> None:
+    def __init__(
+        self, status: int | Literal["hang"] = 200, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.status: int | Literal["hang"] = status
         self.hanging = threading.Event()
         self.release = threading.Event()
@@ -147,12 +168,15 @@ class HealthServer:
                 pass  # keep test output clean
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            # accept() then does the handshake; one that fails drops that connection only.
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         # Non-daemon request threads, joined by server_close(): nothing outlives close().
         self._server.daemon_threads = False
         self._server.block_on_close = True
         port = self._server.server_address[1]
         self.address = f"127.0.0.1:{port}"
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'http' if tls is None else 'https'}://127.0.0.1:{port}"
         # A short poll only bounds how long close() takes to stop the accept loop.
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.01}
@@ -166,6 +190,61 @@ class HealthServer:
         self._thread.join()
 
     def __enter__(self) -> HealthServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class TrickleServer:
+    """A server on 127.0.0.1 that sends ``data`` one byte every ``every`` seconds, then closes.
+
+    It serves one connection at a time on its own thread, each from the start of ``data``
+    (an HTTP status line by default, so a probe that waited long enough would pass).
+    ``trickling`` is set once a first byte has gone out; ``close()`` ends it at once.
+    """
+
+    def __init__(self, data: bytes = b"HTTP/1.1 200 OK\r\n\r\n", every: float = 0.2) -> None:
+        self._data = data
+        self._every = every
+        self._stop = threading.Event()
+        self.trickling = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:  # close() closed the listening socket
+                return
+            with conn:
+                for i in range(len(self._data)):
+                    try:
+                        conn.sendall(self._data[i : i + 1])
+                    except OSError:  # the client gave up and reset the connection
+                        break
+                    self.trickling.set()
+                    # Paces the trickle; waiting on the Event lets close() end it at once.
+                    if self._stop.wait(self._every):
+                        return
+
+    def close(self) -> None:
+        self._stop.set()
+        # shutdown() wakes a blocked accept() on Linux; close() alone may not.
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        self._thread.join()
+
+    def __enter__(self) -> TrickleServer:
         return self
 
     def __exit__(

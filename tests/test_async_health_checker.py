@@ -16,6 +16,7 @@ from loadbalancer.checks import (
     AsyncHttpProbe,
     AsyncTcpProbe,
     HttpProbe,
+    ProbeResult,
     TcpProbe,
 )
 
@@ -42,7 +43,7 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 def checker_for(
     lb: FakeBalancer,
-    probe: Callable[[str], Awaitable[bool]] | Callable[[str], bool],
+    probe: Callable[[str], Awaitable[bool | ProbeResult]] | Callable[[str], bool | ProbeResult],
     **kwargs: object,
 ) -> AsyncHealthChecker:
     options: dict[str, object] = {"clock": FakeClock(), "timeout": WAIT, **kwargs}
@@ -79,6 +80,19 @@ def test_a_probe_class_is_refused_naming_the_instance_to_pass(probe: type[TcpPro
     expected = f"probe must be a probe instance such as {name}\\(\\), not the class {name}$"
     with pytest.raises(TypeError, match=expected):
         AsyncHealthChecker(FakeBalancer(), probe)  # type: ignore[arg-type]
+
+
+def test_real_probe_failures_name_their_cause() -> None:
+    async def main(refused: str, missing: str) -> None:
+        tcp = checker_for(FakeBalancer(refused), AsyncTcpProbe(timeout=1.0), fall=1)
+        assert await tcp.check_now() == {refused: False}
+        assert tcp.status()[refused].last_failure == "connection refused"
+        http = checker_for(FakeBalancer(missing), AsyncHttpProbe(timeout=1.0), fall=1)
+        assert await http.check_now() == {missing: False}
+        assert http.status()[missing].last_failure == "status 404"
+
+    with ClosedPort() as down, HealthServer(404) as server:
+        run(main(down.address, server.address))
 
 
 def test_rise_and_fall_with_an_async_probe() -> None:

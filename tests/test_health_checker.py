@@ -20,12 +20,13 @@ from loadbalancer.checks import (
     HealthChecker,
     HealthCheckStatus,
     HttpProbe,
+    ProbeResult,
     TcpProbe,
 )
 from loadbalancer.checks._state import RiseFall
 
 from .fakes import FakeClock
-from .health_servers import ClosedPort, FakeBalancer, TcpListener, health_threads
+from .health_servers import ClosedPort, FakeBalancer, TcpListener, TrickleServer, health_threads
 
 WAIT = 5.0  # seconds an Event may take before the test fails; only ever reached on failure
 
@@ -286,8 +287,33 @@ def test_raising_and_non_bool_probes_fail(checker_for: CheckerFactory) -> None:
     assert checker.check_now() == {"a": False, "b": False, "c": False}
     status = checker.status()
     assert status["a"].last_failure == "ConnectionError: refused"
-    assert status["b"].last_failure == "probe returned NoneType, not True"
-    assert status["c"].last_failure == "probe returned int, not True"
+    assert status["b"].last_failure == "probe returned NoneType, not True or a ProbeResult"
+    assert status["c"].last_failure == "probe returned int, not True or a ProbeResult"
+
+
+def test_probe_results_bring_their_reason(checker_for: CheckerFactory) -> None:
+    lb = FakeBalancer("up", "down", "mute")
+    probe = Scripted(
+        up=[ProbeResult(True)], down=[ProbeResult(False, "status 503")], mute=[ProbeResult(False)]
+    )
+    checker = checker_for(lb, probe, fall=1)
+    assert checker.check_now() == {"up": True, "down": False, "mute": False}
+    status = checker.status()
+    assert (status["up"].successes, status["up"].last_failure) == (1, None)
+    assert status["down"].last_failure == "status 503"
+    assert status["mute"].last_failure == "probe returned an unhealthy ProbeResult without a reason"
+
+
+def test_a_real_probe_failure_names_its_cause(
+    caplog: pytest.LogCaptureFixture, checker_for: CheckerFactory
+) -> None:
+    with ClosedPort() as down, caplog.at_level(logging.WARNING, logger="loadbalancer.health"):
+        checker = checker_for(FakeBalancer(down.address), TcpProbe(timeout=1.0), fall=1)
+        assert checker.check_now() == {down.address: False}
+    assert checker.status()[down.address].last_failure == "connection refused"
+    assert caplog.messages == [
+        f"{down.address} is unhealthy: 1 probe(s) failed in a row (last: connection refused)"
+    ]
 
 
 def test_a_probe_returning_a_coroutine_fails_cleanly(checker_for: CheckerFactory) -> None:
@@ -449,6 +475,19 @@ def test_stop_wakes_a_round_that_waits_for_a_hanging_probe() -> None:
     stopper.join(WAIT)
     assert health_threads() == []  # ...and leaves nothing behind
     assert checker.status()["a"].checked_at is None  # stopping is not a verdict
+
+
+def test_stop_is_prompt_while_an_http_probe_reads_a_trickle() -> None:
+    # The built-in probe's timeout is a deadline, so stop() waits at most about that long for
+    # it, not for as long as the server keeps sending a byte now and then.
+    with TrickleServer(every=0.2) as server:
+        checker = HealthChecker(FakeBalancer(server.address), HttpProbe(timeout=0.5), timeout=5)
+        checker.start()
+        assert server.trickling.wait(WAIT)
+        started = time.monotonic()
+        checker.stop()
+        assert time.monotonic() - started < 0.75  # 1.5 x the probe's timeout
+    assert health_threads() == []
 
 
 def test_start_twice_raises_stop_is_idempotent_and_restart_works() -> None:

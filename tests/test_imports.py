@@ -52,6 +52,7 @@ def test_importing_the_core_loads_no_networking_module() -> None:
         "HealthCheckStatus",
         "HealthChecker",
         "HttpProbe",
+        "ProbeResult",
         "TcpProbe",
     ],
 )

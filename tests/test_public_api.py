@@ -17,6 +17,7 @@ LAZY = {
     "HealthCheckStatus",
     "HealthChecker",
     "HttpProbe",
+    "ProbeResult",
     "TcpProbe",
 }
 

@@ -36,6 +36,7 @@ if typing.TYPE_CHECKING:  # for mypy and IDEs; at run time __getattr__ imports t
     from .checks import HealthChecker as HealthChecker
     from .checks import HealthCheckStatus as HealthCheckStatus
     from .checks import HttpProbe as HttpProbe
+    from .checks import ProbeResult as ProbeResult
     from .checks import TcpProbe as TcpProbe
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "PickFunction",
     "Picker",
     "PowerOfTwoChoicesStrategy",
+    "ProbeResult",
     "RandomStrategy",
     "RendezvousStrategy",
     "RingHashStrategy",
@@ -85,6 +87,7 @@ _LAZY = frozenset(
         "HealthCheckStatus",
         "HealthChecker",
         "HttpProbe",
+        "ProbeResult",
         "TcpProbe",
     }
 )

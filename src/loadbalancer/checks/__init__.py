@@ -5,6 +5,7 @@ load it; ``loadbalancer.HealthChecker`` and the other names below import it on f
 """
 
 from ._core import HealthCheckTarget as HealthCheckTarget
+from ._result import ProbeResult as ProbeResult
 from ._state import HealthCheckStatus as HealthCheckStatus
 from .async_checker import AsyncHealthChecker as AsyncHealthChecker
 from .checker import HealthChecker as HealthChecker
@@ -21,5 +22,6 @@ __all__ = [
     "HealthCheckTarget",
     "HealthChecker",
     "HttpProbe",
+    "ProbeResult",
     "TcpProbe",
 ]

@@ -10,6 +10,7 @@ from typing import Protocol, final
 
 from .._validation import check_callable, check_number, check_positive_int
 from ..strategies._draw import resolve_rng
+from ._result import ProbeResult
 from ._state import HealthCheckStatus, RiseFall
 
 __all__ = [
@@ -87,9 +88,13 @@ def describe_result(result: object) -> str | None:
     """None for a passing probe result, else the reason it counts as a failure."""
     if result is True:
         return None
+    if isinstance(result, ProbeResult):
+        if result.healthy:
+            return None
+        return result.reason or "probe returned an unhealthy ProbeResult without a reason"
     if result is False:
         return "probe returned False"
-    return f"probe returned {type(result).__name__}, not True"
+    return f"probe returned {type(result).__name__}, not True or a ProbeResult"
 
 
 def describe_error(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ from ._core import (
     is_async_callable,
     logger,
 )
+from ._result import ProbeResult
 from ._state import HealthCheckStatus
 
 __all__ = ["AsyncHealthChecker"]
@@ -51,7 +52,7 @@ class AsyncHealthChecker:
     def __init__(
         self,
         lb: HealthCheckTarget,
-        probe: Callable[[str], Awaitable[bool]] | Callable[[str], bool],
+        probe: Callable[[str], Awaitable[bool | ProbeResult]] | Callable[[str], bool | ProbeResult],
         *,
         interval: float = 2.0,
         timeout: float = 1.0,

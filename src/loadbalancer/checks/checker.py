@@ -18,6 +18,7 @@ from ._core import (
     is_async_callable,
     logger,
 )
+from ._result import ProbeResult
 from ._state import HealthCheckStatus
 
 __all__ = ["HealthChecker"]
@@ -36,12 +37,13 @@ class HealthChecker:
     Each round re-reads ``lb.servers`` (new servers are probed from the next round on, removed
     ones forgotten), runs ``probe(server)`` for every server, each in its own thread, and waits
     at most ``timeout`` seconds for the answers; an answer is applied the moment it arrives.
-    A probe that raises, returns anything but True, or has not answered by ``timeout`` is a
-    failure. A healthy server becomes unhealthy after ``fall`` failures in a row and an
-    unhealthy one healthy after ``rise`` successes in a row (HAProxy ``inter 2s rise 2
-    fall 3``); every verdict goes to ``lb.set_healthy`` and each round ends with
-    ``lb.refresh()``. The next round starts ``interval`` seconds after one ends, plus up to
-    ``jitter`` x ``interval`` at random (Envoy's interval jitter).
+    A probe passes by returning True or a healthy ``ProbeResult``; one that raises, returns
+    anything else, or has not answered by ``timeout`` fails (an unhealthy ``ProbeResult``
+    brings its reason to ``status()`` and the log). A healthy server becomes unhealthy after
+    ``fall`` failures in a row and an unhealthy one healthy after ``rise`` successes in a row
+    (HAProxy ``inter 2s rise 2 fall 3``); every verdict goes to ``lb.set_healthy`` and each
+    round ends with ``lb.refresh()``. The next round starts ``interval`` seconds after one
+    ends, plus up to ``jitter`` x ``interval`` at random (Envoy's interval jitter).
 
     One slow or hanging probe never delays the others: probes do not share threads, a round
     never waits past ``timeout``, and a server whose previous probe is still running is not
@@ -81,7 +83,7 @@ class HealthChecker:
     def __init__(
         self,
         lb: HealthCheckTarget,
-        probe: Callable[[str], bool],
+        probe: Callable[[str], bool | ProbeResult],
         *,
         interval: float = 2.0,
         timeout: float = 1.0,

@@ -1,29 +1,104 @@
 """Built-in probes: TCP connect and HTTP GET, blocking and asyncio, standard library only.
 
-A probe is any callable ``server -> bool`` (or ``async`` for ``AsyncHealthChecker``) that
-returns True when the server is healthy. The built-in ones accept servers written as
-``host:port``, ``[ipv6]:port`` or URLs (``http://host:port/base``), return False when the
-server cannot be reached or answers wrongly (the reason is logged at DEBUG on
-``loadbalancer.health``), and raise ValueError for a server they cannot parse.
+A probe is any callable ``server -> bool`` (or ``async`` for ``AsyncHealthChecker``) whose
+result is truthy when the server is healthy. The built-in ones return a ``ProbeResult``:
+truthy when healthy, and when not, carrying the reason (``"connection refused"``,
+``"status 404"``, ``"timed out after 0.5 s waiting for the status line"``), which the checkers
+put in ``HealthCheckStatus.last_failure`` and their log messages. Custom probes may return a
+``ProbeResult`` too, or plain True or False.
+
+The built-in probes accept servers written as ``host:port``, ``[ipv6]:port`` or URLs
+(``http://host:port/base``), and raise ValueError for a server they cannot parse. Their
+``timeout`` is a deadline for the whole probe: connecting, the TLS handshake, sending the
+request and reading the status line together, so a server that trickles its answer a byte at
+a time cannot stretch a probe (nor hold up ``HealthChecker.stop()``) past it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import socket
 import ssl
+import time
 from collections.abc import Collection
 from typing import final
 
 from ._address import DEFAULT_PORTS, Address, parse_address
-from ._core import check_seconds, logger
+from ._core import check_seconds, describe_error
+from ._result import ProbeResult
 
 __all__ = ["AsyncHttpProbe", "AsyncTcpProbe", "HttpProbe", "TcpProbe"]
 
 _USER_AGENT = "loadbalancer-health/0.1"
 _SCHEMES = ("http", "https")
+# Longest status line read before giving up on it, as asyncio's stream limit and http.client's.
+_MAX_LINE = 65536
+
+_HEALTHY = ProbeResult(True)
+_LINE_TOO_LONG = ProbeResult(False, f"status line longer than {_MAX_LINE} bytes")
+
+# What a probe was doing when it failed, for the reason it reports.
+_CONNECTING = "connecting"
+_HANDSHAKE = "in the TLS handshake"
+_SENDING = "sending the request"
+_READING = "waiting for the status line"
+_CONNECTING_TLS = f"{_CONNECTING} or {_HANDSHAKE}"  # asyncio does both in open_connection
+
+
+class _LineTooLongError(Exception):
+    """The server sent more than _MAX_LINE bytes without ending its first line."""
+
+
+def _failure(exc: BaseException, timeout: float, step: str) -> ProbeResult:
+    """The unhealthy result for ``exc``, raised while the probe was doing ``step``."""
+    # asyncio.TimeoutError is TimeoutError from 3.11 on, a class of its own before.
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return ProbeResult(False, f"timed out after {timeout:g} s {step}")
+    if isinstance(exc, ConnectionRefusedError):
+        return ProbeResult(False, "connection refused")
+    if isinstance(exc, socket.gaierror):
+        return ProbeResult(False, f"name resolution failed: {exc.strerror or exc}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ProbeResult(False, f"TLS certificate rejected: {exc.verify_message or exc}")
+    if isinstance(exc, ssl.SSLError):
+        return ProbeResult(False, f"TLS error {step}: {exc.reason or exc}")
+    if isinstance(exc, OSError) and exc.strerror:  # "Connection reset by peer" and such
+        return ProbeResult(False, f"{exc.strerror[:1].lower()}{exc.strerror[1:]} {step}")
+    return ProbeResult(False, f"{describe_error(exc)} {step}")
+
+
+def _remaining(deadline: float) -> float:
+    """Seconds left before ``deadline`` (a ``time.monotonic`` reading); TimeoutError if none."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    return left
+
+
+def _connect(address: Address, deadline: float) -> socket.socket:
+    """A TCP connection to ``address`` opened before ``deadline``, trying each address.
+
+    ``socket.create_connection`` gives each address the whole timeout; here they share it.
+    """
+    # The standard resolver cannot be interrupted: a slow one uses up the deadline, and may
+    # overrun it, before any connection is tried.
+    infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        left = _remaining(deadline)
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(left)
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return sock
+    if error is None:  # getaddrinfo raises rather than return nothing, but be sure
+        raise OSError(f"no address for {address.host!r}")
+    raise error
 
 
 # -- TCP ------------------------------------------------------------------------------------
@@ -37,7 +112,7 @@ class _TcpSettings:
 
     @property
     def timeout(self) -> float:
-        """Seconds allowed for the connection to open."""
+        """Seconds the probe may take, name resolution included, for the connection to open."""
         return self._timeout
 
     def __repr__(self) -> str:
@@ -48,46 +123,45 @@ class _TcpSettings:
 class TcpProbe(_TcpSettings):
     """Healthy if a TCP connection to the server opens within ``timeout`` seconds.
 
-    Name resolution happens before the timer starts and the standard resolver cannot be
-    interrupted; use IP addresses where a slow DNS server must not stretch a probe.
+    Returns a ``ProbeResult`` (truthy when healthy) whose reason says why it is not. The
+    timeout covers name resolution too, but the standard resolver cannot be interrupted: use
+    IP addresses where a slow DNS server must not stretch a probe.
     """
 
     __slots__ = ()
 
-    def __call__(self, server: str) -> bool:
-        """Connect to ``server`` and close at once; True if the connection opened."""
+    def __call__(self, server: str) -> ProbeResult:
+        """Connect to ``server`` and close at once; healthy if the connection opened."""
         address = parse_address(server)
         try:
-            sock = socket.create_connection((address.host, address.port), self._timeout)
+            sock = _connect(address, time.monotonic() + self._timeout)
         except OSError as exc:
-            logger.debug("TCP probe of %s failed: %r", server, exc)
-            return False
+            return _failure(exc, self._timeout, _CONNECTING)
         sock.close()
-        return True
+        return _HEALTHY
 
 
 @final
 class AsyncTcpProbe(_TcpSettings):
-    """The asyncio twin of ``TcpProbe``; ``timeout`` covers name resolution too."""
+    """The asyncio twin of ``TcpProbe``; its ``timeout`` interrupts name resolution too."""
 
     __slots__ = ()
 
-    async def __call__(self, server: str) -> bool:
-        """Connect to ``server`` and close at once; True if the connection opened."""
+    async def __call__(self, server: str) -> ProbeResult:
+        """Connect to ``server`` and close at once; healthy if the connection opened."""
         address = parse_address(server)
         try:
-            return await asyncio.wait_for(self._connect(address), self._timeout)
+            await asyncio.wait_for(self._connect(address), self._timeout)
         except (OSError, asyncio.TimeoutError) as exc:  # distinct types before 3.11
-            logger.debug("TCP probe of %s failed: %r", server, exc)
-            return False
+            return _failure(exc, self._timeout, _CONNECTING)
+        return _HEALTHY
 
     @staticmethod
-    async def _connect(address: Address) -> bool:
+    async def _connect(address: Address) -> None:
         # Open and close inside one coroutine, so a timeout that lands just as the connection
         # opens still closes it.
         _, writer = await asyncio.open_connection(address.host, address.port)
         await _abort(writer)
-        return True
 
 
 async def _abort(writer: asyncio.StreamWriter) -> None:
@@ -161,7 +235,7 @@ class _HttpSettings:
 
     @property
     def timeout(self) -> float:
-        """Seconds allowed for the connection and for each read (the whole exchange, async)."""
+        """Seconds the whole probe may take: connection, TLS, request and status line."""
         return self._timeout
 
     @property
@@ -184,11 +258,15 @@ class _HttpSettings:
             self._context = ssl.create_default_context()
         return self._context
 
-    def _judge(self, server: str, status: int) -> bool:
-        if status in self._expect:
-            return True
-        logger.debug("HTTP probe of %s failed: status %d", server, status)
-        return False
+    def _judge(self, line: bytes) -> ProbeResult:
+        """The result for the status line ``line`` (b"" if the server closed first)."""
+        if not line:
+            return ProbeResult(False, "connection closed before the status line")
+        try:
+            status = _status(line)
+        except ValueError as exc:
+            return ProbeResult(False, str(exc))
+        return _HEALTHY if status in self._expect else ProbeResult(False, f"status {status}")
 
     def __repr__(self) -> str:
         return (
@@ -201,75 +279,106 @@ class _HttpSettings:
 class HttpProbe(_HttpSettings):
     """Healthy if ``GET path`` answers with a status in ``expect`` (2xx and 3xx by default).
 
-    Uses ``http.client``; redirects are not followed. ``timeout`` bounds the connection and
-    each read, so a server trickling its headers can stretch one probe (the checker counts it
-    a failure at its own timeout all the same). ``ssl_context`` is for ``https`` servers; by
-    default, ``ssl.create_default_context()``.
+    A minimal HTTP/1.1 exchange over a socket: it sends ``Connection: close``, reads the status
+    line only, and follows no redirects. ``timeout`` is a deadline for the whole probe (name
+    resolution aside, which cannot be interrupted; see ``TcpProbe``). Returns a
+    ``ProbeResult`` (truthy when healthy) whose reason says why it is not, e.g. ``"status
+    503"``. ``ssl_context`` is for ``https`` servers; by default,
+    ``ssl.create_default_context()``.
     """
 
     __slots__ = ()
 
-    def __call__(self, server: str) -> bool:
-        """GET the health path of ``server``; True if the status is expected."""
+    def __call__(self, server: str) -> ProbeResult:
+        """GET the health path of ``server``; healthy if the status is expected."""
         address, scheme, path = self._target(server)
-        connection = (
-            http.client.HTTPSConnection(
-                address.host, address.port, timeout=self._timeout, context=self._ssl_context()
-            )
-            if scheme == "https"
-            else http.client.HTTPConnection(address.host, address.port, timeout=self._timeout)
-        )
+        request = _request(address, scheme, path)
+        deadline = time.monotonic() + self._timeout
+        step = _CONNECTING
         try:
-            connection.request(
-                "GET", path, headers={"Connection": "close", "User-Agent": _USER_AGENT}
-            )
-            response = connection.getresponse()
-            status = response.status
-            response.close()  # the body does not matter
-        except (OSError, http.client.HTTPException) as exc:
-            logger.debug("HTTP probe of %s failed: %r", server, exc)
-            return False
-        finally:
-            connection.close()
-        return self._judge(server, status)
+            sock = _connect(address, deadline)
+            try:
+                if scheme == "https":
+                    step = _HANDSHAKE
+                    sock = self._ssl_context().wrap_socket(
+                        sock, server_hostname=address.host, do_handshake_on_connect=False
+                    )
+                    # Since 3.5 a socket timeout bounds a whole handshake or sendall, not
+                    # each underlying read or write.
+                    sock.settimeout(_remaining(deadline))
+                    sock.do_handshake()
+                step = _SENDING
+                sock.settimeout(_remaining(deadline))
+                sock.sendall(request)
+                step = _READING
+                line = _read_line(sock, deadline)
+            finally:
+                sock.close()  # no TLS close_notify: a check needs no graceful goodbye
+        except OSError as exc:
+            return _failure(exc, self._timeout, step)
+        except _LineTooLongError:
+            return _LINE_TOO_LONG
+        return self._judge(line)
+
+
+def _read_line(sock: socket.socket, deadline: float) -> bytes:
+    """The first line ``sock`` delivers before ``deadline``: up to b"\\n", or all until EOF."""
+    buffer = b""
+    while b"\n" not in buffer:
+        if len(buffer) >= _MAX_LINE:
+            raise _LineTooLongError
+        # Renewed before every read: a per-read timeout alone lets a trickle go on forever.
+        sock.settimeout(_remaining(deadline))
+        chunk = sock.recv(4096)
+        if not chunk:
+            return buffer
+        buffer += chunk
+    return buffer[: buffer.index(b"\n") + 1]
 
 
 @final
 class AsyncHttpProbe(_HttpSettings):
-    """The asyncio twin of ``HttpProbe``: a minimal HTTP/1.1 GET over asyncio streams.
+    """The asyncio twin of ``HttpProbe``: the same exchange over asyncio streams.
 
-    It sends ``Connection: close``, reads the status line only, and ``timeout`` bounds the
-    whole exchange, name resolution included.
+    ``timeout`` bounds the whole exchange, name resolution included.
     """
 
     __slots__ = ()
 
-    async def __call__(self, server: str) -> bool:
-        """GET the health path of ``server``; True if the status is expected."""
+    async def __call__(self, server: str) -> ProbeResult:
+        """GET the health path of ``server``; healthy if the status is expected."""
         address, scheme, path = self._target(server)
-        try:
-            status = await asyncio.wait_for(self._get(address, scheme, path), self._timeout)
-        except (OSError, asyncio.TimeoutError, ValueError) as exc:
-            # ValueError: a status line that is not one, or longer than the stream's limit.
-            logger.debug("HTTP probe of %s failed: %r", server, exc)
-            return False
-        return self._judge(server, status)
-
-    async def _get(self, address: Address, scheme: str, path: str) -> int:
+        request = _request(address, scheme, path)
         context = self._ssl_context() if scheme == "https" else None
-        reader, writer = await asyncio.open_connection(
-            address.host,
-            address.port,
-            ssl=context,
-            server_hostname=address.host if context is not None else None,
-        )
+        step = _CONNECTING if context is None else _CONNECTING_TLS
+
+        async def get() -> bytes:
+            nonlocal step
+            reader, writer = await asyncio.open_connection(
+                address.host,
+                address.port,
+                ssl=context,
+                server_hostname=address.host if context is not None else None,
+            )
+            try:
+                step = _SENDING
+                writer.write(request)
+                await writer.drain()
+                step = _READING
+                try:
+                    return await reader.readline()
+                except ValueError:  # the line overran the stream's limit, 64 KiB as _MAX_LINE
+                    raise _LineTooLongError from None
+            finally:
+                await _abort(writer)
+
         try:
-            writer.write(_request(address, scheme, path))
-            await writer.drain()
-            line = await reader.readline()
-        finally:
-            await _abort(writer)
-        return _status(line)
+            line = await asyncio.wait_for(get(), self._timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            return _failure(exc, self._timeout, step)
+        except _LineTooLongError:
+            return _LINE_TOO_LONG
+        return self._judge(line)
 
 
 def _request(address: Address, scheme: str, path: str) -> bytes:
