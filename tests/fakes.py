@@ -1,17 +1,17 @@
-"""Test doubles: a clock that moves only when told."""
+"""Test doubles: the shipped ``loadbalancer.testing.FakeClock``, as these tests use it."""
 
 from __future__ import annotations
 
+from loadbalancer import testing
 
-class FakeClock:
-    """A monotonic clock for tests: call it to read, ``advance`` to move it."""
+
+class FakeClock(testing.FakeClock):
+    """``loadbalancer.testing.FakeClock``, starting at 1000 s as these tests always have.
+
+    A start far from zero catches code that mistakes a reading for a duration.
+    """
+
+    __slots__ = ()
 
     def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.now += seconds
+        super().__init__(start)
