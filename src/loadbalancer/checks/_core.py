@@ -5,8 +5,8 @@ from __future__ import annotations
 import inspect
 import logging
 import random
-from collections.abc import Callable
-from typing import Protocol, final
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol, cast, final
 
 from .._validation import check_callable, check_number, check_positive_int
 from ..strategies._draw import resolve_rng
@@ -16,6 +16,7 @@ from ._state import HealthCheckStatus, RiseFall
 __all__ = [
     "Core",
     "HealthCheckTarget",
+    "call_async_probe",
     "call_sync_probe",
     "check_probe",
     "check_seconds",
@@ -116,6 +117,16 @@ def call_sync_probe(probe: Callable[[str], object], server: str) -> str | None:
     return describe_result(result)
 
 
+async def call_async_probe(probe: Callable[[str], object], server: str) -> str | None:
+    """Await an async probe; None if it passed, else why it failed. Never raises Exception."""
+    try:
+        result = await cast(Awaitable[object], probe(server))
+    except Exception as exc:  # a probe that raises has failed, whatever it raised
+        logger.debug("probe of %s raised", server, exc_info=True)
+        return describe_error(exc)
+    return describe_result(result)
+
+
 @final
 class Core:
     """Settings, rise/fall state and verdict publishing, shared by both checkers.
@@ -211,6 +222,18 @@ class Core:
                 after.failures,
                 failure,
             )
+
+    def charge_busy(self, server: str) -> None:
+        """Fail ``server`` without probing it: its previous probe is still running."""
+        # Never two probes of one server at once; still no answer is another failure.
+        self.record(server, False, "the previous probe has not returned")
+
+    def charge_unanswered(self, servers: tuple[str, ...], pending: Iterable[str]) -> None:
+        """Fail every server of ``pending`` (in round order): no answer by the deadline."""
+        pending = set(pending)
+        for server in servers:
+            if server in pending:  # it may still answer; that late answer is dropped
+                self.record(server, False, f"no answer within {self.timeout:g} s")
 
     def verdicts(self, servers: tuple[str, ...]) -> dict[str, bool]:
         """The current verdict of each of ``servers`` still followed."""

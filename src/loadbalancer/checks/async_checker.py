@@ -9,14 +9,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import cast, final
+from typing import final
 
 from ._core import (
     Core,
     HealthCheckTarget,
+    call_async_probe,
     call_sync_probe,
-    describe_error,
-    describe_result,
     is_async_callable,
     logger,
 )
@@ -163,8 +162,7 @@ class AsyncHealthChecker:
         pending: dict[asyncio.Task[str | None], str] = {}
         for server in servers:
             if self._busy(server):
-                # Never two probes of one server at once; still no answer is another failure.
-                core.record(server, False, "the previous probe has not returned")
+                core.charge_busy(server)
                 continue
             task = loop.create_task(
                 self._probe(server), name=f"loadbalancer-health-probe[{server}]"
@@ -190,8 +188,7 @@ class AsyncHealthChecker:
             # to end a late coroutine (a blocking probe's thread runs on; see _busy).
             for task in pending:
                 task.cancel()
-        for server in pending.values():
-            core.record(server, False, f"no answer within {core.timeout:g} s")
+        core.charge_unanswered(servers, pending.values())
         self._forget_departed()
         core.lb.refresh()
         return core.verdicts(servers)
@@ -213,12 +210,7 @@ class AsyncHealthChecker:
         """Run one probe; None if it passed, else why it failed."""
         if not self._is_async:
             return await self._probe_in_thread(server)
-        try:
-            result = await cast(Awaitable[object], self._core.probe(server))
-        except Exception as exc:  # a probe that raises has failed, whatever it raised
-            logger.debug("probe of %s raised", server, exc_info=True)
-            return describe_error(exc)
-        return describe_result(result)
+        return await call_async_probe(self._core.probe, server)
 
     async def _probe_in_thread(self, server: str) -> str | None:
         loop = asyncio.get_running_loop()

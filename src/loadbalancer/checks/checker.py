@@ -214,8 +214,7 @@ class HealthChecker:
         for server in servers:
             previous = self._answered.get(server)
             if previous is not None and not previous.is_set():
-                # Never two probes of one server at once; still no answer is another failure.
-                core.record(server, False, "the previous probe has not returned")
+                core.charge_busy(server)
                 continue
             answered = threading.Event()
             thread = threading.Thread(
@@ -243,9 +242,7 @@ class HealthChecker:
             server, failure = item
             pending.discard(server)
             core.record(server, failure is None, failure)
-        for server in servers:
-            if server in pending:  # it may still answer; that late answer is dropped
-                core.record(server, False, f"no answer within {core.timeout:g} s")
+        core.charge_unanswered(servers, pending)
         # Forget servers that left once their probe has answered, and threads that ended.
         followed = core.tracker.statuses
         self._answered = {
