@@ -1,12 +1,16 @@
-"""Behaviour every strategy must share, run against each one in conformance.py."""
+"""Behaviour every strategy must share, run against each one in conformance.py.
+
+The shipped checks (``loadbalancer.testing.check_strategy``) run one by one against every
+registered strategy and variant; the tests here add what the project asks of its own
+strategies beyond them, check that the checks catch broken strategies, and guard the registry.
+"""
 
 from __future__ import annotations
 
 import inspect
-import threading
+import random
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Set
 
 import pytest
 
@@ -14,83 +18,29 @@ import loadbalancer
 from loadbalancer import (
     Endpoint,
     Key,
-    LoadBalancer,
-    NoServersAvailableError,
     Picker,
+    RoundRobinStrategy,
     Snapshot,
     Strategy,
 )
 from loadbalancer.strategies import ALIASES, STRATEGIES, canonical_name, strategy_class
+from loadbalancer.testing import STRATEGY_CHECKS, check_strategy
 
 from .conformance import STRATEGY_FACTORIES
 
 StrategyFactory = Callable[[], Strategy]
 
 
-def balancer(make_strategy: StrategyFactory, *servers: str, max_servers: int = 10) -> LoadBalancer:
-    lb = LoadBalancer(strategy=make_strategy(), max_servers=max_servers)
-    for server in servers:
-        assert lb.register(server)
-    return lb
+@pytest.mark.parametrize("check", list(STRATEGY_CHECKS))
+def test_strategy_passes_the_shipped_check(make_strategy: StrategyFactory, check: str) -> None:
+    STRATEGY_CHECKS[check](make_strategy)
 
 
-def test_empty_pool_raises(make_strategy: StrategyFactory) -> None:
-    lb = balancer(make_strategy)
-    with pytest.raises(NoServersAvailableError):
-        lb.get()
-
-
-def test_pool_emptied_again_raises(make_strategy: StrategyFactory) -> None:
-    lb = balancer(make_strategy, "a")
-    assert lb.unregister("a")
-    with pytest.raises(NoServersAvailableError):
-        lb.get()
-
-
-def test_single_server_is_always_picked(make_strategy: StrategyFactory) -> None:
-    lb = balancer(make_strategy, "only")
-    assert {lb.get() for _ in range(50)} == {"only"}
-
-
-def test_picks_are_members_and_every_server_is_reached(make_strategy: StrategyFactory) -> None:
-    lb = balancer(make_strategy, "a", "b", "c", "d")
-    picks = Counter(lb.get() for _ in range(400))
-    assert set(picks) == {"a", "b", "c", "d"}
-
-
-def test_unregistered_server_is_never_picked(make_strategy: StrategyFactory) -> None:
-    lb = balancer(make_strategy, "a", "b", "c")
-    for _ in range(5):
-        lb.get()
-    assert lb.unregister("b")
-    assert "b" not in {lb.get() for _ in range(200)}
-
-
-def test_registered_server_is_reached(make_strategy: StrategyFactory) -> None:
-    lb = balancer(make_strategy, "a", "b")
-    lb.get()
-    assert lb.register("c")
-    assert "c" in {lb.get() for _ in range(200)}
-
-
-def test_replace_switches_to_exactly_the_new_set(make_strategy: StrategyFactory) -> None:
-    lb = balancer(make_strategy, "a", "b", "c")
-    lb.replace(["c", "d"])
-    assert {lb.get() for _ in range(200)} == {"c", "d"}
-
-
-@pytest.mark.parametrize("bad_key", [42, 1.5, object(), ["a"]])
-def test_key_of_wrong_type_is_rejected(make_strategy: StrategyFactory, bad_key: object) -> None:
-    lb = balancer(make_strategy, "a", "b")
-    with pytest.raises(TypeError, match="key"):
-        lb.get(bad_key)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("key", ["user-1", b"user-1"])
-def test_str_and_bytes_keys_are_accepted(make_strategy: StrategyFactory, key: str | bytes) -> None:
-    lb = balancer(make_strategy, "a", "b")
-    assert lb.get(key) in {"a", "b"}
-    assert lb.get(key=key) in {"a", "b"}
+def test_builtin_pickers_choose_exactly_when_excluding(make_strategy: StrategyFactory) -> None:
+    # The shipped exclusion check holds a picker to the exact choice only if it overrides
+    # pick_excluding (the default is best effort): every built-in must, or it is let off.
+    picker = make_strategy().build(snapshot("a", "b", "c"))
+    assert type(picker).pick_excluding is not Picker.pick_excluding
 
 
 def snapshot(*servers: str) -> Snapshot:
@@ -100,6 +50,8 @@ def snapshot(*servers: str) -> Snapshot:
 def test_build_accepts_a_previous_picker_of_another_strategy(
     make_strategy: StrategyFactory,
 ) -> None:
+    # Stricter than the contract (a balancer only hands a strategy its own pickers), so that
+    # a strategy never trusts the type of what it is given.
     class Fixed(Picker):
         def pick(self, key: Key | None = None) -> str:
             return "x"
@@ -108,7 +60,9 @@ def test_build_accepts_a_previous_picker_of_another_strategy(
     assert {picker.pick() for _ in range(50)} <= {"a", "b"}
 
 
-def test_build_continues_from_its_own_previous_picker(make_strategy: StrategyFactory) -> None:
+def test_build_continues_from_its_own_previous_picker_to_every_server(
+    make_strategy: StrategyFactory,
+) -> None:
     strategy = make_strategy()
     first = strategy.build(snapshot("a", "b", "c"))
     first.pick()
@@ -116,34 +70,123 @@ def test_build_continues_from_its_own_previous_picker(make_strategy: StrategyFac
     assert {second.pick() for _ in range(50)} == {"a", "c"}
 
 
-def test_one_strategy_instance_can_serve_two_balancers(make_strategy: StrategyFactory) -> None:
-    strategy = make_strategy()
-    first = LoadBalancer(strategy=strategy)
-    second = LoadBalancer(strategy=strategy)
-    first.register("a")
-    second.register("z")
-    assert {first.get() for _ in range(20)} == {"a"}
-    assert {second.get() for _ in range(20)} == {"z"}
+# -- the shipped checks catch broken strategies ------------------------------------------------
 
 
-def test_concurrent_picks_return_members(make_strategy: StrategyFactory) -> None:
-    servers = {"a", "b", "c", "d", "e"}
-    lb = balancer(make_strategy, *sorted(servers))
-    start = threading.Barrier(8)
-    results: list[Counter[str]] = []
+class _Picker(Picker):
+    """A uniform random pick; subclasses break it in one way each."""
 
-    def worker() -> None:
-        start.wait()
-        results.append(Counter(lb.get() for _ in range(2000)))
+    def __init__(self, servers: tuple[str, ...]) -> None:
+        self.servers = servers
+        self.rng = random.Random(7)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    total = sum(results, Counter())
-    assert set(total) == servers
-    assert sum(total.values()) == 8 * 2000
+    def pick(self, key: Key | None = None) -> str:
+        if key is not None and not isinstance(key, (str, bytes)):
+            raise TypeError("key must be str or bytes")
+        return self.rng.choice(self.servers)
+
+
+def strategy_of(picker: type[_Picker]) -> StrategyFactory:
+    """A factory of strategies building ``picker`` over each snapshot."""
+
+    class Custom(Strategy):
+        def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
+            return picker(snapshot.servers)
+
+        def __repr__(self) -> str:
+            return f"Custom({picker.__name__})"
+
+    return Custom
+
+
+class _OutsideThePool(_Picker):
+    def pick(self, key: Key | None = None) -> str:
+        return "intruder"
+
+
+class _IgnoresExclusion(_Picker):
+    def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
+        return self.pick(key)  # claims the exact choice by overriding, then ignores exclude
+
+
+class _WrongKeyError(_Picker):
+    def pick(self, key: Key | None = None) -> str:
+        if key is not None and not isinstance(key, (str, bytes)):
+            raise ValueError("bad key")
+        return self.rng.choice(self.servers)
+
+
+class _FirstOnly(_Picker):
+    def pick(self, key: Key | None = None) -> str:
+        super().pick(key)  # for its key check
+        return self.servers[0]
+
+
+class _CountsTwice(_Picker):
+    def acquire(
+        self, key: Key | None, endpoints: Mapping[str, Endpoint], exclude: Set[str] = frozenset()
+    ) -> Endpoint:
+        endpoint = super().acquire(key, endpoints, exclude)
+        endpoint.begin()  # one request counted twice: in flight forever after
+        return endpoint
+
+
+@pytest.mark.parametrize(
+    ("picker", "message"),
+    [
+        (
+            _OutsideThePool,
+            r"^Custom\(_OutsideThePool\) fails check 'single_server': in a pool of one, "
+            r"get\(\) returned \['intruder'\], not in the pool \['only'\]$",
+        ),
+        (_IgnoresExclusion, "fails check 'exclusion': get(.*) returned excluded '.' while"),
+        (_WrongKeyError, "fails check 'keys': get[(]42[)] raised ValueError, not TypeError"),
+        (_FirstOnly, "fails check 'reach': after registering a, b, c, d, 400 calls of get"),
+        (_CountsTwice, "fails check 'exclusion': leases with exclude= stayed in flight"),
+    ],
+)
+def test_check_strategy_catches_a_broken_strategy(picker: type[_Picker], message: str) -> None:
+    with pytest.raises(AssertionError, match=message):
+        check_strategy(strategy_of(picker))
+
+
+def test_the_thread_check_counts_exactly() -> None:
+    with pytest.raises(AssertionError, match=r"every lease ended, yet in flight: \{'a': "):
+        STRATEGY_CHECKS["threads"](strategy_of(_CountsTwice))
+
+
+def test_a_correct_custom_strategy_passes_every_check() -> None:
+    # It keeps pick_excluding's default (best effort), so exclusion is checked for membership.
+    check_strategy(strategy_of(_Picker))
+
+
+def test_skip_lets_an_active_standby_strategy_pass() -> None:
+    check_strategy(strategy_of(_FirstOnly), skip={"reach"})
+
+
+def test_check_strategy_passes_the_builtins_whole() -> None:
+    check_strategy(RoundRobinStrategy)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ((42,), TypeError, "make_strategy must be callable"),
+        ((lambda: "round robin",), TypeError, "make_strategy must return a Strategy, not str"),
+        (
+            (RoundRobinStrategy, {"reach", "speed"}),
+            ValueError,
+            r"skip names no such check: \['speed'\]",
+        ),
+        ((RoundRobinStrategy, "reach"), TypeError, "skip must be a collection of check names"),
+    ],
+)
+def test_check_strategy_checks_its_arguments(
+    arguments: tuple[object, ...], error: type[Exception], message: str
+) -> None:
+    make, *rest = arguments
+    with pytest.raises(error, match=message):
+        check_strategy(make, skip=rest[0] if rest else ())  # type: ignore[arg-type]
 
 
 # -- the registry: one list of strategies ------------------------------------------------------
