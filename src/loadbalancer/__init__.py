@@ -12,6 +12,13 @@ from ._lease import Lease as Lease
 from ._snapshot import Endpoint as Endpoint
 from ._snapshot import Snapshot as Snapshot
 from ._stats import ServerStats as ServerStats
+from .failover import Attempt as Attempt
+from .failover import AttemptTimeoutError as AttemptTimeoutError
+from .failover import HedgingPolicy as HedgingPolicy
+from .failover import RetryBudget as RetryBudget
+from .failover import RetryBudgetStats as RetryBudgetStats
+from .failover import RetryPolicy as RetryPolicy
+from .failover import Verdict as Verdict
 from .health import OutlierDetection as OutlierDetection
 from .health import SlowStart as SlowStart
 from .strategies._base import Key as Key
@@ -43,11 +50,14 @@ __all__ = [
     "AsyncHealthChecker",
     "AsyncHttpProbe",
     "AsyncTcpProbe",
+    "Attempt",
+    "AttemptTimeoutError",
     "Endpoint",
     "HealthCheckStatus",
     "HealthChecker",
     "HealthEvent",
     "HealthEventKind",
+    "HedgingPolicy",
     "HttpProbe",
     "Key",
     "Lease",
@@ -64,6 +74,9 @@ __all__ = [
     "ProbeResult",
     "RandomStrategy",
     "RendezvousStrategy",
+    "RetryBudget",
+    "RetryBudgetStats",
+    "RetryPolicy",
     "RingHashStrategy",
     "RoundRobinStrategy",
     "ServerStats",
@@ -71,6 +84,7 @@ __all__ = [
     "Snapshot",
     "Strategy",
     "TcpProbe",
+    "Verdict",
     "WeightedRandomStrategy",
     "WeightedRoundRobinStrategy",
 ]
