@@ -1,14 +1,47 @@
-"""Every Python block in the README runs as written."""
+"""The README shows what the code does: its Python blocks run, its sample output is current.
+
+The `loadbalancer simulate` sample is the command's real output (the simulation is
+deterministic), and the sentence about its figures is derived from it. After a change that
+moves the numbers, regenerate both with:
+
+    .venv/bin/python -m tests.test_readme
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
+import os
 import re
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
+from loadbalancer.cli import main
+
 README = Path(__file__).resolve().parent.parent / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.DOTALL)
+TEXT = README.read_text(encoding="utf-8")
+BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, re.DOTALL)
+
+COMMAND = "$ loadbalancer simulate"
+SAMPLE = re.compile(r"(```text\n" + re.escape(COMMAND) + r"\n)(.*?)(```)", re.DOTALL)
+FIGURES = re.compile(r"(the hashing ones keep )(\d+(?:-\d+)?)(% of keys on their server)")
+HASHING = ("ring_hash", "maglev")
+BLIND = ("round_robin", "random", "weighted_round_robin")
+AWARE = ("least_connections", "power_of_two_choices", "peak_ewma")
+
+# What rich reads from the environment to decide on colour, a terminal and the width.
+_RICH_ENVIRONMENT = (
+    "COLUMNS",
+    "LINES",
+    "FORCE_COLOR",
+    "TTY_COMPATIBLE",
+    "TTY_INTERACTIVE",
+    "JUPYTER_COLUMNS",
+    "JUPYTER_LINES",
+)
 
 
 def test_readme_has_python_blocks() -> None:
@@ -18,3 +51,97 @@ def test_readme_has_python_blocks() -> None:
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_block_runs(block: str) -> None:
     exec(compile(block, str(README), "exec"), {"__name__": "readme"})
+
+
+# -- the `loadbalancer simulate` sample -------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def simulate_output() -> str:
+    """What ``loadbalancer simulate`` prints into a pipe: plain text, 110 columns, no bar."""
+    out = io.StringIO()  # not a terminal: no colour, no progress bar
+    with mock.patch.dict(os.environ), contextlib.redirect_stdout(out):
+        for name in _RICH_ENVIRONMENT:
+            os.environ.pop(name, None)
+        assert main(["simulate"]) == 0
+    return out.getvalue()
+
+
+def sample(output: str) -> str:
+    """The part of ``output`` the README shows: the heading lines and the first table."""
+    heading, summary = output.split("\n\n")[:2]
+    lines = f"{heading}\n\n{summary}".splitlines()
+    return "".join(f"{line.rstrip()}\n" for line in lines)
+
+
+def readme_sample(text: str) -> str:
+    found = SAMPLE.search(text)
+    assert found is not None, f"README has no ```text block starting with {COMMAND!r}"
+    return "".join(f"{line.rstrip()}\n" for line in found.group(2).splitlines())
+
+
+def rows(output: str) -> dict[str, list[str]]:
+    """The first table's cells by strategy: p50, p99, mean, errors, peak, ejections, sticky."""
+    table = sample(output).split("\n\n")[1].splitlines()[2:]  # past the title and the header
+    return {cells[0]: cells[1:] for cells in (line.split() for line in table)}
+
+
+def figures(output: str) -> str:
+    """How much the hashing strategies keep sticky, in percent: ``91-95``, or ``93``."""
+    sticky = rows(output)
+    shares = sorted(round(float(sticky[name][6]) * 100) for name in HASHING)
+    return f"{shares[0]}" if shares[0] == shares[-1] else f"{shares[0]}-{shares[-1]}"
+
+
+def regenerate(text: str, output: str) -> str:
+    """``text`` (the README) with its sample and the figures about it taken from ``output``."""
+    text = SAMPLE.sub(lambda m: m.group(1) + sample(output) + m.group(3), text, count=1)
+    return FIGURES.sub(lambda m: m.group(1) + figures(output) + m.group(3), text, count=1)
+
+
+HOW = "regenerate it: .venv/bin/python -m tests.test_readme"
+
+
+def test_sample_output_is_what_the_command_prints() -> None:
+    assert readme_sample(TEXT) == sample(simulate_output()), HOW
+
+
+def test_figures_in_the_text_are_the_samples() -> None:
+    found = FIGURES.search(TEXT)
+    assert found is not None, "the sentence about the hashing strategies' stickiness is gone"
+    assert found.group(2) == figures(simulate_output()), HOW
+
+
+def test_claims_about_the_sample_hold() -> None:
+    # "The blind strategies queue up behind the slow server until requests time out at 1 s;
+    # the load- and latency-aware ones route around it": p99 at the timeout, or well below.
+    table = rows(simulate_output())
+    assert set(table) == {*BLIND, *AWARE, *HASHING}
+    p99 = {name: float(cells[1].replace(",", "")) for name, cells in table.items()}
+    assert all(p99[name] == 1000.0 for name in BLIND), p99
+    assert all(p99[name] < 500.0 for name in AWARE), p99
+    assert "time out at 1 s" in TEXT
+
+
+def test_regenerate_rewrites_only_the_sample_and_figures() -> None:
+    stale = TEXT.replace("\nmaglev ", "\nmaglev   999.9 ").replace(
+        f"keep {figures(simulate_output())}%", "keep 1-2%"
+    )
+    assert stale != TEXT
+    assert regenerate(stale, simulate_output()) == regenerate(TEXT, simulate_output())
+    assert regenerate(TEXT, simulate_output()).count("\n") == TEXT.count("\n")
+
+
+def test_usage_line_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    usage = re.search(r"^loadbalancer simulate \[SCENARIO\.toml\].*?```", TEXT, re.DOTALL | re.M)
+    assert usage is not None
+    flags = set(re.findall(r"--[a-z]+", usage.group(0)))
+    assert main(["simulate", "--help"]) == 0
+    assert flags <= set(re.findall(r"--[a-z]+", capsys.readouterr().out))
+    (example,) = re.findall(r"--strategies (\S+?)\]", usage.group(0))
+    assert main(["simulate", "--quiet", "--duration", "0.5", "--strategies", example]) == 0
+
+
+if __name__ == "__main__":
+    README.write_text(regenerate(TEXT, simulate_output()), encoding="utf-8")
+    print(f"{README}: sample and figures regenerated")
