@@ -139,7 +139,10 @@ class _CountsTwice(_Picker):
             r"^Custom\(_OutsideThePool\) fails check 'single_server': in a pool of one, "
             r"get\(\) returned \['intruder'\], not in the pool \['only'\]$",
         ),
-        (_IgnoresExclusion, "fails check 'exclusion': get(.*) returned excluded '.' while"),
+        (
+            _IgnoresExclusion,
+            "fails check 'exclusion': over a, b, c, d, get(.*) returned excluded '.' while",
+        ),
         (_WrongKeyError, "fails check 'keys': get[(]42[)] raised ValueError, not TypeError"),
         (_FirstOnly, "fails check 'reach': after registering a, b, c, d, 400 calls of get"),
         (_CountsTwice, "fails check 'exclusion': leases with exclude= stayed in flight"),

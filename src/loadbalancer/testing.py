@@ -447,30 +447,32 @@ def _check_exclusion(make: StrategyFactory) -> None:
     member still is. Names in ``exclude`` that are not in the pool are ignored.
     """
     exact = _exact_exclusion(make)
-    lb = _balancer(make, *_POOL)
-    get, lease = lb.get, lb.lease
     subsets = [
         {s for i, s in enumerate(_POOL) if mask >> i & 1} for mask in range(1, 2 ** len(_POOL))
     ]
-    for excluded in subsets:
-        remaining = [s for s in _POOL if s not in excluded]
-        for extra in ((), ("not-a-member",)):
-            exclude = sorted({*excluded, *extra})
-            for i in range(12):
-                key = None if i % 2 else f"key-{i}"
-                with lease(key, exclude=exclude) as leased:
-                    pass
-                for call, server in (
-                    (f"get({key!r}, exclude={exclude})", get(key, exclude=exclude)),
-                    (f"get({key!r}, exclude=set({exclude}))", get(key, exclude=set(exclude))),
-                    (f"lease({key!r}, exclude={exclude})", leased),
-                ):
-                    _expect(server in _POOL, f"{call} returned {server!r}, not a pool member")
-                    _expect(
-                        not (exact and remaining and server in excluded),
-                        f"{call} returned excluded {server!r} while {remaining} remained",
-                    )
-    _expect(not _in_flight(lb), f"leases with exclude= stayed in flight: {_in_flight(lb)}")
+    weighted = LoadBalancer(make())
+    weighted.replace({server: n for n, server in enumerate(_POOL, 1)})
+    for lb, pool in ((_balancer(make, *_POOL), "a, b, c, d"), (weighted, "weights 1-4")):
+        for excluded in subsets:
+            remaining = [s for s in _POOL if s not in excluded]
+            for extra in ((), ("not-a-member",)):
+                exclude = sorted({*excluded, *extra})
+                for i in range(12):
+                    key = None if i % 2 else f"key-{i}"
+                    with lb.lease(key, exclude=exclude) as leased:
+                        pass
+                    for call, server in (
+                        (f"get({key!r}, exclude={exclude})", lb.get(key, exclude=exclude)),
+                        (f"get({key!r}, exclude={set(exclude)})", lb.get(key, set(exclude))),
+                        (f"lease({key!r}, exclude={exclude})", leased),
+                    ):
+                        where = f"over {pool}, {call}"
+                        _expect(server in _POOL, f"{where} returned {server!r}, not a member")
+                        _expect(
+                            not (exact and remaining and server in excluded),
+                            f"{where} returned excluded {server!r} while {remaining} remained",
+                        )
+        _expect(not _in_flight(lb), f"leases with exclude= stayed in flight: {_in_flight(lb)}")
 
 
 def _check_threads(make: StrategyFactory) -> None:
