@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from loadbalancer import LoadBalancer, testing
+from loadbalancer import Attempt, LoadBalancer, RetryPolicy, Verdict, testing
 from loadbalancer.testing import FakeClock, VirtualTimeLoop, run
 
 from . import fakes
@@ -108,6 +108,25 @@ def test_fake_clock_drives_a_balancer() -> None:
     clock.advance(0.25)
     lease.release()
     assert lb.stats()["a"].latency_ewma == 0.25
+
+
+def test_fake_clock_sleep_is_a_balancers_sleep() -> None:
+    clock = FakeClock()
+    lb = LoadBalancer(clock=clock, sleep=clock.sleep)
+    lb.replace(["a", "b"])
+    tries: list[tuple[str, float]] = []
+
+    def attempt(server: str) -> int:
+        tries.append((server, clock()))
+        return 503 if len(tries) == 1 else 200
+
+    def classify(attempt: Attempt[int]) -> Verdict:
+        if attempt.result == 503:  # the server asks for half a second of patience
+            return Verdict(ok=False, retry=True, retry_after=0.5)
+        return Verdict(ok=True)
+
+    assert lb.call(attempt, classify=classify, retry=RetryPolicy(attempts=2)) == 200
+    assert tries == [("a", 0.0), ("b", 0.5)]
 
 
 def test_repr_shows_the_reading() -> None:
