@@ -51,7 +51,16 @@ def _sampler(latency: Latency, rng: random.Random) -> Callable[[], float]:
 class _Server:
     """A simulated server's behaviour now and its queue; its randomness is its own."""
 
-    __slots__ = ("busy", "capacity", "failure_rate", "queue", "random", "rng", "service")
+    __slots__ = (
+        "busy",
+        "capacity",
+        "failure_latency",
+        "failure_rate",
+        "queue",
+        "random",
+        "rng",
+        "service",
+    )
 
     def __init__(self, behaviour: Behaviour, rng: random.Random) -> None:
         self.rng = rng
@@ -64,6 +73,7 @@ class _Server:
         """Behave as ``behaviour`` from now on (requests being served are not affected)."""
         self.capacity = behaviour.capacity
         self.failure_rate = behaviour.failure_rate
+        self.failure_latency = behaviour.failure_latency
         self.service = _sampler(behaviour.latency, self.rng)
 
 
@@ -187,8 +197,11 @@ class _Simulation:
 
     def _serve(self, request: _Request, server: _Server) -> float:
         """Start serving ``request`` now; return when it will be done."""
-        end = self.now + server.service()
+        service = server.service()
         request.failed = server.failure_rate > 0.0 and server.random() < server.failure_rate
+        if request.failed and server.failure_latency is not None:
+            service = server.failure_latency
+        end = self.now + service
         heappush(self._events, (end, self._order(), _DONE, request))
         return end
 

@@ -86,12 +86,15 @@ class Behaviour:
     """What a server does at some moment: its latency, capacity and failure rate.
 
     ``capacity`` requests are served at once; more wait in a FIFO queue at the server, so
-    their latency includes the wait. Each served request fails with ``failure_rate``.
+    their latency includes the wait. Each served request fails with ``failure_rate``; a
+    failure takes ``failure_latency`` seconds when set (a refused connection, an instant
+    error page), else as long as a success would.
     """
 
     latency: Latency
     capacity: int
     failure_rate: float = 0.0
+    failure_latency: float | None = None
 
 
 @final
@@ -172,7 +175,7 @@ class Scenario:
 # -- servers ----------------------------------------------------------------------------------
 
 _LATENCY_KEYS = ("distribution", "mean", "sigma")
-_BEHAVIOUR_KEYS = ("capacity", "failure_rate", "latency")
+_BEHAVIOUR_KEYS = ("capacity", "failure_latency", "failure_rate", "latency")
 _SERVER_KEYS = ("changes", "name", "weight", *_BEHAVIOUR_KEYS)
 
 
@@ -204,6 +207,10 @@ def _behaviour_fields(table: Table) -> dict[str, Any]:
         fields["failure_rate"] = as_probability(
             table.raw("failure_rate"), table.path("failure_rate")
         )
+    if "failure_latency" in table:
+        fields["failure_latency"] = as_positive(
+            table.raw("failure_latency"), table.path("failure_latency")
+        )
     return fields
 
 
@@ -225,7 +232,12 @@ def _behaviour(fields: Mapping[str, Any], path: str) -> Behaviour:
         raise ScenarioError(join(path, "latency.mean"), f"missing{hint}")
     if "capacity" not in fields:
         raise ScenarioError(join(path, "capacity"), f"missing{hint}")
-    return Behaviour(Latency(**latency), fields["capacity"], fields.get("failure_rate", 0.0))
+    return Behaviour(
+        Latency(**latency),
+        fields["capacity"],
+        fields.get("failure_rate", 0.0),
+        fields.get("failure_latency"),
+    )
 
 
 def _changes(server: Table, start: dict[str, Any], path: str) -> tuple[Change, ...]:
