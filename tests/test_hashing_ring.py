@@ -7,6 +7,7 @@ from bisect import bisect
 from collections import Counter
 from collections.abc import Mapping
 from itertools import islice
+from typing import Any
 
 import pytest
 import uhashring  # type: ignore[import-untyped]
@@ -114,14 +115,14 @@ def test_shares_are_proportional_to_weight(mode: str) -> None:
 
 def test_points_scale_with_weight_and_stay_at_least_one() -> None:
     lb = ring({"tiny": 0.0001, "half": 0.5, "big": 2})
-    owners: Counter[str] = Counter(lb.get.__self__._owners[:-1])  # type: ignore[attr-defined]
+    owners: Counter[str] = Counter(lb.picker._owners[:-1])  # type: ignore[attr-defined]
     assert owners == {"tiny": 1, "half": 80, "big": 320}
 
 
 def test_huge_weights_are_scaled_down_to_the_point_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ring_module, "MAX_POINTS", 3000)
     lb = ring({"a": 10, "b": 20, "c": 0.001})  # 4,800 points uncapped
-    picker = lb.get.__self__  # type: ignore[attr-defined]
+    picker: Any = lb.picker  # white-box: the ring's points and buckets
     assert len(picker._points) == 1000 + 2000 + 1
     relative = shares(lb, 30_000)
     assert relative["b"] / relative["a"] == pytest.approx(2, rel=0.15)
@@ -168,7 +169,7 @@ def test_ketama_follows_uhashring_through_pool_changes() -> None:
 
 def test_ketama_ring_has_libketamas_160_points_per_server() -> None:
     servers = MEMCACHED[:5]
-    picker = ring(servers, hash="ketama").get.__self__  # type: ignore[attr-defined]
+    picker: Any = ring(servers, hash="ketama").picker  # white-box: the ring itself
     assert len(picker._points) == uhashring.HashRing(servers, hash_fn="ketama").size == 800
 
 
@@ -224,7 +225,7 @@ def test_vnodes_must_be_a_positive_int(value: object, error: type[Exception]) ->
 @pytest.mark.parametrize("mode", ["xxh64", "ketama"])
 @pytest.mark.parametrize("count", [1, 3, 10, 100])
 def test_bucket_lookup_agrees_with_the_binary_search(mode: str, count: int) -> None:
-    picker = ring(MEMCACHED[:count], hash=mode).get.__self__  # type: ignore[attr-defined]
+    picker: Any = ring(MEMCACHED[:count], hash=mode).picker  # white-box: the ring itself
     points: list[int] = picker._points
     bits = 64 if mode == "xxh64" else 32
     shift: int = picker._shift
@@ -245,7 +246,7 @@ def test_huge_rings_skip_the_bucket_table(monkeypatch: pytest.MonkeyPatch) -> No
     expected = placement(ring(MEMCACHED[:3]))
     monkeypatch.setattr(ring_module, "_MAX_BUCKETED_POINTS", 100)
     lb = ring(MEMCACHED[:3])
-    picker = lb.get.__self__  # type: ignore[attr-defined]
+    picker: Any = lb.picker  # white-box: the ring's points and buckets
     assert picker._buckets == [None]
     assert placement(lb) == expected
 
