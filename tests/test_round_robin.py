@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import sysconfig
 import threading
 from collections import Counter
 
 import pytest
 
 from loadbalancer import LoadBalancer, RoundRobinStrategy
+from loadbalancer.strategies import round_robin
 
 
 def rr(*servers: str) -> LoadBalancer:
@@ -65,11 +69,35 @@ def test_concurrent_picks_are_exactly_fair(threads: int) -> None:
     assert total == Counter(dict.fromkeys(servers, rounds * threads))
 
 
-def test_the_counter_rotation_for_free_threaded_313_gives_the_same_order(
+_FREE_THREADED_SCRIPT = """
+import sys, sysconfig
+real = sysconfig.get_config_var
+sysconfig.get_config_var = lambda name: 1 if name == "Py_GIL_DISABLED" else real(name)
+sys.version_info = (3, 14, 0, "final", 0)  # where itertools.cycle was thought thread-safe
+from loadbalancer import Endpoint, Snapshot
+from loadbalancer.strategies import round_robin
+picker = round_robin.RoundRobinStrategy().build(
+    Snapshot.of(tuple(map(Endpoint, "abc")), lambda: 0.0)
+)
+print(round_robin._CYCLE_IS_THREAD_SAFE, "".join(picker.pick() for _ in range(5)))
+"""
+
+
+def test_free_threaded_builds_use_the_counter_rotation_whatever_the_version() -> None:
+    # itertools.cycle may skip, repeat or raise StopIteration under concurrent next() on any
+    # free-threaded build (python/cpython#124397, #135639).
+    result = subprocess.run(
+        [sys.executable, "-c", _FREE_THREADED_SCRIPT], capture_output=True, check=True, text=True
+    )
+    assert result.stdout.split() == ["False", "abcab"]
+    assert round_robin._CYCLE_IS_THREAD_SAFE is not bool(
+        sysconfig.get_config_var("Py_GIL_DISABLED")
+    )
+
+
+def test_the_counter_rotation_for_free_threaded_builds_gives_the_same_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from loadbalancer.strategies import round_robin
-
     monkeypatch.setattr(round_robin, "_CYCLE_IS_THREAD_SAFE", False)
     lb = rr("a", "b", "c")
     assert [lb.get() for _ in range(5)] == ["a", "b", "c", "a", "b"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import sysconfig
 from collections.abc import Callable, Iterator
 from itertools import chain, count, cycle, repeat
@@ -15,12 +14,12 @@ from ._base import Key, Picker, Strategy
 
 __all__ = ["RoundRobinStrategy"]
 
-# itertools.cycle is safe for concurrent next() under the GIL, and on free-threaded builds from
-# 3.14 (gh-123471). On free-threaded 3.13 only itertools.count is atomic (gh-117657), so there the
-# rotation is derived from a shared counter instead. Both keep the whole pick in C.
-_CYCLE_IS_THREAD_SAFE = sys.version_info >= (3, 14) or not sysconfig.get_config_var(
-    "Py_GIL_DISABLED"
-)
+# Concurrent next() on one itertools.cycle is atomic only under the GIL: on free-threaded builds
+# CPython's maintainers make it merely not crash, and it may skip, repeat or raise StopIteration
+# (python/cpython#124397, #135639), whatever the version. There the rotation is derived from
+# itertools.count, which is atomic on free-threaded builds (gh-117657). Both keep the whole pick
+# in C.
+_CYCLE_IS_THREAD_SAFE = not sysconfig.get_config_var("Py_GIL_DISABLED")
 
 
 def _rotation(order: tuple[str, ...]) -> Callable[[], str]:
