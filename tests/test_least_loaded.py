@@ -36,8 +36,9 @@ class Held:
             self.endpoint.begin()
 
     def release_one(self) -> None:
-        with self.endpoint._lock:
+        with self.endpoint._lock:  # as a release with no outcome: load follows in_flight
             self.endpoint.in_flight -= 1
+            self.endpoint.load -= 1
 
 
 def hold(lb: LoadBalancer, server: str, count: int) -> Held:
@@ -111,6 +112,15 @@ def test_least_connections_avoids_a_stuck_server_under_threads() -> None:
     assert picks["stuck"] <= 9
 
 
+def test_least_connections_counts_failures_in_a_row_as_load() -> None:
+    lb = pool(LeastConnectionsStrategy(rng=random.Random(1)), a=1, b=1)
+    assert {lb.get() for _ in range(50)} == {"a", "b"}  # a tie
+    lb.done("a", ok=False)  # fails fast: nothing in flight, but it must not look idle
+    assert {lb.get() for _ in range(50)} == {"b"}
+    lb.done("a", ok=True)  # a success ends the run of failures
+    assert {lb.get() for _ in range(50)} == {"a", "b"}
+
+
 # -- power of two choices ---------------------------------------------------------------------
 
 
@@ -119,6 +129,17 @@ def test_p2c_samples_without_replacement() -> None:
     hold(lb, "a", 1)
     # With replacement, a quarter of the picks would compare a with itself and return it.
     assert {lb.get() for _ in range(1000)} == {"b"}
+
+
+@pytest.mark.parametrize("weights", [{"a": 1, "b": 1}, {"a": 2, "b": 1}])
+def test_p2c_counts_failures_in_a_row_as_load(weights: dict[str, float]) -> None:
+    lb = pool(PowerOfTwoChoicesStrategy(rng=random.Random(1)), None, **weights)
+    equal = weights["a"] == weights["b"]
+    assert {lb.get() for _ in range(100)} == ({"a", "b"} if equal else {"a"})
+    # Equal weights: load 1 loses to 0. Weights 2:1: 2 / (2 + 1) loses to 1 / (0 + 1).
+    for _ in range(1 if equal else 2):
+        lb.done("a", ok=False)
+    assert {lb.get() for _ in range(100)} == {"b"}
 
 
 def test_p2c_pairs_are_uniform_when_idle() -> None:
@@ -221,6 +242,34 @@ def test_peak_ewma_cost_grows_with_requests_in_flight() -> None:
     assert {lb.get() for _ in range(20)} == {"b"}
 
 
+def test_peak_ewma_counts_failures_in_a_row_as_load() -> None:
+    clock = FakeClock()
+    lb = pool(PeakEWMAStrategy(rng=random.Random(1)), clock, a=1, b=1)
+    lb.done("a", latency=0.1)
+    lb.done("b", latency=0.1)
+    assert {lb.get() for _ in range(50)} == {"a", "b"}  # equal costs: a tie
+    # A failure in a row, set directly: a real one also raises the latency to at least
+    # failure_latency, which would decide this alone.
+    endpoint = lb._view.endpoints["a"]
+    with endpoint._lock:
+        endpoint.consecutive_failures += 1
+        endpoint.load += 1
+    assert {lb.get() for _ in range(50)} == {"b"}  # 0.1 x (1 + 1) > 0.1 x (0 + 1)
+
+
+def test_peak_ewma_failure_latency_is_the_floor_for_a_failed_request() -> None:
+    strategy = PeakEWMAStrategy(failure_latency=2.5, rng=random.Random(1))
+    assert strategy.failure_latency == 2.5
+    assert PeakEWMAStrategy().failure_latency == 1.0
+    clock = FakeClock()
+    lb = pool(strategy, clock, a=1, b=1)
+    lb.done("a", ok=False, latency=0.001)  # a refused connection answers at once
+    assert lb.stats()["a"].latency_ewma == 2.5
+    lb.done("a", ok=False, latency=4.0)  # a slower failure counts as it was
+    assert lb.stats()["a"].latency_ewma == 4.0
+    assert {lb.get() for _ in range(20)} == {"b"}
+
+
 def test_peak_ewma_decay_governs_the_balancers_latency_estimate() -> None:
     clock = FakeClock()
     lb = pool(PeakEWMAStrategy(decay=1.0, rng=random.Random(1)), clock, a=1)
@@ -236,6 +285,11 @@ def test_peak_ewma_decay_governs_the_balancers_latency_estimate() -> None:
         ({"decay": 0}, "decay"),
         ({"default_latency": -1}, "default_latency"),
         ({"decay": "1"}, "decay"),
+        ({"failure_latency": 0}, "failure_latency"),
+        ({"failure_latency": -1.0}, "failure_latency"),
+        ({"failure_latency": float("nan")}, "failure_latency"),
+        ({"failure_latency": "1"}, "failure_latency"),
+        ({"failure_latency": True}, "failure_latency"),
     ],
 )
 def test_peak_ewma_bad_arguments(kwargs: dict[str, object], match: str) -> None:
@@ -249,4 +303,6 @@ def test_reprs() -> None:
         "PowerOfTwoChoicesStrategy(choices=3, active_request_bias=0.5)"
     )
     assert repr(PeakEWMAStrategy(decay=5)) == "PeakEWMAStrategy(decay=5.0)"
+    assert repr(PeakEWMAStrategy(failure_latency=1)) == "PeakEWMAStrategy()"
+    assert repr(PeakEWMAStrategy(failure_latency=0.5)) == "PeakEWMAStrategy(failure_latency=0.5)"
     assert repr(LeastConnectionsStrategy()) == "LeastConnectionsStrategy()"

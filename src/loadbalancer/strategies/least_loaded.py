@@ -16,7 +16,10 @@ from ._draw import draw_width, repeated_table, resolve_rng, table_width
 
 __all__ = ["LeastConnectionsStrategy", "PeakEWMAStrategy", "PowerOfTwoChoicesStrategy"]
 
-_in_flight = attrgetter("in_flight")
+# Load is what these strategies compare: requests in flight plus failures in a row, so a server
+# that fails fast (and so holds few requests) does not look idle. One attribute read, as
+# in_flight was.
+_load = attrgetter("load")
 
 
 def _weights_if_unequal(snapshot: Snapshot) -> dict[Endpoint, float] | None:
@@ -36,17 +39,17 @@ class _LeastConnectionsPicker(Picker):
         self._random = rng.random
 
     def pick(self, key: Key | None = None) -> str:
-        """Return a server with the fewest requests in flight per unit of weight."""
+        """Return a server with the least load per unit of weight."""
         if key is not None:
             check_key(key)
-        # HAProxy's leastconn load, (in flight + 1) / weight: counting the request about to be
+        # HAProxy's leastconn load, (load + 1) / weight: counting the request about to be
         # sent lets weights decide among idle servers too. One plain loop is cheaper here than
         # several C-level passes over the pool.
         lowest = math.inf
         best = self._weighted[0][0]  # replaced by the first endpoint: every load is < inf
         ties = 0
         for endpoint, weight in self._weighted:
-            load = (endpoint.in_flight + 1) / weight
+            load = (endpoint.load + 1) / weight
             if load < lowest:
                 lowest, best, ties = load, endpoint, 1
             elif load == lowest:
@@ -60,11 +63,13 @@ class _LeastConnectionsPicker(Picker):
 
 @final
 class LeastConnectionsStrategy(Strategy):
-    """The server with the fewest requests in flight, relative to its weight.
+    """The least loaded server, relative to its weight.
 
-    The load is HAProxy's ``(in_flight + 1) / weight``, so weights (and slow start) count even
-    when servers are idle. In-flight counts come from leases (``lb.lease()``/``lb.acquire()``);
-    ties are broken uniformly at random with ``rng``. O(n) per pick.
+    Load is requests in flight plus failures in a row (``Endpoint.load``), so a server that
+    fails fast does not look idle. Servers compare HAProxy's ``(load + 1) / weight``, so
+    weights (and slow start) count even when servers are idle. In-flight counts come from leases
+    (``lb.lease()``/``lb.acquire()``); ties are broken uniformly at random with ``rng``. O(n)
+    per pick.
     """
 
     __slots__ = ("_rng",)
@@ -73,7 +78,7 @@ class LeastConnectionsStrategy(Strategy):
         self._rng = resolve_rng(rng)
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
-        """Return a picker scanning the snapshot's in-flight counts."""
+        """Return a picker scanning the snapshot's loads."""
         return _LeastConnectionsPicker(snapshot, self._rng)
 
 
@@ -134,9 +139,9 @@ class _PairDraw:
 
 
 def _envoy_score(endpoint: Endpoint, weight: float, bias: float) -> float:
-    """Envoy's least_request with unequal weights: weight / (in_flight + 1) ** bias."""
-    in_flight = endpoint.in_flight + 1
-    return weight / in_flight if bias == 1.0 else weight / in_flight**bias
+    """Envoy's least_request with unequal weights: weight / (load + 1) ** bias."""
+    load = endpoint.load + 1
+    return weight / load if bias == 1.0 else weight / load**bias
 
 
 @final
@@ -166,9 +171,9 @@ class _TwoChoicesPicker(Picker):
         first, second = table[draw]
         weights = self._weights
         if weights is None:
-            return (second if second.in_flight < first.in_flight else first).server
-        if self._bias == 1.0:  # weight / (in_flight + 1), compared without dividing
-            if weights[second] * (first.in_flight + 1) > weights[first] * (second.in_flight + 1):
+            return (second if second.load < first.load else first).server
+        if self._bias == 1.0:  # weight / (load + 1), compared without dividing
+            if weights[second] * (first.load + 1) > weights[first] * (second.load + 1):
                 return second.server
             return first.server
         return max(first, second, key=lambda e: _envoy_score(e, weights[e], self._bias)).server
@@ -180,7 +185,7 @@ class _TwoChoicesPicker(Picker):
         candidates = self._draw.pair() if self._choices == 2 else self._draw.sample(self._choices)
         weights = self._weights
         if weights is None:
-            return min(candidates, key=_in_flight).server
+            return min(candidates, key=_load).server
         bias = self._bias
         return max(candidates, key=lambda e: _envoy_score(e, weights[e], bias)).server
 
@@ -189,10 +194,12 @@ class _TwoChoicesPicker(Picker):
 class PowerOfTwoChoicesStrategy(Strategy):
     """Envoy's least-request balancer: the less loaded of ``choices`` random servers.
 
-    Candidates are sampled *without* replacement (Envoy samples with replacement, so with two
-    hosts half its picks compare a host with itself: envoy#11004). With equal weights the one
-    with fewer requests in flight wins (ties to the first drawn, itself random); with unequal
-    weights the highest ``weight / (in_flight + 1) ** active_request_bias`` wins.
+    Load is requests in flight plus failures in a row (``Endpoint.load``), so a server that
+    fails fast does not look idle. Candidates are sampled *without* replacement (Envoy samples
+    with replacement, so with two hosts half its picks compare a host with itself:
+    envoy#11004). With equal weights the less loaded wins (ties to the first drawn, itself
+    random); with unequal weights the highest ``weight / (load + 1) ** active_request_bias``
+    wins.
     """
 
     __slots__ = ("_bias", "_choices", "_rng")
@@ -211,7 +218,7 @@ class PowerOfTwoChoicesStrategy(Strategy):
         self._rng = resolve_rng(rng)
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
-        """Return a picker comparing sampled servers' in-flight counts."""
+        """Return a picker comparing sampled servers' loads."""
         return _TwoChoicesPicker(snapshot, self._choices, self._bias, self._rng)
 
     def __repr__(self) -> str:
@@ -239,8 +246,8 @@ class _PeakEWMAPicker(Picker):
         """Return the cheaper of two servers sampled without replacement.
 
         Cost is the expected latency of one more request: the peak-EWMA latency (the default
-        before any sample), decayed by the idle time since its last sample, times the requests
-        in flight plus one.
+        before any sample), decayed by the idle time since its last sample, times the load
+        plus one.
         """
         if key is not None:
             check_key(key)
@@ -249,8 +256,8 @@ class _PeakEWMAPicker(Picker):
         first, second = self._draw.pair()
         if first.latency is None and second.latency is None:
             # Neither measured yet: their costs differ only by age, so compare loads alone.
-            first_cost: float = first.in_flight + 1
-            second_cost: float = second.in_flight + 1
+            first_cost: float = first.load + 1
+            second_cost: float = second.load + 1
         else:
             now = self._clock()
             first_cost = self._cost(first, now)
@@ -266,7 +273,7 @@ class _PeakEWMAPicker(Picker):
         # Idle time pulls an estimate down (Finagle, Linkerd), so a server that was slow, or
         # has not been tried yet, is tried now and then, and regains traffic once it is fast.
         decay = exp(min(endpoint.latency_at - now, 0.0) / self._decay)
-        return latency * decay * (endpoint.in_flight + 1)
+        return latency * decay * (endpoint.load + 1)
 
 
 @final
@@ -274,28 +281,41 @@ class PeakEWMAStrategy(Strategy):
     """Finagle's and Linkerd's latency-aware balancer: power of two choices over cost.
 
     Cost is the peak-EWMA latency, decayed over ``decay`` seconds (default 10), times the
-    requests in flight plus one; servers without a sample yet count ``default_latency``
-    (default 30 ms, as Linkerd). Weights divide the cost. Latencies come from leases and
-    ``done(latency=...)``, timed with the balancer's clock.
+    load plus one, where load is requests in flight plus failures in a row
+    (``Endpoint.load``); servers without a sample yet count ``default_latency`` (default
+    30 ms, as Linkerd). Weights divide the cost. Latencies come from leases and
+    ``done(latency=...)``, timed with the balancer's clock. A failed request counts as at least
+    ``failure_latency`` seconds (default 1), and never lowers the estimate, so a server that
+    fails fast never looks fast.
     """
 
-    __slots__ = ("_decay", "_default", "_rng")
+    __slots__ = ("_decay", "_default", "_failure_latency", "_rng")
 
     def __init__(
         self,
         *,
         decay: float = 10.0,
         default_latency: float = 0.030,
+        failure_latency: float = 1.0,
         rng: random.Random | None = None,
     ) -> None:
         self._decay = check_number(decay, "decay", above=0)
         self._default = check_number(default_latency, "default_latency", above=0)
+        self._failure_latency = check_number(failure_latency, "failure_latency", above=0)
         self._rng = resolve_rng(rng)
 
     @property
     def latency_decay(self) -> float:
         """Seconds over which latency estimates forget: this strategy's ``decay``."""
         return self._decay
+
+    @property
+    def failure_latency(self) -> float:
+        """Seconds a failed request counts as at least: this strategy's ``failure_latency``.
+
+        A failed request counts as at least this latency, and never lowers the estimate.
+        """
+        return self._failure_latency
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
         """Return a picker comparing two sampled servers' latency cost."""
@@ -307,4 +327,6 @@ class PeakEWMAStrategy(Strategy):
             args.append(f"decay={self._decay}")
         if self._default != 0.030:
             args.append(f"default_latency={self._default}")
+        if self._failure_latency != 1.0:
+            args.append(f"failure_latency={self._failure_latency}")
         return f"PeakEWMAStrategy({', '.join(args)})"
