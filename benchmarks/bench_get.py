@@ -1,4 +1,4 @@
-"""ns per get() for each strategy, and per lease cycle, beside same-run references.
+"""ns per get() for each strategy, per lease cycle, and per retry pick, beside references.
 
 References:
   floor     one Python method call: a class whose get() is next() on an itertools.cycle
@@ -11,16 +11,24 @@ import itertools
 import random
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
+from functools import partial
 
 from _timing import best_ns_per_call, print_table
 from loadbalancer import (
+    Endpoint,
     LeastConnectionsStrategy,
     LoadBalancer,
+    MaglevStrategy,
     PeakEWMAStrategy,
+    Picker,
     PowerOfTwoChoicesStrategy,
     RandomStrategy,
+    RendezvousStrategy,
+    RingHashStrategy,
     RoundRobinStrategy,
+    Snapshot,
     Strategy,
     WeightedRandomStrategy,
     WeightedRoundRobinStrategy,
@@ -61,6 +69,41 @@ def balancer(strategy: Strategy, weights: Mapping[str, float] = WEIGHTS) -> Load
     return lb
 
 
+def picker(strategy: Strategy, weights: Mapping[str, float] = WEIGHTS) -> Picker:
+    endpoints = tuple(Endpoint(server, weight) for server, weight in weights.items())
+    return strategy.build(Snapshot.of(endpoints, time.monotonic))
+
+
+def retries(rng: random.Random) -> dict[str, Callable[[], object]]:
+    """pick and pick_excluding side by side: one server tried, as a first retry has.
+
+    Rotations and random strategies exclude a fixed server (hit on a tenth of the turns);
+    hashing strategies exclude the key's own server, so every retry walks its order.
+    """
+    equal = dict.fromkeys(SERVERS, 1)
+    pickers = {
+        "RoundRobinStrategy": picker(RoundRobinStrategy(), equal),
+        "RandomStrategy": picker(RandomStrategy(rng), equal),
+        "WeightedRandomStrategy": picker(WeightedRandomStrategy(rng)),
+        "WeightedRoundRobinStrategy": picker(WeightedRoundRobinStrategy()),
+        "LeastConnectionsStrategy": picker(LeastConnectionsStrategy(rng)),
+        "PowerOfTwoChoicesStrategy": picker(PowerOfTwoChoicesStrategy(rng=rng), equal),
+        "PeakEWMAStrategy": picker(PeakEWMAStrategy(rng=rng), equal),
+        "RingHashStrategy": picker(RingHashStrategy(), equal),
+        "RingHashStrategy(hash='ketama')": picker(RingHashStrategy(hash="ketama"), equal),
+        "MaglevStrategy": picker(MaglevStrategy(), equal),
+        "RendezvousStrategy": picker(RendezvousStrategy(), equal),
+    }
+    candidates: dict[str, Callable[[], object]] = {}
+    for name, built in pickers.items():
+        hashing = name.startswith(("Ring", "Maglev", "Rendezvous"))
+        key = "user-4242" if hashing else None
+        tried = frozenset({built.pick(key) if hashing else SERVERS[0]})
+        candidates[f"{name}: pick"] = partial(built.pick, key)
+        candidates[f"{name}: pick_excluding"] = partial(built.pick_excluding, key, tried)
+    return candidates
+
+
 def main() -> None:
     print(f"Python {sys.version.split()[0]}, {len(SERVERS)} servers, weights 1-4")
     floor = "floor (itertools.cycle in a method)"
@@ -96,6 +139,10 @@ def main() -> None:
     }
     title = "lease cycle: pick, count in flight, record outcome and latency"
     print_table(title, best_ns_per_call(leases, calls=50_000, namespace=namespace), floor)
+
+    title = "retry picks, picker level: pick vs pick_excluding with one server tried"
+    results = best_ns_per_call(retries(rng), calls=50_000)
+    print_table(title, results, "RoundRobinStrategy: pick")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence, Set
 from math import exp
 from operator import attrgetter
 from typing import final
@@ -13,6 +13,7 @@ from .._snapshot import Endpoint, Snapshot
 from .._validation import check_key, check_number, check_positive_int
 from ._base import Key, Picker, Strategy
 from ._draw import draw_width, repeated_table, resolve_rng, table_width
+from ._exclude import REDRAWS
 
 __all__ = ["LeastConnectionsStrategy", "PeakEWMAStrategy", "PowerOfTwoChoicesStrategy"]
 
@@ -60,6 +61,28 @@ class _LeastConnectionsPicker(Picker):
                     best = endpoint
         return best.server
 
+    def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
+        """Return the least loaded server per unit of weight among those not in ``exclude``.
+
+        Ties are broken as in ``pick``; with every server excluded, a plain pick.
+        """
+        if key is not None:
+            check_key(key)
+        lowest = math.inf
+        best: Endpoint | None = None
+        ties = 0
+        for endpoint, weight in self._weighted:
+            if endpoint.server in exclude:
+                continue
+            load = (endpoint.load + 1) / weight
+            if load < lowest:
+                lowest, best, ties = load, endpoint, 1
+            elif load == lowest:
+                ties += 1
+                if self._random() * ties < 1.0:
+                    best = endpoint
+        return self.pick(key) if best is None else best.server
+
 
 @final
 class LeastConnectionsStrategy(Strategy):
@@ -69,7 +92,7 @@ class LeastConnectionsStrategy(Strategy):
     fails fast does not look idle. Servers compare HAProxy's ``(load + 1) / weight``, so
     weights (and slow start) count even when servers are idle. In-flight counts come from leases
     (``lb.lease()``/``lb.acquire()``); ties are broken uniformly at random with ``rng``. O(n)
-    per pick.
+    per pick. A retry (``pick_excluding``) takes the least loaded server not yet tried.
     """
 
     __slots__ = ("_rng",)
@@ -137,6 +160,30 @@ class _PairDraw:
         """``count`` distinct endpoints, for choice counts above two."""
         return self._rng.sample(self._endpoints, count)
 
+    def excluding(self, count: int, exclude: Set[str]) -> Sequence[Endpoint]:
+        """``count`` distinct endpoints whose servers are not in ``exclude``, in random order.
+
+        Fewer when fewer remain (none: empty). Every set of ``count`` remaining endpoints is
+        equally likely: samples holding an excluded server are rejected, up to ``REDRAWS``
+        of them, and then the sample is drawn from the remaining endpoints directly.
+        """
+        if count == 2:
+            pair = self.pair
+            for _ in range(REDRAWS):
+                first, second = pair()
+                if first.server not in exclude and second.server not in exclude:
+                    return first, second
+        elif count > 2:
+            for _ in range(REDRAWS):
+                candidates = self.sample(count)
+                if not any(endpoint.server in exclude for endpoint in candidates):
+                    return candidates
+        remaining = [endpoint for endpoint in self._endpoints if endpoint.server not in exclude]
+        if len(remaining) <= count:
+            self._rng.shuffle(remaining)  # ties go to the first: keep it random
+            return remaining
+        return self._rng.sample(remaining, count)
+
 
 def _envoy_score(endpoint: Endpoint, weight: float, bias: float) -> float:
     """Envoy's least_request with unequal weights: weight / (load + 1) ** bias."""
@@ -183,11 +230,31 @@ class _TwoChoicesPicker(Picker):
         if self._choices == 1:
             return self._draw.only
         candidates = self._draw.pair() if self._choices == 2 else self._draw.sample(self._choices)
+        return self._best(candidates)
+
+    def _best(self, candidates: Sequence[Endpoint]) -> str:
+        """The winner among sampled candidates, ties to the first drawn (as ``pick`` inlines)."""
         weights = self._weights
         if weights is None:
+            if len(candidates) == 2:  # a retry's usual case: no min() call
+                first, second = candidates
+                return (second if second.load < first.load else first).server
             return min(candidates, key=_load).server
         bias = self._bias
         return max(candidates, key=lambda e: _envoy_score(e, weights[e], bias)).server
+
+    def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
+        """The same comparison among servers not in ``exclude``: ``choices`` distinct ones.
+
+        Samples holding an excluded server are rejected, up to ``REDRAWS`` of them, then the
+        candidates are sampled from the remaining servers directly. With fewer remaining than
+        ``choices``, all of them are compared (one remaining: that one); with none, a plain
+        pick.
+        """
+        if key is not None:
+            check_key(key)
+        candidates = self._draw.excluding(self._choices, exclude)
+        return self._best(candidates) if candidates else self.pick(key)
 
 
 @final
@@ -199,7 +266,7 @@ class PowerOfTwoChoicesStrategy(Strategy):
     with replacement, so with two hosts half its picks compare a host with itself:
     envoy#11004). With equal weights the less loaded wins (ties to the first drawn, itself
     random); with unequal weights the highest ``weight / (load + 1) ** active_request_bias``
-    wins.
+    wins. A retry (``pick_excluding``) samples its candidates among the servers not yet tried.
     """
 
     __slots__ = ("_bias", "_choices", "_rng")
@@ -253,9 +320,36 @@ class _PeakEWMAPicker(Picker):
             check_key(key)
         if self._single is not None:
             return self._single
+        # _cheaper, inlined: one Python call fewer per pick.
         first, second = self._draw.pair()
         if first.latency is None and second.latency is None:
             # Neither measured yet: their costs differ only by age, so compare loads alone.
+            first_cost: float = first.load + 1
+            second_cost: float = second.load + 1
+        else:
+            now = self._clock()
+            first_cost = self._cost(first, now)
+            second_cost = self._cost(second, now)
+        if self._weights is not None:
+            first_cost /= self._weights[first]
+            second_cost /= self._weights[second]
+        return (second if second_cost < first_cost else first).server
+
+    def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
+        """The cheaper of two servers sampled without replacement among those not excluded.
+
+        One server remaining: that one; none: a plain pick.
+        """
+        if key is not None:
+            check_key(key)
+        candidates = self._draw.excluding(2 if self._single is None else 1, exclude)
+        if len(candidates) == 2:
+            return self._cheaper(candidates[0], candidates[1])
+        return candidates[0].server if candidates else self.pick(key)
+
+    def _cheaper(self, first: Endpoint, second: Endpoint) -> str:
+        """The server of the cheaper endpoint, ties to ``first``: ``pick``'s comparison."""
+        if first.latency is None and second.latency is None:
             first_cost: float = first.load + 1
             second_cost: float = second.load + 1
         else:
@@ -286,7 +380,8 @@ class PeakEWMAStrategy(Strategy):
     30 ms, as Linkerd). Weights divide the cost. Latencies come from leases and
     ``done(latency=...)``, timed with the balancer's clock. A failed request counts as at least
     ``failure_latency`` seconds (default 1), and never lowers the estimate, so a server that
-    fails fast never looks fast.
+    fails fast never looks fast. A retry (``pick_excluding``) samples its two candidates among
+    the servers not yet tried.
     """
 
     __slots__ = ("_decay", "_default", "_failure_latency", "_rng")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sysconfig
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Set
 from itertools import chain, count, cycle, repeat
 from operator import mod
 from typing import final
@@ -11,6 +11,7 @@ from typing import final
 from .._snapshot import Snapshot
 from .._validation import check_key
 from ._base import Key, Picker, Strategy
+from ._exclude import all_in, first_not_in
 
 __all__ = ["RoundRobinStrategy"]
 
@@ -38,17 +39,31 @@ def positions(size: int, start: int) -> Iterator[int]:
 
 @final
 class _RoundRobinPicker(Picker):
-    __slots__ = ("_next", "order")
+    __slots__ = ("_index", "_next", "order")
 
     def __init__(self, order: tuple[str, ...]) -> None:
         self.order = order
         self._next = _rotation(order)
+        # For retries only: where a turn's server sits in the rotation.
+        self._index = {server: at for at, server in enumerate(order)}
 
     def pick(self, key: Key | None = None) -> str:
         """Return the next server in the rotation."""
         if key is not None:
             check_key(key)
         return self._next()
+
+    def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
+        """Take the next turn; if its server is excluded, the first one after it that is not.
+
+        The rotation advances by one turn only, so a retry does not skew the shares of the
+        servers it walks past. With every server excluded, the turn's own server.
+        """
+        server = self.pick(key)
+        order = self.order
+        if server not in exclude or all_in(exclude, order):
+            return server
+        return first_not_in(order, len(order), self._index[server] + 1, exclude)
 
 
 def _continue_from(previous: _RoundRobinPicker, servers: tuple[str, ...]) -> int:
@@ -67,7 +82,11 @@ def _continue_from(previous: _RoundRobinPicker, servers: tuple[str, ...]) -> int
 
 @final
 class RoundRobinStrategy(Strategy):
-    """Each server in turn, in registration order; the rotation survives pool changes."""
+    """Each server in turn, in registration order; the rotation survives pool changes.
+
+    A retry (``pick_excluding``) takes one turn and, if that server was already tried, walks on
+    to the next one in the rotation that was not.
+    """
 
     __slots__ = ()
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from fractions import Fraction
+from itertools import chain, compress, islice, repeat
+from operator import ne, sub
 from typing import final
 
 from .._snapshot import Snapshot
 from .._validation import check_key, check_positive_int
 from ._base import Key, Picker, Strategy
 from ._draw import repeated_table, resolve_rng, table_width
+from ._exclude import REDRAWS, all_in, draw_remaining
 from .random import TablePicker
 from .round_robin import positions
 
@@ -46,7 +49,18 @@ def _alias_table(weights: Sequence[float], columns: int) -> tuple[list[float], l
 @final
 class _WeightedRandomPicker(Picker):
     # Vose's alias method: for weights without a small integer form.
-    __slots__ = ("_alias", "_bits", "_mask", "_own", "_shift", "_threshold", "_width")
+    __slots__ = (
+        "_alias",
+        "_bits",
+        "_mask",
+        "_own",
+        "_rng",
+        "_servers",
+        "_shift",
+        "_threshold",
+        "_weights",
+        "_width",
+    )
 
     def __init__(self, snapshot: Snapshot, rng: random.Random) -> None:
         servers = snapshot.servers
@@ -63,6 +77,9 @@ class _WeightedRandomPicker(Picker):
         self._mask = columns - 1
         self._width = self._shift + _THRESHOLD_BITS
         self._bits = rng.getrandbits
+        self._rng = rng
+        self._servers = servers
+        self._weights = snapshot.weights
 
     def pick(self, key: Key | None = None) -> str:
         """Return a server drawn with probability proportional to its weight."""
@@ -73,6 +90,18 @@ class _WeightedRandomPicker(Picker):
         if draw >> self._shift < self._threshold[column]:
             return self._own[column]
         return self._alias[column]
+
+    def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
+        """Return a server not in ``exclude``, drawn in proportion to its weight among those.
+
+        Draws are rejected while they land on excluded servers, up to ``REDRAWS`` of them, then
+        one exact draw among the rest follows. With every server excluded, a plain pick.
+        """
+        for _ in range(REDRAWS):
+            server = self.pick(key)
+            if server not in exclude:
+                return server
+        return draw_remaining(self._rng, self._servers, self._weights, exclude) or server
 
 
 @final
@@ -96,7 +125,8 @@ class WeightedRandomStrategy(Strategy):
         width = None if integers is None else table_width(sum(integers))
         if integers is None or width is None:
             return _WeightedRandomPicker(snapshot, self._rng)
-        return TablePicker(repeated_table(snapshot.servers, integers, width), width, self._rng)
+        table = repeated_table(snapshot.servers, integers, width)
+        return TablePicker(table, width, self._rng, snapshot.servers, integers)
 
 
 def _small_integer_weights(weights: Sequence[float]) -> list[int] | None:
@@ -161,15 +191,35 @@ def _smooth_cycle(servers: Sequence[str], weights: Sequence[int]) -> tuple[str, 
     return tuple(cycle)
 
 
+def _run_ends(cycle: tuple[str, ...]) -> list[int]:
+    """For each position of ``cycle``, the next position (cyclically) with another server.
+
+    A retry walks the cycle by whole runs with it, so skipping a heavy server that was already
+    tried (weights 1000:1 give runs of hundreds) is one step, not hundreds.
+    """
+    size = len(cycle)
+    # Positions where a run starts, after the first: the server differs from the one before.
+    starts = list(compress(range(1, size), map(ne, islice(cycle, 1, None), cycle)))
+    if not starts:
+        return [0] * size  # one server: never walked, a retry excluding it takes it anyway
+    ends = [*starts, size]
+    # The last run ends where the first starts, unless they are one run across the wrap.
+    wrap = starts[0] if cycle[-1] == cycle[0] else 0
+    lengths = map(sub, ends, [0, *starts])
+    return list(chain.from_iterable(map(repeat, [*starts, wrap], lengths)))
+
+
 @final
 class _SmoothPicker(Picker):
-    __slots__ = ("_next", "_positions", "cycle")
+    __slots__ = ("_after", "_next", "_positions", "_servers", "cycle")
 
-    def __init__(self, cycle: tuple[str, ...], start: int) -> None:
+    def __init__(self, cycle: tuple[str, ...], start: int, servers: tuple[str, ...]) -> None:
         self.cycle = cycle
         # Positions rather than servers are rotated, so a successor learns where this stopped.
         self._positions = positions(len(cycle), start)
         self._next: Callable[[], str] = map(cycle.__getitem__, self._positions).__next__
+        self._servers = servers
+        self._after = _run_ends(cycle)
 
     def next_position(self) -> int:
         """Take the next turn's position: where a successor picker should continue."""
@@ -180,6 +230,26 @@ class _SmoothPicker(Picker):
         if key is not None:
             check_key(key)
         return self._next()
+
+    def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
+        """Take the next turn; if its server is excluded, the next one in the cycle that is not.
+
+        The cycle advances by one turn only, so retries do not skew the weighted shares. With
+        every server excluded, the turn's own server.
+        """
+        if key is not None:
+            check_key(key)
+        at = next(self._positions)
+        cycle = self.cycle
+        server = cycle[at]
+        if server not in exclude or all_in(exclude, self._servers):
+            return server
+        # Every server has a turn in the cycle, and one is not excluded: the walk ends.
+        after = self._after
+        at = after[at]
+        while cycle[at] in exclude:
+            at = after[at]
+        return cycle[at]
 
 
 @final
@@ -210,7 +280,7 @@ class WeightedRoundRobinStrategy(Strategy):
         start = 0
         if isinstance(previous, _SmoothPicker):
             start = previous.next_position() * len(cycle) // len(previous.cycle)
-        return _SmoothPicker(cycle, start)
+        return _SmoothPicker(cycle, start, snapshot.servers)
 
     def __repr__(self) -> str:
         return (

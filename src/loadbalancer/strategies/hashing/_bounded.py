@@ -5,6 +5,7 @@ Consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018)
 admitted a request while it holds ``ceil(c * (total in flight + 1) * share)`` or more, where
 ``share`` is its weight over the mean weight (1 in an unweighted pool, which gives the paper's
 ``ceil(c * average)``). A key that finds its server full walks on in the strategy's own order.
+A retry walks that order too, skipping the servers it already tried.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import math
 import threading
 from abc import abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Set
+from itertools import filterfalse
 from typing import final
 
 from ..._snapshot import Endpoint, Snapshot
 from .._base import Key, Picker
+from .._exclude import all_in
 
 __all__ = ["Admission", "BoundedPicker"]
 
@@ -64,33 +67,66 @@ class Admission:
                     return endpoint
                 if first is None:
                     first = endpoint
-            # Not reached in practice: capacities sum to at least c * (total + 1) > total, so
-            # some server has room, and candidates cover every server the picker can return.
-            # The exception is a ketama ring whose tiny-weight servers got no point at all
-            # (their weight is then under 1/40 of the mean) with c very close to 1: the key's
-            # own server is the safe answer there.
+            # Capacities sum to at least c * (total + 1) > total, so some server has room, and
+            # the candidates of a first attempt cover every server the picker can return. So
+            # this is reached only by a retry whose remaining servers are all full (the first of
+            # them: a retry must not go back to a server it tried while another remains), or by
+            # a ketama ring whose tiny-weight servers got no point at all (their weight is then
+            # under 1/40 of the mean) with c very close to 1: the key's own server then.
             assert first is not None
             first.begin()
             return first
 
 
 class BoundedPicker(Picker):
-    """A hashing picker whose lease path can bound loads (``balance_factor``)."""
+    """A hashing picker whose lease path can bound loads (``balance_factor``).
 
-    __slots__ = ("_admission",)
+    ``servers`` are the distinct servers a key can map to: those ``candidates`` yields.
+    ``unplaced`` are the pool's other servers, in name order (a ketama ring gives a server of
+    tiny weight no point): a retry takes the first of them not tried once every server of
+    ``servers`` has been tried, rather than go back to one.
+    """
 
-    def __init__(self, admission: Admission | None) -> None:
+    __slots__ = ("_admission", "_reachable", "_unplaced")
+
+    def __init__(
+        self,
+        admission: Admission | None,
+        servers: tuple[str, ...],
+        unplaced: tuple[str, ...] = (),
+    ) -> None:
         self._admission = admission
+        self._reachable = servers
+        self._unplaced = unplaced
 
     @abstractmethod
     def candidates(self, key: Key | None) -> Iterator[str]:
         """The servers in the order ``key`` prefers them, each once, its own server first."""
 
+    def excludes_all(self, exclude: Set[str]) -> bool:
+        """Whether ``exclude`` names every server a key can map to."""
+        return all_in(exclude, self._reachable)
+
+    def unplaced_not_in(self, exclude: Set[str]) -> str | None:
+        """The first server no key maps to that is not in ``exclude``, if there is one."""
+        return next(filterfalse(exclude.__contains__, self._unplaced), None)
+
     def acquire(
         self, key: Key | None, endpoints: Mapping[str, Endpoint], exclude: Set[str] = frozenset()
     ) -> Endpoint:
-        """Pick and count a request; with a balance factor, skip servers at capacity."""
+        """Pick and count a request; with a balance factor, skip servers at capacity.
+
+        With ``exclude``, admission walks the key's order over the servers not in it (all of
+        them if every one is excluded), so a retry of a key goes to the first server after
+        those it tried that has room.
+        """
         admission = self._admission
         if admission is None:
             return super().acquire(key, endpoints, exclude)
-        return admission.admit(self.candidates(key), endpoints)
+        candidates = self.candidates(key)
+        if exclude:
+            if not self.excludes_all(exclude):
+                candidates = filterfalse(exclude.__contains__, candidates)
+            elif (spare := self.unplaced_not_in(exclude)) is not None:
+                candidates = iter((spare,))
+        return admission.admit(candidates, endpoints)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from fractions import Fraction
-from itertools import cycle, filterfalse, islice, repeat
+from itertools import chain, cycle, filterfalse, islice, repeat
 from math import isqrt, lcm
 from operator import add, floordiv, mod, mul, sub
 from typing import final
 
 from ..._snapshot import Snapshot
 from .._base import Key, Picker, Strategy
+from .._exclude import first_not_in
 from ._bounded import Admission, BoundedPicker
 from ._config import check_balance_factor, describe, resolve_rng
 from ._keys import key_bytes, name_bytes, xxh64
@@ -155,12 +156,17 @@ class _MaglevPicker(BoundedPicker):
     __slots__ = ("_count", "_rng", "_size", "_table")
 
     def __init__(
-        self, table: list[str], count: int, rng: random.Random, admission: Admission | None
+        self,
+        table: list[str],
+        servers: tuple[str, ...],
+        rng: random.Random,
+        admission: Admission | None,
     ) -> None:
-        super().__init__(admission)
+        # Every server takes a turn in the fill's first round, so every one owns an entry.
+        super().__init__(admission, servers)
         self._table = table
         self._size = len(table)
-        self._count = count
+        self._count = len(servers)
         self._rng = rng
 
     def pick(self, key: Key | None = None) -> str:
@@ -176,20 +182,36 @@ class _MaglevPicker(BoundedPicker):
             return self._rng.getrandbits(64)
         return xxh64(key_bytes(key))
 
+    def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
+        """Return the first entry not excluded along the table from the key's entry, wrapping.
+
+        That is the key's next distinct server along the table past those it tried (the order
+        bounded loads walk too), the same in every process. With every server excluded, the
+        plain pick.
+        """
+        start = self._hash(key) % self._size
+        server = self._table[start]
+        if server not in exclude:
+            return server
+        # Usually fewer are excluded than the pool holds: then the length says they are not all.
+        if len(exclude) >= len(self._reachable) and self.excludes_all(exclude):
+            return server
+        # Every server owns an entry and one is not excluded: the walk ends within the table.
+        return first_not_in(self._table, self._size, start + 1, exclude)
+
     def candidates(self, key: Key | None) -> Iterator[str]:
         """Distinct servers along successive table entries from the key's entry."""
         return self._walk(self._hash(key) % self._size)
 
+    def _along(self, start: int) -> Iterator[str]:
+        """Every entry from ``start`` on, wrapping round once."""
+        # Indexing, not islice, so starting deep in the table skips nothing one by one.
+        size = self._size
+        return map(self._table.__getitem__, chain(range(start, size), range(start)))
+
     def _walk(self, start: int) -> Iterator[str]:
-        table = self._table
         seen: set[str] = set()
-        for server in islice(table, start, None):
-            if server not in seen:
-                seen.add(server)
-                yield server
-                if len(seen) == self._count:
-                    return
-        for server in islice(table, start):
+        for server in self._along(start):
             if server not in seen:
                 seen.add(server)
                 yield server
@@ -215,7 +237,8 @@ class MaglevStrategy(Strategy):
     ``balance_factor`` (> 1, off by default) bounds loads on the lease path: a server holding
     ``ceil(balance_factor * (leases in flight + 1) * weight / total weight)`` or more
     admits no more, and the key goes to the next distinct server along the table. ``get``
-    ignores it.
+    ignores it. A retry (``pick_excluding``) goes to the next distinct server along the table
+    that it has not tried, so a retried key lands in the same place every time.
 
     The table is built when the pool changes (tens of ms, even for 1,000 servers); a pick is one
     hash and one index, with no lock. The strategy holds configuration only.
@@ -249,7 +272,7 @@ class MaglevStrategy(Strategy):
             else Admission(self._balance_factor, snapshot, previous)
         )
         table = maglev_table(snapshot.servers, snapshot.weights, self._table_size)
-        return _MaglevPicker(table, count, self._rng, admission)
+        return _MaglevPicker(table, snapshot.servers, self._rng, admission)
 
     def __repr__(self) -> str:
         return describe(

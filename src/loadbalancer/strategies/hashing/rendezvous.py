@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
-from itertools import repeat
-from math import log
+from collections.abc import Iterator, Set
+from itertools import compress, repeat
+from math import inf, log
 from operator import mul, or_, rshift, truediv
 from typing import final
 
@@ -33,7 +33,7 @@ class _RendezvousPicker(BoundedPicker):
         rng: random.Random,
         admission: Admission | None,
     ) -> None:
-        super().__init__(admission)
+        super().__init__(admission, servers)
         self._servers = servers
         # Each server's score for a key is XXH64 of the key seeded with the server's own hash:
         # one C call per server, and independent across servers.
@@ -42,7 +42,7 @@ class _RendezvousPicker(BoundedPicker):
         self._negated = None if len(set(weights)) == 1 else tuple(-w for w in weights)
         self._rng = rng
 
-    def _scores(self, key: bytes) -> Sequence[float]:
+    def _scores(self, key: bytes) -> list[float]:
         hashes = map(xxh64, repeat(key), self._seeds)
         negated = self._negated
         if negated is None:
@@ -61,6 +61,23 @@ class _RendezvousPicker(BoundedPicker):
         else:
             scores = self._scores(self._key(key))
         return self._servers[scores.index(max(scores))]
+
+    def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
+        """Return the server with the highest score for the key among those not excluded.
+
+        That is the key's next server by descending score past those it tried (the order
+        bounded loads walk too), the same in every process. With every server excluded, the
+        plain pick.
+        """
+        scores = self._scores(self._key(key))
+        servers = self._servers
+        best = servers[scores.index(max(scores))]
+        if best not in exclude:
+            return best
+        for index in compress(range(len(servers)), map(exclude.__contains__, servers)):
+            scores[index] = -inf
+        top = max(scores)
+        return best if top == -inf else servers[scores.index(top)]
 
     def _key(self, key: Key | None) -> bytes:
         if key is None:
@@ -88,7 +105,8 @@ class RendezvousStrategy(Strategy):
     ``balance_factor`` (> 1, off by default) bounds loads on the lease path: a server holding
     ``ceil(balance_factor * (leases in flight + 1) * weight / total weight)`` or more
     admits no more, and the key goes to the server with the next highest score. ``get``
-    ignores it.
+    ignores it. A retry (``pick_excluding``) goes to the highest-scoring server it has not
+    tried, so a retried key lands in the same place every time.
 
     Per-server seeds are computed when the pool changes; a pick takes no lock. The strategy
     holds configuration only and may serve several balancers.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from abc import abstractmethod
 from bisect import bisect
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from itertools import chain, islice, repeat
 from operator import le
 from typing import Literal, final
@@ -13,6 +13,7 @@ from typing import Literal, final
 from ..._snapshot import Snapshot
 from ..._validation import check_positive_int
 from .._base import Key, Picker, Strategy
+from .._exclude import first_not_in
 from ._bounded import Admission, BoundedPicker
 from ._config import check_balance_factor, describe, resolve_rng
 from ._keys import key_bytes, md5, name_bytes, unpack_ketama, xxh64
@@ -102,8 +103,13 @@ class _Ring(BoundedPicker):
         bits: int,
         rng: random.Random,
         admission: Admission | None,
+        servers: tuple[str, ...],
     ) -> None:
-        super().__init__(admission)
+        # A ketama ring may give a tiny-weight server no point: no key maps to it, but a retry
+        # that has tried every other server may still go there.
+        placed = tuple(dict.fromkeys(owners))
+        unplaced = sorted(set(servers).difference(placed)) if len(placed) < len(servers) else []
+        super().__init__(admission, placed, tuple(unplaced))
         self._points = points
         # One extra owner closes the ring: a hash past the last point belongs to the first, so
         # the owner of bisect()'s result needs no wrap-around test on the hot path.
@@ -115,18 +121,45 @@ class _Ring(BoundedPicker):
     def _hash(self, key: Key | None) -> int:
         """The ring position of ``key``: the slow path of ``pick``."""
 
+    def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
+        """Return the owner of the first ring point clockwise from the key's hash not excluded.
+
+        That is the key's next distinct server clockwise past those it tried (the order bounded
+        loads walk too), the same in every process. With every server excluded, the plain pick.
+        (A ketama server of tiny weight may own no point; such servers come after all others,
+        in name order.)
+        """
+        start = bisect(self._points, self._hash(key))
+        owners = self._owners
+        server = owners[start]
+        if server not in exclude:
+            return server
+        # Usually fewer are excluded than the pool holds: then the length says they are not all.
+        if len(exclude) >= len(self._reachable) and self.excludes_all(exclude):
+            return self.unplaced_not_in(exclude) or server
+        # A server not excluded owns some point: the walk ends within one turn of the ring.
+        return first_not_in(owners, len(self._points), start + 1, exclude)
+
     def candidates(self, key: Key | None) -> Iterator[str]:
         """Distinct servers clockwise from the key's position."""
-        start = bisect(self._points, self._hash(key)) % len(self._points)
-        return self._walk(start)
+        return self._distinct(self._clockwise(bisect(self._points, self._hash(key))))
 
-    def _walk(self, start: int) -> Iterator[str]:
-        owners = self._owners[:-1]
+    def _clockwise(self, start: int) -> Iterator[str]:
+        """Owners of every point, from point ``start`` (``len(points)`` is point 0) on."""
+        # Indexing, not islice, so starting far round a ring of a million points costs nothing.
+        size = len(self._points)
+        start %= size
+        return map(self._owners.__getitem__, chain(range(start, size), range(start)))
+
+    def _distinct(self, owners: Iterator[str]) -> Iterator[str]:
         seen: set[str] = set()
-        for server in chain(islice(owners, start, None), islice(owners, start)):
+        count = len(self._reachable)
+        for server in owners:
             if server not in seen:
                 seen.add(server)
                 yield server
+                if len(seen) == count:
+                    return
 
 
 @final
@@ -196,7 +229,8 @@ class RingHashStrategy(Strategy):
     ``balance_factor`` (> 1, off by default) bounds loads on the lease path: a server holding
     ``ceil(balance_factor * (leases in flight + 1) * weight / total weight)`` or more
     admits no more, and the key goes to the next distinct server clockwise. ``get`` ignores
-    it.
+    it. A retry (``pick_excluding``) goes to the next distinct server clockwise that it has
+    not tried, so a retried key lands in the same place every time.
 
     The ring is built when the pool changes; a pick is one hash and, for about 9 keys in 10,
     one list index (else a binary search), with no lock. The strategy holds configuration only
@@ -235,9 +269,9 @@ class RingHashStrategy(Strategy):
         )
         if self._hash == "ketama":
             points, owners = ketama_ring(snapshot.servers, snapshot.weights, self._vnodes)
-            return _KetamaRing(points, owners, 32, self._rng, admission)
+            return _KetamaRing(points, owners, 32, self._rng, admission, snapshot.servers)
         points, owners = _xxh64_ring(snapshot.servers, snapshot.weights, self._vnodes)
-        return _Xxh64Ring(points, owners, 64, self._rng, admission)
+        return _Xxh64Ring(points, owners, 64, self._rng, admission, snapshot.servers)
 
     def __repr__(self) -> str:
         return describe(
