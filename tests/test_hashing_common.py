@@ -64,6 +64,39 @@ def test_str_key_maps_like_its_utf8_bytes(make: Callable[..., Strategy]) -> None
         assert lb.get(key) == lb.get(key.encode("utf-8"))
 
 
+SURROGATE_KEYS = ["\ud800", "user-\udfff-7", "\udc80\ud800", "ok-\U0001f642-\ud83d"]
+
+
+def test_keys_with_lone_surrogates_map_like_their_surrogatepass_bytes(
+    make: Callable[..., Strategy],
+) -> None:
+    # Server names with lone surrogates are accepted (name_bytes), so keys must be too.
+    class Name(str):
+        pass
+
+    lb = balancer(make(balance_factor=1.5))
+    for key in SURROGATE_KEYS:
+        encoded = key.encode("utf-8", "surrogatepass")
+        assert lb.get(key) == lb.get(encoded) == lb.get(Name(key))
+        lease = lb.acquire(key)
+        assert lease.server == lb.get(key)  # idle: the key's own server has room
+        lease.release()
+    # Keys that differ only in their surrogates do not collide by construction.
+    assert len({lb.get(f"k-{chr(0xD800 + i)}") for i in range(200)}) == len(SERVERS)
+
+
+def test_retries_of_lone_surrogate_keys_follow_the_keys_order(
+    make: Callable[..., Strategy],
+) -> None:
+    snapshot = Snapshot.of(tuple(Endpoint(s) for s in SERVERS), lambda: 0.0)
+    picker = make().build(snapshot)
+    assert isinstance(picker, BoundedPicker)
+    for key in SURROGATE_KEYS:
+        order = list(picker.candidates(key))
+        assert order[0] == picker.pick(key)
+        assert picker.pick_excluding(key, frozenset(order[:2])) == order[2]
+
+
 def test_str_and_bytes_subclasses_map_like_their_base(make: Callable[..., Strategy]) -> None:
     class Name(str):
         pass
@@ -146,10 +179,12 @@ json.dump(out, sys.stdout)
 """
 
 
-def placements_in_subprocess(hash_seed: str) -> dict[str, list[str]]:
+def placements_in_subprocess(
+    hash_seed: str, script: str = _PLACEMENT_SCRIPT
+) -> dict[str, list[str]]:
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
     result = subprocess.run(
-        [sys.executable, "-c", _PLACEMENT_SCRIPT],
+        [sys.executable, "-c", script],
         capture_output=True,
         check=True,
         env=env,
@@ -166,6 +201,34 @@ def test_placement_is_identical_across_processes_with_different_hash_seeds() -> 
     assert first == second
     # Not degenerate: every configuration spreads keys over every server.
     assert all(len(set(servers)) == 7 for servers in first.values())
+
+
+_SURROGATE_SCRIPT = """
+import json, sys
+from loadbalancer import Endpoint, Snapshot
+from loadbalancer.strategies.hashing import MaglevStrategy, RendezvousStrategy, RingHashStrategy
+strategies = {
+    "ring": RingHashStrategy(), "ketama": RingHashStrategy(hash="ketama"),
+    "maglev": MaglevStrategy(), "rendezvous": RendezvousStrategy(),
+}
+servers = [f"cache-{i}.internal:11211" for i in range(7)]
+keys = [f"session-{i}-" + chr(0xD800 + i % 2048) for i in range(2000)]
+out = {}
+for name, strategy in strategies.items():
+    picker = strategy.build(Snapshot.of(tuple(map(Endpoint, servers)), lambda: 0.0))
+    out[name] = [picker.pick(key) for key in keys]
+    out[name + "/retry"] = [picker.pick_excluding(key, {servers[0]}) for key in keys]
+json.dump(out, sys.stdout)
+"""
+
+
+def test_lone_surrogate_keys_are_placed_identically_across_processes() -> None:
+    first = placements_in_subprocess("1", _SURROGATE_SCRIPT)
+    second = placements_in_subprocess("2024", _SURROGATE_SCRIPT)
+    assert len(first) == 8
+    assert first == second
+    assert all(len(set(servers)) == 7 for name, servers in first.items() if "/" not in name)
+    assert all("cache-0.internal:11211" not in servers for n, servers in first.items() if "/" in n)
 
 
 # Placement is part of the public contract: changing it reshuffles every user's caches. The

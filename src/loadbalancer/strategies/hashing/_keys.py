@@ -50,13 +50,15 @@ def name_bytes(name: str) -> bytes:
 
 
 def key_bytes(key: object) -> bytes:
-    """Encode a key that is not exactly ``str`` or ``bytes``: the hot paths' slow branch.
+    """Encode a key the hot paths do not: the slow branch, as bytes placed in every process.
 
-    A ``str`` (subclass) is UTF-8 encoded, a ``bytes`` subclass is hashed as its bytes, and
-    anything else raises ``TypeError`` naming ``key``.
+    A ``str`` (subclass) is UTF-8 encoded with lone surrogates passed through, as server names
+    are (the same bytes as plain UTF-8 for every string without one), a ``bytes`` subclass is
+    hashed as its bytes, and anything else raises ``TypeError`` naming ``key``. The hot paths
+    encode an exact ``str`` with ``str.encode()`` and come here only if that raises.
     """
     if isinstance(key, str):
-        return key.encode()
+        return key.encode("utf-8", "surrogatepass")
     if isinstance(key, bytes):
         return bytes(key)
     check_key(key)

@@ -172,7 +172,10 @@ class _MaglevPicker(BoundedPicker):
     def pick(self, key: Key | None = None) -> str:
         """Return the table entry at the key's XXH64 hash modulo the table size."""
         if type(key) is str:
-            return self._table[xxh64(key.encode()) % self._size]
+            try:
+                return self._table[xxh64(key.encode()) % self._size]
+            except UnicodeEncodeError:  # a lone surrogate: encoded as server names are
+                return self._table[self._hash(key) % self._size]
         if type(key) is bytes:
             return self._table[xxh64(key) % self._size]
         return self._table[self._hash(key) % self._size]

@@ -55,7 +55,10 @@ class _RendezvousPicker(BoundedPicker):
     def pick(self, key: Key | None = None) -> str:
         """Return the server with the highest score for the key (O(n) in the pool size)."""
         if type(key) is str:
-            scores = self._scores(key.encode())
+            try:
+                scores = self._scores(key.encode())
+            except UnicodeEncodeError:  # a lone surrogate: encoded as server names are
+                scores = self._scores(self._key(key))
         elif type(key) is bytes:
             scores = self._scores(key)
         else:

@@ -169,7 +169,10 @@ class _Xxh64Ring(_Ring):
     def pick(self, key: Key | None = None) -> str:
         """Return the owner of the first ring point after the key's XXH64 hash."""
         if type(key) is str:
-            position = xxh64(key.encode())
+            try:
+                position = xxh64(key.encode())
+            except UnicodeEncodeError:  # a lone surrogate: encoded as server names are
+                position = self._hash(key)
         elif type(key) is bytes:
             position = xxh64(key)
         else:
@@ -192,7 +195,10 @@ class _KetamaRing(_Ring):
     def pick(self, key: Key | None = None) -> str:
         """Return the owner of the first ring point after the key's ketama hash."""
         if type(key) is str:
-            position = unpack_ketama(md5(key.encode()).digest())[0]
+            try:
+                position = unpack_ketama(md5(key.encode()).digest())[0]
+            except UnicodeEncodeError:  # a lone surrogate: encoded as server names are
+                position = self._hash(key)
         elif type(key) is bytes:
             position = unpack_ketama(md5(key).digest())[0]
         else:
@@ -224,6 +230,9 @@ class RingHashStrategy(Strategy):
     point, as in uhashring. ``str`` keys are UTF-8 encoded as uhashring does; ``bytes`` keys
     are hashed as they are (uhashring would hash their ``str()``). As in libketama, a weight
     change renormalises every server, so it moves some keys between other servers too.
+
+    A ``str`` key holding a lone surrogate is encoded with ``"surrogatepass"``, as server names
+    are (uhashring would raise ``UnicodeEncodeError``).
 
     ``key=None`` picks as if for a uniformly random key: a hash drawn from ``rng``.
     ``balance_factor`` (> 1, off by default) bounds loads on the lease path: a server holding
