@@ -14,7 +14,7 @@ import uhashring  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadbalancer import LoadBalancer
+from loadbalancer import Endpoint, LoadBalancer, Snapshot
 from loadbalancer.strategies.hashing import RingHashStrategy
 from loadbalancer.strategies.hashing import ring as ring_module
 from loadbalancer.strategies.hashing.ketama import ketama_ring
@@ -217,6 +217,35 @@ def test_hash_must_be_a_known_mode(value: str) -> None:
 def test_vnodes_must_be_a_positive_int(value: object, error: type[Exception]) -> None:
     with pytest.raises(error, match="vnodes"):
         RingHashStrategy(vnodes=value)  # type: ignore[arg-type]
+
+
+def test_ketama_refuses_vnodes_that_could_never_fit() -> None:
+    # One server hashes vnodes times, four points each: the smallest ring any pool has.
+    RingHashStrategy(hash="ketama", vnodes=1 << 18)
+    for vnodes in [(1 << 18) + 1, 10**9]:
+        with pytest.raises(ValueError, match="vnodes"):
+            RingHashStrategy(hash="ketama", vnodes=vnodes)
+    RingHashStrategy(vnodes=10**9)  # xxh64 rings are scaled down instead
+
+
+def test_ketama_ring_beyond_the_point_cap_is_refused_at_build() -> None:
+    servers = tuple(Endpoint(f"10.{i // 250}.{i % 250}.1:11211") for i in range(6554))
+    strategy = RingHashStrategy(hash="ketama")  # 6,554 x 40 hashes x 4 points > 2**20
+    with pytest.raises(ValueError, match="vnodes"):
+        strategy.build(Snapshot.of(servers, lambda: 0.0))
+
+
+def test_ketama_point_cap_counts_four_points_per_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ring_module, "MAX_POINTS", 4000)
+    servers = tuple(Endpoint(f"s{i}") for i in range(11))
+    strategy = RingHashStrategy(hash="ketama", vnodes=100)
+    picker = strategy.build(Snapshot.of(servers[:10], lambda: 0.0))  # exactly 4,000 points
+    assert len(picker._points) == 4000  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="vnodes=100"):
+        strategy.build(Snapshot.of(servers, lambda: 0.0))  # 4,400 points
+    # An xxh64 ring of the same size is scaled to fit instead.
+    xxh64_ring = RingHashStrategy(vnodes=400).build(Snapshot.of(servers, lambda: 0.0))
+    assert len(xxh64_ring._points) <= 4000 + len(servers)  # type: ignore[attr-defined]
 
 
 # -- the bucket table in front of the binary search --------------------------------------------

@@ -8,12 +8,20 @@ from operator import methodcaller
 
 from ._keys import ketama_points, md5, name_bytes
 
-__all__ = ["KETAMA_VNODES", "ketama_ring"]
+__all__ = ["KETAMA_VNODES", "ketama_counts", "ketama_ring"]
 
 _digest = methodcaller("digest")
 
 KETAMA_VNODES = 40
 """libketama's hashes per server at the mean weight; each MD5 digest gives four points."""
+
+
+def ketama_counts(weights: tuple[float, ...], vnodes: int = KETAMA_VNODES) -> list[int]:
+    """How many hashes (of four points each) each server gets: see ``ketama_ring``."""
+    total = sum(map(Fraction, weights))
+    scale = vnodes * len(weights)
+    # Fraction keeps the floor exact: for int weights it is uhashring's // on ints.
+    return [int(scale * Fraction(weight) / total) for weight in weights]
 
 
 def ketama_ring(
@@ -26,10 +34,7 @@ def ketama_ring(
     exactly for float weights too), and each MD5 digest yields four little-endian points. When
     two servers produce the same point, the later one in ``servers`` owns it, as in uhashring.
     """
-    total = sum(map(Fraction, weights))
-    scale = vnodes * len(servers)
-    # Fraction keeps the floor exact: for int weights it is uhashring's // on ints.
-    counts = [int(scale * Fraction(weight) / total) for weight in weights]
+    counts = ketama_counts(weights, vnodes)
     suffixes = [str(index).encode() for index in range(max(counts))]
     ring: dict[int, str] = {}
     for server, count in zip(servers, counts, strict=True):

@@ -17,7 +17,7 @@ from .._exclude import first_not_in
 from ._bounded import Admission, BoundedPicker
 from ._config import check_balance_factor, describe, resolve_rng
 from ._keys import key_bytes, md5, name_bytes, unpack_ketama, xxh64
-from .ketama import KETAMA_VNODES, ketama_ring
+from .ketama import KETAMA_VNODES, ketama_counts, ketama_ring
 
 __all__ = ["RingHashStrategy"]
 
@@ -26,7 +26,10 @@ RingHash = Literal["xxh64", "ketama"]
 _DEFAULT_VNODES: dict[str, int] = {"xxh64": 160, "ketama": KETAMA_VNODES}
 
 MAX_POINTS = 1 << 20
-"""Most points an xxh64 ring holds; beyond, every server's count is scaled down alike."""
+"""Most points a ring holds. An xxh64 ring beyond it has every server's count scaled down alike;
+a ketama ring cannot be scaled and stay uhashring-compatible, so one beyond it is refused."""
+
+_KETAMA_POINTS_PER_HASH = 4
 
 
 def _xxh64_ring(
@@ -229,7 +232,10 @@ class RingHashStrategy(Strategy):
     by memcached clients. Points collide rarely; the later-registered server then owns the
     point, as in uhashring. ``str`` keys are UTF-8 encoded as uhashring does; ``bytes`` keys
     are hashed as they are (uhashring would hash their ``str()``). As in libketama, a weight
-    change renormalises every server, so it moves some keys between other servers too.
+    change renormalises every server, so it moves some keys between other servers too. A ketama
+    ring cannot be scaled down and stay compatible, so ``vnodes`` above 2**18 is refused, and
+    so is a pool whose ring would exceed 2**20 points (four per hash: about 6,500 servers at
+    the default ``vnodes``).
 
     A ``str`` key holding a lone surrogate is encoded with ``"surrogatepass"``, as server names
     are (uhashring would raise ``UnicodeEncodeError``).
@@ -266,6 +272,14 @@ class RingHashStrategy(Strategy):
         self._vnodes = (
             _DEFAULT_VNODES[hash] if vnodes is None else check_positive_int(vnodes, "vnodes")
         )
+        # A one-server pool hashes exactly vnodes times, the fewest of any pool: a vnodes whose
+        # ring overflows even then could never build.
+        if hash == "ketama" and self._vnodes * _KETAMA_POINTS_PER_HASH > MAX_POINTS:
+            raise ValueError(
+                f"vnodes must be at most {MAX_POINTS // _KETAMA_POINTS_PER_HASH} for "
+                f"hash='ketama' (a ring of at most {MAX_POINTS} points, four per hash), "
+                f"got {vnodes}"
+            )
         self._balance_factor = check_balance_factor(balance_factor)
         self._rng = resolve_rng(rng)
 
@@ -277,6 +291,14 @@ class RingHashStrategy(Strategy):
             else Admission(self._balance_factor, snapshot, previous)
         )
         if self._hash == "ketama":
+            hashes = sum(ketama_counts(snapshot.weights, self._vnodes))
+            if hashes * _KETAMA_POINTS_PER_HASH > MAX_POINTS:
+                raise ValueError(
+                    f"vnodes={self._vnodes} gives {len(snapshot.servers)} servers a ketama ring "
+                    f"of {hashes * _KETAMA_POINTS_PER_HASH} points, above the limit of "
+                    f"{MAX_POINTS}; a ketama ring cannot be scaled down and stay compatible, "
+                    "so lower vnodes or use hash='xxh64'"
+                )
             points, owners = ketama_ring(snapshot.servers, snapshot.weights, self._vnodes)
             return _KetamaRing(points, owners, 32, self._rng, admission, snapshot.servers)
         points, owners = _xxh64_ring(snapshot.servers, snapshot.weights, self._vnodes)
