@@ -270,6 +270,17 @@ def test_peak_ewma_failure_latency_is_the_floor_for_a_failed_request() -> None:
     assert {lb.get() for _ in range(20)} == {"b"}
 
 
+def test_peak_ewma_failure_latency_applies_on_the_lease_path_too() -> None:
+    clock = FakeClock()
+    lb = pool(PeakEWMAStrategy(failure_latency=2.5, rng=random.Random(1)), clock, a=1)
+    lb.acquire().release(ok=False)  # timed by the clock: it failed at once
+    assert lb.stats()["a"].latency_ewma == 2.5
+    lease = lb.acquire()
+    clock.advance(0.01)  # a fast failure, 10 ms: counted as 2.5 s, and never lowering it
+    lease.release(ok=False)
+    assert lb.stats()["a"].latency_ewma == 2.5
+
+
 def test_peak_ewma_decay_governs_the_balancers_latency_estimate() -> None:
     clock = FakeClock()
     lb = pool(PeakEWMAStrategy(decay=1.0, rng=random.Random(1)), clock, a=1)
