@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_get.py
 	$(BIN)/python benchmarks/bench_membership.py
 	$(BIN)/python benchmarks/bench_hashing.py
+	$(BIN)/python benchmarks/bench_failover.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis dist
