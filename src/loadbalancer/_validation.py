@@ -123,15 +123,23 @@ def check_clock_reading(value: object) -> float:
 
 def check_exclude(exclude: object) -> frozenset[str]:
     """Return ``exclude`` as a frozenset of server names, else raise naming ``exclude``."""
-    if isinstance(exclude, (str, bytes)) or not isinstance(exclude, Collection):
+    # The usual containers skip the ABC checks: this runs on every retry's pick.
+    kind = exclude.__class__
+    names: frozenset[Any]
+    if kind is frozenset:
+        names = exclude  # type: ignore[assignment]  # kind is frozenset
+    elif kind is set or kind is list or kind is tuple:
+        names = frozenset(exclude)  # type: ignore[call-overload]  # an iterable, by its kind
+    elif isinstance(exclude, (str, bytes)) or not isinstance(exclude, Collection):
         raise TypeError(
             f"exclude must be a collection of server names, not {type(exclude).__name__}"
         )
-    try:
-        names = exclude if isinstance(exclude, frozenset) else frozenset(exclude)
-    except TypeError:
-        raise TypeError("exclude must hold server names (str)") from None
+    else:
+        try:
+            names = frozenset(exclude)
+        except TypeError:
+            raise TypeError("exclude must hold server names (str)") from None
     for name in names:
-        if not isinstance(name, str):
+        if name.__class__ is not str and not isinstance(name, str):
             raise TypeError(f"exclude must hold server names (str), not {type(name).__name__}")
     return names
