@@ -280,3 +280,37 @@ def test_extra_attempts_never_exceed_reserve_plus_ratio_of_requests(
         else:
             granted += budget.withdraw()
     assert granted <= reserve + ratio * requests + 1e-9
+
+
+def test_a_pushback_longer_than_max_retry_after_is_not_waited_for() -> None:
+    lb, slept = balancer("a", "b")
+    tried, _ = failing_on()
+
+    def attempt(server: str) -> int:
+        tried.append(server)
+        return 503
+
+    def pushback(a: Attempt[int]) -> Verdict:
+        return Verdict(False, retry=True, retry_after=3600.0)
+
+    assert lb.call(attempt, classify=pushback, retry=RetryPolicy(max_retry_after=60)) == 503
+    assert (tried, slept) == (["a"], [])
+    assert lb.retry_budget.stats().retries == 0
+
+
+def test_a_retry_with_no_server_left_gives_its_token_back() -> None:
+    lb, _ = balancer("a", "b")
+
+    def leaves(server: str) -> str:
+        lb.replace([])  # the whole pool goes away during the attempt
+        raise RefusedError(server)
+
+    with pytest.raises(RefusedError):
+        lb.call(leaves)
+    assert lb.retry_budget.stats().retries == 0
+
+
+def test_an_unhashable_exclude_is_refused_naming_exclude() -> None:
+    lb, _ = balancer("a")
+    with pytest.raises(TypeError, match="exclude"):
+        lb.get(exclude=[["a"]])  # type: ignore[list-item]

@@ -204,3 +204,129 @@ def test_hedging_cuts_the_p99_when_one_server_is_slow() -> None:
     without, hedged = in_virtual_time(main)
     assert without == pytest.approx(1.0)
     assert hedged == pytest.approx(0.06)
+
+
+# -- regressions found in review -----------------------------------------------------------
+
+
+def test_an_attempt_that_raises_cancelled_error_itself_leaves_nothing_in_flight() -> None:
+    async def main() -> None:
+        lb = balancer("a", "b")
+
+        async def cancelled_inside(server: str) -> str:
+            raise asyncio.CancelledError  # a future it awaited was cancelled by someone else
+
+        with pytest.raises(asyncio.CancelledError):
+            await lb.acall(cancelled_inside)
+        stats = lb.stats()["a"]
+        assert (stats.in_flight, stats.cancelled, stats.failures) == (0, 1, 0)
+
+    in_virtual_time(main)
+
+
+def test_a_clock_failing_while_attempts_are_abandoned_loses_no_lease() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        broken = False
+
+        def clock() -> float:
+            if broken:
+                raise OSError("clock is gone")
+            return loop.time()
+
+        lb = LoadBalancer(clock=clock)
+        lb.replace(["a", "b", "c"])
+
+        def breaks() -> None:
+            nonlocal broken
+            broken = True
+
+        loop.call_later(0.35, breaks)  # after both hedges went out
+        attempt = backends({"a": 10.0, "b": 10.0, "c": 10.0})
+        policy = HedgingPolicy(delay=0.1, attempts=3)
+        with pytest.raises(asyncio.TimeoutError):  # the caller's error, not the clock's
+            await asyncio.wait_for(lb.acall(attempt, hedging=policy), timeout=0.5)
+        broken = False
+        assert [(s.in_flight, s.cancelled) for s in lb.stats().values()] == [(0, 1)] * 3
+
+    in_virtual_time(main)
+
+
+def test_a_loser_slow_to_unwind_does_not_delay_the_winner() -> None:
+    async def main() -> None:
+        lb = balancer("slow", "fast")
+        unwound = asyncio.Event()
+
+        async def attempt(server: str) -> str:
+            if server == "fast":
+                await asyncio.sleep(0.01)
+                return server
+            try:
+                await asyncio.sleep(10.0)
+            except asyncio.CancelledError:
+                await asyncio.sleep(2.0)  # a graceful close that takes its time
+                unwound.set()
+                raise
+            return server
+
+        start = asyncio.get_running_loop().time()
+        assert await lb.acall(attempt, hedging=HedgingPolicy(delay=0.05)) == "fast"
+        assert asyncio.get_running_loop().time() == pytest.approx(start + 0.06)
+        assert lb.stats()["slow"].in_flight == 0
+        await unwound.wait()  # and the loser still unwinds in the background
+
+    in_virtual_time(main)
+
+
+def test_attempts_finishing_together_are_all_judged() -> None:
+    async def main() -> None:
+        lb = balancer("a", "b", "c")
+        # a fails at 0.15; the hedge sent to b at 0.1 answers at 0.15 too.
+        attempt = backends({"a": 0.15, "b": 0.05}, failing=frozenset({"a"}))
+        policy = HedgingPolicy(delay=0.1, attempts=3)
+        assert await lb.acall(attempt, hedging=policy) == "b"
+        stats = lb.stats()
+        assert (stats["a"].failures, stats["a"].cancelled) == (1, 0)
+        assert stats["c"].picks == 0  # no hedge wasted on c
+        assert lb.retry_budget.stats().hedges == 1
+
+    in_virtual_time(main)
+
+
+def test_a_retry_cancelled_during_its_backoff_gives_its_token_back() -> None:
+    async def main() -> None:
+        lb = balancer("a", "b")
+        attempt = backends({}, failing=frozenset({"a", "b"}))
+
+        def pushback(a: Any) -> Verdict:
+            return Verdict(False, retry=True, retry_after=5.0)
+
+        balance = lb.retry_budget.stats().balance
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(lb.acall(attempt, classify=pushback), timeout=1.0)
+        stats = lb.retry_budget.stats()
+        assert stats.retries == 0
+        assert stats.balance == balance  # deposited 0.2, but the bucket was already full
+
+    in_virtual_time(main)
+
+
+def test_an_attempts_own_timeout_error_is_not_mistaken_for_the_per_try_timeout() -> None:
+    async def main() -> None:
+        lb = balancer("a", "b")
+        seen: list[Exception | None] = []
+
+        async def connect_timeout(server: str) -> str:
+            await asyncio.sleep(0.1)
+            raise TimeoutError("connect timed out")
+
+        def classify(a: Any) -> Verdict:
+            seen.append(a.error)
+            return Verdict(False)
+
+        policy = RetryPolicy(per_try_timeout=5.0)
+        with pytest.raises(TimeoutError, match="connect timed out"):
+            await lb.acall(connect_timeout, retry=policy, classify=classify)
+        assert not isinstance(seen[0], AttemptTimeoutError)
+
+    in_virtual_time(main)

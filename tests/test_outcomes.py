@@ -354,3 +354,20 @@ def test_exclude_is_checked_and_never_slips_in_excluded_servers() -> None:
     with lb.lease(exclude=("a", "c")) as server:
         assert server == "b"
     assert lb.get(exclude=frozenset({"a", "b", "c"})) in {"a", "b", "c"}  # all tried: any
+
+
+def test_a_step_back_is_caught_by_a_mutation_before_any_lease() -> None:
+    clock = FakeClock(start=1000.0)
+    lb = balancer(
+        "a",
+        "b",
+        clock=clock,
+        outlier_detection=OutlierDetection(consecutive_failures=1, max_ejection_percent=50),
+        panic_threshold=0,
+    )
+    lb.done("a", ok=False)  # ejected until 1030
+    clock.now = 10.0
+    assert lb.set_weight("b", 2)  # the first thing to see the new time is a mutation
+    clock.advance(31.0)
+    lb.refresh()
+    assert not lb.stats()["a"].ejected

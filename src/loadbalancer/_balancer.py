@@ -100,7 +100,9 @@ class _View:
     picker: Picker
     plan: Plan
     due: float  # the clock time at which time-driven changes must be applied
-    since: float  # the clock time this view was published at: a reading below it is a step back
+    # A reading below this is the clock stepping back: the publication time less a tolerance,
+    # so that a thread that read the clock just before another published is not mistaken.
+    floor: float
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -108,6 +110,9 @@ class _View:
 
 
 _EMPTY_VIEW = _View({}, _EMPTY_PICKER, _EMPTY_PLAN, math.inf, -math.inf)
+
+# How far back a clock reading must be, from the latest publication, to count as a step back.
+_STEP_BACK = 1.0
 
 
 def _check_strategy(strategy: object) -> Strategy:
@@ -372,7 +377,7 @@ class LoadBalancer:
         """Apply whatever time has made due: ejections ending, slow-start steps, intervals."""
         now = self._now()
         view = self._view
-        if now >= view.due or now < view.since:
+        if now >= view.due or now < view.floor:
             with self._lock:
                 events = self._maintain(now)
             self._emit(events)
@@ -395,16 +400,20 @@ class LoadBalancer:
             events = self._maintain(now)
         except Exception:
             _log.exception("rebuilding the picker failed; retrying in %g s", _RETRY_AFTER)
-            self._view = replace(self._view, due=now + _RETRY_AFTER, since=now)
+            self._view = replace(self._view, due=now + _RETRY_AFTER, floor=now - _STEP_BACK)
             return
         finally:
             self._lock.release()
         self._emit(events)
 
     def _maintain(self, now: float) -> list[HealthEvent]:
-        """Apply what is due at ``now``. Caller holds ``_lock``; on error nothing changes."""
+        """Apply what is due at ``now``. Caller holds ``_lock``.
+
+        On error the servers' health is rolled back; a failure-percentage window that was
+        being judged is not, and starts afresh.
+        """
         view = self._view
-        if view.since <= now < view.due:
+        if view.floor <= now < view.due:
             return []  # another thread got here first
         endpoints = view.endpoints
         pool = tuple(endpoints.values())
@@ -440,8 +449,10 @@ class LoadBalancer:
     def _publish(self, endpoints: dict[str, Endpoint], now: float) -> list[HealthEvent]:
         """Build a picker for ``endpoints`` and make both current. Caller holds ``_lock``."""
         pool = tuple(endpoints.values())
-        plan = self._health.plan(pool, now)
         view = self._view
+        if now < view.floor:  # the clock stepped back: no deadline may outlast its length
+            self._health.rebase(pool, now)
+        plan = self._health.plan(pool, now)
         if plan.eligible:
             previous = view.picker
             if plan.eligible == view.plan.eligible and plan.weights == view.plan.weights:
@@ -461,7 +472,7 @@ class LoadBalancer:
         else:
             picker = _EMPTY_PICKER
         # The strategy may raise above; nothing has changed until this assignment.
-        self._view = _View(endpoints, picker, plan, plan.due, now)
+        self._view = _View(endpoints, picker, plan, plan.due, now - _STEP_BACK)
         return self._health.adopt(plan, len(pool), now)
 
     def _emit(self, events: list[HealthEvent]) -> None:
@@ -486,7 +497,7 @@ class LoadBalancer:
         if now.__class__ is not float or now - now != 0.0:
             now = check_clock_reading(now)
         view = self._view  # read once: the picker and the endpoints belong together
-        if now >= view.due or now < view.since:
+        if now >= view.due or now < view.floor:
             self._maintain_if_free(now)
             view = self._view
         if exclude:
@@ -501,9 +512,10 @@ class LoadBalancer:
     def done(self, server: str, ok: bool = True, latency: float | None = None) -> bool:
         """Report the outcome of a request sent after ``get()``; False if not registered.
 
-        ``get()`` does not count requests in flight, so this records only the outcome and,
-        when given, the latency in seconds. A ``get()`` that is never reported is not counted
-        anywhere.
+        ``get()`` does not count requests in flight, so this records only the outcome (True
+        or False) and, when given, the latency in seconds. A ``get()`` that is never reported,
+        such as one whose request was cancelled, is not counted anywhere: that is its "no
+        outcome".
         """
         check_server(server)
         check_bool(ok, "ok")
@@ -517,7 +529,7 @@ class LoadBalancer:
         if not ok:
             self._after_failure(endpoint, now)
         view = self._view
-        if now >= view.due or now < view.since:
+        if now >= view.due or now < view.floor:
             self._maintain_if_free(now)
         return True
 
@@ -572,7 +584,7 @@ class LoadBalancer:
         is enforced: an attempt past it is cancelled and classified with an
         ``AttemptTimeoutError``. With ``hedging`` (for idempotent requests only), another server
         is tried whenever ``hedging.delay`` passes without an answer, up to
-        ``hedging.attempts`` in flight; the first answer that is not a retryable failure wins
+        ``hedging.attempts`` attempts in all; the first answer that is not a retryable failure wins
         and the others are cancelled with no outcome. Cancelling the call (a client timeout,
         ``asyncio.wait_for``) cancels every attempt, each with no outcome.
         """

@@ -116,11 +116,13 @@ class Lease:
         """
         check_outcome(ok)
         given = check_latency(latency)
+        if ok is None:
+            return self._end(None, None, self._started)  # no outcome: no clock reading needed
         recorder = self._recorder
         try:
             now = recorder.now()
         except Exception:
-            self._end(ok, None, self._started)  # release first: a bad clock must not leak
+            self._end(ok, None, self._stale_now())  # release first: a bad clock must not leak
             raise
         if given is None:
             given = max(now - self._started, 0.0)  # max: a clock that is not monotonic
@@ -149,7 +151,7 @@ class Lease:
             if now.__class__ is not float or now - now != 0.0:
                 now = check_clock_reading(now)
         except Exception:
-            self._end(outcome, None, self._started)
+            self._end(outcome, None, self._stale_now())
             if exc_type is None:
                 raise
             # Raising here would replace the caller's own exception: log this one instead.
@@ -183,6 +185,11 @@ class Lease:
         # Releasing never blocks (a short lock on the server's counters), so the event loop
         # is never held up.
         self.__exit__(exc_type, exc, traceback)
+
+    def _stale_now(self) -> float:
+        """The best time to record when the clock failed: never before the server's last."""
+        latency_at = self._endpoint.latency_at
+        return latency_at if latency_at > self._started else self._started
 
     def _end(self, ok: bool | None, latency: float | None, now: float) -> bool:
         recorder = self._recorder

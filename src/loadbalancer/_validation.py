@@ -128,15 +128,18 @@ def check_exclude(exclude: object) -> frozenset[str]:
     names: frozenset[Any]
     if kind is frozenset:
         names = exclude  # type: ignore[assignment]  # kind is frozenset
-    elif kind is set or kind is list or kind is tuple:
-        names = frozenset(exclude)  # type: ignore[call-overload]  # an iterable, by its kind
-    elif isinstance(exclude, (str, bytes)) or not isinstance(exclude, Collection):
+    elif (
+        kind is not set
+        and kind is not list
+        and kind is not tuple
+        and (isinstance(exclude, (str, bytes)) or not isinstance(exclude, Collection))
+    ):
         raise TypeError(
             f"exclude must be a collection of server names, not {type(exclude).__name__}"
         )
     else:
         try:
-            names = frozenset(exclude)
+            names = frozenset(exclude)  # type: ignore[call-overload]  # a Collection, checked above
         except TypeError:
             raise TypeError("exclude must hold server names (str)") from None
     for name in names:

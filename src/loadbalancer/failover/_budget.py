@@ -107,6 +107,16 @@ class RetryBudget:
             self._rejected += 1
             return False
 
+    def refund(self, *, hedge: bool = False) -> None:
+        """Give back a token whose retry (or hedge) never went out: cancelled, or no server."""
+        with self._lock:
+            balance = self._balance + 1.0
+            self._balance = balance if balance < self._reserve else self._reserve
+            if hedge:
+                self._hedges -= 1
+            else:
+                self._retries -= 1
+
     def stats(self) -> RetryBudgetStats:
         """The budget's counters, read together."""
         with self._lock:

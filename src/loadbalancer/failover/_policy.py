@@ -105,6 +105,9 @@ class RetryPolicy:
     * Backoff before retry ``n`` (from 1) is full jitter: uniform in ``[0, min(backoff_max,
       backoff_base x 2 ** (n - 1))]`` (Envoy: base 25 ms, max 10x base; gRPC A6), drawn from
       ``rng``; a ``Verdict.retry_after`` (server pushback) replaces it.
+    * ``max_retry_after``: the longest server pushback obeyed (default 10 s); a server asking
+      for a longer wait gets no retry, and the call ends with its answer, so no server can
+      park a caller for an hour.
     * ``per_try_timeout``: seconds one attempt may take. Async calls enforce it (the attempt is
       cancelled and classified as an ``AttemptTimeoutError``); a blocking attempt cannot be
       interrupted, so sync integrations pass it to their client as its timeout.
@@ -113,6 +116,7 @@ class RetryPolicy:
     attempts: int = 2
     backoff_base: float = 0.025
     backoff_max: float | None = None
+    max_retry_after: float = 10.0
     per_try_timeout: float | None = None
     rng: random.Random | None = None
 
@@ -123,10 +127,17 @@ class RetryPolicy:
         check_number(self.backoff_base, "backoff_base", at_least=0)
         if self.backoff_max is not None:
             check_number(self.backoff_max, "backoff_max", at_least=self.backoff_base)
+        check_number(self.max_retry_after, "max_retry_after", at_least=0)
         if self.per_try_timeout is not None:
             check_number(self.per_try_timeout, "per_try_timeout", above=0)
         if self.rng is not None and not isinstance(self.rng, random.Random):
             raise TypeError(f"rng must be a random.Random or None, not {type(self.rng).__name__}")
+
+    def delay(self, retry: int, verdict: Verdict) -> float | None:
+        """Seconds to wait before retry ``retry`` after ``verdict``; None: do not retry."""
+        if verdict.retry_after is None:
+            return self.backoff(retry)
+        return verdict.retry_after if verdict.retry_after <= self.max_retry_after else None
 
     def backoff(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1 for the first retry)."""

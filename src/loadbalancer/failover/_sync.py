@@ -67,13 +67,17 @@ def call(
             lease.release(ok=None)  # the caller went away: nothing learnt about the server
             raise
         verdict = judge(lease, classify, Attempt(lease.server, number, result, error))
-        if verdict.retry and number < policy.attempts and budget.withdraw():
+        delay = policy.delay(number, verdict) if verdict.retry else None
+        if delay is not None and number < policy.attempts and budget.withdraw():
             tried.append(lease.server)
-            sleep(policy.backoff(number) if verdict.retry_after is None else verdict.retry_after)
             try:
+                sleep(delay)
                 lease = acquire(key, tried)
             except NoServersAvailableError:
-                pass  # every server went away meanwhile: this attempt is the answer
+                budget.refund()  # every server went away meanwhile: this attempt is the answer
+            except BaseException:
+                budget.refund()  # interrupted while waiting: the retry never went out
+                raise
             else:
                 number += 1
                 continue
