@@ -229,7 +229,8 @@ def test_a_clock_raising_in_lease_exit_still_releases_and_keeps_the_callers_erro
     assert lb.stats()["a"].in_flight == 0
 
 
-def test_an_ejection_never_outlasts_its_length_after_the_clock_steps_back() -> None:
+def ejected_until_1030() -> tuple[FakeClock, LoadBalancer]:
+    """Servers a and b at t = 1000, a just ejected for 30 s."""
     clock = FakeClock(start=1000.0)
     lb = balancer(
         "a",
@@ -238,7 +239,12 @@ def test_an_ejection_never_outlasts_its_length_after_the_clock_steps_back() -> N
         outlier_detection=OutlierDetection(consecutive_failures=1, max_ejection_percent=50),
         panic_threshold=0,
     )
-    lb.done("a", ok=False)  # ejected until 1030
+    lb.done("a", ok=False)
+    return clock, lb
+
+
+def test_an_ejection_never_outlasts_its_length_after_the_clock_steps_back() -> None:
+    clock, lb = ejected_until_1030()
     assert lb.stats()["a"].ejected
     clock.now = 10.0  # an NTP correction on a clock that is not monotonic
     with lb.lease():
@@ -357,15 +363,7 @@ def test_exclude_is_checked_and_never_slips_in_excluded_servers() -> None:
 
 
 def test_a_step_back_is_caught_by_a_mutation_before_any_lease() -> None:
-    clock = FakeClock(start=1000.0)
-    lb = balancer(
-        "a",
-        "b",
-        clock=clock,
-        outlier_detection=OutlierDetection(consecutive_failures=1, max_ejection_percent=50),
-        panic_threshold=0,
-    )
-    lb.done("a", ok=False)  # ejected until 1030
+    clock, lb = ejected_until_1030()
     clock.now = 10.0
     assert lb.set_weight("b", 2)  # the first thing to see the new time is a mutation
     clock.advance(31.0)

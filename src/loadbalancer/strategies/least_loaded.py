@@ -322,6 +322,7 @@ class _PeakEWMAPicker(Picker):
             return self._single
         # _cheaper, inlined: one Python call fewer per pick.
         first, second = self._draw.pair()
+        # _cheaper, inlined: a pick stays one Python call.
         if first.latency is None and second.latency is None:
             # Neither measured yet: their costs differ only by age, so compare loads alone.
             first_cost: float = first.load + 1
