@@ -709,3 +709,19 @@ def test_async_all_503_stays_within_the_budget() -> None:
     run(main())
     assert len(backends.started) <= 1.2 * 200 + 10
     assert all(s.in_flight == 0 for s in lb.stats().values())
+
+
+def test_async_simultaneous_answers_the_first_attempt_wins_the_other_is_closed() -> None:
+    lb = balancer(A, B)
+    backends = AsyncBackends({A: 0.06, B: 0.01})  # both answer at 0.06 s
+    policy = HttpPolicy(hedging=HedgingPolicy(delay=0.05))
+
+    async def main() -> str:
+        async with aclient(lb, backends, policy=policy) as http:
+            text = (await http.get("http://inventory/")).text
+            await asyncio.sleep(0)  # the loser's close runs in a task of its own
+            return text
+
+    assert run(main()) == A
+    assert sorted(backends.finished) == [A, B]
+    assert outcomes(lb) == {A: (1, 0, 0, 0), B: (1, 0, 0, 0)}

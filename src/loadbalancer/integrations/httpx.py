@@ -19,7 +19,10 @@ outcome when it is garbage-collected, or when the transport is closed, whichever
 TLS: a server given as an IP address, for an ``https`` request whose Host stays the logical
 name, is sent with httpx's ``sni_hostname`` extension set to the logical host, so that the
 TLS handshake names, and the certificate is verified against, the service rather than the IP.
-A server given by name is verified against its own name.
+A server given by name is verified against its own name. httpx pools connections per
+backend address, so a connection opened for one logical name is reused for another name
+served by the same address: give each TLS service its own transport (``mounts=``) if their
+certificates differ.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from loadbalancer import (
     Lease,
     LoadBalancer,
     NoServersAvailableError,
+    Verdict,
 )
 
 from ._http import (
@@ -356,9 +360,9 @@ class BalancedTransport(httpx.BaseTransport):
                 raise
             delay = retry.delay(number, verdict) if verdict.retry else None
             if delay is not None and number < retry.attempts and budget.withdraw():
+                lease.release(verdict.ok)
                 if response is not None:
                     response = _buffered(response)  # kept in case no server is left to retry
-                lease.release(verdict.ok)
                 tried.append(lease.server)
                 try:
                     self._sleep(delay)
@@ -582,38 +586,27 @@ class _Flight:
                 if not self.launch_hedge():
                     next_hedge = None
                 continue
-            judged = []
-            for task in sorted(done, key=lambda t: self.running[t][1]):
-                lease, number = self.running.pop(task)
-                try:
-                    response, error = task.result()
-                except BaseException:
-                    lease.release(None)  # the attempt itself was cancelled: nothing learnt
-                    raise
-                try:
-                    verdict = plan.classify(Attempt(lease.server, number, response, error))
-                except BaseException:
-                    lease.release(None)
-                    if response is not None:
-                        await response.aclose()
-                    raise
-                judged.append((lease, number, response, error, verdict))
+            judged = self._judge(done)
             winner = next((j for j in judged if not j[4].retry), None)
-            for entry in judged:
-                lease, number, response, error, verdict = entry
-                if entry is winner:
-                    continue
-                if response is not None:  # a loser, or retried: its connection goes back
-                    response = await _abuffered(response)
-                lease.release(verdict.ok)
-                last = (response, error)
+            for entry in judged:  # every lease ends now: nothing below can leak one
+                if entry is not winner:
+                    entry[0].release(entry[4].ok)
             if winner is not None:
+                for entry in judged:
+                    if entry is not winner and entry[2] is not None:
+                        _close_soon(entry[2])  # a loser's answer: its connection goes back
                 lease, number, response, error, verdict = winner
                 if response is None:
                     lease.release(verdict.ok)
                     assert error is not None
                     raise error
                 return response, lease, verdict.ok
+            for entry in judged[:-1]:
+                if entry[2] is not None:
+                    _close_soon(entry[2])
+            response, error = judged[-1][2], judged[-1][3]
+            # Kept, read and closed, in case no retry goes out: then it is the answer.
+            last = (None if response is None else await _abuffered(response), error)
             _, number, _, _, verdict = judged[-1]
             if hedging is not None:
                 for _ in judged:  # gRPC A6: each retryable failure sends the next hedge at once
@@ -635,6 +628,28 @@ class _Flight:
         assert response is not None
         return response, None, None
 
+    def _judge(
+        self, done: set[asyncio.Task[_Answer]]
+    ) -> list[tuple[Lease, int, httpx.Response | None, Exception | None, Verdict]]:
+        """Classify the finished attempts, in attempt order; if anything raises, every
+        lease of theirs ends with no outcome and their responses are closed."""
+        answers = []
+        for task in sorted(done, key=lambda t: self.running[t][1]):
+            lease, number = self.running.pop(task)
+            answers.append((lease, number, task))
+        judged = []
+        try:
+            for lease, number, task in answers:
+                response, error = task.result()
+                verdict = self._plan.classify(Attempt(lease.server, number, response, error))
+                judged.append((lease, number, response, error, verdict))
+        except BaseException:
+            for lease, _, task in answers:
+                lease.release(None)
+                _close_later(task)
+            raise
+        return judged
+
     def abandon(self) -> None:
         """Cancel the attempts still running, each lease ending with no outcome; a response
         that arrived meanwhile is closed."""
@@ -652,11 +667,16 @@ _closing: set[asyncio.Task[Any]] = set()
 
 
 def _close_later(task: asyncio.Task[_Answer]) -> None:
-    """Close the response of an attempt that finished after its request had its answer."""
+    """Close the response of an attempt whose answer nobody will read."""
     if task.cancelled() or task.exception() is not None:
         return
     response, _ = task.result()
     if response is not None:
-        closing = asyncio.ensure_future(response.aclose())
-        _closing.add(closing)
-        closing.add_done_callback(_closing.discard)
+        _close_soon(response)
+
+
+def _close_soon(response: httpx.Response) -> None:
+    """Close ``response`` in a task of its own, so that nobody waits for it."""
+    closing = asyncio.ensure_future(response.aclose())
+    _closing.add(closing)
+    closing.add_done_callback(_closing.discard)
