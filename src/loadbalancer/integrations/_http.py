@@ -131,15 +131,16 @@ class Backend:
     scheme: Literal["http", "https"] | None
     host: str  # an IPv6 address without its brackets
     port: int | None
+    is_ip: bool = field(init=False, compare=False)
+    """True if ``host`` is an IP address literal rather than a name (for SNI)."""
 
-    @property
-    def is_ip(self) -> bool:
-        """True if ``host`` is an IP address literal rather than a name."""
+    def __post_init__(self) -> None:
         try:
             ipaddress.ip_address(self.host)
         except ValueError:
-            return False
-        return True
+            object.__setattr__(self, "is_ip", False)
+        else:
+            object.__setattr__(self, "is_ip", True)
 
 
 @functools.lru_cache(maxsize=1024)
