@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
@@ -725,3 +726,42 @@ def test_async_simultaneous_answers_the_first_attempt_wins_the_other_is_closed()
     assert run(main()) == A
     assert sorted(backends.finished) == [A, B]
     assert outcomes(lb) == {A: (1, 0, 0, 0), B: (1, 0, 0, 0)}
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11+")
+def test_an_error_not_retried_for_want_of_budget_says_so() -> None:
+    lb = balancer(A, B, retry_budget=RetryBudget(ratio=0, reserve=1))
+    backends = Backends(**{A: refuse, B: refuse})
+    with client(lb, backends) as http:
+        with pytest.raises(httpx.ConnectError) as first:
+            http.get("http://inventory/")  # retried once on B: the attempts ran out
+        with pytest.raises(httpx.ConnectError) as second:
+            http.get("http://inventory/")  # no token left for the retry
+    assert not getattr(first.value, "__notes__", [])
+    assert getattr(second.value, "__notes__", None) == [
+        "loadbalancer: not retried on another server of 'inventory': the retry budget is exhausted"
+    ]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11+")
+def test_async_an_error_not_retried_for_want_of_budget_says_so() -> None:
+    lb = balancer(A, B, retry_budget=RetryBudget(ratio=0, reserve=1))
+    backends = AsyncBackends(**{A: refuse, B: refuse})
+
+    async def main() -> list[list[str]]:
+        notes = []
+        async with aclient(lb, backends) as http:
+            for _ in range(2):
+                try:
+                    await http.get("http://inventory/")
+                except httpx.ConnectError as error:
+                    notes.append(getattr(error, "__notes__", []))
+        return notes
+
+    assert run(main()) == [
+        [],
+        [
+            "loadbalancer: not retried on another server of 'inventory': "
+            "the retry budget is exhausted"
+        ],
+    ]

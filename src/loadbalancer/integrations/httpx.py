@@ -28,6 +28,7 @@ certificates differ.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 import weakref
@@ -359,7 +360,9 @@ class BalancedTransport(httpx.BaseTransport):
                     response.close()
                 raise
             delay = retry.delay(number, verdict) if verdict.retry else None
-            if delay is not None and number < retry.attempts and budget.withdraw():
+            wanted = delay is not None and number < retry.attempts
+            if wanted and budget.withdraw():
+                assert delay is not None
                 lease.release(verdict.ok)
                 if response is not None:
                     response = _buffered(response)  # kept in case no server is left to retry
@@ -381,6 +384,8 @@ class BalancedTransport(httpx.BaseTransport):
             if response is None:
                 lease.release(verdict.ok)
                 assert error is not None
+                if wanted:  # a retry was due, and the budget refused it
+                    _note_budget(error, plan.host)
                 raise error
             return self._held(response, lease, verdict.ok)
 
@@ -401,6 +406,15 @@ class BalancedTransport(httpx.BaseTransport):
             self._transport.close()
         finally:
             self._holds.end_all()
+
+
+def _note_budget(error: Exception, host: str) -> None:
+    """Say on ``error`` (Python 3.11+: ``add_note``) that the budget stopped its retry."""
+    if sys.version_info >= (3, 11):
+        error.add_note(
+            f"loadbalancer: not retried on another server of {host!r}: "
+            "the retry budget is exhausted"
+        )
 
 
 def _buffered(response: httpx.Response) -> httpx.Response:
@@ -573,6 +587,7 @@ class _Flight:
         self.launch()
         next_hedge = None if hedging is None else loop.time() + hedging.delay
         last: _Answer = (None, None)
+        refused = False  # a retry was due, and the budget refused it
         while self.running:
             wait = None
             if next_hedge is not None and self.launched < limit:
@@ -622,8 +637,12 @@ class _Flight:
                         raise
                     if not self.launch():
                         budget.refund()
+                elif delay is not None:
+                    refused = True
         response, error = last
         if error is not None:
+            if refused:
+                _note_budget(error, plan.host)
             raise error
         assert response is not None
         return response, None, None
