@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_membership.py
 	$(BIN)/python benchmarks/bench_hashing.py
 	$(BIN)/python benchmarks/bench_failover.py
+	$(BIN)/python benchmarks/bench_http.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis dist
