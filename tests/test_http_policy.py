@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime
@@ -266,7 +267,12 @@ NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
         ("1.5", None),
         ("soon", None),
         ("", None),
-        ("Tue, 01 Dec 2026 12:00:30", None),  # no zone: not an HTTP date
+        ("Tue, 01 Dec 2026 12:00:30", 30.0),  # no zone: HTTP dates are GMT
+        ("Tue Dec  1 12:00:30 2026", 30.0),  # asctime, which RFC 9110 requires accepting
+        ("Tue, 01 Dec 2026 12:00:30 -0000", 30.0),
+        ("1" + "0" * 400, math.inf),  # longer than any cap, and no overflow
+        ("9" * 5000, math.inf),  # past int()'s digit limit
+        ("Tue, 01 Dec 2026 12:00:99999999999999999999 GMT", None),
         ("\u0661\u0662", None),  # Arabic-Indic digits are not delay-seconds
         (None, None),
     ],

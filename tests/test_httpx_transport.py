@@ -1005,3 +1005,119 @@ def test_real_async_a_backend_killed_mid_run_fails_no_request() -> None:
         served = asyncio.run(main(lb, pool[2]))
         assert len(served) == 300
         assert lb.stats()[pool[2].address].ejections >= 1
+
+
+# -- regressions found in review -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_retry_never_goes_back_to_the_server_that_failed(method: str) -> None:
+    lb = balancer(A)  # one server: nothing else to retry on
+    backends = Backends(**{A: refuse if method == "POST" else status(503)})
+    policy = HttpPolicy(retry=RetryPolicy(attempts=3))
+    with client(lb, backends, policy=policy) as http:
+        if method == "POST":
+            with pytest.raises(httpx.ConnectError):
+                http.post("http://inventory/orders", content=b"{}")
+        else:
+            assert http.get("http://inventory/").status_code == 503
+    assert backends.servers == [A]  # sent once, never twice to the same server
+    assert lb.retry_budget.stats().retries == 0  # the token went back
+
+
+def test_async_hedging_never_doubles_up_on_one_server() -> None:
+    lb = balancer(A)
+    backends = AsyncBackends({A: 1.0})
+    policy = HttpPolicy(hedging=HedgingPolicy(delay=0.1, attempts=3))
+
+    async def main() -> str:
+        async with aclient(lb, backends, policy=policy) as http:
+            return (await http.get("http://inventory/")).text
+
+    assert run(main()) == A
+    assert backends.started == [A]
+    assert lb.retry_budget.stats().hedges == 0
+
+
+def test_async_per_try_timeout_is_an_httpx_timeout() -> None:
+    lb = balancer(A)
+    backends = AsyncBackends({A: 100.0})
+    policy = HttpPolicy(retry=RetryPolicy(per_try_timeout=0.5))
+
+    async def main() -> None:
+        async with aclient(lb, backends, policy=policy) as http:
+            await http.post("http://inventory/orders", content=b"{}")
+
+    with pytest.raises(httpx.TimeoutException, match=r"took over 0\.5 s") as caught:
+        run(main())
+    assert isinstance(caught.value.__cause__, Exception)
+    assert outcomes(lb) == {A: (0, 1, 0, 0)}
+
+
+def test_async_a_retryable_answer_with_a_stalled_body_does_not_hold_up_the_retry() -> None:
+    lb = balancer(A, B)
+
+    async def stalled_body() -> AsyncIterator[bytes]:
+        yield b"overloaded"
+        await asyncio.sleep(3600)
+        yield b"never"
+
+    class Stalled(AsyncBackends):
+        async def __call__(self, request: httpx.Request) -> httpx.Response:
+            if request.url.host == "10.0.0.1":
+                return httpx.Response(503, content=stalled_body())
+            return await super().__call__(request)
+
+    policy = HttpPolicy(retry=RetryPolicy(per_try_timeout=0.2, backoff_base=0))
+
+    async def main() -> tuple[str, float]:
+        loop = asyncio.get_running_loop()
+        async with aclient(lb, Stalled(), policy=policy) as http:
+            start = loop.time()
+            text = (await http.get("http://inventory/")).text
+            return text, loop.time() - start
+
+    text, took = run(main())
+    assert text == B
+    assert took == pytest.approx(0.2)  # the stalled body was given the per-try timeout only
+
+
+def test_a_collection_while_the_transport_holds_its_lock_does_not_deadlock() -> None:
+    lb = balancer(A)
+    transport = BalancedTransport(lb, transport=httpx.MockTransport(Backends()))
+    http = httpx.Client(transport=transport)
+    response = http.send(http.build_request("GET", "http://inventory/"), stream=True)
+    del response  # unclosed, in a reference cycle: freed only by the cyclic collector
+    done = threading.Event()
+
+    def collect_under_the_lock() -> None:
+        with transport._holds._lock:  # white-box: where a collection can strike
+            gc.collect()
+        done.set()
+
+    threading.Thread(target=collect_under_the_lock, daemon=True).start()
+    # On failure the client is left open: closing it would wait for the deadlocked lock.
+    assert done.wait(5.0), "the finalizer deadlocked on the transport's lock"
+    http.close()
+    assert outcomes(lb) == {A: (0, 0, 1, 0)}
+
+
+def test_an_error_returned_when_no_server_is_left_keeps_its_cause() -> None:
+    lb = balancer(A, B)
+
+    def refuse_with_cause(request: httpx.Request) -> httpx.Response:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except ConnectionRefusedError as cause:
+            raise httpx.ConnectError("connection refused", request=request) from cause
+
+    def leave(request: httpx.Request) -> httpx.Response:
+        lb.replace([])
+        return refuse_with_cause(request)
+
+    with (
+        client(lb, Backends(**{A: leave, B: leave})) as http,
+        pytest.raises(httpx.ConnectError) as caught,
+    ):
+        http.get("http://inventory/")
+    assert isinstance(caught.value.__cause__, ConnectionRefusedError)

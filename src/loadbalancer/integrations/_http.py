@@ -381,16 +381,19 @@ def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -
         return None
     text = value.strip()
     if text.isdigit() and text.isascii():
-        return float(int(text))
+        # Ten digits are over 300 years; a longer value (a server's junk or malice) is only
+        # "longer than any cap", and converting it could overflow a float.
+        return float(text) if len(text) <= 10 else math.inf
+    from datetime import timezone
     from email.utils import parsedate_to_datetime  # only servers that send dates pay for this
 
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:  # asctime and "-0000" dates: RFC 9110 reads both as GMT
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - now()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        return None  # RFC 9110 dates are GMT; one without a zone is not an HTTP date
-    seconds = when.timestamp() - now()
     return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 

@@ -67,6 +67,7 @@ __all__ = [
     "HttpPolicy",
     "HttpRetry",
     "NoBackendAvailable",
+    "PerTryTimeout",
     "StickyKey",
     "error_kind",
 ]
@@ -86,6 +87,14 @@ class NoBackendAvailable(httpx.TransportError):
     def __init__(self, message: str, *, host: str, request: httpx.Request) -> None:
         super().__init__(message, request=request)
         self.host = host
+
+
+class PerTryTimeout(httpx.ReadTimeout):
+    """An async attempt ran past ``policy.retry.per_try_timeout`` and was cancelled.
+
+    An ``httpx.ReadTimeout``, so that ``except httpx.TimeoutException`` catches it; its cause
+    is the engine's ``AttemptTimeoutError``.
+    """
 
 
 def error_kind(error: Exception) -> ErrorKind:
@@ -136,7 +145,9 @@ class _Holds:
 
     def __init__(self) -> None:
         self._holds: set[_Hold] = set()
-        self._lock = threading.Lock()
+        # Reentrant: a garbage collection while the lock is held may run the finalizer of an
+        # unclosed body of this very transport, which discards its hold under the same lock.
+        self._lock = threading.RLock()
 
     def hold(self, lease: Lease, ok: bool | None) -> _Hold:
         hold = _Hold(lease, ok, self)
@@ -250,13 +261,23 @@ class _Plan:
     def acquire(self, tried: list[str]) -> Lease:
         """Lease a server not tried yet; ``NoBackendAvailable`` if there is none."""
         try:
-            return self.lb.acquire(self.key, tried) if tried else self.lb.acquire(self.key)
+            lease = self.lb.acquire(self.key, tried) if tried else self.lb.acquire(self.key)
         except NoServersAvailableError as exc:
             raise NoBackendAvailable(
                 f"no backend available for {self.host!r}: {exc}",
                 host=self.host,
                 request=self.request,
             ) from exc
+        if lease.server in tried:
+            # Every eligible server was tried: the balancer's pick then ignores exclude, but a
+            # retry or hedge must go to another server, so none is left for this request.
+            lease.release(None)
+            raise NoBackendAvailable(
+                f"no backend left for {self.host!r}: every eligible server was tried",
+                host=self.host,
+                request=self.request,
+            )
+        return lease
 
 
 def _attempt_request(
@@ -369,16 +390,19 @@ class BalancedTransport(httpx.BaseTransport):
                 tried.append(lease.server)
                 try:
                     self._sleep(delay)
-                    lease = plan.acquire(tried)
+                    next_lease: Lease | None = plan.acquire(tried)
                 except NoBackendAvailable:
                     budget.refund()  # every server went away meanwhile: this is the answer
-                    if response is None:
-                        assert error is not None
-                        raise error from None
-                    return response
+                    next_lease = None
                 except BaseException:
                     budget.refund()  # interrupted while waiting: the retry never went out
                     raise
+                if next_lease is None:
+                    if response is None:
+                        assert error is not None
+                        raise error  # outside the except: its own cause chain stays intact
+                    return response
+                lease = next_lease
                 number += 1
                 continue
             if response is None:
@@ -436,13 +460,22 @@ def _buffered(response: httpx.Response) -> httpx.Response:
     )
 
 
-async def _abuffered(response: httpx.Response) -> httpx.Response:
-    """The asyncio twin of ``_buffered``."""
+# The longest a retryable answer's body is read for, when no per-try timeout bounds it: a
+# 503 whose body stalls must not hold up its retry, or the other hedges.
+_BUFFER_TIMEOUT = 1.0
+
+
+async def _abuffered(response: httpx.Response, timeout: float | None) -> httpx.Response:
+    """The asyncio twin of ``_buffered``, reading for at most ``timeout`` (default 1 s)."""
     stream = response.stream
     assert isinstance(stream, httpx.AsyncByteStream)
+
+    async def read() -> bytes:
+        return b"".join([chunk async for chunk in stream])
+
     try:
-        body = b"".join([chunk async for chunk in stream])
-    except Exception:
+        body = await asyncio.wait_for(read(), _BUFFER_TIMEOUT if timeout is None else timeout)
+    except Exception:  # unreadable or too slow: the attempt is being retried anyway
         body = b""
     finally:
         await response.aclose()
@@ -498,10 +531,17 @@ class AsyncBalancedTransport(httpx.AsyncBaseTransport):
         try:
             if timeout is None:
                 return await send, None
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
             try:
                 return await asyncio.wait_for(send, timeout), None
-            except asyncio.TimeoutError:  # httpx's own timeouts are httpx.TimeoutException
-                return None, AttemptTimeoutError(f"attempt on {server} took over {timeout:g} s")
+            except asyncio.TimeoutError as exc:  # httpx's own timeouts are TimeoutException
+                if loop.time() < deadline:
+                    return None, exc  # raised by the transport itself, not the policy's timeout
+                message = f"attempt on {server} took over {timeout:g} s"
+                error = PerTryTimeout(message, request=request)
+                error.__cause__ = AttemptTimeoutError(message)
+                return None, error
         except Exception as exc:
             return None, exc
 
@@ -621,7 +661,9 @@ class _Flight:
                     _close_soon(entry[2])
             response, error = judged[-1][2], judged[-1][3]
             # Kept, read and closed, in case no retry goes out: then it is the answer.
-            last = (None if response is None else await _abuffered(response), error)
+            if response is not None:
+                response = await _abuffered(response, retry.per_try_timeout)
+            last = (response, error)
             _, number, _, _, verdict = judged[-1]
             if hedging is not None:
                 for _ in judged:  # gRPC A6: each retryable failure sends the next hedge at once
@@ -679,9 +721,12 @@ class _Flight:
                 _close_later(task)
             else:
                 task.cancel()
+                _closing.add(task)  # held until done: asyncio keeps only weak references
+                task.add_done_callback(_closing.discard)
                 task.add_done_callback(_close_later)
 
 
+# Tasks nobody awaits (abandoned attempts, responses being closed), held until they finish.
 _closing: set[asyncio.Task[Any]] = set()
 
 
