@@ -18,6 +18,7 @@ from loadbalancer import (
     Snapshot,
     Strategy,
 )
+from loadbalancer.testing import run
 
 from .fakes import FakeClock
 
@@ -141,9 +142,9 @@ def test_asyncio_wait_for_timeout_counts_against_no_server() -> None:
     async def main() -> None:
         for _ in range(3):
             with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(slow(), 0.001)
+                await asyncio.wait_for(slow(), 0.5)
 
-    asyncio.run(main())
+    run(main())  # virtual time: each timeout fires exactly, at once
     stats = lb.stats()["a"]
     assert (stats.failures, stats.cancelled, stats.ejected) == (0, 3, False)
 

@@ -23,7 +23,6 @@ from .health import OutlierDetection as OutlierDetection
 from .health import SlowStart as SlowStart
 from .strategies._base import Key as Key
 from .strategies._base import Picker as Picker
-from .strategies._base import PickFunction as PickFunction
 from .strategies._base import Strategy as Strategy
 from .strategies.hashing import MaglevStrategy as MaglevStrategy
 from .strategies.hashing import RendezvousStrategy as RendezvousStrategy
@@ -68,7 +67,6 @@ __all__ = [
     "NoServersAvailableError",
     "OutlierDetection",
     "PeakEWMAStrategy",
-    "PickFunction",
     "Picker",
     "PowerOfTwoChoicesStrategy",
     "ProbeResult",

@@ -33,7 +33,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from typing import Any, final
+from typing import Any, TypeVar, final
 
 import httpx
 
@@ -106,6 +106,27 @@ def error_kind(error: Exception) -> ErrorKind:
     if isinstance(error, (httpx.NetworkError, httpx.RemoteProtocolError)):
         return ErrorKind.BROKEN
     return ErrorKind.LOCAL  # PoolTimeout, UnsupportedProtocol, LocalProtocolError, the rest
+
+
+_T = TypeVar("_T")
+
+
+def _check_transport(transport: object, kind: type[_T]) -> _T:
+    """Return ``transport`` if it is a ``kind`` (sync or async), else raise naming it."""
+    if not isinstance(transport, kind):
+        raise TypeError(
+            f"transport must be an httpx.{kind.__name__}, not {type(transport).__name__}"
+        )
+    return transport
+
+
+def _check_policy(policy: object) -> HttpPolicy:
+    """``policy``, or the default ``HttpPolicy()`` for None; anything else raises."""
+    if policy is None:
+        return HttpPolicy()
+    if not isinstance(policy, HttpPolicy):
+        raise TypeError(f"policy must be an HttpPolicy, not {type(policy).__name__}")
+    return policy
 
 
 def _status(response: httpx.Response) -> int:
@@ -333,16 +354,14 @@ class BalancedTransport(httpx.BaseTransport):
         sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         self._routes = Routes(balancers)
-        if transport is not None and not isinstance(transport, httpx.BaseTransport):
-            raise TypeError(
-                f"transport must be an httpx.BaseTransport, not {type(transport).__name__}"
-            )
-        if policy is not None and not isinstance(policy, HttpPolicy):
-            raise TypeError(f"policy must be an HttpPolicy, not {type(policy).__name__}")
+        self._policy = _check_policy(policy)
         if not callable(sleep):
             raise TypeError(f"sleep must be callable, not {type(sleep).__name__}")
-        self._transport = httpx.HTTPTransport() if transport is None else transport
-        self._policy = HttpPolicy() if policy is None else policy
+        self._transport = (
+            httpx.HTTPTransport()
+            if transport is None
+            else _check_transport(transport, httpx.BaseTransport)
+        )
         self._sleep = sleep
         self._holds = _Holds()
 
@@ -508,14 +527,12 @@ class AsyncBalancedTransport(httpx.AsyncBaseTransport):
         policy: HttpPolicy | None = None,
     ) -> None:
         self._routes = Routes(balancers)
-        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
-            raise TypeError(
-                f"transport must be an httpx.AsyncBaseTransport, not {type(transport).__name__}"
-            )
-        if policy is not None and not isinstance(policy, HttpPolicy):
-            raise TypeError(f"policy must be an HttpPolicy, not {type(policy).__name__}")
-        self._transport = httpx.AsyncHTTPTransport() if transport is None else transport
-        self._policy = HttpPolicy() if policy is None else policy
+        self._policy = _check_policy(policy)
+        self._transport = (
+            httpx.AsyncHTTPTransport()
+            if transport is None
+            else _check_transport(transport, httpx.AsyncBaseTransport)
+        )
         self._holds = _Holds()
 
     @property

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Set
-from typing import ClassVar, Protocol, TypeAlias
+from typing import ClassVar, TypeAlias
 
 from .._snapshot import Endpoint, Snapshot
 
-__all__ = ["REPICKS", "Key", "PickFunction", "Picker", "Strategy"]
+__all__ = ["REPICKS", "Key", "Picker", "Strategy"]
 
 Key: TypeAlias = str | bytes
 """A hash key for sticky picks: the same key maps to the same server in every process."""
-
-
-class PickFunction(Protocol):
-    """The signature of ``LoadBalancer.get`` and ``Picker.pick``."""
-
-    def __call__(self, key: Key | None = None) -> str:
-        """Return the server for one request; ``key`` pins it for hashing strategies."""
-        ...
 
 
 REPICKS = 8
