@@ -105,7 +105,9 @@ class LoopThread:
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
-    def cancel_when(self, coroutine: Coroutine[Any, Any, object], arrived: Callable[[], None]) -> None:
+    def cancel_when(
+        self, coroutine: Coroutine[Any, Any, object], arrived: Callable[[], None]
+    ) -> None:
         """Run ``coroutine``, cancel it once ``arrived()`` returns, and wait for it to unwind."""
         future = self.submit(coroutine)
         arrived()

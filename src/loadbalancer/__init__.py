@@ -12,9 +12,12 @@ from ._lease import Lease as Lease
 from ._snapshot import Endpoint as Endpoint
 from ._snapshot import Snapshot as Snapshot
 from ._stats import ServerStats as ServerStats
+from .failover import AsyncResults as AsyncResults
 from .failover import Attempt as Attempt
 from .failover import AttemptTimeoutError as AttemptTimeoutError
 from .failover import HedgingPolicy as HedgingPolicy
+from .failover import Held as Held
+from .failover import Results as Results
 from .failover import RetryBudget as RetryBudget
 from .failover import RetryBudgetStats as RetryBudgetStats
 from .failover import RetryPolicy as RetryPolicy
@@ -48,6 +51,7 @@ if typing.TYPE_CHECKING:  # for mypy and IDEs; at run time __getattr__ imports t
 __all__ = [
     "AsyncHealthChecker",
     "AsyncHttpProbe",
+    "AsyncResults",
     "AsyncTcpProbe",
     "Attempt",
     "AttemptTimeoutError",
@@ -57,6 +61,7 @@ __all__ = [
     "HealthEvent",
     "HealthEventKind",
     "HedgingPolicy",
+    "Held",
     "HttpProbe",
     "Key",
     "Lease",
@@ -72,6 +77,7 @@ __all__ = [
     "ProbeResult",
     "RandomStrategy",
     "RendezvousStrategy",
+    "Results",
     "RetryBudget",
     "RetryBudgetStats",
     "RetryPolicy",

@@ -28,6 +28,7 @@ from ._validation import (
     check_weight,
 )
 from .failover._budget import RetryBudget
+from .failover._held import AsyncResults, Held, Results
 from .failover._policy import Classifier, HedgingPolicy, RetryPolicy, retry_on_exception
 from .failover._sync import call as _call
 from .health._keeper import HealthKeeper, Plan
@@ -128,6 +129,22 @@ def _check_strategy(strategy: object) -> Strategy:
 def _check_optional(value: object, kind: type, name: str) -> None:
     if value is not None and not isinstance(value, kind):
         raise TypeError(f"{name} must be a {kind.__name__} or None, not {type(value).__name__}")
+
+
+def _check_call(fn: object, classify: object, retry: object, hedging: object) -> None:
+    """Check the arguments of the failover engine's entry points, naming the wrong one."""
+    check_callable(fn, "fn")
+    check_callable(classify, "classify")
+    _check_optional(retry, RetryPolicy, "retry")
+    _check_optional(hedging, HedgingPolicy, "hedging")
+
+
+def _check_results(results: object) -> None:
+    for hook in ("set_aside", "discard"):
+        if not callable(getattr(results, hook, None)):
+            raise TypeError(
+                f"results must have set_aside and discard methods, not {type(results).__name__}"
+            )
 
 
 @final
@@ -549,16 +566,15 @@ class LoadBalancer:
         ``classify`` turns what happened into a ``Verdict``: the outcome recorded on that
         server (success, failure or none) and whether another server may be tried. The
         default counts a return as a success and any ``Exception`` as a retryable failure.
-        A retry goes to a server not tried yet, after a jittered backoff (``sleep``), while
-        ``retry`` allows more attempts (default ``RetryPolicy()``: one retry) and the
-        balancer's ``retry_budget`` has a token for it. The answer is the last attempt's:
-        its result returned, or its exception raised. A ``BaseException`` that is not an
+        A retry goes to a server not tried yet (none left: no retry), after a jittered
+        backoff (``sleep``), while ``retry`` allows more attempts (default ``RetryPolicy()``:
+        one retry) and the balancer's ``retry_budget`` has a token for it. The answer is the
+        last attempt's: its result returned, or its exception raised (noting, on Python
+        3.11+, when the budget refused its retry). A ``BaseException`` that is not an
         ``Exception`` (a ``KeyboardInterrupt``) ends the attempt with no outcome and
         propagates at once.
         """
-        check_callable(fn, "fn")
-        check_callable(classify, "classify")
-        _check_optional(retry, RetryPolicy, "retry")
+        _check_call(fn, classify, retry, None)
         return _call(
             self.acquire,
             self._retry_budget,
@@ -567,6 +583,36 @@ class LoadBalancer:
             policy=RetryPolicy() if retry is None else retry,
             classify=classify,
             sleep=self._sleep,
+        ).result
+
+    def call_held(
+        self,
+        fn: Callable[[str], T],
+        *,
+        results: Results[T],
+        key: Key | None = None,
+        retry: RetryPolicy | None = None,
+        classify: Classifier[T] = retry_on_exception,
+    ) -> Held[T]:
+        """As ``call``, for results that outlive the call: the answer keeps its lease.
+
+        For a result still in use when ``fn`` returns (an HTTP response whose body is yet to
+        be read, a stream): the ``Held`` answer's ``release()`` ends its lease when the
+        caller is done with it, so in-flight counts and latency cover the whole stream.
+        ``results`` frees the results that are not the answer: ``set_aside`` one that is
+        being retried (read its body, give its connection back), ``discard`` one replaced.
+        """
+        _check_call(fn, classify, retry, None)
+        _check_results(results)
+        return _call(
+            self.acquire,
+            self._retry_budget,
+            fn,
+            key=key,
+            policy=RetryPolicy() if retry is None else retry,
+            classify=classify,
+            sleep=self._sleep,
+            results=results,
         )
 
     async def acall(
@@ -588,11 +634,37 @@ class LoadBalancer:
         and the others are cancelled with no outcome. Cancelling the call (a client timeout,
         ``asyncio.wait_for``) cancels every attempt, each with no outcome.
         """
-        check_callable(fn, "fn")
-        check_callable(classify, "classify")
-        _check_optional(retry, RetryPolicy, "retry")
-        _check_optional(hedging, HedgingPolicy, "hedging")
+        _check_call(fn, classify, retry, hedging)
         from .failover._async import acall  # asyncio loads only for async callers
+
+        held = await acall(
+            self.acquire,
+            self._retry_budget,
+            fn,
+            key=key,
+            policy=RetryPolicy() if retry is None else retry,
+            hedging=hedging,
+            classify=classify,
+        )
+        return held.result
+
+    async def acall_held(
+        self,
+        fn: Callable[[str], Awaitable[T]],
+        *,
+        results: AsyncResults[T],
+        key: Key | None = None,
+        retry: RetryPolicy | None = None,
+        hedging: HedgingPolicy | None = None,
+        classify: Classifier[T] = retry_on_exception,
+    ) -> Held[T]:
+        """The asyncio twin of ``call_held``: ``acall`` whose answer keeps its lease.
+
+        A hedge that loses has its result (if any) discarded, in a task if need be.
+        """
+        _check_call(fn, classify, retry, hedging)
+        _check_results(results)
+        from .failover._async import acall
 
         return await acall(
             self.acquire,
@@ -602,6 +674,7 @@ class LoadBalancer:
             policy=RetryPolicy() if retry is None else retry,
             hedging=hedging,
             classify=classify,
+            results=results,
         )
 
     @property
