@@ -64,6 +64,11 @@ def test_an_unknown_host_is_an_error_naming_it() -> None:
         ({}, ValueError, "at least one host"),
         ({"": LoadBalancer()}, TypeError, "non-empty host"),
         ({"a": "lb"}, TypeError, r"balancers\['a'\] must be a LoadBalancer"),
+        (
+            {"inventory": LoadBalancer(), "INVENTORY": LoadBalancer()},
+            ValueError,
+            "names host 'inventory' twice",
+        ),
     ],
 )
 def test_routes_refuse_bad_balancers(
@@ -131,6 +136,7 @@ def test_is_ip() -> None:
         ("replica", "https", None, "replica"),
         ("[::1]:8443", "https", 8443, "[::1]:8443"),
         ("[::1]:443", "https", 443, "[::1]"),
+        ("[fe80::1%eth0]:8080", "http", 8080, "[fe80::1]:8080"),  # the zone stays local
     ],
 )
 def test_host_header_names_the_backend(

@@ -1,6 +1,6 @@
 """The HTTP layer every client adapter shares: routing, addresses, Host, sticky keys, retries.
 
-Nothing here imports an HTTP client. An adapter (httpx today; requests and aiohttp later)
+Nothing here imports an HTTP client. An adapter (httpx, requests, aiohttp)
 routes a request's logical host to a balancer with ``Routes``, turns the picked server into a
 ``Backend`` with ``parse_server``, picks the Host header with ``host_header``, reads a sticky
 key with ``StickyKey``, and judges each attempt with ``HttpClassifier``, after mapping its
@@ -108,7 +108,10 @@ class Routes:
                 raise TypeError(
                     f"balancers[{host!r}] must be a LoadBalancer, not {type(lb).__name__}"
                 )
-            self._by_host[host.lower()] = lb
+            name = host.lower()
+            if name in self._by_host:
+                raise ValueError(f"balancers names host {name!r} twice (hosts match without case)")
+            self._by_host[name] = lb
 
     def balancer(self, host: str) -> LoadBalancer:
         """The balancer for ``host``; ``UnknownHostError`` if none serves it."""
@@ -201,7 +204,8 @@ def host_header(backend: Backend, scheme: str, port: int | None) -> str:
 
     ``scheme`` and ``port`` are the attempt's own, after the backend's replaced the request's.
     """
-    host = f"[{backend.host}]" if ":" in backend.host else backend.host
+    # RFC 6874 section 4: an IPv6 zone id is local to this machine and never goes on the wire.
+    host = f"[{backend.host.split('%', 1)[0]}]" if ":" in backend.host else backend.host
     if port is None or _DEFAULT_PORTS.get(scheme) == port:
         return host
     return f"{host}:{port}"
@@ -226,7 +230,8 @@ class StickyKey:
 
     The key goes to the balancer's strategy (hashing strategies pin it to a server). A request
     without the header or cookie, or for which ``function(request)`` returns None, has no key.
-    ``function`` receives the client's own request object (an ``httpx.Request``).
+    ``function`` receives the client's own request object (an ``httpx.Request``, a
+    ``requests.PreparedRequest``, an ``aiohttp.ClientRequest``).
     """
 
     header: str | None = None

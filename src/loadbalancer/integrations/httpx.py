@@ -28,24 +28,19 @@ certificates differ.
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
-import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from typing import Any, TypeVar, final
 
 import httpx
 
 from loadbalancer import (
-    Attempt,
     AttemptTimeoutError,
-    HedgingPolicy,
+    Held,
     Key,
-    Lease,
     LoadBalancer,
     NoServersAvailableError,
-    Verdict,
 )
 
 from ._http import (
@@ -142,61 +137,49 @@ def _retry_after(response: httpx.Response) -> str | None:
 
 
 @final
-class _Hold:
-    """An attempt's lease, held by its response body until the body is closed."""
-
-    __slots__ = ("lease", "ok", "owner")
-
-    def __init__(self, lease: Lease, ok: bool | None, owner: _Holds) -> None:
-        self.lease = lease
-        self.ok = ok
-        self.owner = owner
-
-    def end(self, ok: bool | None) -> None:
-        """Release the lease with ``ok`` (once: later calls do nothing)."""
-        if self.lease.release(ok):
-            self.owner.discard(self)
-
-
-@final
 class _Holds:
-    """The transport's bodies still open, so that closing the transport ends their leases."""
+    """The answers whose bodies are still open, so that closing the transport ends their leases."""
 
-    __slots__ = ("_holds", "_lock")
+    __slots__ = ("_held", "_lock")
 
     def __init__(self) -> None:
-        self._holds: set[_Hold] = set()
+        self._held: set[Held[httpx.Response]] = set()
         # Reentrant: a garbage collection while the lock is held may run the finalizer of an
-        # unclosed body of this very transport, which discards its hold under the same lock.
+        # unclosed body of this very transport, which ends its lease under the same lock.
         self._lock = threading.RLock()
 
-    def hold(self, lease: Lease, ok: bool | None) -> _Hold:
-        hold = _Hold(lease, ok, self)
+    def add(self, held: Held[httpx.Response]) -> None:
         with self._lock:
-            self._holds.add(hold)
-        return hold
+            self._held.add(held)
 
-    def discard(self, hold: _Hold) -> None:
-        with self._lock:
-            self._holds.discard(hold)
+    def end(self, held: Held[httpx.Response], ok: bool | None) -> None:
+        """End ``held``'s lease with ``ok`` (once: later calls do nothing)."""
+        held.ok = ok
+        if held.release():
+            with self._lock:
+                self._held.discard(held)
 
     def end_all(self) -> None:
         with self._lock:
-            holds, self._holds = self._holds, set()
-        for hold in holds:
-            hold.lease.release(None)
+            held, self._held = self._held, set()
+        for answer in held:
+            answer.ok = None
+            answer.release()
 
     def __len__(self) -> int:
-        return len(self._holds)
+        return len(self._held)
 
 
 class _HeldStream(httpx.SyncByteStream):
-    """A response body that ends its attempt's lease when closed (or collected)."""
+    """A response body that ends its answer's lease when closed (or collected)."""
 
-    def __init__(self, inner: httpx.SyncByteStream, hold: _Hold) -> None:
+    def __init__(
+        self, inner: httpx.SyncByteStream, held: Held[httpx.Response], holds: _Holds
+    ) -> None:
         self._inner = inner
-        self._hold = hold
-        self._finalizer = weakref.finalize(self, hold.end, None)
+        self._held = held
+        self._holds = holds
+        self._finalizer = weakref.finalize(self, holds.end, held, None)
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -204,10 +187,10 @@ class _HeldStream(httpx.SyncByteStream):
         except GeneratorExit:
             raise
         except Exception:
-            self._hold.ok = False  # the body broke off: the server failed after all
+            self._held.ok = False  # the body broke off: the server failed after all
             raise
         except BaseException:
-            self._hold.ok = None
+            self._held.ok = None
             raise
 
     def close(self) -> None:
@@ -215,16 +198,19 @@ class _HeldStream(httpx.SyncByteStream):
         try:
             self._inner.close()
         finally:
-            self._hold.end(self._hold.ok)
+            self._holds.end(self._held, self._held.ok)
 
 
 class _AsyncHeldStream(httpx.AsyncByteStream):
     """The asyncio twin of ``_HeldStream``; a body read cancelled records no outcome."""
 
-    def __init__(self, inner: httpx.AsyncByteStream, hold: _Hold) -> None:
+    def __init__(
+        self, inner: httpx.AsyncByteStream, held: Held[httpx.Response], holds: _Holds
+    ) -> None:
         self._inner = inner
-        self._hold = hold
-        self._finalizer = weakref.finalize(self, hold.end, None)
+        self._held = held
+        self._holds = holds
+        self._finalizer = weakref.finalize(self, holds.end, held, None)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -233,10 +219,10 @@ class _AsyncHeldStream(httpx.AsyncByteStream):
         except GeneratorExit:
             raise
         except Exception:
-            self._hold.ok = False
+            self._held.ok = False
             raise
         except BaseException:
-            self._hold.ok = None
+            self._held.ok = None
             raise
 
     async def aclose(self) -> None:
@@ -244,61 +230,143 @@ class _AsyncHeldStream(httpx.AsyncByteStream):
         try:
             await self._inner.aclose()
         finally:
-            self._hold.end(self._hold.ok)
+            self._holds.end(self._held, self._held.ok)
+
+
+def _with_stream(
+    response: httpx.Response, stream: httpx.SyncByteStream | httpx.AsyncByteStream
+) -> httpx.Response:
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers,
+        stream=stream,
+        extensions=response.extensions,
+    )
+
+
+# -- results that are not the answer ---------------------------------------------------------------
+
+
+@final
+class _SyncResults:
+    """``Results`` for httpx responses: a response being retried is read and closed."""
+
+    __slots__ = ()
+
+    def set_aside(self, response: httpx.Response) -> httpx.Response:
+        """``response`` with its raw body read and its connection given back (a body that
+        cannot be read is left empty: the attempt is being retried anyway)."""
+        stream = response.stream
+        assert isinstance(stream, httpx.SyncByteStream)
+        try:
+            body = b"".join(stream)  # the stream itself: raw bytes, as the server sent them
+        except Exception:
+            body = b""
+        finally:
+            response.close()
+        return _with_stream(response, httpx.ByteStream(body))
+
+    def discard(self, response: httpx.Response) -> None:
+        """Close ``response``: its connection goes back to the pool."""
+        response.close()
+
+
+# The longest a retryable answer's body is read for, when no per-try timeout bounds it: a
+# 503 whose body stalls must not hold up its retry, or the other hedges.
+_BUFFER_TIMEOUT = 1.0
+
+# Tasks nobody awaits (responses being closed), held until they finish: asyncio keeps only
+# weak references to tasks.
+_closing: set[asyncio.Task[Any]] = set()
+
+
+@final
+class _AsyncResults:
+    """``AsyncResults`` for httpx responses: read with a bound, or closed in a task."""
+
+    __slots__ = ("_timeout",)
+
+    def __init__(self, timeout: float | None) -> None:
+        self._timeout = _BUFFER_TIMEOUT if timeout is None else timeout
+
+    async def set_aside(self, response: httpx.Response) -> httpx.Response:
+        """The asyncio twin of ``_SyncResults.set_aside``, reading for at most the per-try
+        timeout (1 s without one)."""
+        stream = response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+
+        async def read() -> bytes:
+            return b"".join([chunk async for chunk in stream])
+
+        try:
+            body = await asyncio.wait_for(read(), self._timeout)
+        except Exception:  # unreadable or too slow: the attempt is being retried anyway
+            body = b""
+        finally:
+            await response.aclose()
+        return _with_stream(response, httpx.ByteStream(body))
+
+    def discard(self, response: httpx.Response) -> None:
+        """Close ``response`` in a task of its own, so that nobody waits for it."""
+        closing = asyncio.ensure_future(response.aclose())
+        _closing.add(closing)
+        closing.add_done_callback(_closing.discard)
 
 
 # -- what both transports share --------------------------------------------------------------------
 
 
-class _Plan:
-    """One request's routing, key and classifier, shared by its attempts."""
+@final
+class _Router:
+    """A transport's routes and policy, and the classifiers its requests are judged by."""
 
-    __slots__ = ("classify", "host", "idempotent", "key", "lb", "request")
+    __slots__ = ("_classifiers", "_routes", "policy")
 
-    def __init__(self, request: httpx.Request, routes: Routes, policy: HttpPolicy) -> None:
+    def __init__(
+        self, balancers: LoadBalancer | Mapping[str, LoadBalancer], policy: object
+    ) -> None:
+        self._routes = Routes(balancers)
+        self.policy = _check_policy(policy)
+        rules = self.policy.rules
+        # One classifier per kind of request, made once: (idempotent, replayable).
+        self._classifiers = {
+            (idempotent, replayable): HttpClassifier(
+                rules,
+                idempotent=idempotent,
+                replayable=replayable,
+                status=_status,
+                retry_after=_retry_after,
+                kind=error_kind,
+            )
+            for idempotent in (False, True)
+            for replayable in (False, True)
+        }
+
+    def route(
+        self, request: httpx.Request
+    ) -> tuple[LoadBalancer, Key | None, bool, HttpClassifier[httpx.Response]]:
+        """The balancer, sticky key, whether it may be sent twice, and classifier of ``request``."""
         host = request.url.host
-        self.request = request
-        self.host = host
         try:
-            self.lb = routes.balancer(host)
+            lb = self._routes.balancer(host)
         except UnknownHostError as exc:
             raise NoBackendAvailable(str(exc), host=host, request=request) from exc
+        policy = self.policy
         marked = request.extensions.get(IDEMPOTENT)
-        rules = policy.rules
-        idempotent = rules.idempotent(request.method, None if marked is None else bool(marked))
-        replayable = isinstance(request.stream, httpx.ByteStream)  # bytes: sent again as is
-        self.idempotent = idempotent and replayable  # may be sent twice: retried, hedged
-        self.classify: HttpClassifier[httpx.Response] = HttpClassifier(
-            rules,
-            idempotent=idempotent,
-            replayable=replayable,
-            status=_status,
-            retry_after=_retry_after,
-            kind=error_kind,
+        idempotent = policy.rules.idempotent(
+            request.method, None if marked is None else bool(marked)
         )
-        sticky: StickyKey | None = policy.sticky
-        self.key: Key | None = None if sticky is None else sticky.key(request, request.headers.get)
+        replayable = isinstance(request.stream, httpx.ByteStream)  # bytes: sent again as is
+        sticky = policy.sticky
+        key = None if sticky is None else sticky.key(request, request.headers.get)
+        return lb, key, idempotent and replayable, self._classifiers[idempotent, replayable]
 
-    def acquire(self, tried: list[str]) -> Lease:
-        """Lease a server not tried yet; ``NoBackendAvailable`` if there is none."""
-        try:
-            lease = self.lb.acquire(self.key, tried) if tried else self.lb.acquire(self.key)
-        except NoServersAvailableError as exc:
-            raise NoBackendAvailable(
-                f"no backend available for {self.host!r}: {exc}",
-                host=self.host,
-                request=self.request,
-            ) from exc
-        if lease.server in tried:
-            # Every eligible server was tried: the balancer's pick then ignores exclude, but a
-            # retry or hedge must go to another server, so none is left for this request.
-            lease.release(None)
-            raise NoBackendAvailable(
-                f"no backend left for {self.host!r}: every eligible server was tried",
-                host=self.host,
-                request=self.request,
-            )
-        return lease
+
+def _no_backend(request: httpx.Request, error: NoServersAvailableError) -> NoBackendAvailable:
+    host = request.url.host
+    return NoBackendAvailable(
+        f"no backend available for {host!r}: {error}", host=host, request=request
+    )
 
 
 def _attempt_request(
@@ -339,10 +407,10 @@ class BalancedTransport(httpx.BaseTransport):
 
     ``balancers``: one ``LoadBalancer`` for every host, or a mapping from logical host to
     balancer. ``transport`` sends each attempt (default ``httpx.HTTPTransport()``, so
-    pooling, HTTP/2 and TLS stay httpx's); ``policy`` how (``HttpPolicy``); ``sleep`` waits
-    before a retry. ``policy.retry.per_try_timeout`` caps httpx's connect, read, write and
-    pool timeouts of each attempt (a blocking attempt cannot be cut off as a whole).
-    ``close()`` closes the inner transport and ends the leases of bodies still open.
+    pooling, HTTP/2 and TLS stay httpx's); ``policy`` how (``HttpPolicy``). A retry waits
+    with the balancer's ``sleep``. ``policy.retry.per_try_timeout`` caps httpx's connect,
+    read, write and pool timeouts of each attempt (a blocking attempt cannot be cut off as a
+    whole). ``close()`` closes the inner transport and ends the leases of bodies still open.
     """
 
     def __init__(
@@ -351,18 +419,13 @@ class BalancedTransport(httpx.BaseTransport):
         *,
         transport: httpx.BaseTransport | None = None,
         policy: HttpPolicy | None = None,
-        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
-        self._routes = Routes(balancers)
-        self._policy = _check_policy(policy)
-        if not callable(sleep):
-            raise TypeError(f"sleep must be callable, not {type(sleep).__name__}")
+        self._router = _Router(balancers, policy)
         self._transport = (
             httpx.HTTPTransport()
             if transport is None
             else _check_transport(transport, httpx.BaseTransport)
         )
-        self._sleep = sleep
         self._holds = _Holds()
 
     @property
@@ -372,76 +435,27 @@ class BalancedTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` to a server of its host's balancer, retrying where safe."""
-        plan = _Plan(request, self._routes, self._policy)
-        policy = self._policy
-        retry = policy.retry
-        budget = plan.lb.retry_budget
-        budget.deposit()
-        tried: list[str] = []
-        lease = plan.acquire(tried)
-        number = 1
-        while True:
-            response: httpx.Response | None = None
-            error: Exception | None = None
-            try:
-                response = self._transport.handle_request(
-                    _attempt_request(request, lease.server, policy, retry.per_try_timeout)
-                )
-            except Exception as exc:
-                error = exc
-            except BaseException:
-                lease.release(None)  # the caller went away: nothing learnt about the server
-                raise
-            try:
-                verdict = plan.classify(Attempt(lease.server, number, response, error))
-            except BaseException:
-                lease.release(None)
-                if response is not None:
-                    response.close()
-                raise
-            delay = retry.delay(number, verdict) if verdict.retry else None
-            wanted = delay is not None and number < retry.attempts
-            if wanted and budget.withdraw():
-                assert delay is not None
-                lease.release(verdict.ok)
-                if response is not None:
-                    response = _buffered(response)  # kept in case no server is left to retry
-                tried.append(lease.server)
-                try:
-                    self._sleep(delay)
-                    next_lease: Lease | None = plan.acquire(tried)
-                except NoBackendAvailable:
-                    budget.refund()  # every server went away meanwhile: this is the answer
-                    next_lease = None
-                except BaseException:
-                    budget.refund()  # interrupted while waiting: the retry never went out
-                    raise
-                if next_lease is None:
-                    if response is None:
-                        assert error is not None
-                        raise error  # outside the except: its own cause chain stays intact
-                    return response
-                lease = next_lease
-                number += 1
-                continue
-            if response is None:
-                lease.release(verdict.ok)
-                assert error is not None
-                if wanted:  # a retry was due, and the budget refused it
-                    _note_budget(error, plan.host)
-                raise error
-            return self._held(response, lease, verdict.ok)
+        lb, key, _, classify = self._router.route(request)
+        policy = self._router.policy
+        per_try = policy.retry.per_try_timeout
+        send = self._transport.handle_request
 
-    def _held(self, response: httpx.Response, lease: Lease, ok: bool | None) -> httpx.Response:
+        def attempt(server: str) -> httpx.Response:
+            return send(_attempt_request(request, server, policy, per_try))
+
+        try:
+            held = lb.call_held(
+                attempt, results=_SYNC_RESULTS, key=key, retry=policy.retry, classify=classify
+            )
+        except NoServersAvailableError as exc:
+            raise _no_backend(request, exc) from exc
+        response = held.result
+        if held.lease is None:
+            return response  # set aside (read and closed) for a retry that never went out
         stream = response.stream
         assert isinstance(stream, httpx.SyncByteStream)
-        hold = self._holds.hold(lease, ok)
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=_HeldStream(stream, hold),
-            extensions=response.extensions,
-        )
+        self._holds.add(held)
+        return _with_stream(response, _HeldStream(stream, held, self._holds))
 
     def close(self) -> None:
         """Close the inner transport; bodies still open end their leases with no outcome."""
@@ -451,69 +465,15 @@ class BalancedTransport(httpx.BaseTransport):
             self._holds.end_all()
 
 
-def _note_budget(error: Exception, host: str) -> None:
-    """Say on ``error`` (Python 3.11+: ``add_note``) that the budget stopped its retry."""
-    if sys.version_info >= (3, 11):
-        error.add_note(
-            f"loadbalancer: not retried on another server of {host!r}: "
-            "the retry budget is exhausted"
-        )
-
-
-def _buffered(response: httpx.Response) -> httpx.Response:
-    """``response`` with its raw body read and its connection given back (a body that cannot
-    be read is left empty: the attempt is being retried anyway)."""
-    stream = response.stream
-    assert isinstance(stream, httpx.SyncByteStream)
-    try:
-        body = b"".join(stream)  # the stream itself: raw bytes, whatever the Response has read
-    except Exception:
-        body = b""
-    finally:
-        response.close()
-    return httpx.Response(
-        response.status_code,
-        headers=response.headers,
-        stream=httpx.ByteStream(body),
-        extensions=response.extensions,
-    )
-
-
-# The longest a retryable answer's body is read for, when no per-try timeout bounds it: a
-# 503 whose body stalls must not hold up its retry, or the other hedges.
-_BUFFER_TIMEOUT = 1.0
-
-
-async def _abuffered(response: httpx.Response, timeout: float | None) -> httpx.Response:
-    """The asyncio twin of ``_buffered``, reading for at most ``timeout`` (default 1 s)."""
-    stream = response.stream
-    assert isinstance(stream, httpx.AsyncByteStream)
-
-    async def read() -> bytes:
-        return b"".join([chunk async for chunk in stream])
-
-    try:
-        body = await asyncio.wait_for(read(), _BUFFER_TIMEOUT if timeout is None else timeout)
-    except Exception:  # unreadable or too slow: the attempt is being retried anyway
-        body = b""
-    finally:
-        await response.aclose()
-    return httpx.Response(
-        response.status_code,
-        headers=response.headers,
-        stream=httpx.ByteStream(body),
-        extensions=response.extensions,
-    )
-
-
-_Answer = tuple["httpx.Response | None", "Exception | None"]
+_SYNC_RESULTS = _SyncResults()
 
 
 class AsyncBalancedTransport(httpx.AsyncBaseTransport):
     """The asyncio twin of ``BalancedTransport``, for ``httpx.AsyncClient``.
 
     ``policy.retry.per_try_timeout`` bounds each attempt up to its response headers: past it
-    the attempt is cancelled, recorded as a failure, and retried elsewhere if idempotent.
+    the attempt is cancelled, recorded as a failure, and retried elsewhere if idempotent (the
+    last raises ``PerTryTimeout``); httpx's own read timeout bounds each read of the body.
     ``policy.hedging`` hedges idempotent requests with replayable bodies (off by default).
     Cancelling the request cancels every attempt, each with no outcome. ``aclose()`` closes
     the inner transport and ends the leases of bodies still open.
@@ -526,13 +486,13 @@ class AsyncBalancedTransport(httpx.AsyncBaseTransport):
         transport: httpx.AsyncBaseTransport | None = None,
         policy: HttpPolicy | None = None,
     ) -> None:
-        self._routes = Routes(balancers)
-        self._policy = _check_policy(policy)
+        self._router = _Router(balancers, policy)
         self._transport = (
             httpx.AsyncHTTPTransport()
             if transport is None
             else _check_transport(transport, httpx.AsyncBaseTransport)
         )
+        self._results = _AsyncResults(self._router.policy.retry.per_try_timeout)
         self._holds = _Holds()
 
     @property
@@ -540,47 +500,35 @@ class AsyncBalancedTransport(httpx.AsyncBaseTransport):
         """Responses returned whose bodies are not closed yet, each holding its lease."""
         return len(self._holds)
 
-    async def _attempt(self, request: httpx.Request, server: str) -> _Answer:
-        timeout = self._policy.retry.per_try_timeout
-        send: Awaitable[httpx.Response] = self._transport.handle_async_request(
-            _attempt_request(request, server, self._policy, None)
-        )
-        try:
-            if timeout is None:
-                return await send, None
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-            try:
-                return await asyncio.wait_for(send, timeout), None
-            except asyncio.TimeoutError as exc:  # httpx's own timeouts are TimeoutException
-                if loop.time() < deadline:
-                    return None, exc  # raised by the transport itself, not the policy's timeout
-                message = f"attempt on {server} took over {timeout:g} s"
-                error = PerTryTimeout(message, request=request)
-                error.__cause__ = AttemptTimeoutError(message)
-                return None, error
-        except Exception as exc:
-            return None, exc
-
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` to a server of its host's balancer, retrying or hedging."""
-        plan = _Plan(request, self._routes, self._policy)
-        flight = _Flight(self, plan, request)
+        lb, key, twice, classify = self._router.route(request)
+        policy = self._router.policy
+        send = self._transport.handle_async_request
+
+        def attempt(server: str) -> Awaitable[httpx.Response]:
+            return send(_attempt_request(request, server, policy, None))
+
         try:
-            response, lease, ok = await flight.run()
-        finally:
-            flight.abandon()
-        if lease is None:
+            held = await lb.acall_held(
+                attempt,
+                results=self._results,
+                key=key,
+                retry=policy.retry,
+                hedging=policy.hedging if twice else None,
+                classify=classify,
+            )
+        except NoServersAvailableError as exc:
+            raise _no_backend(request, exc) from exc
+        except AttemptTimeoutError as exc:
+            raise PerTryTimeout(str(exc), request=request) from exc
+        response = held.result
+        if held.lease is None:
             return response
         stream = response.stream
         assert isinstance(stream, httpx.AsyncByteStream)
-        hold = self._holds.hold(lease, ok)
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=_AsyncHeldStream(stream, hold),
-            extensions=response.extensions,
-        )
+        self._holds.add(held)
+        return _with_stream(response, _AsyncHeldStream(stream, held, self._holds))
 
     async def aclose(self) -> None:
         """Close the inner transport; bodies still open end their leases with no outcome."""
@@ -588,176 +536,3 @@ class AsyncBalancedTransport(httpx.AsyncBaseTransport):
             await self._transport.aclose()
         finally:
             self._holds.end_all()
-
-
-@final
-class _Flight:
-    """The attempts of one async request: retries one after another, or hedges side by side."""
-
-    __slots__ = ("_hedging", "_plan", "_request", "_transport", "launched", "running", "tried")
-
-    def __init__(
-        self, transport: AsyncBalancedTransport, plan: _Plan, request: httpx.Request
-    ) -> None:
-        self._transport = transport
-        self._plan = plan
-        self._request = request
-        hedging: HedgingPolicy | None = transport._policy.hedging
-        self._hedging = hedging if plan.idempotent else None
-        self.launched = 0
-        self.running: dict[asyncio.Task[_Answer], tuple[Lease, int]] = {}
-        self.tried: list[str] = []
-
-    def launch(self) -> bool:
-        """Start an attempt on a server not tried yet; False if none is left (the first
-        attempt raises ``NoBackendAvailable`` instead)."""
-        try:
-            lease = self._plan.acquire(self.tried)
-        except NoBackendAvailable:
-            if self.launched == 0:
-                raise
-            return False
-        self.launched += 1
-        self.tried.append(lease.server)
-        task = asyncio.ensure_future(self._transport._attempt(self._request, lease.server))
-        self.running[task] = (lease, self.launched)
-        return True
-
-    def launch_hedge(self) -> bool:
-        budget = self._plan.lb.retry_budget
-        if not budget.withdraw(hedge=True):
-            return False
-        if self.launch():
-            return True
-        budget.refund(hedge=True)
-        return False
-
-    async def run(self) -> tuple[httpx.Response, Lease | None, bool | None]:
-        """The answer: a response and the lease its body holds (None: already released)."""
-        plan = self._plan
-        retry = self._transport._policy.retry
-        budget = plan.lb.retry_budget
-        hedging = self._hedging
-        limit = retry.attempts if hedging is None else hedging.attempts
-        loop = asyncio.get_running_loop()
-        budget.deposit()
-        self.launch()
-        next_hedge = None if hedging is None else loop.time() + hedging.delay
-        last: _Answer = (None, None)
-        refused = False  # a retry was due, and the budget refused it
-        while self.running:
-            wait = None
-            if next_hedge is not None and self.launched < limit:
-                wait = max(next_hedge - loop.time(), 0.0)
-            done, _ = await asyncio.wait(
-                self.running, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-            )
-            if not done:  # no answer within the hedging delay: one more, elsewhere
-                assert hedging is not None
-                next_hedge = loop.time() + hedging.delay
-                if not self.launch_hedge():
-                    next_hedge = None
-                continue
-            judged = self._judge(done)
-            winner = next((j for j in judged if not j[4].retry), None)
-            for entry in judged:  # every lease ends now: nothing below can leak one
-                if entry is not winner:
-                    entry[0].release(entry[4].ok)
-            if winner is not None:
-                for entry in judged:
-                    if entry is not winner and entry[2] is not None:
-                        _close_soon(entry[2])  # a loser's answer: its connection goes back
-                lease, number, response, error, verdict = winner
-                if response is None:
-                    lease.release(verdict.ok)
-                    assert error is not None
-                    raise error
-                return response, lease, verdict.ok
-            for entry in judged[:-1]:
-                if entry[2] is not None:
-                    _close_soon(entry[2])
-            response, error = judged[-1][2], judged[-1][3]
-            # Kept, read and closed, in case no retry goes out: then it is the answer.
-            if response is not None:
-                response = await _abuffered(response, retry.per_try_timeout)
-            last = (response, error)
-            _, number, _, _, verdict = judged[-1]
-            if hedging is not None:
-                for _ in judged:  # gRPC A6: each retryable failure sends the next hedge at once
-                    if self.launched < limit and self.launch_hedge():
-                        next_hedge = loop.time() + hedging.delay
-            elif self.launched < limit:
-                delay = retry.delay(number, verdict)
-                if delay is not None and budget.withdraw():
-                    try:
-                        await asyncio.sleep(delay)
-                    except BaseException:
-                        budget.refund()  # cancelled while waiting: the retry never went out
-                        raise
-                    if not self.launch():
-                        budget.refund()
-                elif delay is not None:
-                    refused = True
-        response, error = last
-        if error is not None:
-            if refused:
-                _note_budget(error, plan.host)
-            raise error
-        assert response is not None
-        return response, None, None
-
-    def _judge(
-        self, done: set[asyncio.Task[_Answer]]
-    ) -> list[tuple[Lease, int, httpx.Response | None, Exception | None, Verdict]]:
-        """Classify the finished attempts, in attempt order; if anything raises, every
-        lease of theirs ends with no outcome and their responses are closed."""
-        answers = []
-        for task in sorted(done, key=lambda t: self.running[t][1]):
-            lease, number = self.running.pop(task)
-            answers.append((lease, number, task))
-        judged = []
-        try:
-            for lease, number, task in answers:
-                response, error = task.result()
-                verdict = self._plan.classify(Attempt(lease.server, number, response, error))
-                judged.append((lease, number, response, error, verdict))
-        except BaseException:
-            for lease, _, task in answers:
-                lease.release(None)
-                _close_later(task)
-            raise
-        return judged
-
-    def abandon(self) -> None:
-        """Cancel the attempts still running, each lease ending with no outcome; a response
-        that arrived meanwhile is closed."""
-        running, self.running = self.running, {}
-        for task, (lease, _) in running.items():
-            lease.release(None)
-            if task.done():
-                _close_later(task)
-            else:
-                task.cancel()
-                _closing.add(task)  # held until done: asyncio keeps only weak references
-                task.add_done_callback(_closing.discard)
-                task.add_done_callback(_close_later)
-
-
-# Tasks nobody awaits (abandoned attempts, responses being closed), held until they finish.
-_closing: set[asyncio.Task[Any]] = set()
-
-
-def _close_later(task: asyncio.Task[_Answer]) -> None:
-    """Close the response of an attempt whose answer nobody will read."""
-    if task.cancelled() or task.exception() is not None:
-        return
-    response, _ = task.result()
-    if response is not None:
-        _close_soon(response)
-
-
-def _close_soon(response: httpx.Response) -> None:
-    """Close ``response`` in a task of its own, so that nobody waits for it."""
-    closing = asyncio.ensure_future(response.aclose())
-    _closing.add(closing)
-    closing.add_done_callback(_closing.discard)
