@@ -1,0 +1,403 @@
+"""An aiohttp client middleware that sends each request to a replica picked by a ``LoadBalancer``.
+
+``aiohttp.ClientSession(middlewares=(BalancedMiddleware(lb),))`` (aiohttp 3.12+): a request for
+``http://inventory/items/42`` is sent to a server of ``lb``, with the server's scheme, host and
+port and the request's own path and query; each attempt's outcome teaches the balancer, and
+failed attempts are retried on other servers when that is safe (``HttpRetry``), within the
+balancer's retry budget, with per-try timeouts and optional hedging.
+
+Re-addressing: aiohttp hands a middleware the ``ClientRequest`` it built and the handler that
+connects and sends it. The handler connects to ``request.url`` (with ``server_hostname`` for TLS)
+and writes ``request.headers`` as they are, so each attempt sends a shallow copy of the request
+of its own (its own URL, headers, SNI name and ``100-continue`` waiter; the body payload is
+shared, which is safe because only bytes, text and form bodies are ever sent twice). The original
+request is never sent, so attempts running side by side (hedging) share no mutable state, and the
+answer's ``url`` stays the logical one (cookies and redirects see the service's name).
+
+Leases: aiohttp gives a response's connection back when its body has fully arrived, read or not,
+or when the response is released, closed or garbage-collected; the attempt's lease ends at the
+same moment (through ``Connection.add_callback``, the hook aiohttp itself uses to stop its timeout
+with the connection). A small body that arrived with the headers therefore ends the lease at once;
+a streamed one (server-sent events) holds it until the stream ends or the response is released.
+The outcome is decided on the response headers (a 5xx is a failure), unless the body then breaks
+off (a failure) or a body read is cancelled (no outcome). Closing the middleware (``close()``)
+ends the leases still open with no outcome. Closing the session does not end them by itself
+(aiohttp has no hook for it): each ends, with no outcome, when its response is released or
+garbage-collected.
+
+aiohttp itself re-runs an idempotent request once when it fails with ``ClientOSError`` or
+``ServerDisconnectedError`` (its retry of a stale keep-alive connection), so a GET whose every
+attempt broke goes through the balancer a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import sys
+import threading
+import weakref
+from collections.abc import Mapping
+from typing import final
+
+import aiohttp
+from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
+from aiohttp.payload import BytesPayload, Payload
+from multidict import CIMultiDict
+
+from loadbalancer import (
+    AttemptTimeoutError,
+    Held,
+    Key,
+    Lease,
+    LoadBalancer,
+    NoServersAvailableError,
+)
+
+from ._http import (
+    ErrorKind,
+    HttpClassifier,
+    HttpPolicy,
+    HttpRetry,
+    Routes,
+    StickyKey,
+    UnknownHostError,
+    host_header,
+    parse_server,
+)
+
+__all__ = [
+    "IDEMPOTENT",
+    "BalancedMiddleware",
+    "HttpPolicy",
+    "HttpRetry",
+    "NoBackendAvailable",
+    "PerTryTimeout",
+    "StickyKey",
+    "error_kind",
+]
+
+IDEMPOTENT = "Loadbalancer-Idempotent"
+"""Request header: ``headers={IDEMPOTENT: "true"}`` lets a POST be retried like a GET
+(``"false"`` keeps a GET from being retried after it may have been sent). The middleware
+strips it: no server sees it."""
+
+
+class NoBackendAvailable(aiohttp.ClientConnectionError):
+    """No server could take a request for ``host``: the message says why.
+
+    Raised chained to the ``NoServersAvailableError`` (empty pool, all ejected or unhealthy)
+    or ``UnknownHostError`` (no balancer routes the host) behind it.
+    """
+
+    def __init__(self, message: str, *, host: str) -> None:
+        super().__init__(message)
+        self.host = host
+
+
+class PerTryTimeout(aiohttp.ServerTimeoutError):
+    """An attempt ran past ``policy.retry.per_try_timeout`` (up to its response headers).
+
+    An ``aiohttp.ServerTimeoutError`` (so an ``asyncio.TimeoutError`` too); its cause is the
+    engine's ``AttemptTimeoutError``.
+    """
+
+
+def error_kind(error: Exception) -> ErrorKind:
+    """What an aiohttp exception says about the attempt (see ``ErrorKind``)."""
+    # Connecting (refused, DNS, TLS handshake, timed out, wrong certificate fingerprint):
+    # nothing of the request was sent. ConnectionTimeoutError is a ServerTimeoutError, so
+    # it is tested first.
+    not_sent = (
+        aiohttp.ClientConnectorError,
+        aiohttp.ConnectionTimeoutError,
+        aiohttp.ServerFingerprintMismatch,
+    )
+    if isinstance(error, not_sent):
+        return ErrorKind.NOT_SENT
+    if isinstance(error, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        return ErrorKind.TIMEOUT
+    broken = (
+        aiohttp.ServerDisconnectedError,
+        aiohttp.ClientOSError,
+        aiohttp.ClientPayloadError,
+        # Inside the middleware, only a malformed status line or headers raise this
+        # (raise_for_status and redirects come after it).
+        aiohttp.ClientResponseError,
+    )
+    if isinstance(error, broken):
+        return ErrorKind.BROKEN
+    return ErrorKind.LOCAL
+
+
+def _check_policy(policy: object) -> HttpPolicy:
+    """``policy``, or the default ``HttpPolicy()`` for None; anything else raises."""
+    if policy is None:
+        return HttpPolicy()
+    if not isinstance(policy, HttpPolicy):
+        raise TypeError(f"policy must be an HttpPolicy, not {type(policy).__name__}")
+    return policy
+
+
+def _status(response: ClientResponse) -> int:
+    return response.status
+
+
+def _retry_after(response: ClientResponse) -> str | None:
+    return response.headers.get(hdrs.RETRY_AFTER)
+
+
+def _replayable(body: Payload | bytes) -> bool:
+    """True if ``body`` can be sent again, and by several attempts at once: no body, bytes,
+    text, JSON, a urlencoded form, or a multipart form of those; not a file or a stream."""
+    if not isinstance(body, Payload):
+        return True  # b"": no body
+    if isinstance(body, BytesPayload):
+        return True
+    if isinstance(body, aiohttp.MultipartWriter):
+        return all(_replayable(part) for part, _, _ in body)
+    return False
+
+
+def _marked(headers: CIMultiDict[str]) -> bool | None:
+    """The request's ``IDEMPOTENT`` header: True, False, or None if absent."""
+    value = headers.get(IDEMPOTENT)
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise ValueError(f"header {IDEMPOTENT} must be 'true' or 'false', got {value!r}")
+
+
+def _attempt_request(request: ClientRequest, server: str, policy: HttpPolicy) -> ClientRequest:
+    """A copy of ``request`` addressed to ``server``: its scheme, host and port; the path and
+    query kept; Host as ``policy.host_header`` says; SNI naming the logical host for an IP."""
+    backend = parse_server(server)
+    url = request.url
+    scheme = backend.scheme or url.scheme
+    port = backend.port if backend.port is not None else url.explicit_port
+    attempt = copy.copy(request)
+    attempt.url = url.with_scheme(scheme).with_host(backend.host).with_port(port)
+    headers: CIMultiDict[str] = CIMultiDict(request.headers)  # send() adds to its headers
+    headers.popall(IDEMPOTENT, None)
+    if policy.host_header == "backend":
+        headers[hdrs.HOST] = host_header(backend, scheme, port)
+    elif scheme == "https" and backend.is_ip and request.server_hostname is None:
+        attempt.server_hostname = url.host  # TLS names, and verifies, the service
+    attempt.headers = headers
+    attempt.update_expect_continue()  # a 100-continue waiter of its own, if one is expected
+    return attempt
+
+
+# -- leases held by response bodies ---------------------------------------------------------------
+
+
+@final
+class _Hold:
+    """An answer's lease, held until its response gives its connection back."""
+
+    __slots__ = ("__weakref__", "content", "finalizer", "lease", "ok", "owner", "session")
+
+    def __init__(self, held: Held[ClientResponse], request: ClientRequest, owner: _Holds) -> None:
+        response = held.result
+        assert held.lease is not None
+        # The lease and verdict, not the Held: a reference to the response would keep an
+        # unclosed one from ever being collected.
+        self.lease: Lease = held.lease
+        self.ok = held.ok
+        self.owner = owner
+        self.content = response.content
+        session = request.session
+        self.session = None if session is None else weakref.ref(session)
+        # An unclosed response ends its lease when collected (ClientResponse.__del__ gives
+        # its connection back too, which normally ends it first).
+        self.finalizer = weakref.finalize(response, self.end, None)
+
+    def end(self, ok: bool | None) -> None:
+        """Release the lease with ``ok`` (once: later calls do nothing)."""
+        self.finalizer.detach()
+        if self.lease.release(ok):
+            self.owner.discard(self)
+
+    def given_back(self) -> None:
+        """The response gave its connection back: end the lease with what that says."""
+        ok = self.ok
+        failure = self.content.exception()
+        handling = sys.exc_info()[1]  # a read being unwound closes the response
+        session = None if self.session is None else self.session()
+        if session is None or session.closed:
+            ok = None  # the client went away, not the server
+        elif handling is not None and not isinstance(handling, Exception):
+            ok = None  # a body read cancelled (or interrupted): nothing learnt
+        elif isinstance(failure, Exception):
+            if error_kind(failure) in (ErrorKind.BROKEN, ErrorKind.TIMEOUT):
+                ok = False  # the body broke off or stalled: the server failed after all
+            # else: released or closed by the caller before the end: the headers' verdict
+        elif not self.content.is_eof():
+            ok = None  # given back by the collector, unfinished and unexamined
+        self.end(ok)
+
+
+@final
+class _Holds:
+    """The middleware's responses still holding leases, so that ``close()`` ends them."""
+
+    __slots__ = ("_holds", "_lock")
+
+    def __init__(self) -> None:
+        self._holds: set[_Hold] = set()
+        # Reentrant: a garbage collection while the lock is held may collect an unclosed
+        # response of this very middleware, whose finalizer discards its hold under the lock.
+        self._lock = threading.RLock()
+
+    def add(self, hold: _Hold) -> None:
+        with self._lock:
+            self._holds.add(hold)
+
+    def discard(self, hold: _Hold) -> None:
+        with self._lock:
+            self._holds.discard(hold)
+
+    def end_all(self) -> None:
+        with self._lock:
+            holds, self._holds = self._holds, set()
+        for hold in holds:
+            hold.end(None)
+
+    def __len__(self) -> int:
+        return len(self._holds)
+
+
+# The longest a retryable answer's body is read for, when no per-try timeout bounds it: a
+# 503 whose body stalls must not hold up its retry, or the other hedges.
+_BUFFER_TIMEOUT = 1.0
+
+
+@final
+class _Results:
+    """How the engine frees the responses that will not be the answer (``AsyncResults``)."""
+
+    __slots__ = ("_timeout",)
+
+    def __init__(self, timeout: float | None) -> None:
+        self._timeout = _BUFFER_TIMEOUT if timeout is None else timeout
+
+    async def set_aside(self, result: ClientResponse) -> ClientResponse:
+        """Read ``result``'s body (for a bounded time) so that its connection goes back; it
+        stays readable (``read()`` answers the buffered body) should it be the answer."""
+        try:
+            await asyncio.wait_for(result.read(), self._timeout)
+        except Exception:  # unreadable or too slow: the attempt is being retried anyway
+            pass
+        finally:
+            if result.connection is not None:  # cancelled or failed: not given back yet
+                result.close()
+        return result
+
+    def discard(self, result: ClientResponse) -> None:
+        """Give ``result``'s connection back (or close it, if its body is unread)."""
+        result.release()
+
+
+# -- the middleware -------------------------------------------------------------------------------
+
+
+class BalancedMiddleware:
+    """An aiohttp client middleware that sends each request to a server picked by a balancer.
+
+    ``balancers``: one ``LoadBalancer`` for every host, or a mapping from logical host to
+    balancer; ``policy`` how (``HttpPolicy``). ``policy.retry.per_try_timeout`` bounds each
+    attempt up to its response headers: past it the attempt is cancelled, recorded as a
+    failure, and retried elsewhere if idempotent (``PerTryTimeout`` if it is the answer).
+    ``policy.hedging`` hedges idempotent requests with replayable bodies. A request whose host
+    no balancer routes, or whose balancer has no server, raises ``NoBackendAvailable``.
+    """
+
+    def __init__(
+        self,
+        balancers: LoadBalancer | Mapping[str, LoadBalancer],
+        *,
+        policy: HttpPolicy | None = None,
+    ) -> None:
+        self._routes = Routes(balancers)
+        self._policy = _check_policy(policy)
+        self._results = _Results(self._policy.retry.per_try_timeout)
+        self._holds = _Holds()
+        rules = self._policy.rules
+        # One classifier per kind of request, made once: (idempotent, replayable).
+        self._classifiers = {
+            (idempotent, replayable): HttpClassifier(
+                rules,
+                idempotent=idempotent,
+                replayable=replayable,
+                status=_status,
+                retry_after=_retry_after,
+                kind=error_kind,
+            )
+            for idempotent in (False, True)
+            for replayable in (False, True)
+        }
+
+    @property
+    def open_streams(self) -> int:
+        """Responses returned whose connections are not given back yet, each holding its lease."""
+        return len(self._holds)
+
+    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        """Send ``request`` to a server of its host's balancer, retrying or hedging."""
+        policy = self._policy
+        host = request.url.host or ""
+        try:
+            lb = self._routes.balancer(host)
+        except UnknownHostError as exc:
+            raise NoBackendAvailable(str(exc), host=host) from exc
+        idempotent = policy.rules.idempotent(request.method, _marked(request.headers))
+        replayable = _replayable(request.body)
+        classify = self._classifiers[idempotent, replayable]
+        sticky: StickyKey | None = policy.sticky
+        key: Key | None = None if sticky is None else sticky.key(request, request.headers.get)
+
+        async def attempt(server: str) -> ClientResponse:
+            return await handler(_attempt_request(request, server, policy))
+
+        try:
+            held = await lb.acall_held(
+                attempt,
+                results=self._results,
+                key=key,
+                retry=policy.retry,
+                hedging=policy.hedging if idempotent and replayable else None,
+                classify=classify,
+            )
+        except NoServersAvailableError as exc:
+            raise NoBackendAvailable(
+                f"no backend available for {host!r}: {exc}", host=host
+            ) from exc
+        except AttemptTimeoutError as exc:
+            error = PerTryTimeout(str(exc))
+            if sys.version_info >= (3, 11):  # the budget's say, if it refused a retry
+                for note in getattr(exc, "__notes__", ()):
+                    error.add_note(note)
+            raise error from exc
+        return self._held(held, request)
+
+    def _held(self, held: Held[ClientResponse], request: ClientRequest) -> ClientResponse:
+        """The answer, its lease ending when its connection is given back."""
+        response = held.result
+        if held.lease is None:
+            return response
+        connection = response.connection
+        if connection is None:  # the body arrived with the headers (or there is none)
+            held.release()
+            return response
+        hold = _Hold(held, request, self._holds)
+        self._holds.add(hold)
+        connection.add_callback(hold.given_back)
+        return response
+
+    def close(self) -> None:
+        """End the leases of responses still open, with no outcome (they stay readable)."""
+        self._holds.end_all()
