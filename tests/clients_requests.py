@@ -1,0 +1,59 @@
+"""The requests driver of the shared behavioural suite: a Session over ``BalancedAdapter``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+
+import requests
+
+from loadbalancer import LoadBalancer
+from loadbalancer.integrations.requests import BalancedAdapter, HttpPolicy, NoBackendAvailable
+
+from .http_clients import Interrupted, Reply, interrupt_main
+
+
+def _reply(response: requests.Response) -> Reply:
+    return Reply(
+        response.status_code, response.content, {k.lower(): v for k, v in response.headers.items()}
+    )
+
+
+class RequestsClient:
+    """``requests.Session`` with ``BalancedAdapter`` mounted for every http(s) URL."""
+
+    name = "requests"
+    timeout_error: type[BaseException] = requests.Timeout
+    no_backend_error: type[BaseException] = NoBackendAvailable
+
+    def __init__(self, lb: LoadBalancer, policy: HttpPolicy | None) -> None:
+        self.adapter = BalancedAdapter(lb, policy=policy)
+        self._http = requests.Session()
+        self._http.mount("http://", self.adapter)
+        self._http.mount("https://", self.adapter)
+
+    def get(self, url: str, headers: Mapping[str, str] | None = None) -> Reply:
+        with self._http.get(url, headers=headers) as response:
+            return _reply(response)
+
+    def post(self, url: str, body: bytes) -> Reply:
+        with self._http.post(url, data=body) as response:
+            return _reply(response)
+
+    def sse(self, url: str, on_event: Callable[[int], bool]) -> int:
+        events = 0
+        with self._http.get(url, stream=True) as response:
+            for line in response.iter_lines():
+                if line.startswith(b"data:"):
+                    events += 1
+                    if not on_event(events):
+                        break
+        return events
+
+    def cancelled_get(self, url: str, arrived: Callable[[], None]) -> None:
+        with contextlib.suppress(Interrupted), interrupt_main(arrived):
+            self._http.get(url)
+            raise AssertionError("the request was not interrupted")
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,514 @@
+"""The requests adapter, against real uvicorn backends on 127.0.0.1 (requests has no mock)."""
+
+from __future__ import annotations
+
+import gc
+import io
+import threading
+import time
+from collections.abc import Iterator
+from http.client import HTTPResponse as HttplibResponse
+from http.client import RemoteDisconnected
+
+import pytest
+import requests
+import urllib3
+from urllib3.exceptions import (
+    ClosedPoolError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+
+from loadbalancer import (
+    LoadBalancer,
+    NoServersAvailableError,
+    RetryPolicy,
+    RingHashStrategy,
+)
+from loadbalancer.integrations._http import ErrorKind, UnknownHostError
+from loadbalancer.integrations.requests import (
+    IDEMPOTENT,
+    BalancedAdapter,
+    HttpPolicy,
+    NoBackendAvailable,
+    StickyKey,
+    error_kind,
+)
+
+from .clients_requests import RequestsClient
+from .http_backends import CERT, Backend, backends
+
+URL = "http://inventory"
+
+
+def balancer(*pool: Backend, **kwargs: object) -> LoadBalancer:
+    kwargs.setdefault("sleep", lambda seconds: None)  # no backoff: the tests stay fast
+    lb = LoadBalancer(**kwargs)  # type: ignore[arg-type]
+    lb.replace([b.address for b in pool])
+    return lb
+
+
+def session(lb: LoadBalancer, policy: HttpPolicy | None = None) -> requests.Session:
+    http = requests.Session()
+    http.mount(f"{URL}/", BalancedAdapter(lb, policy=policy))
+    return http
+
+
+def adapter_of(http: requests.Session) -> BalancedAdapter:
+    adapter = http.get_adapter(f"{URL}/")
+    assert isinstance(adapter, BalancedAdapter)
+    return adapter
+
+
+def outcomes(lb: LoadBalancer) -> dict[str, tuple[int, int, int, int]]:
+    """Per server: successes, failures, cancelled (no outcome), in flight."""
+    return {
+        name: (s.successes, s.failures, s.cancelled, s.in_flight) for name, s in lb.stats().items()
+    }
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[list[Backend]]:
+    """Two backends shared by the tests that leave them as they found them (mode ok)."""
+    with backends(2) as started:
+        yield started
+
+
+@pytest.fixture
+def two(pair: list[Backend]) -> Iterator[list[Backend]]:
+    for backend in pair:
+        backend.mode = "ok"
+        backend.reset()
+    yield pair
+    for backend in pair:
+        backend.mode = "ok"
+
+
+# -- addressing -----------------------------------------------------------------------------------
+
+
+def test_each_attempt_goes_to_the_server_with_the_path_query_and_logical_host(
+    two: list[Backend],
+) -> None:
+    a, b = two
+    with session(balancer(a, b)) as http:
+        first = http.get(f"{URL}/items/7?colour=red&size=2")
+        second = http.get(f"{URL}/items/8")
+    item = first.json()
+    assert (item["backend"], item["path"], item["query"]) == ("b0", "/items/7", "colour=red&size=2")
+    assert item["host"] == "inventory"
+    assert second.json()["backend"] == "b1"  # round robin: the balancer picks each time
+    # The response names the caller's request, so a relative redirect comes back through here.
+    assert first.url == f"{URL}/items/7?colour=red&size=2"
+    assert first.request.url == first.url
+
+
+def test_the_logical_host_keeps_its_port(two: list[Backend]) -> None:
+    a, _ = two
+    http = requests.Session()
+    http.mount("http://inventory:8080/", BalancedAdapter(balancer(a)))
+    with http:
+        item = http.get("http://inventory:8080/items/1").json()
+    assert (item["host"], item["address"]) == ("inventory:8080", a.address)
+
+
+def test_host_header_backend_names_the_server(two: list[Backend]) -> None:
+    a, _ = two
+    with session(balancer(a), HttpPolicy(host_header="backend")) as http:
+        assert http.get(f"{URL}/items/1").json()["host"] == a.address
+
+
+def test_a_host_header_of_the_caller_is_kept(two: list[Backend]) -> None:
+    a, _ = two
+    with session(balancer(a)) as http:
+        assert http.get(f"{URL}/items/1", headers={"Host": "other"}).json()["host"] == "other"
+
+
+def test_the_server_scheme_replaces_the_request_scheme(two: list[Backend]) -> None:
+    a, _ = two
+    lb = LoadBalancer()
+    lb.replace([f"http://{a.address}"])
+    http = requests.Session()
+    http.mount("https://inventory/", BalancedAdapter(lb))
+    with http:
+        assert http.get("https://inventory/items/1").json()["backend"] == a.name
+
+
+def test_real_tls_to_an_ip_backend_verifies_the_logical_name() -> None:
+    with backends(1, tls=True) as (backend,):
+        lb = balancer(backend)
+        http = requests.Session()
+        http.mount(
+            "https://", BalancedAdapter(lb, policy=HttpPolicy(retry=RetryPolicy(attempts=1)))
+        )
+        with http:
+            # The certificate names localhost (and 127.0.0.1) ...
+            assert http.get("https://localhost/items/1", verify=str(CERT)).json()["host"] == (
+                "localhost"
+            )
+            # ... and not inventory: urllib3 keys its pools by the name, so the connection
+            # verified for localhost is not reused for inventory.
+            with pytest.raises(requests.exceptions.SSLError, match="inventory"):
+                http.get("https://inventory/items/1", verify=str(CERT))
+            with pytest.warns(urllib3.exceptions.InsecureRequestWarning):
+                assert http.get("https://inventory/items/1", verify=False).status_code == 200
+        # With the backend's own Host, the certificate is verified against its IP address.
+        backend_host = BalancedAdapter(lb, policy=HttpPolicy(host_header="backend"))
+        http = requests.Session()
+        http.mount("https://", backend_host)
+        with http:
+            answer = http.get("https://inventory/items/1", verify=str(CERT)).json()
+        assert answer["host"] == backend.address
+        assert all(s.in_flight == 0 for s in lb.stats().values())
+
+
+# -- retries --------------------------------------------------------------------------------------
+
+
+def test_sticky_key_from_a_header_pins_the_server(two: list[Backend]) -> None:
+    lb = balancer(*two, strategy=RingHashStrategy())
+    with session(lb, HttpPolicy(sticky=StickyKey(header="X-User"))) as http:
+        served = {
+            user: {
+                http.get(f"{URL}/items/1", headers={"X-User": user}).json()["backend"]
+                for _ in range(3)
+            }
+            for user in (f"user{n}" for n in range(16))
+        }
+    assert all(len(names) == 1 for names in served.values())  # each user on one server
+    assert {name for names in served.values() for name in names} == {"b0", "b1"}
+
+
+def test_a_503_is_retried_on_the_other_server_and_its_connection_given_back(
+    two: list[Backend],
+) -> None:
+    a, b = two
+    a.mode = "fail503"
+    lb = balancer(a, b)
+    with session(lb) as http:
+        answer = http.get(f"{URL}/items/1")
+        assert answer.headers["x-backend"] == "b1"
+        assert adapter_of(http).open_streams == 0
+    assert outcomes(lb) == {a.address: (0, 1, 0, 0), b.address: (1, 0, 0, 0)}
+
+
+def test_every_server_503_the_last_answer_stands_holding_nothing(two: list[Backend]) -> None:
+    a, b = two
+    a.mode = b.mode = "fail503"
+    lb = balancer(a, b)
+    with session(lb, HttpPolicy(retry=RetryPolicy(attempts=3))) as http:
+        answer = http.get(f"{URL}/items/1", stream=True)
+        # No third server: the second 503, set aside for a retry that never went out, is the
+        # answer; its body was read and its lease ended already.
+        assert answer.status_code == 503
+        assert adapter_of(http).open_streams == 0
+        assert answer.json() == {"backend": "b1", "error": "fail503"}
+    assert [(s.failures, s.in_flight) for s in lb.stats().values()] == [(1, 0), (1, 0)]
+    assert (a.count(), b.count()) == (1, 1)  # each server tried once
+
+
+def test_a_post_is_not_retried_on_a_503_unless_marked_idempotent(two: list[Backend]) -> None:
+    a, b = two
+    a.mode = "fail503"
+    with session(balancer(a, b)) as http:  # a fresh round robin starts with a
+        assert http.post(f"{URL}/items/1", data=b"x").status_code == 503
+    assert b.count("POST") == 0
+    with session(balancer(a, b)) as http:
+        answer = http.post(f"{URL}/items/1", data=b"x", headers={IDEMPOTENT: "1"})
+    assert answer.json()["backend"] == "b1"
+    assert a.count("POST") == 2
+    assert IDEMPOTENT.lower() not in answer.json()["headers"]  # stripped: servers never see it
+
+
+def test_a_get_marked_not_idempotent_is_not_retried(two: list[Backend]) -> None:
+    a, b = two
+    a.mode = "fail503"
+    with session(balancer(a, b)) as http:
+        assert http.get(f"{URL}/items/1", headers={IDEMPOTENT: "0"}).status_code == 503
+    assert b.count() == 0
+
+
+def test_a_bad_idempotent_header_names_it(two: list[Backend]) -> None:
+    with (
+        session(balancer(*two)) as http,
+        pytest.raises(ValueError, match=f"{IDEMPOTENT} must be 1 or 0"),
+    ):
+        http.get(f"{URL}/items/1", headers={IDEMPOTENT: "maybe"})
+    assert two[0].count() == two[1].count() == 0
+
+
+def test_one_shot_bodies_are_never_retried(two: list[Backend]) -> None:
+    a, b = two
+    a.mode = "fail503"
+    marked = {IDEMPOTENT: "1"}
+    with session(balancer(a, b)) as http:  # a fresh round robin starts with a
+        gen = http.put(f"{URL}/items/1", data=(c for c in [b"ab", b"cd"]), headers=marked)
+        assert (gen.status_code, b.count()) == (503, 0)
+    a.reset()
+    with session(balancer(a, b)) as http:
+        assert http.put(f"{URL}/items/2", data=io.BytesIO(b"abcd")).status_code == 503
+        assert b.count() == 0
+        assert a.requests()[0].body_length == 4
+    with session(balancer(a, b)) as http:
+        # A bytes body is sent again, as is.
+        assert http.put(f"{URL}/items/3", data=b"abcd").json()["body_length"] == 4
+
+
+def test_a_refused_connection_is_retried_even_for_a_post(two: list[Backend]) -> None:
+    with backends(1) as (dead,):
+        dead.kill()
+        live = two[0]
+        lb = balancer(dead, live)
+        with session(lb) as http:
+            assert http.post(f"{URL}/items/1", data=b"x").json()["backend"] == live.name
+    assert outcomes(lb)[dead.address][1] == 1
+
+
+def test_a_post_is_not_retried_once_sent(two: list[Backend]) -> None:
+    a, b = two
+    a.mode = "hang"
+    lb = balancer(a, b)
+    errors: list[BaseException] = []
+
+    def post() -> None:
+        try:
+            http.post(f"{URL}/items/1", data=b"x")
+        except Exception as exc:
+            errors.append(exc)
+
+    with backends(1, prefix="h") as (hung,), session(balancer(hung, b)) as http:
+        hung.mode = "hang"
+        sender = threading.Thread(target=post)
+        sender.start()
+        hung.wait_in_flight()
+        hung.kill()  # the connection drops after the request went out
+        sender.join(5)
+    assert len(errors) == 1
+    assert error_kind(errors[0]) is ErrorKind.BROKEN
+    assert b.count("POST") == 0
+    # A GET, idempotent, goes to the other server after a read timeout.
+    with session(lb, HttpPolicy(retry=RetryPolicy(per_try_timeout=0.2))) as http:
+        assert http.get(f"{URL}/items/1").json()["backend"] == "b1"
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            http.post(f"{URL}/items/1", data=b"x")
+    assert b.count("POST") == 0
+    assert outcomes(lb)[a.address][1] == 2
+
+
+def test_the_per_try_timeout_caps_the_callers_timeouts(two: list[Backend]) -> None:
+    a, _ = two
+    policy = HttpPolicy(retry=RetryPolicy(attempts=1, per_try_timeout=0.2))
+    with session(balancer(a), policy) as http:
+        for timeout in (None, 30.0, (30.0, 30.0), urllib3.Timeout(connect=30.0, read=30.0)):
+            started = time.monotonic()
+            with pytest.raises(requests.exceptions.ReadTimeout):
+                http.get(f"{URL}/slow?seconds=5", timeout=timeout)  # type: ignore[arg-type]
+            assert time.monotonic() - started < 2.0
+    # The caller's own timeout, when shorter, stands.
+    policy = HttpPolicy(retry=RetryPolicy(attempts=1, per_try_timeout=30.0))
+    with session(balancer(a), policy) as http:
+        started = time.monotonic()
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            http.get(f"{URL}/slow?seconds=5", timeout=0.2)
+        assert time.monotonic() - started < 2.0
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def test_error_kinds() -> None:
+    refused = NewConnectionError(None, "Failed to establish a new connection")  # type: ignore[arg-type]
+    reset = ProtocolError("Connection aborted.", ConnectionResetError(104, "reset"))
+    gone = RemoteDisconnected("Remote end closed connection without response")
+    read_timeout = ReadTimeoutError(None, "/", "Read timed out.")  # type: ignore[arg-type]
+    closed = ClosedPoolError(None, "Pool is closed.")  # type: ignore[arg-type]
+    cases: list[tuple[BaseException, ErrorKind]] = [
+        (requests.ConnectionError(MaxRetryError(None, "/", refused)), ErrorKind.NOT_SENT),  # type: ignore[arg-type]
+        (requests.ConnectTimeout(), ErrorKind.NOT_SENT),
+        (requests.exceptions.SSLError(), ErrorKind.NOT_SENT),
+        (ConnectionRefusedError(), ErrorKind.NOT_SENT),
+        (requests.ReadTimeout(), ErrorKind.TIMEOUT),
+        (requests.ConnectionError(read_timeout), ErrorKind.TIMEOUT),  # a body read timing out
+        (requests.ConnectionError(reset), ErrorKind.BROKEN),
+        (requests.ConnectionError(ProtocolError("Connection aborted.", gone)), ErrorKind.BROKEN),
+        (gone, ErrorKind.BROKEN),
+        (requests.exceptions.ChunkedEncodingError(reset), ErrorKind.BROKEN),
+        (requests.ConnectionError(closed), ErrorKind.LOCAL),
+        (requests.exceptions.ProxyError(), ErrorKind.LOCAL),
+        (requests.exceptions.InvalidURL(), ErrorKind.LOCAL),
+        (ValueError(), ErrorKind.LOCAL),
+    ]
+    assert [error_kind(error) for error, _ in cases] == [kind for _, kind in cases]
+
+
+def test_a_real_refused_connection_is_not_sent() -> None:
+    with backends(1) as (dead,):
+        dead.kill()
+        lb = balancer(dead)
+        with session(lb) as http, pytest.raises(requests.exceptions.ConnectionError) as caught:
+            http.get(f"{URL}/items/1")
+    assert error_kind(caught.value) is ErrorKind.NOT_SENT
+    stats = lb.stats()[dead.address]
+    assert (stats.successes, stats.failures, stats.in_flight) == (0, 1, 0)
+
+
+def test_no_backend_names_the_host_and_why() -> None:
+    with session(LoadBalancer()) as http, pytest.raises(NoBackendAvailable) as caught:
+        http.get(f"{URL}/items/1")
+    error = caught.value
+    assert isinstance(error, requests.exceptions.ConnectionError)
+    assert error.host == "inventory"
+    assert "'inventory'" in str(error)
+    assert isinstance(error.__cause__, NoServersAvailableError)
+    assert error.request is not None
+
+
+def test_an_unrouted_host_names_it(two: list[Backend]) -> None:
+    http = requests.Session()
+    http.mount("http://", BalancedAdapter({"inventory": balancer(*two)}))
+    with http:
+        assert http.get("http://INVENTORY/items/1").status_code == 200
+        with pytest.raises(NoBackendAvailable, match="'billing'") as caught:
+            http.get("http://billing/items/1")
+    assert isinstance(caught.value.__cause__, UnknownHostError)
+
+
+# -- leases ---------------------------------------------------------------------------------------
+
+
+def test_a_buffered_response_ends_its_lease_once_read(two: list[Backend]) -> None:
+    a, _ = two
+    lb = balancer(a)
+    with session(lb) as http:
+        assert http.get(f"{URL}/sse?events=3").text.count("data:") == 3
+        assert adapter_of(http).open_streams == 0
+        assert outcomes(lb)[a.address] == (1, 0, 0, 0)
+        assert http.head(f"{URL}/items/1").status_code == 200  # no body at all
+        assert http.get(f"{URL}/status/204").status_code == 204
+        assert outcomes(lb)[a.address] == (3, 0, 0, 0)
+
+
+def test_a_stream_holds_its_lease_until_read_or_closed(two: list[Backend]) -> None:
+    a, _ = two
+    lb = balancer(a)
+    with session(lb) as http:
+        adapter = adapter_of(http)
+        response = http.get(f"{URL}/sse?events=3", stream=True)
+        assert (adapter.open_streams, outcomes(lb)[a.address]) == (1, (0, 0, 0, 1))
+        assert sum(1 for line in response.iter_lines() if line) == 3
+        assert (adapter.open_streams, outcomes(lb)[a.address]) == (0, (1, 0, 0, 0))
+        # Closed before the end: the verdict on the headers stands.
+        with http.get(f"{URL}/sse?events=50", stream=True) as response:
+            lines = response.iter_lines()
+            assert next(lines) == b"data: 0"
+            assert outcomes(lb)[a.address][3] == 1
+        assert (adapter.open_streams, outcomes(lb)[a.address]) == (0, (2, 0, 0, 0))
+        # Read straight from urllib3's response.
+        response = http.get(f"{URL}/items/1", stream=True)
+        assert b'"backend"' in response.raw.read()
+        assert (adapter.open_streams, outcomes(lb)[a.address]) == (0, (3, 0, 0, 0))
+
+
+def test_a_stream_never_closed_ends_with_no_outcome_when_collected(two: list[Backend]) -> None:
+    a, _ = two
+    lb = balancer(a)
+    with session(lb) as http:
+        response = http.get(f"{URL}/sse?events=3", stream=True)
+        assert adapter_of(http).open_streams == 1
+        del response
+        gc.collect()
+        assert adapter_of(http).open_streams == 0
+    assert outcomes(lb)[a.address] == (0, 0, 1, 0)
+
+
+def test_closing_the_adapter_ends_open_streams_with_no_outcome(two: list[Backend]) -> None:
+    a, b = two
+    lb = balancer(a, b)
+    http = session(lb)
+    adapter = adapter_of(http)
+    streams = [http.get(f"{URL}/sse?events=3", stream=True) for _ in range(2)]
+    assert adapter.open_streams == 2
+    http.close()
+    assert adapter.open_streams == 0
+    assert outcomes(lb) == {a.address: (0, 0, 1, 0), b.address: (0, 0, 1, 0)}
+    for response in streams:
+        response.close()  # later: nothing more is recorded
+    assert outcomes(lb) == {a.address: (0, 0, 1, 0), b.address: (0, 0, 1, 0)}
+
+
+def test_a_body_that_breaks_off_is_a_failure() -> None:
+    with backends(1) as (a,):
+        lb = balancer(a)
+        with session(lb) as http:
+            response = http.get(f"{URL}/sse?events=100&interval=0.05", stream=True)
+            lines = response.iter_lines()
+            assert next(lines) == b"data: 0"
+            a.kill()
+            with pytest.raises(requests.exceptions.ChunkedEncodingError):
+                list(lines)
+            assert adapter_of(http).open_streams == 0
+        assert outcomes(lb)[a.address] == (0, 1, 0, 0)
+
+
+class Interrupt(BaseException):
+    """A read interrupted, as Ctrl-C would."""
+
+
+def test_a_read_interrupted_by_a_base_exception_is_no_outcome(
+    two: list[Backend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _ = two
+    lb = balancer(a)
+    with session(lb) as http:
+        response = http.get(f"{URL}/sse?events=100&interval=0.05", stream=True)
+        lines = response.iter_lines()
+        assert next(lines) == b"data: 0"
+
+        def interrupted(self: object, amt: int | None = None) -> bytes:
+            raise Interrupt
+
+        # The next chunk's read, in http.client below urllib3, is interrupted: deterministic.
+        monkeypatch.setattr(HttplibResponse, "_safe_read", interrupted)
+        with pytest.raises(Interrupt):
+            list(lines)
+        monkeypatch.undo()
+        assert adapter_of(http).open_streams == 0
+    assert outcomes(lb)[a.address] == (0, 0, 1, 0)
+
+
+# -- arguments ------------------------------------------------------------------------------------
+
+
+def test_arguments_are_checked_by_name(two: list[Backend]) -> None:
+    lb = balancer(*two)
+    with pytest.raises(ValueError, match="max_retries must be 0"):
+        BalancedAdapter(lb, max_retries=3)
+    with pytest.raises(TypeError, match="policy must be an HttpPolicy"):
+        BalancedAdapter(lb, policy=RetryPolicy())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="balancers must be a LoadBalancer"):
+        BalancedAdapter([lb])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pool_maxsize must be at least 1"):
+        BalancedAdapter(lb, pool_maxsize=0)
+    with pytest.raises(TypeError, match="pool_connections must be an int"):
+        BalancedAdapter(lb, pool_connections="4")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="pool_block must be a bool"):
+        BalancedAdapter(lb, pool_block=1)  # type: ignore[arg-type]
+    adapter = BalancedAdapter(lb, pool_connections=3, pool_maxsize=5, pool_block=True)
+    assert adapter.poolmanager.connection_pool_kw == {"maxsize": 5, "block": True}
+    assert adapter.poolmanager.pools._maxsize == 3
+    assert adapter.max_retries.total == 0  # requests never retries behind the balancer
+
+
+def test_the_shared_suite_driver(two: list[Backend]) -> None:
+    a, b = two
+    client = RequestsClient(balancer(a, b), None)
+    try:
+        assert client.name == "requests"
+        assert client.get(f"{URL}/items/1").backend == "b0"
+        assert client.post(f"{URL}/items/1", b"abc").json()["body_length"] == 3
+        assert client.sse(f"{URL}/sse?events=5", lambda n: n < 2) == 2
+        assert client.adapter.open_streams == 0
+    finally:
+        client.close()
