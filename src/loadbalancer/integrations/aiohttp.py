@@ -37,11 +37,12 @@ import copy
 import sys
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import final
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
+from aiohttp.connector import Connection
 from aiohttp.payload import BytesPayload, Payload
 from multidict import CIMultiDict
 
@@ -195,13 +196,50 @@ def _attempt_request(request: ClientRequest, server: str, policy: HttpPolicy) ->
 # -- leases held by response bodies ---------------------------------------------------------------
 
 
+def _retrieve(closing: asyncio.Future[None]) -> None:
+    """Mark a connection's ``closed`` future as looked at: asyncio would otherwise log the
+    error of a connection lost before anyone awaits it (the middleware made the future)."""
+    if not closing.cancelled():
+        closing.exception()
+
+
+def _forget(
+    closing: asyncio.Future[None], callback: Callable[[asyncio.Future[None]], None]
+) -> None:
+    """Take ``callback`` off ``closing``, from whichever thread (a finalizer may run in any)."""
+    loop = closing.get_loop()
+    try:
+        here = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
+    if here is loop:
+        closing.remove_done_callback(callback)
+    elif not loop.is_closed():
+        loop.call_soon_threadsafe(closing.remove_done_callback, callback)
+
+
 @final
 class _Hold:
-    """An answer's lease, held until its response gives its connection back."""
+    """An answer's lease, held until its response gives its connection back or it is lost."""
 
-    __slots__ = ("__weakref__", "content", "finalizer", "lease", "ok", "owner", "session")
+    __slots__ = (
+        "__weakref__",
+        "closing",
+        "content",
+        "finalizer",
+        "lease",
+        "ok",
+        "owner",
+        "session",
+    )
 
-    def __init__(self, held: Held[ClientResponse], request: ClientRequest, owner: _Holds) -> None:
+    def __init__(
+        self,
+        held: Held[ClientResponse],
+        request: ClientRequest,
+        connection: Connection,
+        owner: _Holds,
+    ) -> None:
         response = held.result
         assert held.lease is not None
         # The lease and verdict, not the Held: a reference to the response would keep an
@@ -212,18 +250,36 @@ class _Hold:
         self.content = response.content
         session = request.session
         self.session = None if session is None else weakref.ref(session)
-        # An unclosed response ends its lease when collected (ClientResponse.__del__ gives
-        # its connection back too, which normally ends it first).
+        # Released, closed, read to the end or collected: aiohttp gives the connection back,
+        # and calls back (the hook it stops its own timeout with).
+        connection.add_callback(self.given_back)
+        # Lost (the server went away mid-body, the session closed): nobody may touch the
+        # response for a long while, so the protocol's closed future says so at once.
+        protocol = connection.protocol
+        self.closing = None if protocol is None else protocol.closed
+        if self.closing is not None:
+            self.closing.remove_done_callback(_retrieve)  # once per connection, not per answer
+            self.closing.add_done_callback(_retrieve)
+            self.closing.add_done_callback(self.lost)
+        # A fallback: ClientResponse.__del__ gives its connection back, which ends it first.
         self.finalizer = weakref.finalize(response, self.end, None)
 
     def end(self, ok: bool | None) -> None:
         """Release the lease with ``ok`` (once: later calls do nothing)."""
         self.finalizer.detach()
+        closing, self.closing = self.closing, None
+        if closing is not None:  # the connection outlives the answer (keep-alive)
+            _forget(closing, self.lost)
         if self.lease.release(ok):
             self.owner.discard(self)
 
+    def lost(self, _: asyncio.Future[None]) -> None:
+        """The connection closed before the response gave it back."""
+        self.given_back()
+
     def given_back(self) -> None:
-        """The response gave its connection back: end the lease with what that says."""
+        """The response gave its connection back (or lost it): end the lease with what that
+        says about the server."""
         ok = self.ok
         failure = self.content.exception()
         handling = sys.exc_info()[1]  # a read being unwound closes the response
@@ -237,7 +293,7 @@ class _Hold:
                 ok = False  # the body broke off or stalled: the server failed after all
             # else: released or closed by the caller before the end: the headers' verdict
         elif not self.content.is_eof():
-            ok = None  # given back by the collector, unfinished and unexamined
+            ok = None  # collected, or closed with no word why: nothing learnt
         self.end(ok)
 
 
@@ -393,9 +449,7 @@ class BalancedMiddleware:
         if connection is None:  # the body arrived with the headers (or there is none)
             held.release()
             return response
-        hold = _Hold(held, request, self._holds)
-        self._holds.add(hold)
-        connection.add_callback(hold.given_back)
+        self._holds.add(_Hold(held, request, connection, self._holds))
         return response
 
     def close(self) -> None:
