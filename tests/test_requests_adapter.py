@@ -24,6 +24,7 @@ from urllib3.exceptions import (
 from loadbalancer import (
     LoadBalancer,
     NoServersAvailableError,
+    OutlierDetection,
     RetryPolicy,
     RingHashStrategy,
 )
@@ -299,7 +300,7 @@ def test_a_post_is_not_retried_once_sent(two: list[Backend]) -> None:
 
 def test_the_per_try_timeout_caps_the_callers_timeouts(two: list[Backend]) -> None:
     a, _ = two
-    policy = HttpPolicy(retry=RetryPolicy(attempts=1, per_try_timeout=0.2))
+    policy = HttpPolicy(retry=RetryPolicy(attempts=1, per_try_timeout=0.1))
     with session(balancer(a), policy) as http:
         for timeout in (None, 30.0, (30.0, 30.0), urllib3.Timeout(connect=30.0, read=30.0)):
             started = time.monotonic()
@@ -311,7 +312,7 @@ def test_the_per_try_timeout_caps_the_callers_timeouts(two: list[Backend]) -> No
     with session(balancer(a), policy) as http:
         started = time.monotonic()
         with pytest.raises(requests.exceptions.ReadTimeout):
-            http.get(f"{URL}/slow?seconds=5", timeout=0.2)
+            http.get(f"{URL}/slow?seconds=5", timeout=0.1)
         assert time.monotonic() - started < 2.0
 
 
@@ -512,3 +513,35 @@ def test_the_shared_suite_driver(two: list[Backend]) -> None:
         assert client.adapter.open_streams == 0
     finally:
         client.close()
+
+
+def test_threads_share_an_adapter_through_a_backend_killed_mid_run() -> None:
+    with backends(3) as pool:
+        ejection = OutlierDetection(consecutive_failures=3, max_ejection_percent=50)
+        lb = balancer(*pool, outlier_detection=ejection)
+        policy = HttpPolicy(retry=RetryPolicy(attempts=3, per_try_timeout=5.0))
+        served: list[str] = []
+        lock = threading.Lock()
+        halfway = threading.Event()
+
+        def worker() -> None:
+            for _ in range(25):
+                name = http.get(f"{URL}/items/1").json()["backend"]
+                with lock:
+                    served.append(name)
+                    if len(served) == 50:
+                        halfway.set()
+
+        with session(lb, policy) as http:
+            threads = [threading.Thread(target=worker) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            assert halfway.wait(5)
+            pool[0].kill()
+            for thread in threads:
+                thread.join(10)
+            assert adapter_of(http).open_streams == 0
+        assert len(served) == 200  # every request answered: none failed
+        assert all(s.in_flight == 0 for s in lb.stats().values())
+        assert served[-1] != "b0"
+        assert lb.stats()[pool[0].address].failures >= 1

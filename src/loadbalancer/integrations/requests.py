@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import http.client
 import threading
-import weakref
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, final
@@ -216,6 +215,25 @@ class _AttemptOf:
     tls_name: str | None  # the name TLS sends (SNI) and verifies, if not the URL's host
 
 
+_Classifiers = dict[tuple[bool, bool], HttpClassifier[requests.Response]]
+
+
+def _classifiers(rules: HttpRetry) -> _Classifiers:
+    """One classifier per kind of request, made once: (idempotent, replayable)."""
+    return {
+        (idempotent, replayable): HttpClassifier(
+            rules,
+            idempotent=idempotent,
+            replayable=replayable,
+            status=_status,
+            retry_after=_retry_after,
+            kind=error_kind,
+        )
+        for idempotent in (False, True)
+        for replayable in (False, True)
+    }
+
+
 @final
 class _Plan:
     """One request's routing, key, classifier and timeout, shared by its attempts."""
@@ -223,7 +241,12 @@ class _Plan:
     __slots__ = ("classify", "host", "key", "lb", "request", "timeout", "url")
 
     def __init__(
-        self, request: PreparedRequest, routes: Routes, policy: HttpPolicy, timeout: Any
+        self,
+        request: PreparedRequest,
+        routes: Routes,
+        policy: HttpPolicy,
+        classifiers: _Classifiers,
+        timeout: Any,
     ) -> None:
         url = urlsplit(request.url or "")
         host = url.hostname or ""
@@ -234,18 +257,10 @@ class _Plan:
             self.lb = routes.balancer(host)
         except UnknownHostError as exc:
             raise NoBackendAvailable(str(exc), host=host, request=request) from exc
-        rules = policy.rules
-        idempotent = rules.idempotent(request.method or "GET", _marked(request))
+        idempotent = policy.rules.idempotent(request.method or "GET", _marked(request))
         body = request.body
         replayable = body is None or isinstance(body, (bytes, str))  # else a one-shot stream
-        self.classify: HttpClassifier[requests.Response] = HttpClassifier(
-            rules,
-            idempotent=idempotent,
-            replayable=replayable,
-            status=_status,
-            retry_after=_retry_after,
-            kind=error_kind,
-        )
+        self.classify = classifiers[idempotent, replayable]
         sticky: StickyKey | None = policy.sticky
         self.key: Key | None = None if sticky is None else sticky.key(request, request.headers.get)
         self.timeout = _capped_timeout(timeout, policy.retry.per_try_timeout)
@@ -256,7 +271,8 @@ class _Plan:
         url = self.url
         scheme = backend.scheme or url.scheme
         port = backend.port if backend.port is not None else url.port
-        address = f"[{backend.host}]" if ":" in backend.host else backend.host
+        # An IPv6 zone id (fe80::1%eth0) is written %25 in a URL (RFC 6874).
+        address = f"[{backend.host.replace('%', '%25')}]" if ":" in backend.host else backend.host
         netloc = address if port is None else f"{address}:{port}"
         query = f"?{url.query}" if url.query else ""
         attempt = self.request.copy()
@@ -350,8 +366,8 @@ class _Holds:
 # reads note how a read ended (an Exception: the body broke off, a failure; another
 # BaseException: no outcome), and as urllib3 releases the connection inside the read, before
 # the exception reaches the read's caller, a release during a read takes effect when the read
-# returns or raises. A weakref.finalize ends the lease with no outcome if the response is
-# collected first (IOBase's own finalizer closes it without releasing the connection).
+# returns or raises. Its __del__ ends the lease with no outcome if the response is collected
+# first (then IOBase's own finalizer closes it, without releasing the connection).
 
 
 class _HeldBody(HTTPResponse):
@@ -432,6 +448,12 @@ class _HeldBody(HTTPResponse):
         finally:
             chunks.close()
 
+    def __del__(self) -> None:
+        # Never done with (the response dropped unread): no outcome. A __del__ costs nothing
+        # until it runs, where a weakref.finalize costs microseconds per response.
+        self._lb_hold.abandon()
+        super().__del__()
+
 
 def _hold(response: requests.Response, lease: Lease, ok: bool | None, holds: _Holds) -> bool:
     """Make ``response``'s body hold ``lease`` until done with; False if it cannot."""
@@ -444,8 +466,6 @@ def _hold(response: requests.Response, lease: Lease, ok: bool | None, holds: _Ho
     raw._lb_reading = 0  # type: ignore[attr-defined]
     raw._lb_released = False  # type: ignore[attr-defined]
     raw.__class__ = _HeldBody
-    # At interpreter exit a body still open says nothing about its server: leave it be.
-    weakref.finalize(raw, hold.abandon).atexit = False
     return True
 
 
@@ -500,6 +520,7 @@ class BalancedAdapter(HTTPAdapter):
     ) -> None:
         self._routes = Routes(balancers)
         self._policy = _check_policy(policy)
+        self._classifiers = _classifiers(self._policy.rules)
         _check_count(pool_connections, "pool_connections")
         _check_count(pool_maxsize, "pool_maxsize")
         if not isinstance(pool_block, bool):
@@ -530,7 +551,7 @@ class BalancedAdapter(HTTPAdapter):
     ) -> requests.Response:
         """Send ``request`` to a server of its host's balancer, retrying where safe."""
         policy = self._policy
-        plan = _Plan(request, self._routes, policy, timeout)
+        plan = _Plan(request, self._routes, policy, self._classifiers, timeout)
         send = super().send
 
         def attempt(server: str) -> requests.Response:
