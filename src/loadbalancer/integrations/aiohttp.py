@@ -78,10 +78,13 @@ __all__ = [
     "error_kind",
 ]
 
-IDEMPOTENT = "Loadbalancer-Idempotent"
-"""Request header: ``headers={IDEMPOTENT: "true"}`` lets a POST be retried like a GET
-(``"false"`` keeps a GET from being retried after it may have been sent). The middleware
-strips it: no server sees it."""
+IDEMPOTENT = "X-Loadbalancer-Idempotent"
+"""Request header: ``headers={IDEMPOTENT: "1"}`` lets a POST be retried (and hedged) like a
+GET, ``"0"`` keeps a GET from being retried after it may have been sent (``true``/``false``
+and ``yes``/``no`` too). The same header as the requests adapter's. The middleware strips it
+from every attempt: no server sees it. aiohttp has no per-request place for such a mark other
+than the headers (``trace_request_ctx`` never reaches a middleware), and a per-request
+``middlewares=`` with another policy changes every rule at once."""
 
 
 class NoBackendAvailable(aiohttp.ClientConnectionError):
@@ -170,7 +173,7 @@ def _marked(headers: CIMultiDict[str]) -> bool | None:
         return True
     if lowered in ("false", "0", "no"):
         return False
-    raise ValueError(f"header {IDEMPOTENT} must be 'true' or 'false', got {value!r}")
+    raise ValueError(f"header {IDEMPOTENT} must be 1 or 0 (true or false), not {value!r}")
 
 
 def _attempt_request(request: ClientRequest, server: str, policy: HttpPolicy) -> ClientRequest:
