@@ -9,10 +9,12 @@ import time
 from collections.abc import Iterator
 from http.client import HTTPResponse as HttplibResponse
 from http.client import RemoteDisconnected
+from typing import Any
 
 import pytest
 import requests
 import urllib3
+from requests.models import PreparedRequest
 from urllib3.exceptions import (
     ClosedPoolError,
     MaxRetryError,
@@ -545,3 +547,21 @@ def test_threads_share_an_adapter_through_a_backend_killed_mid_run() -> None:
         assert all(s.in_flight == 0 for s in lb.stats().values())
         assert served[-1] != "b0"
         assert lb.stats()[pool[0].address].failures >= 1
+
+
+def test_a_raw_body_that_is_not_urllib3s_is_read_before_send_returns(two: list[Backend]) -> None:
+    class Buffering(BalancedAdapter):
+        def build_response(self, req: PreparedRequest, resp: Any) -> requests.Response:
+            response = super().build_response(req, resp)
+            response.raw = io.BytesIO(resp.read())  # a file-like body, as a test double might
+            return response
+
+    a, _ = two
+    lb = balancer(a)
+    http = requests.Session()
+    adapter = Buffering(lb)
+    http.mount(f"{URL}/", adapter)
+    with http:
+        response = http.get(f"{URL}/items/1", stream=True)
+        assert (adapter.open_streams, outcomes(lb)[a.address]) == (0, (1, 0, 0, 0))
+        assert response.json()["backend"] == a.name

@@ -501,9 +501,10 @@ class BalancedAdapter(HTTPAdapter):
 
     ``balancers``: one ``LoadBalancer`` for every host, or a mapping from logical host to
     balancer; ``policy`` how (``HttpPolicy``). ``pool_connections``, ``pool_maxsize`` and
-    ``pool_block`` are ``HTTPAdapter``'s. ``max_retries`` must stay 0: retries are the
-    balancer's, on other servers. ``policy.retry.per_try_timeout`` caps each attempt's
-    connect and read timeouts (a blocking attempt cannot be cut off as a whole);
+    ``pool_block`` are ``HTTPAdapter``'s: urllib3 keeps one pool per server (and TLS name), so
+    make ``pool_connections`` at least the number of servers. ``max_retries`` must stay 0:
+    retries are the balancer's, on other servers. ``policy.retry.per_try_timeout`` caps each
+    attempt's connect and read timeouts (a blocking attempt cannot be cut off as a whole);
     ``policy.hedging`` is for async clients, and not used here. ``close()`` (or closing the
     session) closes the pools and ends the leases of bodies still open.
     """
