@@ -20,6 +20,7 @@ from loadbalancer import (
     HedgingPolicy,
     LoadBalancer,
     NoServersAvailableError,
+    OutlierDetection,
     RetryBudget,
     RetryPolicy,
     RingHashStrategy,
@@ -486,6 +487,37 @@ def test_a_timeout_not_retried_for_want_of_budget_says_so(pool: list[Backend]) -
     run(lb, main, policy)
     assert hung.count() == 2
     assert live.count() == 1
+
+
+def test_a_backend_killed_mid_run_fails_no_request(pool: list[Backend]) -> None:
+    victim = pool[1]
+    lb = balancer(*pool, outlier_detection=OutlierDetection(consecutive_failures=3))
+    policy = HttpPolicy(retry=RetryPolicy(attempts=3, per_try_timeout=5.0))
+
+    async def main(http: aiohttp.ClientSession, middleware: BalancedMiddleware) -> object:
+        served: list[str] = []
+        killed: list[int] = []
+        semaphore = asyncio.Semaphore(8)
+
+        async def one(i: int) -> None:
+            async with semaphore, http.get(f"http://inventory/items/{i}") as response:
+                response.raise_for_status()
+                served.append((await response.json())["backend"])
+            if len(served) == 60:
+                await asyncio.to_thread(victim.kill)
+                killed.append(len(served))
+
+        await asyncio.gather(*(one(i) for i in range(200)))
+        assert middleware.open_streams == 0
+        # at most the 8 in flight were answered by the victim after it was killed
+        assert victim.name not in served[killed[0] + 8 :]
+        return served
+
+    served = run(lb, main, policy)
+    assert isinstance(served, list)
+    assert len(served) == 200  # every request answered 200
+    assert lb.stats()[victim.address].ejections == 1
+    assert stats(lb)[3] == 0
 
 
 @pytest.mark.parametrize(
