@@ -270,9 +270,7 @@ def test_a_refused_connection_is_retried_even_for_a_post(two: list[Backend]) -> 
 
 
 def test_a_post_is_not_retried_once_sent(two: list[Backend]) -> None:
-    a, b = two
-    a.mode = "hang"
-    lb = balancer(a, b)
+    _, live = two
     errors: list[BaseException] = []
 
     def post() -> None:
@@ -281,23 +279,31 @@ def test_a_post_is_not_retried_once_sent(two: list[Backend]) -> None:
         except Exception as exc:
             errors.append(exc)
 
-    with backends(1, prefix="h") as (hung,), session(balancer(hung, b)) as http:
+    with backends(1, prefix="h") as (hung,):
         hung.mode = "hang"
-        sender = threading.Thread(target=post)
-        sender.start()
-        hung.wait_in_flight()
-        hung.kill()  # the connection drops after the request went out
-        sender.join(5)
+        lb = balancer(hung, live)
+        with session(lb) as http:
+            sender = threading.Thread(target=post)
+            sender.start()
+            hung.wait_in_flight()
+            hung.kill()  # the connection drops after the request went out
+            sender.join(5)
     assert len(errors) == 1
     assert error_kind(errors[0]) is ErrorKind.BROKEN
-    assert b.count("POST") == 0
-    # A GET, idempotent, goes to the other server after a read timeout.
+    assert live.count("POST") == 0
+    assert outcomes(lb)[hung.address][1] == 1
+
+
+def test_after_a_read_timeout_a_get_is_retried_and_a_post_is_not(two: list[Backend]) -> None:
+    hung, live = two
+    hung.mode = "hang"
+    lb = balancer(hung, live)
     with session(lb, HttpPolicy(retry=RetryPolicy(per_try_timeout=0.2))) as http:
-        assert http.get(f"{URL}/items/1").json()["backend"] == "b1"
+        assert http.get(f"{URL}/items/1").json()["backend"] == live.name
         with pytest.raises(requests.exceptions.ReadTimeout):
-            http.post(f"{URL}/items/1", data=b"x")
-    assert b.count("POST") == 0
-    assert outcomes(lb)[a.address][1] == 2
+            http.post(f"{URL}/items/1", data=b"x")  # the round robin's turn: hung again
+    assert (hung.count("POST"), live.count("POST")) == (1, 0)
+    assert outcomes(lb)[hung.address][1] == 2  # both attempts on it timed out: failures
 
 
 def test_the_per_try_timeout_caps_the_callers_timeouts(two: list[Backend]) -> None:
