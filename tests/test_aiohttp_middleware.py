@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import aiohttp
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from loadbalancer import (
@@ -520,6 +521,11 @@ def test_a_backend_killed_mid_run_fails_no_request(pool: list[Backend]) -> None:
     assert stats(lb)[3] == 0
 
 
+_INFO = aiohttp.RequestInfo(
+    URL("http://h/"), "GET", CIMultiDictProxy(CIMultiDict()), URL("http://h/")
+)
+
+
 @pytest.mark.parametrize(
     ("error", "kind"),
     [
@@ -536,6 +542,8 @@ def test_a_backend_killed_mid_run_fails_no_request(pool: list[Backend]) -> None:
         (aiohttp.ServerDisconnectedError(), ErrorKind.BROKEN),
         (aiohttp.ClientOSError(104, "reset"), ErrorKind.BROKEN),
         (aiohttp.ClientPayloadError("cut"), ErrorKind.BROKEN),
+        (aiohttp.ClientResponseError(_INFO, (), status=400, message="bad"), ErrorKind.BROKEN),
+        (aiohttp.ServerFingerprintMismatch(b"a", b"b", "h", 1), ErrorKind.NOT_SENT),
         (aiohttp.ClientConnectionError("closed"), ErrorKind.LOCAL),
         (aiohttp.InvalidURL("x"), ErrorKind.LOCAL),
         (ValueError("x"), ErrorKind.LOCAL),

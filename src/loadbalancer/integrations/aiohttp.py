@@ -19,11 +19,24 @@ or when the response is released, closed or garbage-collected; the attempt's lea
 same moment (through ``Connection.add_callback``, the hook aiohttp itself uses to stop its timeout
 with the connection). A small body that arrived with the headers therefore ends the lease at once;
 a streamed one (server-sent events) holds it until the stream ends or the response is released.
-The outcome is decided on the response headers (a 5xx is a failure), unless the body then breaks
-off (a failure) or a body read is cancelled (no outcome). Closing the middleware (``close()``)
-ends the leases still open with no outcome. Closing the session does not end them by itself
-(aiohttp has no hook for it): each ends, with no outcome, when its response is released or
-garbage-collected.
+An unreleased response whose body is still arriving cannot be collected (aiohttp's connection
+holds it), so "collected" only happens once its connection is gone. A connection lost first (the
+server gone mid-body, the session closed) ends the lease then, through the protocol's public
+``closed`` future, without waiting for anyone to touch the response. The outcome is decided on
+the response headers (a 5xx is a failure), unless the body then breaks off or stalls past
+aiohttp's read timeout (a failure), a body read is cancelled (no outcome), or the session was
+closed (no outcome). ``close()`` ends the leases still open with no outcome.
+
+TLS: a server given as an IP address, for an ``https`` request whose Host stays the logical
+name, is sent with ``server_hostname`` set to the logical host, so that the TLS handshake names,
+and the certificate is verified against, the service rather than the IP (a ``server_hostname``
+the caller gave is kept). A server given by name is verified against its own name. aiohttp pools
+connections per address *and* ``server_hostname``, so two services on one address never share
+a connection.
+
+A retryable answer (a 503 being retried) is read, for at most the per-try timeout (1 s without
+one), so that its connection goes back; should it still be the answer (no server left), its
+``read()`` gives that body (an unreadable one raises ``ClientConnectionError``).
 
 aiohttp itself re-runs an idempotent request once when it fails with ``ClientOSError`` or
 ``ServerDisconnectedError`` (its retry of a stale keep-alive connection), so a GET whose every
@@ -108,7 +121,14 @@ class PerTryTimeout(aiohttp.ServerTimeoutError):
 
 
 def error_kind(error: Exception) -> ErrorKind:
-    """What an aiohttp exception says about the attempt (see ``ErrorKind``)."""
+    """What an aiohttp exception says about the attempt (see ``ErrorKind``).
+
+    ``ClientConnectorError`` (refused, DNS, TLS handshake), ``ConnectionTimeoutError`` and
+    ``ServerFingerprintMismatch`` are ``NOT_SENT``; any other ``ServerTimeoutError`` or
+    ``asyncio.TimeoutError`` is ``TIMEOUT``; ``ServerDisconnectedError``, ``ClientOSError``,
+    ``ClientPayloadError`` and ``ClientResponseError`` (a malformed answer) are ``BROKEN``;
+    anything else is ``LOCAL``.
+    """
     # Connecting (refused, DNS, TLS handshake, timed out, wrong certificate fingerprint):
     # nothing of the request was sent. ConnectionTimeoutError is a ServerTimeoutError, so
     # it is tested first.
