@@ -14,18 +14,20 @@ shared, which is safe because only bytes, text and form bodies are ever sent twi
 request is never sent, so attempts running side by side (hedging) share no mutable state, and the
 answer's ``url`` stays the logical one (cookies and redirects see the service's name).
 
-Leases: aiohttp gives a response's connection back when its body has fully arrived, read or not,
-or when the response is released, closed or garbage-collected; the attempt's lease ends at the
-same moment (through ``Connection.add_callback``, the hook aiohttp itself uses to stop its timeout
-with the connection). A small body that arrived with the headers therefore ends the lease at once;
-a streamed one (server-sent events) holds it until the stream ends or the response is released.
-An unreleased response whose body is still arriving cannot be collected (aiohttp's connection
-holds it), so "collected" only happens once its connection is gone. A connection lost first (the
-server gone mid-body, the session closed) ends the lease then, through the protocol's public
-``closed`` future, without waiting for anyone to touch the response. The outcome is decided on
-the response headers (a 5xx is a failure), unless the body then breaks off or stalls past
-aiohttp's read timeout (a failure), a body read is cancelled (no outcome), or the session was
-closed (no outcome). ``close()`` ends the leases still open with no outcome.
+Leases: an answer's lease is held until its body has been read to the end (``read()``,
+``json()``, ``text()``, or ``response.content`` to its end), or the response is released or
+closed (``async with`` does), or garbage-collected, whichever is first; aiohttp gives the
+connection back as soon as the body has arrived, but the lease, like httpx's, lasts while the
+caller is still reading (an SSE stream holds it to the last event). No public aiohttp hook says
+when a body has been read to the end, so the body's ``StreamReader`` has its class swapped for a
+subclass that watches its reads (see ``_HeldContent``). A response with no body (HEAD, 204)
+ends the lease with its headers. An unreleased response whose body is still arriving is held
+by aiohttp's connection, so it is collected only after. A connection closed under a body (the
+session closed) ends the lease then, through the protocol's public ``closed`` future. The
+outcome is decided on the response headers (a 5xx is a failure), unless the body then breaks
+off or stalls past aiohttp's read timeout (a failure), a body read is cancelled, the response is
+collected unread, or the session is closed (no outcome). ``close()`` ends the leases still open
+with no outcome.
 
 TLS: a server given as an IP address, for an ``https`` request whose Host stays the logical
 name, is sent with ``server_hostname`` set to the logical host, so that the TLS handshake names,
@@ -51,12 +53,12 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from typing import final
+from typing import Any, final
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
-from aiohttp.connector import Connection
 from aiohttp.payload import BytesPayload, Payload
+from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 
 from loadbalancer import (
@@ -241,9 +243,84 @@ def _forget(
         loop.call_soon_threadsafe(closing.remove_done_callback, callback)
 
 
+# The bodies being read whose answers hold leases, by id(): a StreamReader has __slots__ and
+# no __weakref__, so neither an attribute nor a weak mapping can lead from it to its lease.
+# The hold keeps its body alive, so an id is never reused while it is here.
+_READING: dict[int, _Hold] = {}
+
+
+class _Reading:
+    """Around one read of a held body: a read cancelled marks it; one that reaches the end
+    of the body ends the lease."""
+
+    __slots__ = ("_content",)
+
+    def __init__(self, content: StreamReader) -> None:
+        self._content = content
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: object, tb: object) -> None:
+        hold = _READING.get(id(self._content))
+        if hold is None:
+            return
+        if kind is None:
+            if self._content.at_eof():
+                hold.end(hold.ok)  # read to the end
+        elif not issubclass(kind, Exception):
+            hold.ok = None  # cancelled (or interrupted) mid-body: nothing learnt
+
+
+class _HeldContent(StreamReader):
+    """The body of an answer that holds its lease: the response's own ``StreamReader``, its
+    class swapped for this one (no slot added, so the layout is the same).
+
+    Why not a public hook: aiohttp tells nobody when a body has been read to the end (its
+    ``on_eof`` fires when the body has *arrived*, maybe unread) or released early; every way
+    to read it goes through these methods, and release and close through ``set_exception``.
+    """
+
+    __slots__ = ()
+
+    async def read(self, n: int = -1) -> bytes:
+        with _Reading(self):
+            return await super().read(n)
+
+    async def readany(self) -> bytes:
+        with _Reading(self):
+            return await super().readany()
+
+    async def readchunk(self) -> tuple[bytes, bool]:
+        with _Reading(self):
+            return await super().readchunk()
+
+    async def readexactly(self, n: int) -> bytes:
+        with _Reading(self):
+            return await super().readexactly(n)
+
+    async def readuntil(
+        self, separator: bytes = b"\n", *, max_size: int | None = None
+    ) -> bytes:  # readline and iteration by line come here
+        with _Reading(self):
+            return await super().readuntil(separator, max_size=max_size)
+
+    def read_nowait(self, n: int = -1) -> bytes:
+        with _Reading(self):
+            return super().read_nowait(n)
+
+    def set_exception(self, exc: BaseException, *args: Any, **kwargs: Any) -> None:
+        # aiohttp sets one on the body when the connection breaks or stalls, and when the
+        # response is released or closed before the end (ClientConnectionError "closed").
+        super().set_exception(exc, *args, **kwargs)
+        hold = _READING.get(id(self))
+        if hold is not None:
+            hold.ended_early(exc)
+
+
 @final
 class _Hold:
-    """An answer's lease, held until its response gives its connection back or it is lost."""
+    """An answer's lease, held until its body is read to the end or the response is done."""
 
     __slots__ = (
         "__weakref__",
@@ -256,13 +333,7 @@ class _Hold:
         "session",
     )
 
-    def __init__(
-        self,
-        held: Held[ClientResponse],
-        request: ClientRequest,
-        connection: Connection,
-        owner: _Holds,
-    ) -> None:
+    def __init__(self, held: Held[ClientResponse], request: ClientRequest, owner: _Holds) -> None:
         response = held.result
         assert held.lease is not None
         # The lease and verdict, not the Held: a reference to the response would keep an
@@ -270,54 +341,72 @@ class _Hold:
         self.lease: Lease = held.lease
         self.ok = held.ok
         self.owner = owner
-        self.content = response.content
         session = request.session
         self.session = None if session is None else weakref.ref(session)
-        # Released, closed, read to the end or collected: aiohttp gives the connection back,
-        # and calls back (the hook it stops its own timeout with).
-        connection.add_callback(self.given_back)
-        # Lost (the server went away mid-body, the session closed): nobody may touch the
-        # response for a long while, so the protocol's closed future says so at once.
-        protocol = connection.protocol
+        content = self.content = response.content
+        _READING[id(content)] = self
+        if type(content) is StreamReader:
+            content.__class__ = _HeldContent
+        # else: a body aiohttp never made before; the lease then ends when it has arrived
+        content.on_eof(self.arrived)
+        # Lost before the end (the session closed under it): nobody may touch the response
+        # for a long while, so the protocol's closed future says so at once.
+        connection = response.connection
+        protocol = None if connection is None else connection.protocol
         self.closing = None if protocol is None else protocol.closed
         if self.closing is not None:
             self.closing.remove_done_callback(_retrieve)  # once per connection, not per answer
             self.closing.add_done_callback(_retrieve)
             self.closing.add_done_callback(self.lost)
-        # A fallback: ClientResponse.__del__ gives its connection back, which ends it first.
+        # Dropped unread or half read: the lease ends, with no outcome, when it is collected.
         self.finalizer = weakref.finalize(response, self.end, None)
 
     def end(self, ok: bool | None) -> None:
         """Release the lease with ``ok`` (once: later calls do nothing)."""
         self.finalizer.detach()
+        content = self.content
+        if _READING.get(id(content)) is self:
+            del _READING[id(content)]
+        # The body keeps its class: swapping it back could race a read under way (a finalizer
+        # runs in any thread), and its reads find no lease here any more.
         closing, self.closing = self.closing, None
         if closing is not None:  # the connection outlives the answer (keep-alive)
             _forget(closing, self.lost)
         if self.lease.release(ok):
             self.owner.discard(self)
 
-    def lost(self, _: asyncio.Future[None]) -> None:
-        """The connection closed before the response gave it back."""
-        self.given_back()
+    def arrived(self) -> None:
+        """The whole body is in: if it is read already (or cannot be watched), that is the end."""
+        if self.content.at_eof() or type(self.content) is not _HeldContent:
+            self.end(self.ok)
 
-    def given_back(self) -> None:
-        """The response gave its connection back (or lost it): end the lease with what that
-        says about the server."""
+    def ended_early(self, error: BaseException) -> None:
+        """The body ended before it was read to the end, with ``error``."""
         ok = self.ok
-        failure = self.content.exception()
-        handling = sys.exc_info()[1]  # a read being unwound closes the response
         session = None if self.session is None else self.session()
+        handling = sys.exc_info()[1]  # a read being unwound closes the response
         if session is None or session.closed:
             ok = None  # the client went away, not the server
         elif handling is not None and not isinstance(handling, Exception):
-            ok = None  # a body read cancelled (or interrupted): nothing learnt
-        elif isinstance(failure, Exception):
-            if error_kind(failure) in (ErrorKind.BROKEN, ErrorKind.TIMEOUT):
-                ok = False  # the body broke off or stalled: the server failed after all
-            # else: released or closed by the caller before the end: the headers' verdict
-        elif not self.content.is_eof():
-            ok = None  # collected, or closed with no word why: nothing learnt
+            ok = None  # closed while a cancellation unwinds: nothing learnt
+        elif isinstance(error, Exception) and error_kind(error) in _SERVER_FAILED:
+            ok = False  # the body broke off or stalled: the server failed after all
+        # else: released or closed early by the caller: the headers' verdict stands
         self.end(ok)
+
+    def lost(self, _: asyncio.Future[None]) -> None:
+        """The connection closed: before the whole body arrived, nothing more will."""
+        content = self.content
+        if content.is_eof():
+            return  # arrived whole (the server then closed): still there to be read
+        failure = content.exception()
+        if failure is not None:
+            self.ended_early(failure)
+        else:  # closed under the body with no word why: the session closing, or the caller
+            self.end(None)
+
+
+_SERVER_FAILED = (ErrorKind.BROKEN, ErrorKind.TIMEOUT)
 
 
 @final
@@ -468,11 +557,10 @@ class BalancedMiddleware:
         response = held.result
         if held.lease is None:
             return response
-        connection = response.connection
-        if connection is None:  # the body arrived with the headers (or there is none)
+        if response.content.at_eof():  # no body (HEAD, 204, 304), or an empty one, read
             held.release()
             return response
-        self._holds.add(_Hold(held, request, connection, self._holds))
+        self._holds.add(_Hold(held, request, self._holds))
         return response
 
     def close(self) -> None:
