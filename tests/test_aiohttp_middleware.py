@@ -573,6 +573,51 @@ def test_a_body_holds_its_lease_until_read_though_it_has_arrived(pool: list[Back
     run(lb, main)
 
 
+async def _iterate(chunks: AsyncIterator[object]) -> None:
+    async for _ in chunks:
+        pass
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda r: r.read(),
+        lambda r: r.text(),
+        lambda r: r.content.read(),
+        lambda r: _iterate(r.content),
+        lambda r: _iterate(r.content.iter_chunked(7)),
+        lambda r: _iterate(r.content.iter_any()),
+        lambda r: _iterate(r.content.iter_chunks()),
+        lambda r: r.content.readexactly(int(r.headers["content-length"])),
+    ],
+    ids=[
+        "read",
+        "text",
+        "content.read",
+        "lines",
+        "iter_chunked",
+        "iter_any",
+        "iter_chunks",
+        "readexactly",
+    ],
+)
+def test_reading_a_body_to_the_end_ends_its_lease_whichever_way(
+    pool: list[Backend], read: Callable[[aiohttp.ClientResponse], Awaitable[object]]
+) -> None:
+    lb = balancer(pool[0])
+
+    async def main(http: aiohttp.ClientSession, middleware: BalancedMiddleware) -> None:
+        response = await http.get("http://inventory/items/1")
+        await eventually(response.content.is_eof)  # all in, none read
+        assert middleware.open_streams == 1
+        await read(response)
+        assert middleware.open_streams == 0
+        assert stats(lb) == (1, 0, 0, 0)
+        response.release()
+
+    run(lb, main)
+
+
 def test_no_body_ends_the_lease_with_the_headers(pool: list[Backend]) -> None:
     lb = balancer(pool[0])
 

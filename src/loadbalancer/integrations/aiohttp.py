@@ -299,11 +299,10 @@ class _HeldContent(StreamReader):
         with _Reading(self):
             return await super().readexactly(n)
 
-    async def readuntil(
-        self, separator: bytes = b"\n", *, max_size: int | None = None
-    ) -> bytes:  # readline and iteration by line come here
+    async def readuntil(self, *args: Any, **kwargs: Any) -> bytes:
+        # readline and iteration by line come here; the arguments vary with aiohttp's version
         with _Reading(self):
-            return await super().readuntil(separator, max_size=max_size)
+            return await super().readuntil(*args, **kwargs)
 
     def read_nowait(self, n: int = -1) -> bytes:
         with _Reading(self):
@@ -511,7 +510,8 @@ class BalancedMiddleware:
 
     @property
     def open_streams(self) -> int:
-        """Responses returned whose connections are not given back yet, each holding its lease."""
+        """Responses returned whose bodies are not read to the end, released or closed yet,
+        each holding its lease."""
         return len(self._holds)
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
