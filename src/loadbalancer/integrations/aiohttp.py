@@ -32,9 +32,10 @@ with no outcome.
 TLS: a server given as an IP address, for an ``https`` request whose Host stays the logical
 name, is sent with ``server_hostname`` set to the logical host, so that the TLS handshake names,
 and the certificate is verified against, the service rather than the IP (a ``server_hostname``
-the caller gave is kept). A server given by name is verified against its own name. aiohttp pools
-connections per address *and* ``server_hostname``, so two services on one address never share
-a connection.
+the caller gave is kept). A server given by name is verified against its own name. aiohttp 3.14
+pools connections per address *and* ``server_hostname``, so two services on one address never
+share a connection; before 3.14, a connection opened for one logical name is reused for another
+served by the same address: give each TLS service its own session if their certificates differ.
 
 A retryable answer (a 503 being retried) is read, for at most the per-try timeout (1 s without
 one), so that its connection goes back; should it still be the answer (no server left), its
@@ -352,7 +353,9 @@ class _Hold:
         # for a long while, so the protocol's closed future says so at once.
         connection = response.connection
         protocol = None if connection is None else connection.protocol
-        self.closing = None if protocol is None else protocol.closed
+        # (ResponseHandler.closed is newer than aiohttp 3.12.0: without it, the lease ends
+        # when the response is released or collected.)
+        self.closing = None if protocol is None else getattr(protocol, "closed", None)
         if self.closing is not None:
             self.closing.remove_done_callback(_retrieve)  # once per connection, not per answer
             self.closing.add_done_callback(_retrieve)
