@@ -206,6 +206,9 @@ def _attempt_request(request: ClientRequest, server: str, policy: HttpPolicy) ->
     url = request.url
     scheme = backend.scheme or url.scheme
     port = backend.port if backend.port is not None else url.explicit_port
+    # ClientRequest is a plain object, built once per request by the session: a shallow copy
+    # has every setting of the original (timer, traces, TLS, proxy, body payload), and what
+    # an attempt changes or send() writes to (URL, headers, SNI, response) becomes its own.
     attempt = copy.copy(request)
     attempt.url = url.with_scheme(scheme).with_host(backend.host).with_port(port)
     headers: CIMultiDict[str] = CIMultiDict(request.headers)  # send() adds to its headers
