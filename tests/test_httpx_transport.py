@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from loadbalancer import (
     HedgingPolicy,
@@ -32,6 +34,7 @@ from loadbalancer.integrations.httpx import (
     NoBackendAvailable,
     StickyKey,
     error_kind,
+    readdressed,
 )
 from loadbalancer.testing import FakeClock, run
 
@@ -56,8 +59,26 @@ def outcomes(lb: LoadBalancer) -> dict[str, tuple[int, int, int, int]]:
     }
 
 
+class Unread(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A body still to be read, as a real transport returns it (``content=`` is read at once)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.body
+
+
+def unread(text: str) -> httpx.Response:
+    return httpx.Response(200, stream=Unread(text.encode()))
+
+
 class Backends:
-    """A MockTransport handler: each server answers as told, and every request is logged."""
+    """A MockTransport handler: each server answers as told (by default 200 with its name,
+    the body unread), and every request is logged."""
 
     def __init__(self, **answers: Callable[[httpx.Request], httpx.Response]) -> None:
         self.answers = answers
@@ -67,7 +88,7 @@ class Backends:
         self.seen.append(request)
         server = f"{request.url.host}:{request.url.port}"
         answer = self.answers.get(server)
-        return httpx.Response(200, text=server) if answer is None else answer(request)
+        return unread(server) if answer is None else answer(request)
 
     @property
     def servers(self) -> list[str]:
@@ -527,7 +548,7 @@ class AsyncBackends:
         await asyncio.sleep(self.delays.get(server, 0.0))
         self.finished.append(server)
         answer = self.answers.get(server)
-        return httpx.Response(200, text=server) if answer is None else answer(request)
+        return unread(server) if answer is None else answer(request)
 
 
 def aclient(lb: LoadBalancer, backends: AsyncBackends, **kwargs: object) -> httpx.AsyncClient:
@@ -1117,3 +1138,40 @@ def test_an_error_returned_when_no_server_is_left_keeps_its_cause() -> None:
     ):
         http.get("http://inventory/")
     assert isinstance(caught.value.__cause__, ConnectionRefusedError)
+
+
+def test_a_body_the_inner_transport_read_whole_holds_no_lease() -> None:
+    lb = balancer(A)
+    backends = Backends(**{A: lambda request: httpx.Response(200, content=b"read at once")})
+    transport = BalancedTransport(lb, transport=httpx.MockTransport(backends))
+    response = transport.handle_request(httpx.Request("GET", "http://inventory/"))
+    assert response.read() == b"read at once"
+    assert outcomes(lb)[A] == (1, 0, 0, 0)
+    assert transport.open_streams == 0
+
+
+@given(
+    scheme=st.sampled_from(["http", "https"]),
+    host=st.one_of(
+        st.ip_addresses().map(str),
+        st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,10}){0,2}", fullmatch=True),
+    ),
+    port=st.one_of(st.none(), st.sampled_from([80, 443]), st.integers(1, 65535)),
+    target=st.sampled_from(
+        ["http://inventory/", "http://u:p@Inventory:81/a%20b/c?x=1&y=%2F#frag", "https://svc/?"]
+    ),
+)
+def test_readdressing_fast_agrees_with_httpx_copy_with(
+    scheme: str, host: str, port: int | None, target: str
+) -> None:
+    url = httpx.URL(target)
+    fast = readdressed(url, scheme, host, port)
+    public = url.copy_with(scheme=scheme, host=host, port=port)
+    assert fast == public
+    assert (fast.scheme, fast.host, fast.port, fast.raw_path) == (
+        public.scheme,
+        public.host,
+        public.port,
+        public.raw_path,
+    )
+    assert str(fast) == str(public)

@@ -131,6 +131,9 @@ def _check_optional(value: object, kind: type, name: str) -> None:
         raise TypeError(f"{name} must be a {kind.__name__} or None, not {type(value).__name__}")
 
 
+_DEFAULT_RETRY = RetryPolicy()  # frozen: one for every call that names none
+
+
 def _check_call(fn: object, classify: object, retry: object, hedging: object) -> None:
     """Check the arguments of the failover engine's entry points, naming the wrong one."""
     check_callable(fn, "fn")
@@ -580,7 +583,7 @@ class LoadBalancer:
             self._retry_budget,
             fn,
             key=key,
-            policy=RetryPolicy() if retry is None else retry,
+            policy=_DEFAULT_RETRY if retry is None else retry,
             classify=classify,
             sleep=self._sleep,
         ).result
@@ -609,7 +612,7 @@ class LoadBalancer:
             self._retry_budget,
             fn,
             key=key,
-            policy=RetryPolicy() if retry is None else retry,
+            policy=_DEFAULT_RETRY if retry is None else retry,
             classify=classify,
             sleep=self._sleep,
             results=results,
@@ -642,7 +645,7 @@ class LoadBalancer:
             self._retry_budget,
             fn,
             key=key,
-            policy=RetryPolicy() if retry is None else retry,
+            policy=_DEFAULT_RETRY if retry is None else retry,
             hedging=hedging,
             classify=classify,
         )
@@ -671,7 +674,7 @@ class LoadBalancer:
             self._retry_budget,
             fn,
             key=key,
-            policy=RetryPolicy() if retry is None else retry,
+            policy=_DEFAULT_RETRY if retry is None else retry,
             hedging=hedging,
             classify=classify,
             results=results,

@@ -186,6 +186,10 @@ class Lease:
         # is never held up.
         self.__exit__(exc_type, exc, traceback)
 
+    def _withdraw(self) -> None:
+        """End the lease as if it was never taken (see ``Endpoint._withdraw``)."""
+        self._endpoint._withdraw(self)
+
     def _stale_now(self) -> float:
         """The best time to record when the clock failed: never before the server's last."""
         latency_at = self._endpoint.latency_at

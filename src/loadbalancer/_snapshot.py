@@ -97,6 +97,24 @@ class Endpoint:
         self.picks += 1
         lock.release()
 
+    def _withdraw(self, lease: _Releasable) -> None:
+        """Take back the ``begin`` of a lease whose pick went unused: nothing is counted.
+
+        The failover engine's retry asks for a server not tried yet; when the picker can only
+        offer one already tried, that pick was never a request, so it is neither a pick nor
+        a cancellation.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            if not lease.released:
+                lease.released = True
+                self.in_flight -= 1
+                self.load -= 1
+                self.picks -= 1
+        finally:
+            lock.release()
+
     def _complete(
         self,
         lease: _Releasable | None,

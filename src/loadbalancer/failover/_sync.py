@@ -41,7 +41,7 @@ def lease_another(acquire: Acquire, key: Key | None, tried: list[str]) -> Lease 
     except NoServersAvailableError:
         return None
     if lease.server in tried:
-        lease.release(ok=None)
+        lease._withdraw()  # never a request: counted neither as a pick nor as cancelled
         return None
     return lease
 

@@ -402,6 +402,11 @@ def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -
     return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
+# The verdicts without pushback, made once: a Verdict checks its fields when built.
+_SUCCESS, _FAILURE, _NO_OUTCOME = Verdict(True), Verdict(False), Verdict(None)
+_RETRYABLE_FAILURE = Verdict(False, retry=True)
+
+
 @final
 class HttpClassifier(Generic[R]):
     """The ``Classifier`` of one request's attempts, under ``rules``.
@@ -439,15 +444,15 @@ class HttpClassifier(Generic[R]):
                 ErrorKind.TIMEOUT if isinstance(error, AttemptTimeoutError) else self._kind(error)
             )
             if kind is ErrorKind.LOCAL:
-                return Verdict(None)
+                return _NO_OUTCOME
             retry = self._not_sent if kind is ErrorKind.NOT_SENT else self._after_send
-            return Verdict(False, retry=retry)
+            return _RETRYABLE_FAILURE if retry else _FAILURE
         assert attempt.result is not None
         result = attempt.result
         status = self._status(result)
         rules = self._rules
         ok = status not in rules.failure_statuses
         if not (self._after_send and status in rules.retry_statuses):
-            return Verdict(ok)
+            return _SUCCESS if ok else _FAILURE
         pushback = parse_retry_after(self._retry_after(result)) if rules.retry_after else None
         return Verdict(ok, retry=True, retry_after=pushback)
