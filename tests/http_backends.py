@@ -271,11 +271,19 @@ class Backend:
     Thread-safe: ``mode``, ``retry_after`` and the records may be used from any thread.
     """
 
-    def __init__(self, name: str = "backend", *, tls: bool = False) -> None:
+    def __init__(
+        self,
+        name: str = "backend",
+        *,
+        tls: bool = False,
+        changed: threading.Condition | None = None,
+    ) -> None:
         self.name = name
         self.tls = tls
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
+        # ``changed``, shared by a pool (``backends()``), lets ``wait_until`` on any one of
+        # them wait for a predicate over all of them: every change notifies every waiter.
+        self._changed = threading.Condition(threading.RLock()) if changed is None else changed
+        self._lock = self._changed  # a Condition is also its own lock's context manager
         self._mode: Mode = "ok"
         self._retry_after: str | None = None
         self._records: dict[int, Request] = {}
@@ -680,13 +688,17 @@ def close_all(started: Iterable[Backend]) -> None:
 
 @contextlib.contextmanager
 def backends(n: int, *, tls: bool = False, prefix: str = "b") -> Iterator[list[Backend]]:
-    """Start ``n`` backends named ``b0``, ``b1`` ...; always close them all on exit."""
+    """Start ``n`` backends named ``b0``, ``b1`` ...; always close them all on exit.
+
+    They share one condition, so ``pool[0].wait_until(predicate)`` may watch them all.
+    """
     if not 1 <= n <= MAX_BACKENDS:
         raise ValueError(f"1 to {MAX_BACKENDS} backends, not {n}")
     started: list[Backend] = []
+    changed = threading.Condition(threading.RLock())  # one for the pool: see Backend
     try:
         for i in range(n):
-            started.append(Backend(f"{prefix}{i}", tls=tls).start())
+            started.append(Backend(f"{prefix}{i}", tls=tls, changed=changed).start())
         yield started
     finally:
         close_all(started)

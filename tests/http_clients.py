@@ -245,8 +245,15 @@ class AsyncHttpxClient:
         self._loop.close()
 
 
-CLIENTS: dict[str, ClientFactory] = {
-    HttpxClient.name: HttpxClient,
-    AsyncHttpxClient.name: AsyncHttpxClient,
-}
-"""Every client the shared suite runs through, by name."""
+def _clients() -> dict[str, ClientFactory]:
+    # Imported here: those modules import this one for Reply and the helpers above.
+    from .clients_aiohttp import AiohttpClient
+    from .clients_requests import RequestsClient
+
+    every: list[ClientFactory] = [HttpxClient, AsyncHttpxClient, RequestsClient, AiohttpClient]
+    return {factory.name: factory for factory in every}  # type: ignore[attr-defined]
+
+
+CLIENTS: dict[str, ClientFactory] = _clients()
+"""Every client the shared suite runs through, by name (a test checks it names every
+integration in ``loadbalancer.integrations``)."""
