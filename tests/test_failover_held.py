@@ -360,3 +360,12 @@ def test_async_an_empty_pool_raises_no_servers_available() -> None:
                 await lb.acall_held(async_answers({}), results=AsyncFreed(), hedging=hedging)
 
     run(main())
+
+
+def test_a_retry_that_finds_only_servers_tried_counts_nothing_on_them() -> None:
+    lb = balancer("a")
+    held = lb.call_held(answers({"a": 503}), results=SyncFreed(), classify=by_status)
+    assert held.result.status == 503
+    stats = lb.stats()["a"]
+    # One request, one failure: the retry's pick of "a" again was taken back, uncounted.
+    assert (stats.picks, stats.failures, stats.cancelled, stats.in_flight) == (1, 1, 0, 0)
