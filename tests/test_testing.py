@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from loadbalancer import Attempt, LoadBalancer, RetryPolicy, Verdict, testing
-from loadbalancer.testing import FakeClock, VirtualTimeLoop, run
+from loadbalancer.testing import FakeClock, VirtualTimeLoop, local_replicas, run
 
 from . import fakes
 
@@ -390,3 +390,34 @@ def test_every_public_name_has_a_docstring() -> None:
 def test_unknown_attributes_raise_attribute_error() -> None:
     with pytest.raises(AttributeError, match="has no attribute 'Nothing'"):
         testing.Nothing  # noqa: B018
+
+
+# -- local_replicas ------------------------------------------------------------------------------
+
+
+def test_local_replicas_answer_name_themselves_and_stop() -> None:
+    import httpx
+
+    with local_replicas(2) as replicas, httpx.Client() as client:
+        first, second = replicas.addresses
+        document = client.post(f"http://{first}/items/7?x=1", content=b"abc").json()
+        assert document == {
+            "served_by": first,
+            "method": "POST",
+            "path": "/items/7?x=1",
+            "host": first,
+            "body_length": 3,
+        }
+        assert client.get(f"http://{second}/status/503").status_code == 503
+        events = client.get(f"http://{second}/events?count=4").text
+        assert events == "".join(f"data: {i}\n\n" for i in range(4))
+        replicas.stop(second)
+        assert replicas.addresses == [first]
+        with pytest.raises(httpx.ConnectError):
+            client.get(f"http://{second}/")
+
+
+@pytest.mark.parametrize("n", [0, 101, 2.0, True])
+def test_local_replicas_refuse_a_bad_count_naming_it(n: object) -> None:
+    with pytest.raises(ValueError, match=r"n must be an int in 1\.\.100"):
+        local_replicas(n)  # type: ignore[arg-type]

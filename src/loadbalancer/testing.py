@@ -7,9 +7,10 @@
   once and at exactly the times it asked for.
 * ``check_strategy``: the conformance checks every ``Strategy`` must pass, for authors of
   custom strategies to run on theirs; ``STRATEGY_CHECKS`` names them one by one.
+* ``local_replicas``: small HTTP servers on 127.0.0.1, to try the HTTP integrations on.
 
 Importing this module loads no networking module: asyncio is imported on first use of
-``VirtualTimeLoop`` or ``run``.
+``VirtualTimeLoop`` or ``run``, and ``http.server`` on first use of ``local_replicas``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
     from _typeshed import FileDescriptorLike
 
+    from ._local_replicas import LocalReplicas
+
 __all__ = [
     "STRATEGY_CHECKS",
     "FakeClock",
@@ -37,6 +40,7 @@ __all__ = [
     "StrategyFactory",
     "VirtualTimeLoop",
     "check_strategy",
+    "local_replicas",
     "run",
 ]
 
@@ -554,3 +558,19 @@ def check_strategy(make_strategy: StrategyFactory, *, skip: Collection[str] = ()
             raise AssertionError(
                 f"{sample!r} fails check {name!r}: raised {type(error).__name__}: {error}"
             ) from error
+
+
+# -- HTTP replicas to try the integrations on --------------------------------------------------
+
+
+def local_replicas(n: int = 3) -> LocalReplicas:
+    """Start ``n`` small HTTP servers on free ports of 127.0.0.1 (``with`` stops them).
+
+    Each answers every method and path with 200 and JSON naming itself (``served_by``, also
+    in an ``X-Served-By`` header), ``/status/N`` with status N, and ``/events?count=N`` with a
+    stream of N server-sent events. ``.addresses`` lists them for a balancer; ``.stop(a)``
+    takes one down mid-run (new connections to it are then refused).
+    """
+    from ._local_replicas import LocalReplicas
+
+    return LocalReplicas(n)
