@@ -82,8 +82,15 @@ async def _one_by_one(
     """Retries one after another: the asyncio twin of ``_sync.call``, step for step."""
     lease = tries.first()
     while True:
-        try:
-            result, error = await _attempt(fn, lease.server, timeout)
+        server = lease.server
+        try:  # _attempt, inlined: a coroutine less per attempt
+            if timeout is None:
+                result: T | None = await fn(server)
+            else:
+                result = await _timed(fn(server), timeout, server)
+            error: Exception | None = None
+        except Exception as exc:
+            result, error = None, exc
         except BaseException:
             lease.release(ok=None)  # the caller went away: nothing learnt about the server
             raise

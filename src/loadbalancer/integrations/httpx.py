@@ -213,18 +213,10 @@ class _AsyncHeldStream(httpx.AsyncByteStream):
         self._held = held
         self._holds = holds
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._inner:
-                yield chunk
-        except GeneratorExit:
-            raise
-        except Exception:
-            self._held.ok = False
-            raise
-        except BaseException:
-            self._held.ok = None
-            raise
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        # An iterator object, not an async generator: asyncio registers every async generator
+        # (a weak set, a hook per first iteration), which costs more than the whole read.
+        return _HeldChunks(self._inner.__aiter__(), self._held)
 
     async def aclose(self) -> None:
         try:
@@ -234,6 +226,32 @@ class _AsyncHeldStream(httpx.AsyncByteStream):
 
     def __del__(self) -> None:
         self._holds.end(self._held, None)  # never closed: see _HeldStream.__del__
+
+
+@final
+class _HeldChunks:
+    """The chunks of an async body, noting on its answer how reading them ended."""
+
+    __slots__ = ("_chunks", "_held")
+
+    def __init__(self, chunks: AsyncIterator[bytes], held: Held[httpx.Response]) -> None:
+        self._chunks = chunks
+        self._held = held
+
+    def __aiter__(self) -> _HeldChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            raise
+        except Exception:
+            self._held.ok = False  # the body broke off: the server failed after all
+            raise
+        except BaseException:
+            self._held.ok = None  # the read was cancelled: nothing learnt
+            raise
 
 
 def _with_stream(
@@ -380,10 +398,17 @@ def _attempt_request(
     url = request.url
     scheme = backend.scheme or url.scheme
     port = backend.port if backend.port is not None else url.port
-    headers = request.headers.copy()
-    extensions = dict(request.extensions)
+    # httpx.Request copies the headers and extensions it is given: change the copies.
+    attempt = httpx.Request(
+        request.method,
+        readdressed(url, scheme, backend.host, port),
+        headers=request.headers,
+        stream=request.stream,
+        extensions=request.extensions,
+    )
+    extensions = attempt.extensions
     if policy.host_header == "backend":
-        headers["Host"] = host_header(backend, scheme, port)
+        attempt.headers["Host"] = host_header(backend, scheme, port)
     elif scheme == "https" and backend.is_ip and "sni_hostname" not in extensions:
         extensions["sni_hostname"] = url.host
     if per_try is not None:
@@ -393,13 +418,7 @@ def _attempt_request(
             seconds = given.get(name)
             capped[name] = per_try if seconds is None else min(per_try, seconds)
         extensions["timeout"] = capped
-    return httpx.Request(
-        request.method,
-        readdressed(url, scheme, backend.host, port),
-        headers=headers,
-        stream=request.stream,
-        extensions=extensions,
-    )
+    return attempt
 
 
 def _can_readdress_fast() -> bool:
@@ -495,6 +514,8 @@ class BalancedTransport(httpx.BaseTransport):
         stream = response.stream
         assert isinstance(stream, httpx.SyncByteStream)
         self._holds.add(held)
+        # A new Response, not the inner one with its stream swapped: ``held`` keeps the inner
+        # one, so the caller's must be another for a dropped body to be collected.
         return _with_stream(response, _HeldStream(stream, held, self._holds))
 
     def close(self) -> None:
