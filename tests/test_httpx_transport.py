@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -790,174 +789,14 @@ def test_async_an_error_not_retried_for_want_of_budget_says_so() -> None:
 
 
 # -- against real servers (tests/http_backends.py: uvicorn on 127.0.0.1) --------------------------
+# What every integration must do against real servers is tests/test_http_clients.py's, run
+# through these transports too; here is only what is httpx's own (TLS, hedging).
 
 
 def real_balancer(addresses: list[str], **kwargs: object) -> LoadBalancer:
     lb = LoadBalancer(**kwargs)  # type: ignore[arg-type]
     lb.replace(addresses)
     return lb
-
-
-def test_real_a_backend_killed_mid_run_fails_no_request() -> None:
-    with backends(3) as pool:
-        lb = real_balancer(
-            [b.address for b in pool],
-            outlier_detection=OutlierDetection(consecutive_failures=3, max_ejection_percent=50),
-        )
-        policy = HttpPolicy(retry=RetryPolicy(attempts=3, per_try_timeout=5.0))
-        done = 0
-        done_lock = threading.Lock()
-        hundred = threading.Event()
-        failures: list[BaseException] = []
-        victim = pool[1]
-
-        with httpx.Client(transport=BalancedTransport(lb, policy=policy)) as http:
-
-            def one(i: int) -> str:
-                nonlocal done
-                try:
-                    answer = http.get(f"http://inventory/items/{i}")
-                    answer.raise_for_status()
-                    name: str = answer.json()["backend"]
-                except BaseException as exc:
-                    failures.append(exc)
-                    raise
-                with done_lock:
-                    done += 1
-                    if done == 100:
-                        hundred.set()
-                return name
-
-            def killer() -> None:
-                hundred.wait(30)
-                victim.kill()
-
-            kill = threading.Thread(target=killer)
-            kill.start()
-            with ThreadPoolExecutor(8) as workers:
-                served = list(workers.map(one, range(300)))
-            kill.join()
-        assert failures == []
-        assert len(served) == 300
-        stats = lb.stats()
-        assert stats[victim.address].ejections >= 1
-        late = served[150:]
-        assert victim.name not in late
-        assert all(s.in_flight == 0 for s in stats.values())
-
-
-def test_real_a_hung_backend_times_out_and_the_retry_succeeds_elsewhere() -> None:
-    with backends(2) as (hung, good):
-        hung.mode = "hang"
-        lb = real_balancer(
-            [hung.address, good.address],
-            outlier_detection=OutlierDetection(consecutive_failures=1, max_ejection_percent=50),
-        )
-        policy = HttpPolicy(retry=RetryPolicy(attempts=2, per_try_timeout=0.3))
-        with httpx.Client(transport=BalancedTransport(lb, policy=policy)) as http:
-            started = time.monotonic()
-            answers = [http.get("http://inventory/items/1").json()["backend"] for _ in range(4)]
-            took = time.monotonic() - started
-        assert answers == [good.name] * 4
-        assert hung.count() == 1  # ejected after its first timeout
-        assert lb.stats()[hung.address].ejections == 1
-        assert took < 0.3 * 2 + 0.3 + 1.0  # one per-try timeout, a backoff, four answers
-
-
-def test_real_a_post_is_never_sent_twice() -> None:
-    with backends(2) as pool:
-        for backend in pool:
-            backend.mode = "hang"
-        lb = real_balancer([b.address for b in pool])
-        policy = HttpPolicy(retry=RetryPolicy(attempts=2, per_try_timeout=0.2))
-        with (
-            httpx.Client(transport=BalancedTransport(lb, policy=policy)) as http,
-            pytest.raises(httpx.ReadTimeout),
-        ):
-            http.post("http://inventory/items/1", json={"n": 1})
-        assert sum(b.count("POST") for b in pool) == 1
-        for backend in pool:
-            backend.mode = "fail503"
-        with httpx.Client(transport=BalancedTransport(lb, policy=policy)) as http:
-            assert http.post("http://inventory/items/2", content=b"x").status_code == 503
-        assert sum(b.count("POST") for b in pool) == 2
-
-
-@pytest.mark.parametrize("stop_at", [None, 10])
-def test_real_an_sse_stream_holds_exactly_one_lease_until_closed(stop_at: int | None) -> None:
-    with backends(2) as pool:
-        lb = real_balancer([b.address for b in pool])
-        with (
-            httpx.Client(transport=BalancedTransport(lb)) as http,
-            http.stream("GET", "http://inventory/sse?events=1000") as response,
-        ):
-            server = response.headers["x-backend"]
-            backend = next(b for b in pool if b.name == server)
-            events = 0
-            for line in response.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                events += 1
-                assert [s.in_flight for s in lb.stats().values()].count(1) == 1
-                assert sum(s.in_flight for s in lb.stats().values()) == 1
-                if events == stop_at:
-                    break
-            assert len(backend.in_flight()) <= 1
-        assert events == (1000 if stop_at is None else stop_at)
-        assert sum(s.in_flight for s in lb.stats().values()) == 0
-        assert sum(s.successes for s in lb.stats().values()) == 1
-        backend.wait_until(lambda: not backend.in_flight())
-
-
-def test_real_fifty_cancelled_async_requests_eject_nothing() -> None:
-    async def main(lb: LoadBalancer) -> None:
-        async with httpx.AsyncClient(transport=AsyncBalancedTransport(lb)) as http:
-            for _ in range(50):
-                with pytest.raises(asyncio.TimeoutError):
-                    await asyncio.wait_for(http.get("http://inventory/slow?seconds=10"), 0.05)
-
-    with backends(3) as pool:
-        lb = real_balancer(
-            [b.address for b in pool],
-            outlier_detection=OutlierDetection(consecutive_failures=1, max_ejection_percent=100),
-        )
-        asyncio.run(main(lb))
-        stats = lb.stats()
-        assert sum(s.cancelled for s in stats.values()) == 50
-        assert not any(s.failures or s.ejections or s.in_flight for s in stats.values())
-
-
-def test_real_all_503_stays_within_the_budget() -> None:
-    with backends(3) as pool:
-        for backend in pool:
-            backend.mode = "fail503"
-        lb = real_balancer([b.address for b in pool])
-        policy = HttpPolicy(retry=RetryPolicy(attempts=3, backoff_base=0))
-        requests = 100
-        with httpx.Client(transport=BalancedTransport(lb, policy=policy)) as http:
-            for i in range(requests):
-                assert http.get(f"http://inventory/items/{i}").status_code == 503
-        attempts = sum(b.count() for b in pool)
-        assert requests < attempts <= 1.2 * requests + 10
-
-
-def test_real_sticky_header_sends_a_user_to_one_backend_then_one_fallback() -> None:
-    with backends(3) as pool:
-        lb = real_balancer([b.address for b in pool], strategy=RingHashStrategy())
-        policy = HttpPolicy(sticky=StickyKey(header="x-user"))
-        headers = {"x-user": "user-42"}
-        with httpx.Client(transport=BalancedTransport(lb, policy=policy)) as http:
-            homes = {http.get("http://inventory/items/1", headers=headers).json()["backend"]}
-            homes |= {http.get("http://inventory/items/1", headers=headers).json()["backend"]}
-            assert len(homes) == 1
-            home = next(b for b in pool if b.name in homes)
-            home.kill()
-            fallbacks = {
-                http.get("http://inventory/items/1", headers=headers).json()["backend"]
-                for _ in range(10)
-            }
-        assert len(fallbacks) == 1
-        assert home.name not in fallbacks
 
 
 def test_real_tls_to_an_ip_backend_verifies_the_logical_name() -> None:
