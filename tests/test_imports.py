@@ -104,3 +104,25 @@ def test_import_time_of_the_core(capsys: pytest.CaptureFixture[str]) -> None:
     with capsys.disabled():
         print(f"\nimport loadbalancer: {best * 1000:.1f} ms (best of 5)")
     assert best > 0
+
+
+CLIENT_LIBRARIES = ("httpx", "requests", "aiohttp", "urllib3", "http.server")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import loadbalancer.failover",
+        "import loadbalancer.integrations",
+        "import loadbalancer.integrations._http",
+        "import loadbalancer.testing",
+    ],
+)
+def test_no_http_client_library_loads_until_its_integration_is_imported(statement: str) -> None:
+    code = (
+        "import json, sys\n"
+        "import loadbalancer\n"
+        f"{statement}\n"
+        f"print(json.dumps([n for n in {CLIENT_LIBRARIES!r} if n in sys.modules]))\n"
+    )
+    assert json.loads(run_python(code)) == []
