@@ -2,8 +2,15 @@
 
 * ``loadbalancer.integrations.httpx``: ``BalancedTransport`` and ``AsyncBalancedTransport``
   for httpx (install ``loadbalancer[httpx]``).
+* ``loadbalancer.integrations.requests``: ``BalancedAdapter``, a transport adapter to mount
+  on a ``requests.Session`` (install ``loadbalancer[requests]``).
+* ``loadbalancer.integrations.aiohttp``: ``BalancedMiddleware``, a client middleware for
+  ``aiohttp.ClientSession`` (install ``loadbalancer[aiohttp]``; aiohttp 3.12 or later).
 * ``loadbalancer.integrations._http``: the client-independent layer they share (routing,
   server addresses, the Host header, sticky keys, and the retry rules).
 
-Importing this package imports no HTTP client: each adapter imports its own on import.
+Each is a thin adapter over ``LoadBalancer.call_held`` / ``acall_held``: the failover engine
+runs the attempts; the adapter addresses each one, maps its client's errors, and holds the
+answer's lease until its body is done. Importing this package imports no HTTP client: each
+adapter imports its own on import.
 """
