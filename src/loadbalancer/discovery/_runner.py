@@ -1,0 +1,231 @@
+"""The runners: apply a source's memberships to a balancer, in a task or in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+from .._balancer import LoadBalancer
+from .._validation import check_callable, check_number
+from ._apply import Applier, Backoff, DiscoveryStatus, MembershipChange
+from ._source import Source
+
+__all__ = ["AsyncDiscovery", "Discovery"]
+
+
+class _SourceEndedError(Exception):
+    """A source's watch() returned: it must run until cancelled, so it is restarted."""
+
+
+async def _follow(applier: Applier, backoff: Backoff, ready: Callable[[], None]) -> None:
+    """Apply every membership the source yields; on a failure, back off and watch again."""
+    source = applier.source
+    failures = 0
+    while True:
+        try:
+            async for membership in source.watch():
+                failures = 0
+                if applier.apply(membership):
+                    ready()
+            raise _SourceEndedError("watch() ended")
+        except Exception as error:  # CancelledError is not one: cancelling stops the runner
+            failures += 1
+            delay = backoff(failures)
+            applier.failed(error, delay)
+            await asyncio.sleep(delay)
+
+
+def _check(
+    lb: object, source: object, on_change: object, backoff_base: object, backoff_max: object
+) -> None:
+    if not isinstance(lb, LoadBalancer):
+        raise TypeError(f"lb must be a LoadBalancer, not {type(lb).__name__}")
+    if not isinstance(source, Source):
+        raise TypeError(f"source must be a Source, not {type(source).__name__}")
+    if on_change is not None:
+        check_callable(on_change, "on_change")
+    check_number(backoff_base, "backoff_base", above=0)
+    check_number(backoff_max, "backoff_max", at_least=backoff_base)  # type: ignore[arg-type]
+
+
+class AsyncDiscovery:
+    """Keeps ``lb``'s membership that of ``source``, in a task on the running event loop.
+
+    ``async with AsyncDiscovery(lb, source):`` (or ``start()`` / ``await stop()``). Each
+    membership the source yields is applied whole with ``lb.replace()``, so servers that stay
+    keep their live state; entries that are not usable are skipped with a warning; one larger
+    than ``lb.max_servers`` (fixed when the balancer was made) is refused with an error, and
+    the last good membership stays. When the source fails (the registry is down), the
+    balancer keeps serving the last membership, and the source is watched again after a
+    jittered backoff from ``backoff_base`` doubling up to ``backoff_max`` seconds.
+    ``on_change`` receives a ``MembershipChange`` for each change, also logged on the
+    ``loadbalancer.discovery`` logger. ``rng`` and ``clock`` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        lb: LoadBalancer,
+        source: Source,
+        *,
+        on_change: Callable[[MembershipChange], object] | None = None,
+        backoff_base: float = 0.1,
+        backoff_max: float = 5.0,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        _check(lb, source, on_change, backoff_base, backoff_max)
+        self._applier = Applier(lb, source, on_change, clock)
+        self._backoff = Backoff(backoff_base, backoff_max, rng)
+        self._task: asyncio.Task[None] | None = None
+        self._ready: asyncio.Event | None = None
+
+    def start(self) -> None:
+        """Start following the source (in the running loop); a second start does nothing."""
+        if self._task is not None and not self._task.done():
+            return
+        ready = self._ready = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(
+            _follow(self._applier, self._backoff, ready.set),
+            name=f"loadbalancer discovery {self._applier.source.name}",
+        )
+
+    async def stop(self) -> None:
+        """Stop following: the source's watch is cancelled and has released what it held."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.wait({task})  # its end, not its CancelledError; the caller's still raises
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until a first membership has been applied; False if ``timeout`` passed first."""
+        if self._ready is None:
+            raise RuntimeError("start() the runner first")
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    @property
+    def status(self) -> DiscoveryStatus:
+        """How the source and the runner are doing now."""
+        return self._applier.status(self._task is not None and not self._task.done())
+
+    def metadata(self, server: str) -> Mapping[str, Any]:
+        """What the source said of ``server`` last (etcd values' JSON, say); {} if nothing."""
+        return self._applier.metadata(server)
+
+    async def __aenter__(self) -> AsyncDiscovery:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+class Discovery:
+    """The thread-based twin of ``AsyncDiscovery``, for programs without an event loop.
+
+    ``with Discovery(lb, source):`` (or ``start()`` / ``stop()``): the source runs on an event
+    loop in a thread of its own; everything else is as for ``AsyncDiscovery``.
+    """
+
+    def __init__(
+        self,
+        lb: LoadBalancer,
+        source: Source,
+        *,
+        on_change: Callable[[MembershipChange], object] | None = None,
+        backoff_base: float = 0.1,
+        backoff_max: float = 5.0,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        _check(lb, source, on_change, backoff_base, backoff_max)
+        self._applier = Applier(lb, source, on_change, clock)
+        self._backoff = Backoff(backoff_base, backoff_max, rng)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = threading.Event()
+
+    def start(self) -> Discovery:
+        """Start following the source in a thread; a second start does nothing."""
+        with self._lock:
+            if self._thread is not None:
+                return self
+            started = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run,
+                args=(started,),
+                name=f"loadbalancer discovery {self._applier.source.name}",
+                daemon=True,
+            )
+            self._thread.start()
+            started.wait()
+        return self
+
+    def _run(self, started: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            task = loop.create_task(_follow(self._applier, self._backoff, self._ready.set))
+            self._loop, self._task = loop, task
+            started.set()
+            try:
+                loop.run_until_complete(task)
+            except asyncio.CancelledError:
+                pass
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop following and wait (up to ``timeout`` s) for the thread to end."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            loop, task = self._loop, self._task
+            self._loop = self._task = None
+        if thread is None or loop is None or task is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed: the task ended on its own
+            loop.call_soon_threadsafe(task.cancel)
+        thread.join(timeout)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until a first membership has been applied; False if ``timeout`` passed first."""
+        return self._ready.wait(timeout)
+
+    @property
+    def status(self) -> DiscoveryStatus:
+        """How the source and the runner are doing now."""
+        thread = self._thread
+        return self._applier.status(thread is not None and thread.is_alive())
+
+    def metadata(self, server: str) -> Mapping[str, Any]:
+        """What the source said of ``server`` last (etcd values' JSON, say); {} if nothing."""
+        return self._applier.metadata(server)
+
+    def __enter__(self) -> Discovery:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
