@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from loadbalancer import LoadBalancer
 from loadbalancer.integrations.aiohttp import BalancedMiddleware, HttpPolicy, NoBackendAvailable
 
-from .http_clients import LoopThread, Reply
+# http_clients imports this module as it loads (for CLIENTS): importing its helpers here at the
+# top would fail whenever this module is imported first, so they are imported where used.
+if TYPE_CHECKING:
+    from .http_clients import Reply
 
 
 async def _reply(response: aiohttp.ClientResponse) -> Reply:
+    from .http_clients import Reply
+
     body = await response.read()
     headers = {name.lower(): value for name, value in response.headers.items()}
     return Reply(response.status, body, headers)
@@ -26,6 +32,8 @@ class AiohttpClient:
     no_backend_error: type[BaseException] = NoBackendAvailable
 
     def __init__(self, lb: LoadBalancer, policy: HttpPolicy | None) -> None:
+        from .http_clients import LoopThread
+
         self._loop = LoopThread()
         self.middleware = BalancedMiddleware(lb, policy=policy)
 

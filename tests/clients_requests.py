@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import requests
 
 from loadbalancer import LoadBalancer
 from loadbalancer.integrations.requests import BalancedAdapter, HttpPolicy, NoBackendAvailable
 
-from .http_clients import Interrupted, Reply, interrupt_main
+# http_clients imports this module as it loads (for CLIENTS): importing its helpers here at the
+# top would fail whenever this module is imported first, so they are imported where used.
+if TYPE_CHECKING:
+    from .http_clients import Reply
 
 
 def _reply(response: requests.Response) -> Reply:
+    from .http_clients import Reply
+
     return Reply(
         response.status_code, response.content, {k.lower(): v for k, v in response.headers.items()}
     )
@@ -51,6 +57,8 @@ class RequestsClient:
         return events
 
     def cancelled_get(self, url: str, arrived: Callable[[], None]) -> None:
+        from .http_clients import Interrupted, interrupt_main
+
         with contextlib.suppress(Interrupted), interrupt_main(arrived):
             self._http.get(url)
             raise AssertionError("the request was not interrupted")

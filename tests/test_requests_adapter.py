@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from http.client import HTTPResponse as HttplibResponse
 from http.client import RemoteDisconnected
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,6 +47,7 @@ from loadbalancer.integrations.requests import (
 )
 
 from .clients_requests import RequestsClient
+from .health_servers import server_tls
 from .http_backends import CERT, Backend, backends
 
 URL = "http://inventory"
@@ -336,7 +343,7 @@ def test_error_kinds() -> None:
     cases: list[tuple[BaseException, ErrorKind]] = [
         (requests.ConnectionError(MaxRetryError(None, "/", refused)), ErrorKind.NOT_SENT),  # type: ignore[arg-type]
         (requests.ConnectTimeout(), ErrorKind.NOT_SENT),
-        (requests.exceptions.SSLError(), ErrorKind.NOT_SENT),
+        (requests.exceptions.SSLError(), ErrorKind.BROKEN),  # no word of a handshake: maybe sent
         (ConnectionRefusedError(), ErrorKind.NOT_SENT),
         (requests.ReadTimeout(), ErrorKind.TIMEOUT),
         (requests.ConnectionError(read_timeout), ErrorKind.TIMEOUT),  # a body read timing out
@@ -361,6 +368,119 @@ def test_a_real_refused_connection_is_not_sent() -> None:
     assert error_kind(caught.value) is ErrorKind.NOT_SENT
     stats = lb.stats()[dead.address]
     assert (stats.successes, stats.failures, stats.in_flight) == (0, 1, 0)
+
+
+class _TlsBreaker:
+    """A server on 127.0.0.1 whose TLS fails: ``"garbage"`` completes the handshake, reads
+    the request, then answers a record that is not TLS (the request was sent: BROKEN);
+    ``"plain"`` answers the handshake in plain HTTP (nothing was sent: NOT_SENT)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.requests = 0  # requests read whole (garbage mode)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        context = server_tls()
+        while True:
+            conn, _ = self._listener.accept()
+            if self._stop:
+                conn.close()
+                return
+            with conn, contextlib.suppress(OSError):
+                if self.mode == "plain":
+                    conn.recv(65536)  # the ClientHello
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    continue
+                tls = context.wrap_socket(conn, server_side=True)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += tls.recv(65536)
+                self.requests += 1
+                # Written under the TLS layer: the client reads a record it cannot decrypt.
+                with socket.socket(fileno=os.dup(tls.fileno())) as raw:
+                    raw.sendall(b"\x17\x03\x03\x00\x20" + bytes(32))
+                tls.close()
+
+    def close(self) -> None:
+        self._stop = True
+        socket.create_connection(self._listener.getsockname()).close()  # wakes accept()
+        self._thread.join(5)
+        self._listener.close()
+
+
+@contextlib.contextmanager
+def tls_breaker(mode: str) -> Iterator[_TlsBreaker]:
+    server = _TlsBreaker(mode)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_a_tls_error_after_the_request_was_sent_is_broken_a_post_not_retried() -> None:
+    with tls_breaker("garbage") as breaker, backends(1, tls=True) as (good,):
+        lb = LoadBalancer()
+        lb.replace([breaker.address, good.address])  # round robin: the breaker first
+        http = requests.Session()
+        http.mount("https://", BalancedAdapter(lb))
+        with http, pytest.raises(requests.exceptions.SSLError) as caught:
+            http.post("https://localhost/items/1", data=b"x", verify=str(CERT))
+        assert breaker.requests == 1  # it reached the server ...
+        assert good.count("POST") == 0  # ... so it was not sent again
+        assert error_kind(caught.value) is ErrorKind.BROKEN
+        assert outcomes(lb)[breaker.address] == (0, 1, 0, 0)
+        lb = LoadBalancer()
+        lb.replace([breaker.address, good.address])  # a fresh round robin: the breaker first
+        http.mount("https://", BalancedAdapter(lb))
+        with http:  # a GET may be sent twice: the retry answers
+            answer = http.get("https://localhost/items/1", verify=str(CERT))
+        assert answer.json()["backend"] == good.name
+        assert breaker.requests == 2
+
+
+def test_a_failed_tls_handshake_is_not_sent_a_post_retried() -> None:
+    with tls_breaker("plain") as breaker, backends(1, tls=True) as (good,):
+        lb = LoadBalancer()
+        lb.replace([breaker.address, good.address])
+        http = requests.Session()
+        http.mount("https://", BalancedAdapter(lb))
+        with http:
+            answer = http.post("https://localhost/items/1", data=b"x", verify=str(CERT))
+        assert answer.json()["backend"] == good.name
+        assert outcomes(lb)[breaker.address] == (0, 1, 0, 0)
+    with tls_breaker("plain") as breaker:
+        lb = LoadBalancer()
+        lb.replace([breaker.address])
+        http = requests.Session()
+        http.mount("https://", BalancedAdapter(lb))
+        with http, pytest.raises(requests.exceptions.SSLError) as caught:
+            http.get("https://localhost/items/1", verify=str(CERT))
+    assert error_kind(caught.value) is ErrorKind.NOT_SENT
+
+
+def test_a_certificate_that_fails_verification_is_not_sent() -> None:
+    with backends(1, tls=True) as (backend,):
+        lb = balancer(backend)
+        http = requests.Session()
+        http.mount("https://", BalancedAdapter(lb))
+        with http, pytest.raises(requests.exceptions.SSLError) as caught:
+            http.get("https://inventory/items/1")  # the system's CAs: the test cert is unknown
+    assert error_kind(caught.value) is ErrorKind.NOT_SENT
+
+
+def test_the_drivers_import_in_any_order() -> None:
+    # tests/http_clients.py imports the drivers when it loads: each driver must import first.
+    root = Path(__file__).resolve().parent.parent
+    for module in ("tests.clients_requests", "tests.clients_aiohttp"):
+        done = subprocess.run(
+            [sys.executable, "-c", f"import {module}"], cwd=root, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
 
 
 def test_no_backend_names_the_host_and_why() -> None:

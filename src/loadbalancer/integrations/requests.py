@@ -32,6 +32,7 @@ connection verified for another name.
 from __future__ import annotations
 
 import http.client
+import ssl
 import threading
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
@@ -97,11 +98,45 @@ class NoBackendAvailable(requests.exceptions.ConnectionError):
         self.host = host
 
 
+def _handshake_failed(error: BaseException) -> bool:
+    """True if the TLS error behind ``error`` (requests' or urllib3's ``SSLError``) arose
+    before the request was sent: in the handshake, or verifying the certificate after it.
+
+    urllib3 raises the same ``SSLError`` for a handshake that fails and for a record that
+    cannot be decrypted once the request is out, so the class cannot tell them apart. The
+    ``ssl.SSLError`` they wrap can: a handshake's is raised in the standard library's
+    ``do_handshake`` (a public method of ``ssl.SSLSocket`` and ``ssl.SSLObject``), which its
+    traceback names; a test checks both cases against real servers.
+    """
+    while not isinstance(error, ssl.SSLError):
+        if isinstance(error, MaxRetryError):
+            inner: object = error.reason
+        else:  # requests' and urllib3's SSLError wrap the error as their first argument
+            inner = error.args[0] if error.args else None
+        if not isinstance(inner, BaseException):
+            return False  # no ssl error behind it: say it may have been sent
+        error = inner
+    if isinstance(error, ssl.CertificateError):
+        return True  # the certificate (or its name) was refused: nothing was sent
+    frames = error.__traceback__
+    while frames is not None:
+        if frames.tb_frame.f_code.co_name == "do_handshake":
+            return True
+        frames = frames.tb_next
+    return False
+
+
 def error_kind(error: BaseException) -> ErrorKind:
-    """What a requests or urllib3 exception says about the attempt (see ``ErrorKind``)."""
+    """What a requests or urllib3 exception says about the attempt (see ``ErrorKind``).
+
+    A TLS error is ``NOT_SENT`` in the handshake (a refused certificate included) and
+    ``BROKEN`` after it, when the request may have been sent.
+    """
     # requests wraps urllib3's exceptions (ConnectionError(MaxRetryError(reason))): its own
     # classes first, then what they wrap.
-    if isinstance(error, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError)):
+    if isinstance(error, (requests.exceptions.SSLError, Urllib3SSLError)):
+        return ErrorKind.NOT_SENT if _handshake_failed(error) else ErrorKind.BROKEN
+    if isinstance(error, requests.exceptions.ConnectTimeout):
         return ErrorKind.NOT_SENT
     if isinstance(error, requests.exceptions.Timeout):
         return ErrorKind.TIMEOUT
@@ -116,7 +151,7 @@ def error_kind(error: BaseException) -> ErrorKind:
         reason = error.reason
         return error_kind(reason) if reason is not None else ErrorKind.LOCAL
     # NewConnectionError (refused, unreachable, DNS) is a ConnectTimeoutError in urllib3.
-    if isinstance(error, (ConnectTimeoutError, Urllib3SSLError, ConnectionRefusedError)):
+    if isinstance(error, (ConnectTimeoutError, ConnectionRefusedError)):
         return ErrorKind.NOT_SENT
     if isinstance(error, (ReadTimeoutError, TimeoutError)):
         return ErrorKind.TIMEOUT
