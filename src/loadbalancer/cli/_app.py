@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from . import discover
 from ._errors import CommandError
 from .simulate import command as simulate
 
@@ -28,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Each command adds its own subparser and handler; `serve` will sit beside `simulate`.
     simulate.add_parser(commands)
+    discover.add_parser(commands)
     return parser
 
 

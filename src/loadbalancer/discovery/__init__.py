@@ -19,6 +19,7 @@ from ._runner import Discovery as Discovery
 from ._source import Membership as Membership
 from ._source import Source as Source
 from ._source import StaticSource as StaticSource
+from ._urls import source_from_url as source_from_url
 
 __all__ = [
     "AsyncDiscovery",
@@ -31,4 +32,5 @@ __all__ = [
     "Source",
     "StaticSource",
     "parse_membership",
+    "source_from_url",
 ]
