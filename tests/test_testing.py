@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import typing
 from pathlib import Path
 
 import pytest
@@ -383,6 +384,8 @@ def test_every_public_name_has_a_docstring() -> None:
     assert list(testing.__all__) == sorted(testing.__all__, key=lambda n: (not n.isupper(), n))
     for name in testing.__all__:
         value = getattr(testing, name)
+        if typing.get_origin(value) is not None:
+            continue  # a type alias: documented by the string after it, not introspectable
         if inspect.isclass(value) or inspect.isfunction(value):
             assert (value.__doc__ or "").strip(), name
 
