@@ -37,6 +37,7 @@ from loadbalancer.integrations.aiohttp import (
     PerTryTimeout,
     StickyKey,
     error_kind,
+    readdressed,
 )
 
 from .http_backends import Backend, backends, client_tls
@@ -159,6 +160,54 @@ def test_an_ipv6_server_is_addressed_in_brackets(pool: list[Backend]) -> None:
 
     run(lb, main)
     assert lb.stats()["[::1]:1"].failures >= 1  # a connect error, not a bad URL (no outcome)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://inventory/items/7?x=1&y=%20z",
+        "https://inventory:9443/a%2Fb/c%20d;p?q=%C3%A9&r",
+        "http://user:p%40ss@inventory/items/1",
+        "http://inventory:80/",
+        "http://inventory",
+        "http://inventory/caf%C3%A9?",
+        "http://inventory/items/1?a=b#fragment",
+    ],
+)
+@pytest.mark.parametrize(
+    ("scheme", "host", "port"),
+    [
+        ("http", "127.0.0.1", 8001),
+        ("https", "10.0.0.1", None),
+        ("http", "backend.internal", 80),
+        ("https", "::1", 8443),
+        ("http", "fe80::1%eth0", 8001),
+        ("http", "b\u00fccher.example", None),
+    ],
+)
+def test_readdressing_agrees_with_yarls_own_way(
+    url: str, scheme: str, host: str, port: int | None
+) -> None:
+    given = URL(url)
+    port = port if port is not None else given.explicit_port
+    fast = readdressed(given, scheme, host, port)
+    slow = given.with_scheme(scheme).with_host(host).with_port(port)
+
+    def parts(url: URL) -> tuple[object, ...]:
+        # What the connector and the request line use. (Not URL equality: URL.build leaves
+        # out a default port that with_port keeps, and writes an empty path as "/".)
+        return (
+            url.scheme,
+            url.raw_user,
+            url.raw_password,
+            url.host,
+            url.port,
+            url.raw_path_qs,
+            url.raw_fragment,
+        )
+
+    assert parts(fast) == parts(slow)
+    assert fast.host_port_subcomponent == slow.host_port_subcomponent
 
 
 def test_host_header_backend_names_the_server(pool: list[Backend]) -> None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from http.client import HTTPResponse as HttplibResponse
 from http.client import RemoteDisconnected
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,36 @@ def test_each_attempt_goes_to_the_server_with_the_path_query_and_logical_host(
     # The response names the caller's request, so a relative redirect comes back through here.
     assert first.url == f"{URL}/items/7?colour=red&size=2"
     assert first.request.url == first.url
+
+
+class _SetsACookie(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Set-Cookie", "session=abc; Path=/")  # no Domain: the request's host
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_cookies_a_server_sets_belong_to_the_logical_host() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SetsACookie)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        lb = LoadBalancer()
+        lb.replace([f"127.0.0.1:{server.server_address[1]}"])
+        for host_header in ("logical", "backend"):
+            # The response's cookies and the session's agree, whichever Host went out.
+            with session(lb, HttpPolicy(host_header=host_header)) as client:
+                response = client.get(f"{URL}/items/1")
+                assert [c.domain for c in response.cookies] == ["inventory.local"]  # not the IP
+                assert [c.domain for c in client.cookies] == ["inventory.local"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def test_the_logical_host_keeps_its_port(two: list[Backend]) -> None:

@@ -49,7 +49,6 @@ attempt broke goes through the balancer a second time.
 from __future__ import annotations
 
 import asyncio
-import copy
 import sys
 import threading
 import weakref
@@ -61,6 +60,7 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
 from aiohttp.payload import BytesPayload, Payload
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
+from yarl import URL
 
 from loadbalancer import (
     AttemptTimeoutError,
@@ -202,15 +202,18 @@ def _marked(headers: CIMultiDict[str]) -> bool | None:
 def _attempt_request(request: ClientRequest, server: str, policy: HttpPolicy) -> ClientRequest:
     """A copy of ``request`` addressed to ``server``: its scheme, host and port; the path and
     query kept; Host as ``policy.host_header`` says; SNI naming the logical host for an IP."""
-    backend = parse_server(server)
+    backend = parse_server(server)  # cached: parsed once per server
     url = request.url
     scheme = backend.scheme or url.scheme
     port = backend.port if backend.port is not None else url.explicit_port
     # ClientRequest is a plain object, built once per request by the session: a shallow copy
     # has every setting of the original (timer, traces, TLS, proxy, body payload), and what
     # an attempt changes or send() writes to (URL, headers, SNI, response) becomes its own.
-    attempt = copy.copy(request)
-    attempt.url = url.with_scheme(scheme).with_host(backend.host).with_port(port)
+    # Made as copy.copy makes it, without its generic machinery (2 µs of 3).
+    cls = request.__class__
+    attempt = cls.__new__(cls)
+    attempt.__dict__.update(request.__dict__)
+    attempt.url = readdressed(url, scheme, backend.host, port)
     headers: CIMultiDict[str] = CIMultiDict(request.headers)  # send() adds to its headers
     headers.popall(IDEMPOTENT, None)
     if policy.host_header == "backend":
@@ -220,6 +223,29 @@ def _attempt_request(request: ClientRequest, server: str, policy: HttpPolicy) ->
     attempt.headers = headers
     attempt.update_expect_continue()  # a 100-continue waiter of its own, if one is expected
     return attempt
+
+
+def readdressed(url: URL, scheme: str, host: str, port: int | None) -> URL:
+    """``url`` with ``scheme``, ``host`` and ``port`` replaced; userinfo, path, query kept.
+
+    ``with_scheme().with_host().with_port()`` builds and checks three URLs; ``host`` comes
+    from ``parse_server`` (checked, lower-cased), so an ASCII name or IPv4 address goes into
+    one ``URL.build`` of already encoded parts (a test checks the two ways agree). An IPv6 or
+    non-ASCII host takes the public way, which brackets or IDNA-encodes it.
+    """
+    if host.isascii() and ":" not in host:
+        return URL.build(
+            scheme=scheme,
+            user=url.raw_user,
+            password=url.raw_password,
+            host=host,
+            port=port,
+            path=url.raw_path,
+            query_string=url.raw_query_string,
+            fragment=url.raw_fragment,
+            encoded=True,
+        )
+    return url.with_scheme(scheme).with_host(host).with_port(port)
 
 
 # -- leases held by response bodies ---------------------------------------------------------------

@@ -35,9 +35,8 @@ import http.client
 import ssl
 import threading
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass
 from typing import Any, Final, final
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -56,7 +55,6 @@ from urllib3.util import Timeout
 from loadbalancer import Key, Lease, LoadBalancer, NoServersAvailableError
 
 from ._http import (
-    Backend,
     ErrorKind,
     HttpClassifier,
     HttpPolicy,
@@ -242,12 +240,14 @@ _ATTEMPT: Final = "_loadbalancer_attempt"
 
 
 @final
-@dataclass(frozen=True, slots=True)
 class _AttemptOf:
     """What the hooks need to know about an attempt's request."""
 
-    request: PreparedRequest  # the caller's, with the logical URL
-    tls_name: str | None  # the name TLS sends (SNI) and verifies, if not the URL's host
+    __slots__ = ("request", "tls_name")
+
+    def __init__(self, request: PreparedRequest, tls_name: str | None) -> None:
+        self.request = request  # the caller's, with the logical URL
+        self.tls_name = tls_name  # the name TLS sends (SNI) and verifies, if not the URL's host
 
 
 _Classifiers = dict[tuple[bool, bool], HttpClassifier[requests.Response]]
@@ -271,9 +271,23 @@ def _classifiers(rules: HttpRetry) -> _Classifiers:
 
 @final
 class _Plan:
-    """One request's routing, key, classifier and timeout, shared by its attempts."""
+    """One request's routing, key, classifier and timeout, and what its attempts share: the
+    parts of its URL, its Host header, the links from attempt to request (made once each)."""
 
-    __slots__ = ("classify", "host", "key", "lb", "request", "timeout", "url")
+    __slots__ = (
+        "_as_is",
+        "_by_name",
+        "_host_header",
+        "_port",
+        "_scheme",
+        "_target",
+        "classify",
+        "host",
+        "key",
+        "lb",
+        "request",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -286,7 +300,6 @@ class _Plan:
         url = urlsplit(request.url or "")
         host = url.hostname or ""
         self.request = request
-        self.url = url
         self.host = host
         try:
             self.lb = routes.balancer(host)
@@ -299,36 +312,56 @@ class _Plan:
         sticky: StickyKey | None = policy.sticky
         self.key: Key | None = None if sticky is None else sticky.key(request, request.headers.get)
         self.timeout = _capped_timeout(timeout, policy.retry.per_try_timeout)
+        self._scheme = scheme = url.scheme
+        self._port = port = url.port
+        self._target = f"{url.path or '/'}?{url.query}" if url.query else (url.path or "/")
+        # The Host header the request would carry without the balancer (None: it has one).
+        self._host_header = None if "Host" in request.headers else _logical_host(host, port, scheme)
+        self._as_is = _AttemptOf(request, None)
+        self._by_name: _AttemptOf | None = None  # made when an attempt first needs it
 
     def attempt_request(self, server: str, host_mode: str) -> PreparedRequest:
         """The request addressed to ``server``: its scheme, host and port; path and query kept."""
-        backend = parse_server(server)
-        url = self.url
-        scheme = backend.scheme or url.scheme
-        port = backend.port if backend.port is not None else url.port
-        # An IPv6 zone id (fe80::1%eth0) is written %25 in a URL (RFC 6874).
-        address = f"[{backend.host.replace('%', '%25')}]" if ":" in backend.host else backend.host
-        netloc = address if port is None else f"{address}:{port}"
-        query = f"?{url.query}" if url.query else ""
-        attempt = self.request.copy()
-        attempt.url = f"{scheme}://{netloc}{url.path or '/'}{query}"
-        headers = attempt.headers
+        backend = parse_server(server)  # cached: parsed once per server
+        scheme = backend.scheme or self._scheme
+        port = backend.port if backend.port is not None else self._port
+        host = backend.host
+        if ":" in host:  # IPv6; a zone id (fe80::1%eth0) is written %25 in a URL (RFC 6874)
+            host = f"[{host.replace('%', '%25')}]"
+        request = self.request
+        # What PreparedRequest.copy() does, but sharing the cookie jar and hooks (copying the
+        # jar is a third of the cost): nothing below the adapter writes to either.
+        attempt = PreparedRequest.__new__(PreparedRequest)
+        attempt.__dict__.update(request.__dict__)
+        attempt.url = f"{scheme}://{host}{'' if port is None else f':{port}'}{self._target}"
+        headers = attempt.headers = request.headers.copy()
         headers.pop(IDEMPOTENT, None)
-        tls_name = None
+        link = self._as_is
         if host_mode == "backend":
             headers["Host"] = host_header(backend, scheme, port)
         else:
-            if "Host" not in headers:
-                headers["Host"] = _logical_host(url)
+            if self._host_header is not None:
+                headers["Host"] = self._host_header
             if scheme == "https" and backend.is_ip:
-                tls_name = self.host
-        setattr(attempt, _ATTEMPT, _AttemptOf(self.request, tls_name))
+                by_name = self._by_name
+                if by_name is None:
+                    by_name = self._by_name = _AttemptOf(request, self.host)
+                link = by_name
+        setattr(attempt, _ATTEMPT, link)
         return attempt
 
 
-def _logical_host(url: SplitResult) -> str:
-    """The Host header the request would carry without the balancer (``inventory``)."""
-    return host_header(Backend(None, url.hostname or "", url.port), url.scheme, url.port)
+def _logical_host(host: str, port: int | None, scheme: str) -> str:
+    """The Host header a URL calls for (``inventory``, ``inventory:8080``), as urllib3 writes
+    it: no default port; an IPv6 address in brackets, without its zone id."""
+    if ":" in host:
+        host = f"[{host.split('%', 1)[0]}]"
+    if port is None or _DEFAULT_PORTS.get(scheme) == port:
+        return host
+    return f"{host}:{port}"
+
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 # -- leases held by response bodies ---------------------------------------------------------------
@@ -629,15 +662,11 @@ class BalancedAdapter(HTTPAdapter):
         return response
 
     def build_response(self, req: PreparedRequest, resp: Any) -> requests.Response:
-        """The response, naming the caller's request and URL rather than the attempt's."""
+        """The response, built for the caller's request rather than the attempt's: its URL is
+        the logical one (a relative redirect comes back through the balancer, not straight
+        to the server), and so is the default domain of the cookies it sets."""
         attempt: _AttemptOf | None = getattr(req, _ATTEMPT, None)
-        response = super().build_response(req, resp)
-        if attempt is not None:
-            # A relative redirect then resolves against the logical URL, back through the
-            # balancer, rather than straight to the server that sent it.
-            response.request = attempt.request
-            response.url = attempt.request.url or response.url
-        return response
+        return super().build_response(req if attempt is None else attempt.request, resp)
 
     def build_connection_pool_key_attributes(
         self,
