@@ -27,7 +27,12 @@ session closed) ends the lease then, through the protocol's public ``closed`` fu
 outcome is decided on the response headers (a 5xx is a failure), unless the body then breaks
 off or stalls past aiohttp's read timeout (a failure), a body read is cancelled, the response is
 collected unread, or the session is closed (no outcome). ``close()`` ends the leases still open
-with no outcome.
+with no outcome; ``open_streams`` counts them.
+
+Latency: the time from sending to the end of the body, for every response, as httpx's: to the
+last byte read for a body read whole (``read()``, ``json()``, ``text()``: a buffered response)
+or to the end of a stream, to the release or close of a body left unread; a response with no
+body, to its headers.
 
 TLS: a server given as an IP address, for an ``https`` request whose Host stays the logical
 name, is sent with ``server_hostname`` set to the logical host, so that the TLS handshake names,
@@ -513,6 +518,8 @@ class BalancedMiddleware:
     failure, and retried elsewhere if idempotent (``PerTryTimeout`` if it is the answer).
     ``policy.hedging`` hedges idempotent requests with replayable bodies. A request whose host
     no balancer routes, or whose balancer has no server, raises ``NoBackendAvailable``.
+    ``close()`` ends the leases of bodies still open (``open_streams``) with no outcome; the
+    session, which the middleware does not own, is closed by its owner.
     """
 
     def __init__(

@@ -14,13 +14,26 @@ The adapter strips the header: servers never see it. A body that is a generator 
 (a one-shot stream) is never retried; bytes and str bodies are.
 
 Leases and latency: an attempt's lease is held until its response body is done with: fully
-read (``session.get()`` reads it before returning; ``stream=True`` leaves that to you), or
-the response closed (``response.close()``, the end of ``with session.get(..., stream=True)``).
-The latency recorded is the time to the end of the body. The outcome is decided on the
-response headers (a 5xx is a failure), unless reading the body then fails (a failure) or is
-interrupted by a ``BaseException`` such as ``KeyboardInterrupt`` (no outcome). A response
-never read nor closed ends its lease with no outcome when it is garbage-collected, or when
-the adapter is closed, whichever is first.
+read, or the response closed (``response.close()``, the end of ``with session.get(...)``).
+The latency recorded is the time from sending to the end of the body, for every response: a
+buffered one (``session.get()`` without ``stream=True`` reads the body before returning) to
+its last byte, a stream (``stream=True``) to the end of the body or to its close, whichever is
+first; a response with no body (HEAD, 204) to its headers, once requests has read its empty
+body. The outcome is decided on the response headers (a 5xx is a failure), unless reading
+the body then fails (a failure) or is interrupted by a ``BaseException`` such as
+``KeyboardInterrupt`` (no outcome). A response never read nor closed ends its lease with no
+outcome when it is garbage-collected, or when the adapter is closed (``close()``, or closing
+the session), whichever is first. ``open_streams`` counts the bodies still holding leases.
+A retryable answer (a 503 being retried) is read whole and closed, so that its connection
+goes back to the pool; it is the answer, readable, if no retry goes out.
+
+Timeouts: a blocking attempt cannot be cut off as a whole, so ``policy.retry.per_try_timeout``
+caps requests' connect and read timeouts of each attempt, and an attempt past them raises
+requests' own ``ConnectTimeout`` or ``ReadTimeout`` (there is no ``PerTryTimeout`` here, as
+in httpx's blocking transport). A request whose host no balancer routes, or whose balancer
+has no server, raises ``NoBackendAvailable``; every other error is requests' own, as raised by
+the last attempt (``error_kind`` says what it means for retries: a TLS error is ``NOT_SENT``
+in the handshake and ``BROKEN`` after it, when the request may have reached the server).
 
 TLS: a server given as an IP address, for an ``https`` request whose Host stays the logical
 name, is connected to with SNI naming the logical host, and its certificate is verified
