@@ -106,19 +106,29 @@ def test_import_time_of_the_core(capsys: pytest.CaptureFixture[str]) -> None:
     assert best > 0
 
 
-CLIENT_LIBRARIES = ("httpx", "requests", "aiohttp", "urllib3", "http.server")
+CLIENT_LIBRARIES = (
+    "httpx",
+    "requests",
+    "aiohttp",
+    "urllib3",
+    "http.server",
+    "dns",
+    "aetcd",
+    "grpc",
+)
 
 
 @pytest.mark.parametrize(
     "statement",
     [
+        "import loadbalancer.discovery",
         "import loadbalancer.failover",
         "import loadbalancer.integrations",
         "import loadbalancer.integrations._http",
         "import loadbalancer.testing",
     ],
 )
-def test_no_http_client_library_loads_until_its_integration_is_imported(statement: str) -> None:
+def test_no_client_library_loads_until_its_integration_is_imported(statement: str) -> None:
     code = (
         "import json, sys\n"
         "import loadbalancer\n"
