@@ -9,12 +9,15 @@ moves the numbers, regenerate both with:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import io
 import os
 import re
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -50,7 +53,36 @@ def test_readme_has_python_blocks() -> None:
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_block_runs(block: str) -> None:
-    exec(compile(block, str(README), "exec"), {"__name__": "readme"})
+    namespace: dict[str, Any] = {"__name__": "readme"}
+    exec(compile(block, str(README), "exec"), namespace)
+    for name, run_live in LIVE.items():  # a registry example: run it against a real one
+        if name in namespace:
+            run_live(namespace[name])
+
+
+def _follow_dns(follow_dns: Callable[[str], Coroutine[Any, Any, Any]]) -> None:
+    from .dns_server import DnsTestServer
+
+    name = "inventory.default.svc.cluster.local"
+    with DnsTestServer() as server:
+        server.set_a(name, ["10.0.0.1", "10.0.0.2"])
+        server.set_srv(f"_http._tcp.{name}", [(10, 3, 8080, name), (10, 1, 8081, name)])
+        host, port = server.nameserver
+        pods, weighted = asyncio.run(follow_dns(f"{host}:{port}"))
+    assert pods == ("10.0.0.1:8080", "10.0.0.2:8080")
+    assert set(weighted) == {"10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.1:8081", "10.0.0.2:8081"}
+
+
+def _follow_etcd(follow_etcd: Callable[[str, int], None]) -> None:
+    from .etcd_server import EtcdServer
+
+    with EtcdServer() as etcd:
+        follow_etcd(etcd.host, etcd.client_port)
+
+
+# Registry examples define a function of the registry's address, with a __main__ guard for
+# readers; the test calls it against a real registry started here.
+LIVE: dict[str, Callable[[Any], None]] = {"follow_dns": _follow_dns, "follow_etcd": _follow_etcd}
 
 
 # -- the `loadbalancer simulate` sample -------------------------------------------------------
