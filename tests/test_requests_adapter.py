@@ -431,10 +431,20 @@ class _TlsBreaker:
                 data = b""
                 while b"\r\n\r\n" not in data:
                     data += tls.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.lower().split(b"\r\n"):
+                    if line.startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                while len(body) < length:  # read it all: closing on unread data resets
+                    body += tls.recv(65536)
                 self.requests += 1
                 # Written under the TLS layer: the client reads a record it cannot decrypt.
                 with socket.socket(fileno=os.dup(tls.fileno())) as raw:
                     raw.sendall(b"\x17\x03\x03\x00\x20" + bytes(32))
+                    raw.settimeout(5)
+                    while raw.recv(65536):  # the client closes first, having read the record
+                        pass
                 tls.close()
 
     def close(self) -> None:
