@@ -238,6 +238,12 @@ class _Server(uvicorn.Server):
         await self.on_tick(0)  # sets the Date and Server headers once
         await self._stop.wait()
 
+    def _abort_connections(self) -> None:
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()  # the app sees http.disconnect, so hung handlers end
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # No graceful drain (uvicorn's waits in 0.1 s steps): a stop is a crash.
         for server in self.servers:
@@ -245,10 +251,12 @@ class _Server(uvicorn.Server):
             abort_clients = getattr(server, "abort_clients", None)  # Python 3.13+
             if abort_clients is not None:
                 abort_clients()
-        for connection in list(self.server_state.connections):
-            transport = getattr(connection, "transport", None)
-            if transport is not None:
-                transport.abort()  # the app sees http.disconnect, so hung handlers end
+        self._abort_connections()
+        # A connection accepted just before the listening socket closed is registered on the
+        # next turn of the loop (before 3.13, nothing aborts it for us): give it that turn,
+        # and abort again, or it outlives the backend as an unclosed transport.
+        await asyncio.sleep(0)
+        self._abort_connections()
         tasks = list(self.server_state.tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT / 2)

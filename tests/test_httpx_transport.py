@@ -31,6 +31,7 @@ from loadbalancer.integrations.httpx import (
     HttpPolicy,
     HttpRetry,
     NoBackendAvailable,
+    PerTryTimeout,
     StickyKey,
     error_kind,
     readdressed,
@@ -779,6 +780,28 @@ def test_async_an_error_not_retried_for_want_of_budget_says_so() -> None:
                 try:
                     await http.get("http://inventory/")
                 except httpx.ConnectError as error:
+                    notes.append(getattr(error, "__notes__", []))
+        return notes
+
+    assert run(main()) == [
+        [],
+        ["loadbalancer: not retried on another server: the retry budget is exhausted"],
+    ]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="notes are 3.11+")
+def test_async_a_per_try_timeout_not_retried_for_want_of_budget_says_so() -> None:
+    lb = balancer(A, B, retry_budget=RetryBudget(ratio=0, reserve=1))
+    backends = AsyncBackends({A: 10.0, B: 10.0})
+    policy = HttpPolicy(retry=RetryPolicy(per_try_timeout=0.1))
+
+    async def main() -> list[list[str]]:
+        notes = []
+        async with aclient(lb, backends, policy=policy) as http:
+            for _ in range(2):
+                try:
+                    await http.get("http://inventory/")
+                except PerTryTimeout as error:
                     notes.append(getattr(error, "__notes__", []))
         return notes
 

@@ -28,6 +28,7 @@ certificates differ.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from typing import Any, TypeVar, final
@@ -582,7 +583,11 @@ class AsyncBalancedTransport(httpx.AsyncBaseTransport):
         except NoServersAvailableError as exc:
             raise _no_backend(request, exc) from exc
         except AttemptTimeoutError as exc:
-            raise PerTryTimeout(str(exc), request=request) from exc
+            error = PerTryTimeout(str(exc), request=request)
+            if sys.version_info >= (3, 11):  # notes: the budget's, if it refused a retry
+                for note in getattr(exc, "__notes__", ()):
+                    error.add_note(note)
+            raise error from exc
         response = held.result
         if held.lease is None or response.is_closed:
             held.release()  # nothing left to read: see BalancedTransport.handle_request
