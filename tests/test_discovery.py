@@ -421,3 +421,77 @@ def test_discover_says_when_no_membership_comes(
     err = capsys.readouterr().err
     assert f"no membership from {missing} within 0.2 s" in err
     assert "missing.json: cannot be read" in err
+
+
+# -- regressions found in review ------------------------------------------------------------------
+
+
+def test_a_watch_that_breaks_right_after_its_read_backs_off_ever_longer() -> None:
+    class Flapping(Source):
+        watches = 0
+
+        @property
+        def name(self) -> str:
+            return "flapping:"
+
+        async def watch(self) -> AsyncIterator[Membership]:
+            self.watches += 1
+            yield Membership(["a"])  # the read works ...
+            raise ConnectionError("watch stream reset")  # ... the watch breaks at once
+
+    source = Flapping()
+    runner = follow(
+        LoadBalancer(), source, 10.0, backoff_base=0.1, backoff_max=5.0, rng=random.Random(1)
+    )
+    # Delays of at least 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.5 ... s: not a hundred re-reads.
+    assert 6 <= source.watches <= 10
+    assert runner.status.last_error == "ConnectionError: watch stream reset"
+
+
+def test_a_thread_that_cannot_start_raises_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_descriptors() -> asyncio.AbstractEventLoop:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(asyncio, "new_event_loop", no_descriptors)
+    runner = Discovery(LoadBalancer(), StaticSource(["a"]))
+    with pytest.raises(OSError, match="Too many open files"):
+        runner.start()
+    assert runner.stop() is True
+    assert discovery_threads() == []
+
+
+def test_ready_means_this_run_applied_a_membership() -> None:
+    lb = LoadBalancer()
+    source = Scripted(Membership(["a"]))
+    runner = Discovery(lb, source)
+    with runner:
+        assert runner.wait_ready(5)
+    with runner:  # the script is spent: this run applies nothing
+        assert runner.wait_ready(0.05) is False
+
+
+def test_a_stop_that_times_out_says_so_and_a_second_thread_never_starts() -> None:
+    release = threading.Event()
+
+    class Slow(Source):
+        @property
+        def name(self) -> str:
+            return "slow:"
+
+        async def watch(self) -> AsyncIterator[Membership]:
+            try:
+                yield Membership(["a"])
+                await asyncio.Event().wait()
+            finally:
+                await asyncio.get_running_loop().run_in_executor(None, release.wait)
+
+    runner = Discovery(LoadBalancer(), Slow()).start()
+    assert runner.wait_ready(5)
+    assert runner.stop(timeout=0.05) is False
+    with pytest.raises(RuntimeError, match="has not stopped yet"):
+        runner.start()
+    release.set()
+    assert runner.stop() is True
+    assert discovery_threads() == []

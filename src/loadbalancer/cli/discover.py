@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import sys
-import threading
 import time
 from typing import TextIO
 
@@ -60,9 +60,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run)
 
 
-def _print_membership(out: TextIO, lb: LoadBalancer, header: str) -> None:
+def _now() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def _print_membership(out: TextIO, weights: dict[str, float], header: str) -> None:
     print(header, file=out)
-    for server, weight in lb.weights.items():
+    for server, weight in weights.items():
         print(f"  {server}  weight {weight:g}", file=out)
     out.flush()
 
@@ -88,27 +92,28 @@ def run(args: argparse.Namespace) -> int:
     lb = LoadBalancer(max_servers=args.max_servers)
     timeout = args.timeout if args.timeout is not None else (10.0 if args.once else None)
     out = sys.stdout
-    printed = threading.Event()
+    changes: queue.Queue[MembershipChange] = queue.Queue()
 
     def show(change: MembershipChange) -> None:
-        # Called by the runner right after it applied the change, before it can apply
-        # another: what lb holds now is exactly this membership.
-        moves = [f"+{s}" for s in change.added] + [f"-{s}" for s in change.removed]
-        moves += [f"~{s}" for s in change.reweighted]
-        stamp = time.strftime("%H:%M:%S")
-        _print_membership(
-            out, lb, f"{stamp} {source.name}: {change.size} servers ({' '.join(moves)})"
-        )
-        printed.set()
+        # Printed by the main thread, so that a closed stdout (`| head`) and Ctrl-C reach
+        # main() there; the weights are read now, while lb holds exactly this membership.
+        changes.put(change)
+        weights.put(lb.weights)
 
+    weights: queue.Queue[dict[str, float]] = queue.Queue()
     try:
         with Discovery(lb, source, on_change=show) as runner:
             if not runner.wait_ready(timeout):
                 raise CommandError(f"no membership from {source.name} within {timeout:g} s")
-            if not printed.is_set():  # the first membership was empty: no change to show
-                _print_membership(out, lb, f"{time.strftime('%H:%M:%S')} {source.name}: 0 servers")
-            if not args.once:
-                threading.Event().wait()  # until interrupted
-            return 0
+            if changes.empty():  # the first membership was empty: no change to show
+                _print_membership(out, {}, f"{_now()} {source.name}: 0 servers")
+            while True:
+                change = changes.get()
+                moves = [f"+{s}" for s in change.added] + [f"-{s}" for s in change.removed]
+                moves += [f"~{s}" for s in change.reweighted]
+                header = f"{_now()} {source.name}: {change.size} servers ({' '.join(moves)})"
+                _print_membership(out, weights.get(), header)
+                if args.once:
+                    return 0
     finally:
         logger.removeHandler(handler)

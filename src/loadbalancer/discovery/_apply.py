@@ -73,15 +73,15 @@ class Backoff:
     ``cap``, jittered to between half and all of it (so that processes that lost the same
     registry at once do not all come back at once)."""
 
-    __slots__ = ("_base", "_cap", "_rng")
+    __slots__ = ("_base", "_rng", "cap")
 
     def __init__(self, base: float, cap: float, rng: random.Random | None) -> None:
         self._base = base
-        self._cap = cap
+        self.cap = cap
         self._rng = rng or random.Random()
 
     def __call__(self, n: int) -> float:
-        ceiling = min(self._cap, self._base * 2.0 ** min(n - 1, 64))
+        ceiling = min(self.cap, self._base * 2.0 ** min(n - 1, 64))
         return ceiling * (0.5 + 0.5 * self._rng.random())
 
 
@@ -98,6 +98,10 @@ class Applier:
     ) -> None:
         self.lb = lb
         self.source = source
+        try:
+            self.name = source.name  # read once: the runner must not fail on a bad property
+        except Exception:
+            self.name = repr(type(source).__name__)
         self._on_change = on_change
         self._clock = clock
         self._lock = threading.Lock()
@@ -112,10 +116,9 @@ class Applier:
         """Apply ``membership``; False if it was refused (too many servers)."""
         if not isinstance(membership, Membership):
             raise TypeError(
-                f"{self.source.name}: watch() must yield Membership, "
-                f"not {type(membership).__name__}"
+                f"{self.name}: watch() must yield Membership, not {type(membership).__name__}"
             )
-        name = self.source.name
+        name = self.name
         weights: dict[str, float] = {}
         for server, weight in membership.weights.items():
             problem = _usable(server, weight)
@@ -151,7 +154,7 @@ class Applier:
         )
         with self._lock:
             self.updates += 1
-            self.failures = 0
+            self.failures = 0  # the status says "healthy now"; the runner's backoff remembers
             self.last_update = now
             self._metadata = {s: m for s, m in membership.metadata.items() if s in weights}
         if change.added or change.removed or change.reweighted:
@@ -170,17 +173,21 @@ class Applier:
                     log.exception("%s: on_change raised", name)
         return True
 
-    def failed(self, error: BaseException, retry_in: float) -> None:
-        """Note a failed watch: the last membership stays, a retry comes in ``retry_in`` s."""
+    def failed(self, error: BaseException, retry_in: float, failures: int) -> None:
+        """Note a failed watch (``failures`` in a row): the last membership stays, and a
+        retry comes in ``retry_in`` seconds."""
+        try:
+            text = f"{type(error).__name__}: {error}"
+        except Exception:  # an exception whose str() fails must not stop discovery
+            text = f"{type(error).__name__} (unprintable)"
         with self._lock:
-            self.failures += 1
-            self.last_error = f"{type(error).__name__}: {error}"
-            failures = self.failures
+            self.failures = failures
+            self.last_error = text
         log.warning(
             "%s: %s (failure %d in a row); keeping the last membership (%d servers), "
             "retrying in %.2f s",
-            self.source.name,
-            self.last_error,
+            self.name,
+            text,
             failures,
             len(self.lb),
             retry_in,
@@ -196,7 +203,7 @@ class Applier:
         with self._lock:
             last = self.last_update
             return DiscoveryStatus(
-                source=self.source.name,
+                source=self.name,
                 running=running,
                 servers=len(self.lb),
                 updates=self.updates,

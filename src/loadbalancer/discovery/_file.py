@@ -87,10 +87,11 @@ def parse_membership(text: str, where: str, *, toml: bool) -> Membership:
 class FileSource(Source):
     """The membership in a JSON or TOML file (by its suffix), re-read when it changes.
 
-    The file's modification time, size and inode are polled every ``interval`` seconds, so an
-    edit in place and an atomic rename are both seen. A file that cannot be read or used (half
-    written, invalid, missing) is refused with an error naming the file and the field, and the
-    last good membership stays. See ``parse_membership`` for the format.
+    The file's modification and change times, size and inode are polled every ``interval``
+    seconds, so an edit in place, an atomic rename and a chmod are all seen. A file that
+    cannot be read or used (half written, invalid, missing) is refused with an error naming
+    the file and the field, and the last good membership stays.
+    See ``parse_membership`` for the format.
     """
 
     __slots__ = ("_interval", "_path", "_toml")
@@ -110,12 +111,13 @@ class FileSource(Source):
         """``file://`` and the absolute path."""
         return self._path.as_uri()
 
-    def _signature(self) -> tuple[int, int, int] | None:
+    def _signature(self) -> tuple[int, int, int, int] | None:
         try:
             stat = self._path.stat()
         except OSError:
             return None
-        return stat.st_mtime_ns, stat.st_size, stat.st_ino
+        # ctime too: a chmod that makes an unreadable file readable changes only that.
+        return stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino
 
     def _read(self) -> Membership:
         try:
@@ -126,7 +128,7 @@ class FileSource(Source):
 
     async def watch(self) -> AsyncIterator[Membership]:
         """Yield the file's membership now, then whenever a change to it is usable."""
-        seen: tuple[int, int, int] | bool | None = False  # False: nothing looked at yet
+        seen: tuple[int, int, int, int] | bool | None = False  # False: nothing looked at yet
         last: Membership | None = None
         while True:
             signature = self._signature()

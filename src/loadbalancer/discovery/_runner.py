@@ -13,7 +13,7 @@ from typing import Any
 
 from .._balancer import LoadBalancer
 from .._validation import check_callable, check_number
-from ._apply import Applier, Backoff, DiscoveryStatus, MembershipChange
+from ._apply import Applier, Backoff, DiscoveryStatus, MembershipChange, log
 from ._source import Source
 
 __all__ = ["AsyncDiscovery", "Discovery"]
@@ -24,20 +24,33 @@ class _SourceEndedError(Exception):
 
 
 async def _follow(applier: Applier, backoff: Backoff, ready: Callable[[], None]) -> None:
-    """Apply every membership the source yields; on a failure, back off and watch again."""
+    """Apply every membership the source yields; on a failure, back off and watch again.
+
+    The backoff grows with each failure in a row, and a watch counts as healthy again only
+    once it has run for ``backoff.cap`` seconds: a registry whose read works but whose watch
+    then breaks at once is retried ever more slowly, not ten times a second.
+    """
     source = applier.source
+    loop = asyncio.get_running_loop()
     failures = 0
     while True:
+        started = loop.time()
         try:
             async for membership in source.watch():
-                failures = 0
-                if applier.apply(membership):
+                try:
+                    applied = applier.apply(membership)
+                except Exception:  # a bad item is the source's bug, not the registry's
+                    log.exception("%s: could not apply %r", applier.name, membership)
+                    continue
+                if applied:
                     ready()
             raise _SourceEndedError("watch() ended")
         except Exception as error:  # CancelledError is not one: cancelling stops the runner
+            if loop.time() - started >= backoff.cap:
+                failures = 0  # it ran long enough to count as healthy before this failure
             failures += 1
             delay = backoff(failures)
-            applier.failed(error, delay)
+            applier.failed(error, delay, failures)
             await asyncio.sleep(delay)
 
 
@@ -163,25 +176,46 @@ class Discovery:
         self._ready = threading.Event()
 
     def start(self) -> Discovery:
-        """Start following the source in a thread; a second start does nothing."""
+        """Start following the source in a thread; a second start does nothing.
+
+        Raise ``RuntimeError`` if the thread of an earlier ``stop()`` that timed out is still
+        running (two threads must never feed one balancer), or what failed to start it.
+        """
         with self._lock:
             if self._thread is not None:
-                return self
+                if self._thread.is_alive() and self._task is not None:
+                    return self
+                if self._thread.is_alive():
+                    raise RuntimeError("the previous run has not stopped yet")
             started = threading.Event()
-            self._thread = threading.Thread(
+            failure: list[BaseException] = []
+            self._ready = threading.Event()
+            thread = threading.Thread(
                 target=self._run,
-                args=(started,),
-                name=f"loadbalancer discovery {self._applier.source.name}",
+                args=(started, failure, self._ready),
+                name=f"loadbalancer discovery {self._applier.name}",
                 daemon=True,
             )
-            self._thread.start()
+            self._thread = thread
+            thread.start()
             started.wait()
+            if failure:
+                thread.join()
+                self._thread = None
+                raise failure[0]
         return self
 
-    def _run(self, started: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
+    def _run(
+        self, started: threading.Event, failure: list[BaseException], ready: threading.Event
+    ) -> None:
         try:
-            task = loop.create_task(_follow(self._applier, self._backoff, self._ready.set))
+            loop = asyncio.new_event_loop()
+        except BaseException as error:  # out of file descriptors, say: start() raises it
+            failure.append(error)
+            started.set()
+            return
+        try:
+            task = loop.create_task(_follow(self._applier, self._backoff, ready.set))
             self._loop, self._task = loop, task
             started.set()
             try:
@@ -190,20 +224,35 @@ class Discovery:
                 pass
             finally:
                 loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
         finally:
+            started.set()
             loop.close()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop following and wait (up to ``timeout`` s) for the thread to end."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop following and wait (up to ``timeout`` s) for the thread to end; False if it
+        has not ended by then (a source slow to release what it holds)."""
         with self._lock:
-            thread, self._thread = self._thread, None
+            thread = self._thread
             loop, task = self._loop, self._task
             self._loop = self._task = None
-        if thread is None or loop is None or task is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed: the task ended on its own
-            loop.call_soon_threadsafe(task.cancel)
-        thread.join(timeout)
+            if thread is None:
+                return True
+            if loop is not None and task is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: the task ended
+                    loop.call_soon_threadsafe(task.cancel)
+            if thread is threading.current_thread():
+                return False  # stop() from on_change: the thread ends once this returns
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning(
+                    "%s: the runner's thread has not stopped after %g s",
+                    self._applier.name,
+                    timeout,
+                )
+                return False
+            self._thread = None
+            return True
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait until a first membership has been applied; False if ``timeout`` passed first."""
