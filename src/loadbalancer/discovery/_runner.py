@@ -88,7 +88,7 @@ class AsyncDiscovery:
         *,
         on_change: Callable[[MembershipChange], object] | None = None,
         backoff_base: float = 0.1,
-        backoff_max: float = 5.0,
+        backoff_max: float = 2.0,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -162,7 +162,7 @@ class Discovery:
         *,
         on_change: Callable[[MembershipChange], object] | None = None,
         backoff_base: float = 0.1,
-        backoff_max: float = 5.0,
+        backoff_max: float = 2.0,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
