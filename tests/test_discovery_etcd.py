@@ -733,7 +733,9 @@ def _census() -> tuple[int, int, int]:
 
 
 def _within(after: tuple[int, int, int], before: tuple[int, int, int]) -> bool:
-    return after[0] == before[0] and after[1] <= before[1] + 2 and after[2] <= before[2] + 2
+    # A leak only adds. Counts may fall: an earlier test's threads (a backend's, say) can
+    # still be ending when "before" is taken.
+    return after[0] <= before[0] and after[1] <= before[1] + 2 and after[2] <= before[2] + 2
 
 
 def test_starting_and_stopping_100_times_leaves_nothing_behind(
@@ -769,7 +771,7 @@ def test_starting_and_stopping_100_times_leaves_nothing_behind(
     assert tasks_left == 1  # the test's own
     # gRPC's core closes a channel's sockets and pollers on its own threads, a moment after
     # the channel is closed: wait for those, not for anything of ours.
-    # Python threads must match exactly; gRPC's core keeps pools of its own threads and
+    # Python threads may not grow at all; gRPC's core keeps pools of its own threads and
     # pollers that grow and shrink by one or two as it pleases, where a leak of ours would
     # leave at least one per cycle: a hundred.
     with contextlib.suppress(AssertionError):
