@@ -485,6 +485,12 @@ def test_registration_survives_an_etcd_restart_and_a_lost_lease(
         etcd.restart()
         _wait(lambda: _keys(etcd, prefix) == [prefix + "10.2.0.4:80"], 5.0, "the key")
         assert reg.wait_registered(5)
+        # etcd restores leases with their TTL renewed, so the key is there at first even if
+        # the keep-alive died: it must still be there well past the TTL.
+        until = time.monotonic() + 2 * 2 + 1
+        while time.monotonic() < until:
+            assert _keys(etcd, prefix) == [prefix + "10.2.0.4:80"]
+            threading.Event().wait(0.5)  # watching an external process's clock, not ours
     assert _keys(etcd, prefix) == []
 
 
@@ -780,3 +786,25 @@ def test_starting_and_stopping_100_times_leaves_nothing_behind(
     print(f"\nthreads, fds, OS threads: before {before}, after 200 cycles of each {after}")
     assert _within(after, before), f"threads, fds, OS threads: {before} -> {after}"
     assert _keys(etcd, prefix) == []
+
+
+def test_a_stop_right_after_an_etcd_hiccup_still_revokes_the_key(
+    etcd: EtcdServer, prefix: str
+) -> None:
+    # Found in review: the lease the key was under was forgotten when a keep-alive failed,
+    # so a stop while re-registering left the key up for a whole TTL.
+    pid = etcd.pid
+    assert pid is not None
+    reg = EtcdRegistration(
+        "10.2.0.9:80", port=etcd.client_port, prefix=prefix, ttl=9, timeout=0.5
+    ).start()
+    try:
+        assert reg.wait_registered(5)
+        os.kill(pid, signal.SIGSTOP)  # etcd freezes: the next keep-alive times out
+        try:
+            _wait(lambda: not reg.registered, 10.0, "the keep-alive to fail")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        reg.stop()
+    _wait(lambda: _keys(etcd, prefix) == [], 2.0, "the key to go at the stop, not the TTL")

@@ -83,6 +83,9 @@ _Entries = dict[str, tuple[Any, dict[str, Any]]]  # server -> (weight, metadata)
 _CHANNEL_OPTIONS: dict[str, Any] = {
     "grpc.keepalive_time_ms": 10_000,
     "grpc.keepalive_timeout_ms": 5_000,
+    # grpcio 1.6x+ fails an unanswered ping only after this, 60 s by default (found in
+    # review: a frozen etcd was noticed after 70 s).
+    "grpc.http2.ping_timeout_ms": 5_000,
     "grpc.http2.max_pings_without_data": 0,
     # A membership read is one Range answer: let it be larger than gRPC's 4 MiB default.
     "grpc.max_receive_message_length": 64 * 1024 * 1024,
@@ -528,6 +531,12 @@ class _Registrar:
         # of the TTL, so that a returning etcd sees the key again before the lease would end.
         self._backoff = Backoff(min(0.1, self.ttl / 10), min(1.0, self.ttl / 3), rng)
         self.name = f"etcd://{_netloc(self.host, self.port)}{self.prefix + self.server}"
+        # Set by stop() before it cancels the run: the keep-alive's own deadline also ends in
+        # a CancelledError, and must not swallow a stop that lands at the same moment.
+        self.stopping = False
+        # The lease the key was last put under: a stop while a new lease is being sought
+        # (etcd hiccupped) must still revoke it, or the key outlives the server by a TTL.
+        self._last_lease: int | None = None
 
     async def run(self, on_state: Callable[[int | None], None]) -> None:
         """Register, keep the lease alive, register again when it is lost; until cancelled."""
@@ -543,6 +552,7 @@ class _Registrar:
                     lease = await client.lease(self.ttl)
                     lease_id = lease.id
                     await client.put(self.key, self.value, lease=lease_id)
+                    self._last_lease = lease_id
                     on_state(lease_id)
                     failures = 0
                     log.info("%s: registered (lease %x, TTL %d s)", self.name, lease_id, lease.ttl)
@@ -551,8 +561,7 @@ class _Registrar:
                     log.warning("%s: etcd lost lease %x; registering again", self.name, lease_id)
             except asyncio.CancelledError:
                 on_state(None)
-                if lease_id is not None:  # a clean stop: the key goes now, not at the TTL
-                    await self._revoke(client, lease_id)
+                await self._deregister(client, lease_id)
                 raise
             except Exception as exc:
                 on_state(None)
@@ -568,7 +577,11 @@ class _Registrar:
                 )
             finally:
                 await client.close()
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:  # stopped while waiting to register again
+                await self._deregister(client, None)
+                raise
 
     async def _keep_alive(self, client: Any, lease_id: int, granted: int) -> None:
         """Refresh the lease every third of its TTL; return when etcd says it is gone."""
@@ -589,7 +602,7 @@ class _Registrar:
                     await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
                     reply = await call.read()
                 except asyncio.CancelledError:
-                    if not expired:
+                    if not expired or self.stopping:
                         raise
                     raise EtcdWatchError(
                         f"etcd did not answer a keep-alive within {self.timeout} s"
@@ -604,9 +617,23 @@ class _Registrar:
         finally:
             call.cancel()
 
+    async def _deregister(self, client: Any, lease_id: int | None) -> None:
+        """A clean stop: the key goes now, not at the TTL, whichever lease holds it."""
+        for held in dict.fromkeys(x for x in (lease_id, self._last_lease) if x):
+            await self._revoke(client, held)
+        self._last_lease = None
+
     async def _revoke(self, client: Any, lease_id: int) -> None:
         try:
-            await client.revoke_lease(lease_id)  # bounded by the client's timeout
+            try:
+                await client.revoke_lease(lease_id)  # bounded by the client's timeout
+            except Exception:  # the client was never connected, or its stream broke
+                fresh = _client(self.host, self.port, self.timeout)
+                try:
+                    await fresh.connect()
+                    await fresh.revoke_lease(lease_id)
+                finally:
+                    await fresh.close()
         except Exception as exc:  # etcd is away: the key goes when the lease expires
             log.warning("%s: could not revoke lease %x: %s", self.name, lease_id, exc)
         else:
@@ -686,6 +713,7 @@ class AsyncEtcdRegistration:
                 here.call_soon_threadsafe(self._set_state, lease_id)
 
         registrar = self._registrar
+        registrar.stopping = False
         self._task = here.create_task(
             _on_shared_loop(lambda: registrar.run(on_state)),
             name=f"loadbalancer registration {registrar.name}",
@@ -696,6 +724,7 @@ class AsyncEtcdRegistration:
         task, self._task = self._task, None
         if task is None:
             return
+        self._registrar.stopping = True
         task.cancel()
         await asyncio.wait({task})  # its end, not its CancelledError; the caller's still raises
 
@@ -798,6 +827,7 @@ class EtcdRegistration:
         with self._lock:
             if self._remote is None:
                 registrar = self._registrar
+                registrar.stopping = False
                 self._remote = _Remote(lambda: registrar.run(self._on_state), lambda: None)
         return self
 
@@ -806,6 +836,7 @@ class EtcdRegistration:
         with self._lock:
             remote, self._remote = self._remote, None
         if remote is not None:
+            self._registrar.stopping = True
             remote.cancel()
             remote.ended.wait(timeout)
 
