@@ -831,14 +831,16 @@ class EtcdRegistration:
                 self._remote = _Remote(lambda: registrar.run(self._on_state), lambda: None)
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop: revoke the lease (the key goes at once); wait up to ``timeout`` s for it."""
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop: revoke the lease (the key goes at once); wait up to ``timeout`` s for it.
+        False if the registration had not ended by then."""
         with self._lock:
             remote, self._remote = self._remote, None
-        if remote is not None:
-            self._registrar.stopping = True
-            remote.cancel()
-            remote.ended.wait(timeout)
+        if remote is None:
+            return True
+        self._registrar.stopping = True
+        remote.cancel()
+        return remote.ended.wait(timeout)
 
     def wait_registered(self, timeout: float | None = None) -> bool:
         """Wait until the key is in etcd; False if ``timeout`` passed first."""
