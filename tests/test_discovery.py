@@ -215,6 +215,7 @@ def test_metadata_of_the_last_membership_is_kept_for_its_servers() -> None:
         ({"lb": "lb"}, TypeError, "lb must be a LoadBalancer"),
         ({"source": ["a"]}, TypeError, "source must be a Source"),
         ({"on_change": 3}, TypeError, "on_change must be callable"),
+        ({"on_change": asyncio.sleep}, TypeError, "on_change must be a plain function"),
         ({"backoff_base": 0}, ValueError, "backoff_base"),
         ({"backoff_base": 2.0, "backoff_max": 1.0}, ValueError, "backoff_max"),
     ],

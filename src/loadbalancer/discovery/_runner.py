@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import random
 import threading
 import time
@@ -63,6 +64,8 @@ def _check(
         raise TypeError(f"source must be a Source, not {type(source).__name__}")
     if on_change is not None:
         check_callable(on_change, "on_change")
+        if inspect.iscoroutinefunction(on_change):  # it would be called and never awaited
+            raise TypeError("on_change must be a plain function, not a coroutine function")
     check_number(backoff_base, "backoff_base", above=0)
     check_number(backoff_max, "backoff_max", at_least=backoff_base)  # type: ignore[arg-type]
 
