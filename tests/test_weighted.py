@@ -202,3 +202,167 @@ def test_smooth_wrr_cycle_is_nginxs_exactly(weights: list[int]) -> None:
 
     servers = [str(i) for i in range(len(weights))]
     assert [int(s) for s in _smooth_cycle(servers, weights)] == nginx_smooth_cycle(weights)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=4), min_size=1, max_size=60)
+    | st.lists(st.sampled_from([1, 2, 3, 7, 8, 50]), min_size=1, max_size=40)
+    | st.lists(st.integers(min_value=1, max_value=60), min_size=1, max_size=30)
+)
+def test_smooth_wrr_cycle_is_nginxs_with_many_equal_weights(weights: list[int]) -> None:
+    # Long runs of one weight class, and heavier classes catching up mid-run, ties included.
+    from loadbalancer.strategies.weighted import _smooth_cycle
+
+    servers = [str(i) for i in range(len(weights))]
+    assert [int(s) for s in _smooth_cycle(servers, weights)] == nginx_smooth_cycle(weights)
+
+
+def test_smooth_wrr_apportioned_cycle_is_nginxs() -> None:
+    from loadbalancer.strategies.weighted import _apportion, _smooth_cycle
+
+    rng = random.Random(5)
+    for size in (3, 10, 40):
+        shares = _apportion([rng.uniform(0.5, 4) for _ in range(size)], 1000)
+        servers = [str(i) for i in range(size)]
+        assert [int(s) for s in _smooth_cycle(servers, shares)] == nginx_smooth_cycle(shares)
+
+
+# -- the old, straightforward forms: references the faster ones must equal ---------------------
+
+
+def old_small_integer_weights(weights: list[float]) -> list[int] | None:
+    import math
+    from fractions import Fraction
+
+    fractions = [Fraction(w).limit_denominator(1000) for w in weights]
+    if any(abs(f - w) > 1e-9 * w for f, w in zip(fractions, weights, strict=True)):
+        return None
+    scale = math.lcm(*(f.denominator for f in fractions))
+    integers = [int(f * scale) for f in fractions]
+    divisor = math.gcd(*integers)
+    return [i // divisor for i in integers]
+
+
+def old_apportion(weights: list[float], turns: int) -> list[int]:
+    import math
+
+    total = math.fsum(weights)
+    spare = turns - len(weights)
+    quotas = [w / total * spare for w in weights]
+    shares = [1 + math.floor(q) for q in quotas]
+    by_remainder = sorted(range(len(weights)), key=lambda i: quotas[i] - math.floor(quotas[i]))
+    for i in by_remainder[len(weights) - (turns - sum(shares)) :]:
+        shares[i] += 1
+    return shares
+
+
+def old_run_ends(cycle: tuple[str, ...]) -> list[int]:
+    from itertools import chain, compress, islice, repeat
+    from operator import ne, sub
+
+    size = len(cycle)
+    starts = list(compress(range(1, size), map(ne, islice(cycle, 1, None), cycle)))
+    if not starts:
+        return [0] * size
+    ends = [*starts, size]
+    wrap = starts[0] if cycle[-1] == cycle[0] else 0
+    lengths = map(sub, ends, [0, *starts])
+    return list(chain.from_iterable(map(repeat, [*starts, wrap], lengths)))
+
+
+_weight_values = (
+    st.integers(min_value=1, max_value=1_000_000)
+    | st.floats(min_value=1e-9, max_value=1_000_000)
+    | st.builds(
+        lambda n, d: n / d,
+        st.integers(min_value=1, max_value=5000),
+        st.integers(min_value=1, max_value=1200),
+    )
+    | st.sampled_from([0.1, 0.5, 1.0, 1.5, 2, 2.0, 3, 1 / 3, 1e-9, 1_000_000, 999_999.5])
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(_weight_values, min_size=1, max_size=30).flatmap(lambda ws: st.permutations(ws * 2))
+)
+def test_small_integer_weights_equal_the_old_way(weights: list[float]) -> None:
+    from loadbalancer.strategies.weighted import _small_integer_weights
+
+    assert _small_integer_weights(weights) == old_small_integer_weights(weights)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_weight_values, min_size=1, max_size=40),
+    st.integers(min_value=0, max_value=5000),
+)
+def test_apportion_equals_the_old_way(weights: list[float], extra: int) -> None:
+    from loadbalancer.strategies.weighted import _apportion
+
+    turns = max(8 * len(weights), len(weights) + extra)
+    assert _apportion(weights, turns) == old_apportion(weights, turns)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from("abcd"), min_size=1, max_size=30))
+def test_run_ends_equal_the_old_way(cycle: list[str]) -> None:
+    from loadbalancer.strategies.weighted import _run_ends
+
+    assert _run_ends(tuple(cycle)) == old_run_ends(tuple(cycle))
+
+
+@pytest.mark.parametrize("kind", ["1-4", "floats", "fractions"])
+@pytest.mark.parametrize("size", [1, 10, 300])
+def test_rebuilt_pickers_pick_as_before(kind: str, size: int) -> None:
+    # The same tables, so the same picks for the same seed, and the same smooth cycle.
+    from loadbalancer.strategies.weighted import _apportion, _small_integer_weights
+
+    rng = random.Random(size)
+    weights: list[float]
+    if kind == "1-4":
+        weights = [1 + i % 4 for i in range(size)]
+    elif kind == "floats":
+        weights = [rng.uniform(0.5, 4) for _ in range(size)]
+    else:
+        weights = [rng.choice([0.1, 0.25, 1.5, 2]) for _ in range(size)]
+    integers = _small_integer_weights(weights)
+    assert integers == old_small_integer_weights(weights)
+    assert _apportion(weights, 8 * size + 5) == old_apportion(weights, 8 * size + 5)
+    servers = {f"s{i}": w for i, w in enumerate(weights)}
+    lb = LoadBalancer(strategy=WeightedRoundRobinStrategy(), max_servers=size)
+    lb.replace(servers)
+    picker: Any = lb.picker
+    shares = integers if integers is not None and sum(integers) <= 4096 else None
+    if shares is None:
+        shares = _apportion(weights, max(4096, 8 * size))
+    expected = [f"s{i}" for i in nginx_smooth_cycle(shares)]
+    assert list(picker.cycle) == expected
+
+
+def old_alias_table(weights: list[float], columns: int) -> tuple[list[float], list[int]]:
+    import math
+
+    total = math.fsum(weights)
+    scaled = [w * columns / total for w in weights] + [0.0] * (columns - len(weights))
+    keep = [1.0] * columns
+    alias = list(range(columns))
+    small = [i for i, p in enumerate(scaled) if p < 1.0]
+    large = [i for i, p in enumerate(scaled) if p >= 1.0]
+    while small and large:
+        low, high = small.pop(), large.pop()
+        keep[low] = scaled[low]
+        alias[low] = high
+        scaled[high] -= 1.0 - scaled[low]
+        (small if scaled[high] < 1.0 else large).append(high)
+    return keep, alias
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_weight_values, min_size=1, max_size=70), st.integers(min_value=0, max_value=2))
+def test_alias_table_equals_the_old_way(weights: list[float], spare: int) -> None:
+    from loadbalancer.strategies.weighted import _alias_table
+
+    columns = 1 << (max(len(weights) - 1, 1).bit_length() + spare)
+    assert _alias_table(weights, columns) == old_alias_table(weights, columns)
