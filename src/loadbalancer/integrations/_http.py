@@ -43,6 +43,8 @@ __all__ = [
     "Routes",
     "StickyKey",
     "UnknownHostError",
+    "check_policy",
+    "classifiers_by_kind",
     "host_header",
     "parse_retry_after",
     "parse_server",
@@ -456,3 +458,35 @@ class HttpClassifier(Generic[R]):
             return _SUCCESS if ok else _FAILURE
         pushback = parse_retry_after(self._retry_after(result)) if rules.retry_after else None
         return Verdict(ok, retry=True, retry_after=pushback)
+
+
+def check_policy(policy: object) -> HttpPolicy:
+    """``policy``, or the default ``HttpPolicy()`` for None; anything else raises naming it."""
+    if policy is None:
+        return HttpPolicy()
+    if not isinstance(policy, HttpPolicy):
+        raise TypeError(f"policy must be an HttpPolicy, not {type(policy).__name__}")
+    return policy
+
+
+def classifiers_by_kind(
+    rules: HttpRetry,
+    *,
+    status: Callable[[R], int],
+    retry_after: Callable[[R], str | None],
+    kind: Callable[[Exception], ErrorKind],
+) -> dict[tuple[bool, bool], HttpClassifier[R]]:
+    """One classifier per kind of request, made once by an adapter: keyed by
+    ``(idempotent, replayable)``, so that no request builds its own."""
+    return {
+        (idempotent, replayable): HttpClassifier(
+            rules,
+            idempotent=idempotent,
+            replayable=replayable,
+            status=status,
+            retry_after=retry_after,
+            kind=kind,
+        )
+        for idempotent in (False, True)
+        for replayable in (False, True)
+    }

@@ -78,12 +78,13 @@ from loadbalancer import (
 
 from ._http import (
     ErrorKind,
-    HttpClassifier,
     HttpPolicy,
     HttpRetry,
     Routes,
     StickyKey,
     UnknownHostError,
+    check_policy,
+    classifiers_by_kind,
     host_header,
     parse_server,
 )
@@ -160,15 +161,6 @@ def error_kind(error: Exception) -> ErrorKind:
     if isinstance(error, broken):
         return ErrorKind.BROKEN
     return ErrorKind.LOCAL
-
-
-def _check_policy(policy: object) -> HttpPolicy:
-    """``policy``, or the default ``HttpPolicy()`` for None; anything else raises."""
-    if policy is None:
-        return HttpPolicy()
-    if not isinstance(policy, HttpPolicy):
-        raise TypeError(f"policy must be an HttpPolicy, not {type(policy).__name__}")
-    return policy
 
 
 def _status(response: ClientResponse) -> int:
@@ -529,23 +521,12 @@ class BalancedMiddleware:
         policy: HttpPolicy | None = None,
     ) -> None:
         self._routes = Routes(balancers)
-        self._policy = _check_policy(policy)
+        self._policy = check_policy(policy)
         self._results = _Results(self._policy.retry.per_try_timeout)
         self._holds = _Holds()
-        rules = self._policy.rules
-        # One classifier per kind of request, made once: (idempotent, replayable).
-        self._classifiers = {
-            (idempotent, replayable): HttpClassifier(
-                rules,
-                idempotent=idempotent,
-                replayable=replayable,
-                status=_status,
-                retry_after=_retry_after,
-                kind=error_kind,
-            )
-            for idempotent in (False, True)
-            for replayable in (False, True)
-        }
+        self._classifiers = classifiers_by_kind(
+            self._policy.rules, status=_status, retry_after=_retry_after, kind=error_kind
+        )
 
     @property
     def open_streams(self) -> int:

@@ -51,6 +51,8 @@ from ._http import (
     Routes,
     StickyKey,
     UnknownHostError,
+    check_policy,
+    classifiers_by_kind,
     host_header,
     parse_server,
 )
@@ -113,15 +115,6 @@ def _check_transport(transport: object, kind: type[_T]) -> _T:
             f"transport must be an httpx.{kind.__name__}, not {type(transport).__name__}"
         )
     return transport
-
-
-def _check_policy(policy: object) -> HttpPolicy:
-    """``policy``, or the default ``HttpPolicy()`` for None; anything else raises."""
-    if policy is None:
-        return HttpPolicy()
-    if not isinstance(policy, HttpPolicy):
-        raise TypeError(f"policy must be an HttpPolicy, not {type(policy).__name__}")
-    return policy
 
 
 def _status(response: httpx.Response) -> int:
@@ -348,21 +341,10 @@ class _Router:
         self, balancers: LoadBalancer | Mapping[str, LoadBalancer], policy: object
     ) -> None:
         self._routes = Routes(balancers)
-        self.policy = _check_policy(policy)
-        rules = self.policy.rules
-        # One classifier per kind of request, made once: (idempotent, replayable).
-        self._classifiers = {
-            (idempotent, replayable): HttpClassifier(
-                rules,
-                idempotent=idempotent,
-                replayable=replayable,
-                status=_status,
-                retry_after=_retry_after,
-                kind=error_kind,
-            )
-            for idempotent in (False, True)
-            for replayable in (False, True)
-        }
+        self.policy = check_policy(policy)
+        self._classifiers = classifiers_by_kind(
+            self.policy.rules, status=_status, retry_after=_retry_after, kind=error_kind
+        )
 
     def route(
         self, request: httpx.Request

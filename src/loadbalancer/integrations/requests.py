@@ -75,6 +75,8 @@ from ._http import (
     Routes,
     StickyKey,
     UnknownHostError,
+    check_policy,
+    classifiers_by_kind,
     host_header,
     parse_server,
 )
@@ -173,15 +175,6 @@ def error_kind(error: BaseException) -> ErrorKind:
     return ErrorKind.LOCAL  # a closed or exhausted pool, an invalid request, the rest
 
 
-def _check_policy(policy: object) -> HttpPolicy:
-    """``policy``, or the default ``HttpPolicy()`` for None; anything else raises."""
-    if policy is None:
-        return HttpPolicy()
-    if not isinstance(policy, HttpPolicy):
-        raise TypeError(f"policy must be an HttpPolicy, not {type(policy).__name__}")
-    return policy
-
-
 def _check_count(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
@@ -264,22 +257,6 @@ class _AttemptOf:
 
 
 _Classifiers = dict[tuple[bool, bool], HttpClassifier[requests.Response]]
-
-
-def _classifiers(rules: HttpRetry) -> _Classifiers:
-    """One classifier per kind of request, made once: (idempotent, replayable)."""
-    return {
-        (idempotent, replayable): HttpClassifier(
-            rules,
-            idempotent=idempotent,
-            replayable=replayable,
-            status=_status,
-            retry_after=_retry_after,
-            kind=error_kind,
-        )
-        for idempotent in (False, True)
-        for replayable in (False, True)
-    }
 
 
 @final
@@ -601,8 +578,10 @@ class BalancedAdapter(HTTPAdapter):
         max_retries: int = 0,
     ) -> None:
         self._routes = Routes(balancers)
-        self._policy = _check_policy(policy)
-        self._classifiers = _classifiers(self._policy.rules)
+        self._policy = check_policy(policy)
+        self._classifiers: _Classifiers = classifiers_by_kind(
+            self._policy.rules, status=_status, retry_after=_retry_after, kind=error_kind
+        )
         _check_count(pool_connections, "pool_connections")
         _check_count(pool_maxsize, "pool_maxsize")
         if not isinstance(pool_block, bool):
