@@ -17,7 +17,7 @@ from .._validation import check_callable, check_number
 from ._apply import Applier, Backoff, DiscoveryStatus, MembershipChange, log
 from ._source import Source
 
-__all__ = ["AsyncDiscovery", "Discovery"]
+__all__ = ["AsyncDiscovery", "Discovery", "cancel_and_wait", "wait_set"]
 
 
 class _SourceEndedError(Exception):
@@ -53,6 +53,21 @@ async def _follow(applier: Applier, backoff: Backoff, ready: Callable[[], None])
             delay = backoff(failures)
             applier.failed(error, delay, failures)
             await asyncio.sleep(delay)
+
+
+async def cancel_and_wait(task: asyncio.Task[object]) -> None:
+    """Cancel ``task`` and wait for its end (not its CancelledError: the caller's still raises)."""
+    task.cancel()
+    await asyncio.wait({task})
+
+
+async def wait_set(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until ``event`` is set; False if ``timeout`` passed first."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        return False
+    return True
 
 
 def _check(
@@ -116,18 +131,13 @@ class AsyncDiscovery:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        await asyncio.wait({task})  # its end, not its CancelledError; the caller's still raises
+        await cancel_and_wait(task)
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait until a first membership has been applied; False if ``timeout`` passed first."""
         if self._ready is None:
             raise RuntimeError("start() the runner first")
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+        return await wait_set(self._ready, timeout)
 
     @property
     def status(self) -> DiscoveryStatus:

@@ -56,6 +56,7 @@ except ImportError as _error:  # pragma: no cover - depends on the installed ext
 
 from .._validation import check_number, check_positive_int, check_server, check_weight
 from ._apply import Backoff
+from ._runner import cancel_and_wait, wait_set
 from ._source import Membership, Source
 
 __all__ = [
@@ -725,18 +726,13 @@ class AsyncEtcdRegistration:
         if task is None:
             return
         self._registrar.stopping = True
-        task.cancel()
-        await asyncio.wait({task})  # its end, not its CancelledError; the caller's still raises
+        await cancel_and_wait(task)
 
     async def wait_registered(self, timeout: float | None = None) -> bool:
         """Wait until the key is in etcd; False if ``timeout`` passed first."""
         if self._registered is None:
             raise RuntimeError("start() the registration first")
-        try:
-            await asyncio.wait_for(self._registered.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+        return await wait_set(self._registered, timeout)
 
     @property
     def registered(self) -> bool:
