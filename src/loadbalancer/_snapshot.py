@@ -39,6 +39,12 @@ class Endpoint:
     * Health, written under the balancer's lock: ``healthy`` (the active checks' verdict),
       ``ejected_until`` (clock time, or None), ``ejections`` (how many times, for the next
       ejection's length), ``returned_at`` and ``ramp_from`` (when slow start began, or None).
+    * ``listener``: for pickers that index loads (least connections, bounded loads), so that
+      a pick needs no scan. ``None``, or a callable the endpoint calls with itself after every
+      change to ``in_flight`` or ``load``, outside the endpoint's lock. It reads the values it
+      indexes itself, so calls that race are harmless: the last one sees the final values. It
+      must be quick and must not raise. One per endpoint: the picker that sets it owns it,
+      and a picker built after it takes it over.
     """
 
     __slots__ = (
@@ -52,6 +58,7 @@ class Endpoint:
         "in_flight",
         "latency",
         "latency_at",
+        "listener",
         "load",
         "picks",
         "ramp_from",
@@ -82,6 +89,7 @@ class Endpoint:
         self.ejections = 0
         self.returned_at = created_at
         self.ramp_from: float | None = None
+        self.listener: Callable[[Endpoint], object] | None = None
         self._lock = threading.Lock()
 
     # Every write happens under the endpoint's lock, so counts stay exact under any
@@ -96,6 +104,9 @@ class Endpoint:
         self.load += 1
         self.picks += 1
         lock.release()
+        listener = self.listener
+        if listener is not None:
+            listener(self)
 
     def _withdraw(self, lease: _Releasable) -> None:
         """Take back the ``begin`` of a lease whose pick went unused: nothing is counted.
@@ -114,6 +125,9 @@ class Endpoint:
                 self.picks -= 1
         finally:
             lock.release()
+            listener = self.listener
+            if listener is not None:
+                listener(self)
 
     def _complete(
         self,
@@ -176,11 +190,17 @@ class Endpoint:
             return True
         finally:
             lock.release()
+            listener = self.listener
+            if listener is not None:
+                listener(self)
 
     def _reset_failures(self) -> None:
         with self._lock:  # the lease path counts failures under this lock too
             self.load -= self.consecutive_failures
             self.consecutive_failures = 0
+        listener = self.listener
+        if listener is not None:
+            listener(self)
 
     def _take_window(self) -> tuple[int, int]:
         """Requests and failures since the last call, for failure-percentage detection."""
