@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loadbalancer import LoadBalancer, NoServersAvailableError, ServerStats
 
@@ -195,3 +199,56 @@ def test_lease_repr() -> None:
     assert repr(lease) == "<Lease 'a' in flight>"
     lease.release()
     assert repr(lease) == "<Lease 'a' released>"
+
+
+_ENDPOINT_STATE = (
+    "in_flight",
+    "load",
+    "picks",
+    "successes",
+    "failures",
+    "cancelled",
+    "consecutive_failures",
+    "window_requests",
+    "window_failures",
+    "latency",
+    "latency_at",
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([True, False, None]),
+            st.floats(min_value=0.0, max_value=30.0),
+            st.floats(min_value=0.0, max_value=5.0),
+        ),
+        max_size=25,
+    )
+)
+def test_a_with_block_records_what_release_records(
+    steps: list[tuple[bool | None, float, float]],
+) -> None:
+    """Lease.__exit__ inlines Endpoint._complete for a success: both must leave the same state."""
+    clocks = FakeClock(), FakeClock()
+    via_with, via_release = (LoadBalancer(clock=clock) for clock in clocks)
+    for lb in via_with, via_release:
+        lb.register("a")
+    for ok, duration, pause in steps:
+        lease = via_release.acquire()
+        with contextlib.suppress(ValueError, asyncio.CancelledError), via_with.lease() as server:
+            assert server == lease.server
+            for clock in clocks:
+                clock.advance(duration)
+            if ok is False:
+                raise ValueError("the request failed")
+            if ok is None:
+                raise asyncio.CancelledError  # no outcome
+        lease.release(ok)
+        for clock in clocks:
+            clock.advance(pause)
+    ours, theirs = (lb._view.endpoints["a"] for lb in (via_with, via_release))
+    assert {name: getattr(ours, name) for name in _ENDPOINT_STATE} == {
+        name: getattr(theirs, name) for name in _ENDPOINT_STATE
+    }

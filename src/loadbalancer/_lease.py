@@ -5,13 +5,14 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
+from math import exp
 from types import TracebackType
 from typing import Final, final
 
 from ._snapshot import Endpoint
 from ._validation import check_clock_reading, check_number
 
-__all__ = ["Lease", "Recorder", "check_latency", "check_outcome"]
+__all__ = ["UNMARKED", "Lease", "Recorder", "check_latency", "check_outcome"]
 
 _log = logging.getLogger("loadbalancer")
 
@@ -68,7 +69,7 @@ class _Unmarked(enum.Enum):
     UNMARKED = 0
 
 
-_UNMARKED: Final = _Unmarked.UNMARKED
+UNMARKED: Final = _Unmarked.UNMARKED
 
 
 @final
@@ -101,7 +102,7 @@ class Lease:
         self._recorder = recorder
         self._endpoint = endpoint
         self._started = started
-        self._outcome: bool | _Unmarked | None = _UNMARKED
+        self._outcome: bool | _Unmarked | None = UNMARKED
         self.released = False
 
     def mark(self, ok: bool | None) -> None:
@@ -139,7 +140,7 @@ class Lease:
     ) -> None:
         marked = self._outcome
         outcome: bool | None
-        if marked is _UNMARKED:
+        if marked is UNMARKED:
             # Only an Exception is the server's failure; the other BaseExceptions are the
             # caller going away (cancellation, interrupts), which says nothing about it.
             outcome = exc_type is None or (None if not issubclass(exc_type, Exception) else False)
@@ -157,21 +158,45 @@ class Lease:
             # Raising here would replace the caller's own exception: log this one instead.
             _log.exception("the clock failed while releasing a lease on %r", self.server)
             return
-        # _end, unrolled: this runs once per request.
         latency = now - self._started
+        if latency < 0.0:
+            latency = 0.0  # a clock that is not monotonic
         endpoint = self._endpoint
-        if (
-            endpoint._complete(
-                self,
-                outcome,
-                latency if latency > 0.0 else 0.0,
-                now,
-                recorder.decay,
-                recorder.failure_latency,
-            )
-            and outcome is False
-        ):
-            recorder.failed(endpoint, now)
+        if outcome is not True:
+            if endpoint._complete(
+                self, outcome, latency, now, recorder.decay, recorder.failure_latency
+            ) and (outcome is False):
+                recorder.failed(endpoint, now)
+            return
+        # Endpoint._complete for a success, inlined: this runs once per request, and the frame
+        # saved is a tenth of a lease. tests/test_leases.py checks that both leave the same state.
+        lock = endpoint._lock
+        lock.acquire()
+        try:
+            if self.released:
+                return
+            self.released = True
+            endpoint.in_flight -= 1
+            endpoint.load -= 1 + endpoint.consecutive_failures
+            endpoint.consecutive_failures = 0
+            endpoint.window_requests += 1
+            endpoint.successes += 1
+            previous = endpoint.latency
+            if previous is None or latency >= previous:
+                endpoint.latency = latency
+            else:
+                elapsed = now - endpoint.latency_at
+                keep = exp(-elapsed / recorder.decay) if elapsed > 0.0 else 1.0
+                decayed = previous * keep
+                endpoint.latency = (
+                    latency if latency >= decayed else decayed + latency * (1.0 - keep)
+                )
+            endpoint.latency_at = now
+        finally:
+            lock.release()
+        listener = endpoint.listener
+        if listener is not None:
+            listener(endpoint)
 
     async def __aenter__(self) -> str:
         return self.server

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from typing import ClassVar, TypeAlias
 
 from .._snapshot import Endpoint, Snapshot
@@ -37,6 +37,13 @@ class Picker(ABC):
     """
 
     __slots__ = ()
+
+    next_server: Callable[[], str] | None = None
+    """Optional: a callable (C-level, ideally) returning what ``pick(None)`` would.
+
+    The lease path calls it for keyless first attempts instead of ``pick``, saving a Python
+    frame per request. Only used while ``acquire`` is the default one.
+    """
 
     @abstractmethod
     def pick(self, key: Key | None = None) -> str:

@@ -39,11 +39,11 @@ def positions(size: int, start: int) -> Iterator[int]:
 
 @final
 class _RoundRobinPicker(Picker):
-    __slots__ = ("_index", "_next", "order")
+    __slots__ = ("_index", "_next", "next_server", "order")
 
     def __init__(self, order: tuple[str, ...]) -> None:
         self.order = order
-        self._next = _rotation(order)
+        self._next = self.next_server = _rotation(order)
         # For retries only: where a turn's server sits in the rotation.
         self._index = {server: at for at, server in enumerate(order)}
 
