@@ -14,6 +14,7 @@ from typing import TypeVar, final
 from ._errors import NoServersAvailableError
 from ._events import HealthEvent
 from ._lease import UNMARKED, Lease, Recorder, check_latency
+from ._locks import acquire_contended
 from ._snapshot import Endpoint, Snapshot
 from ._stats import ServerStats
 from ._validation import (
@@ -543,7 +544,8 @@ class LoadBalancer:
                 rotate() if rotate is not None and key is None else view.picker.pick(key)
             ]
             lock = endpoint._lock
-            lock.acquire()
+            if not lock.acquire(False):
+                acquire_contended(lock)
             endpoint.in_flight += 1
             endpoint.load += 1
             endpoint.picks += 1

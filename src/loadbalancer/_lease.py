@@ -9,6 +9,7 @@ from math import exp
 from types import TracebackType
 from typing import Final, final
 
+from ._locks import acquire_contended
 from ._snapshot import Endpoint
 from ._validation import check_clock_reading, check_number
 
@@ -171,7 +172,8 @@ class Lease:
         # Endpoint._complete for a success, inlined: this runs once per request, and the frame
         # saved is a tenth of a lease. tests/test_leases.py checks that both leave the same state.
         lock = endpoint._lock
-        lock.acquire()
+        if not lock.acquire(False):
+            acquire_contended(lock)
         try:
             if self.released:
                 return
