@@ -24,7 +24,9 @@ from .fakes import FakeClock
 
 
 def balancer(*servers: str, **options: object) -> LoadBalancer:
-    lb = LoadBalancer(**options)  # type: ignore[arg-type]
+    # Ejections and their ends apply at once, on the request path: tests/test_rebuilds.py
+    # covers the rebuild thread.
+    lb = LoadBalancer(rebuild_in_background=False, **options)  # type: ignore[arg-type]
     lb.replace(servers)
     return lb
 

@@ -32,6 +32,9 @@ def pool(
         clock=clock,
         outlier_detection=OutlierDetection(**settings),  # type: ignore[arg-type]
         on_event=events.append,
+        # These tests pin the policy down: ejections apply at once, on the failing request's
+        # path. tests/test_rebuilds.py covers the same changes made on the rebuild thread.
+        rebuild_in_background=False,
     )
     lb.replace([f"s{i}" for i in range(servers)])
     return lb, clock, events
@@ -235,7 +238,9 @@ def test_a_failing_event_callback_does_not_break_the_balancer(
     def broken(event: HealthEvent) -> None:
         raise RuntimeError("callback bug")
 
-    lb = LoadBalancer(outlier_detection=OutlierDetection(), on_event=broken)
+    lb = LoadBalancer(
+        outlier_detection=OutlierDetection(), on_event=broken, rebuild_in_background=False
+    )
     lb.replace(["a", "b"])
     fail(lb, "a", 5)
     assert lb.stats()["a"].ejected
@@ -260,7 +265,11 @@ def test_a_failed_rebuild_on_the_request_path_changes_nothing_and_is_retried(
     events: list[HealthEvent] = []
     strategy = Breakable()
     lb = LoadBalancer(
-        strategy, clock=clock, outlier_detection=OutlierDetection(), on_event=events.append
+        strategy,
+        clock=clock,
+        outlier_detection=OutlierDetection(),
+        on_event=events.append,
+        rebuild_in_background=False,
     )
     lb.replace(["a", "b", "c"])
     fail(lb, "a", 5)

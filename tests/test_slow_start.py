@@ -83,6 +83,7 @@ def test_the_ramp_advances_in_steps_on_leases_alone() -> None:
         WeightedRandomStrategy(rng=random.Random(1)),
         clock=clock,
         slow_start=SlowStart(window=10, steps=10),
+        rebuild_in_background=False,  # each step applies on the lease that finds it due
     )
     lb.register("a")
     weights = []

@@ -6,7 +6,8 @@ import logging
 import math
 import threading
 import time
-from collections import Counter
+import weakref
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar, final
@@ -15,6 +16,7 @@ from ._errors import NoServersAvailableError
 from ._events import HealthEvent
 from ._lease import UNMARKED, Lease, Recorder, check_latency
 from ._locks import acquire_contended
+from ._rebuilds import CatchesUp, schedule
 from ._snapshot import Endpoint, Snapshot
 from ._stats import ServerStats
 from ._validation import (
@@ -71,9 +73,10 @@ _RETRY_AFTER = 1.0
 class _HealthRollback:
     """Restores the health state of ``pool`` if the block raises: a failed call changes nothing."""
 
-    __slots__ = ("_saved",)
+    __slots__ = ("_keeper", "_saved")
 
-    def __init__(self, pool: tuple[Endpoint, ...]) -> None:
+    def __init__(self, pool: tuple[Endpoint, ...], keeper: HealthKeeper) -> None:
+        self._keeper = keeper
         self._saved = [
             (e, e.healthy, e.ejected_until, e.ejections, e.returned_at, e.ramp_from) for e in pool
         ]
@@ -84,6 +87,7 @@ class _HealthRollback:
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         if exc_type is None:
             return
+        self._keeper.discard()
         for endpoint, healthy, until, ejections, returned_at, ramp_from in self._saved:
             endpoint.healthy = healthy
             endpoint.ejected_until = until
@@ -192,24 +196,37 @@ class LoadBalancer:
     * Membership is linearisable: once ``unregister(s)`` has returned, no ``get`` that starts
       afterwards returns ``s``; of concurrent ``register(s)`` calls exactly one returns True;
       the pool never holds more than ``max_servers``, even for an instant.
-    * Time-driven changes (an ejection ending, a slow-start step, a failure-percentage
-      interval) are applied by the next ``acquire``/``lease``, ``done`` or ``refresh`` call
-      that finds them due; ``get`` stays a bare pick. The picker is rebuilt only when the
-      eligible servers or their weights change. If the clock steps back, every deadline is
-      capped relative to the new time, so no ejection outlasts its length.
+    * Changes the request path calls for (an ejection at a failing lease's exit or ``done``;
+      an ejection ending, a slow-start step or a failure-percentage interval that a lease
+      finds due) never make a request wait for a picker build. The request only queues the
+      balancer for the process's rebuild thread ("loadbalancer rebuilds"), which applies them
+      and publishes the new picker under the lock; picks meanwhile come from the previous
+      picker, so an ejection takes effect within about one build. ``get`` stays a bare pick
+      and never queues anything. ``refresh()`` applies all of it at once on the calling
+      thread. With ``rebuild_in_background=False`` the request path instead applies them
+      itself when it finds the lock free (deterministic, for simulations and tests with a fake
+      clock, but a failing request then waits for the build). Events from these changes go to
+      ``on_event`` on whichever thread applied them.
+    * The picker is rebuilt only when the eligible servers or their weights change. If the
+      clock steps back, every deadline is capped relative to the new time, so no ejection
+      outlasts its length.
     """
 
     __slots__ = (
         "__weakref__",
+        "_background",
         "_clock",
         "_health",
         "_lock",
         "_max_servers",
         "_on_event",
         "_recorder",
+        "_ref",
         "_retry_budget",
+        "_scheduled",
         "_sleep",
         "_strategy",
+        "_suspects",
         "_view",
     )
 
@@ -225,6 +242,7 @@ class LoadBalancer:
         panic_threshold: float = 50.0,
         retry_budget: RetryBudget | None = None,
         on_event: Callable[[HealthEvent], object] | None = None,
+        rebuild_in_background: bool = True,
     ) -> None:
         self._strategy = RoundRobinStrategy() if strategy is None else _check_strategy(strategy)
         self._max_servers = check_positive_int(max_servers, "max_servers")
@@ -254,6 +272,11 @@ class LoadBalancer:
         )
         self._lock = threading.Lock()
         self._view = _EMPTY_VIEW
+        self._background = check_bool(rebuild_in_background, "rebuild_in_background")
+        self._scheduled = False  # queued for the rebuild thread and not yet caught up
+        # Servers that failed enough to be ejected, and when, not yet judged.
+        self._suspects: deque[tuple[Endpoint, float]] = deque()
+        self._ref: weakref.ref[CatchesUp] = weakref.ref(self)
         self._now()  # a clock that returns nonsense is refused here, not at the first request
 
     def _now(self) -> float:
@@ -400,7 +423,7 @@ class LoadBalancer:
             if endpoint is None:
                 return False
             now = self._now()
-            with _HealthRollback((endpoint,)):
+            with _HealthRollback((endpoint,), self._health):
                 events = self._health.set_healthy(endpoint, healthy, now)
                 if events:
                     events += self._publish(dict(self._view.endpoints), now)
@@ -408,13 +431,62 @@ class LoadBalancer:
         return True
 
     def refresh(self) -> None:
-        """Apply whatever time has made due: ejections ending, slow-start steps, intervals."""
+        """Apply now, on this thread, what is due: ejections, their ends, slow-start steps.
+
+        Everything the request path has queued for the rebuild thread is applied too, so after
+        ``refresh`` returns the picker reflects every failure reported before it was called.
+        """
+        with self._lock:
+            events = self._catch_up_locked()
+        self._emit(events)
+
+    def _catch_up(self) -> None:
+        """The rebuild thread's work for this balancer (see ``LoadBalancer``).
+
+        A strategy that fails to build is logged, and tried again after ``_RETRY_AFTER``.
+        """
+        with self._lock:
+            try:
+                events = self._catch_up_locked()
+            except Exception:
+                _log.exception("rebuilding the picker failed; retrying in %g s", _RETRY_AFTER)
+                now = self._now()
+                self._view = replace(self._view, due=now + _RETRY_AFTER, floor=now - _STEP_BACK)
+                return
+        self._emit(events)
+
+    def _catch_up_locked(self) -> list[HealthEvent]:
+        """Judge the queued suspects, apply what is due, publish once. Caller holds ``_lock``.
+
+        On error nothing has changed: the servers' health is rolled back and the suspects
+        are queued again.
+        """
+        # Cleared first: a request that queues the balancer from here on is served again.
+        self._scheduled = False
         now = self._now()
+        suspects = self._suspects
+        judged = [suspects.popleft() for _ in range(len(suspects))]
         view = self._view
-        if now >= view.due or now < view.floor:
-            with self._lock:
-                events = self._maintain(now)
-            self._emit(events)
+        if not judged and view.floor <= now < view.due:
+            return []
+        endpoints = view.endpoints
+        pool = tuple(endpoints.values())
+        try:
+            with _HealthRollback(pool, self._health):
+                events: list[HealthEvent] = []
+                for endpoint, failed_at in judged:
+                    events += self._judge(endpoint, pool, failed_at)
+                events += self._health.expire(pool, now)
+                return events + self._publish(dict(endpoints), now)
+        except BaseException:
+            suspects.extendleft(reversed(judged))
+            raise
+
+    def _schedule(self) -> None:
+        """Queue this balancer for the rebuild thread, unless it is queued already."""
+        if not self._scheduled:
+            self._scheduled = True  # a race queues it twice: the second catch-up is a no-op
+            schedule(self._ref)
 
     @property
     def panic(self) -> bool:
@@ -422,12 +494,16 @@ class LoadBalancer:
         return self._view.plan.panic
 
     def _maintain_if_free(self, now: float) -> None:
-        """The request path's maintenance: skipped while another thread holds the lock.
+        """The request path's maintenance: queued for the rebuild thread, or done if free.
 
-        A lease never waits for a rebuild: the thread already holding the lock is either
-        doing this maintenance or a mutation, after which the next lease finds it due again.
-        A strategy that fails to build here is logged, not raised into the request.
+        A lease never waits for a rebuild. In the background (the default) the rebuild thread
+        does it. Otherwise it is skipped while another thread holds the lock: that thread is
+        either doing this maintenance or a mutation, after which the next lease finds it due
+        again. A strategy that fails to build is logged, not raised into the request.
         """
+        if self._background:
+            self._schedule()
+            return
         if not self._lock.acquire(blocking=False):
             return
         try:
@@ -451,7 +527,7 @@ class LoadBalancer:
             return []  # another thread got here first
         endpoints = view.endpoints
         pool = tuple(endpoints.values())
-        with _HealthRollback(pool):
+        with _HealthRollback(pool, self._health):
             events = self._health.expire(pool, now)
             return events + self._publish(dict(endpoints), now)
 
@@ -460,25 +536,40 @@ class LoadBalancer:
         outlier = self._health.outlier
         if outlier is None or endpoint.consecutive_failures < outlier.consecutive_failures:
             return
+        if self._background:
+            # Judged on the rebuild thread, as of now: deque.append is thread-safe.
+            self._suspects.append((endpoint, now))
+            self._schedule()
+            return
         try:
             with self._lock:
-                endpoints = self._view.endpoints
-                failures = endpoint.consecutive_failures  # again: a success may have reset it
-                if failures < outlier.consecutive_failures or (
-                    endpoints.get(endpoint.server) is not endpoint  # unregistered meanwhile
-                ):
-                    return
-                pool = tuple(endpoints.values())
-                with _HealthRollback(pool):
-                    why = f"{failures} consecutive failures"
-                    events = self._health.eject(endpoint, pool, now, why)
+                pool = tuple(self._view.endpoints.values())
+                with _HealthRollback(pool, self._health):
+                    events = self._judge(endpoint, pool, now)
                     if events:
-                        events += self._publish(dict(endpoints), now)
+                        events += self._publish(dict(self._view.endpoints), now)
         except Exception:
             # Raised from a lease's exit this would mask the caller's own exception.
             _log.exception("ejecting %r failed; it stays in the pool", endpoint.server)
             return
         self._emit(events)
+
+    def _judge(
+        self, endpoint: Endpoint, pool: tuple[Endpoint, ...], failed_at: float
+    ) -> list[HealthEvent]:
+        """Eject ``endpoint`` as of ``failed_at`` if it still has failed enough (no publishing).
+
+        Caller holds ``_lock``, and a ``_HealthRollback`` over ``pool``, the current pool.
+        """
+        outlier = self._health.outlier
+        failures = endpoint.consecutive_failures  # again: a success may have reset it
+        if (
+            outlier is None
+            or failures < outlier.consecutive_failures
+            or self._view.endpoints.get(endpoint.server) is not endpoint  # unregistered since
+        ):
+            return []
+        return self._health.eject(endpoint, pool, failed_at, f"{failures} consecutive failures")
 
     def _publish(self, endpoints: dict[str, Endpoint], now: float) -> list[HealthEvent]:
         """Build a picker for ``endpoints`` and make both current. Caller holds ``_lock``."""

@@ -42,7 +42,7 @@ class Plan:
 class HealthKeeper:
     """Outlier ejection, active-check verdicts, slow start and the panic threshold."""
 
-    __slots__ = ("_outlier", "_panic_threshold", "_slow_start", "_window_end", "panic")
+    __slots__ = ("_outlier", "_panic_threshold", "_resets", "_slow_start", "_window_end", "panic")
 
     panic: bool  # whether the current plan is in panic mode
 
@@ -57,6 +57,9 @@ class HealthKeeper:
         self._panic_threshold = panic_threshold
         self._window_end: float | None = None
         self.panic = False
+        # Ejected or returned servers whose failures in a row are cleared once the plan is
+        # adopted: clearing them is the one change a failed build could not roll back.
+        self._resets: list[Endpoint] = []
 
     @property
     def outlier(self) -> OutlierDetection | None:
@@ -112,6 +115,9 @@ class HealthKeeper:
 
     def adopt(self, plan: Plan, pool_size: int, now: float) -> list[HealthEvent]:
         """Make ``plan`` current (once its picker is built); report entering or leaving panic."""
+        for endpoint in self._resets:
+            endpoint._reset_failures()
+        self._resets.clear()
         if plan.panic == self.panic:
             return []
         self.panic = plan.panic
@@ -132,9 +138,13 @@ class HealthKeeper:
         endpoint.ejections = outlier.forgiven(endpoint.ejections, now - endpoint.returned_at) + 1
         duration = outlier.ejection_time(endpoint.ejections)
         endpoint.ejected_until = now + duration
-        endpoint._reset_failures()
+        self._resets.append(endpoint)
         detail = f"{why}; ejected for {duration:g} s (ejection {endpoint.ejections})"
         return [HealthEvent(HealthEventKind.EJECTED, endpoint.server, now, detail)]
+
+    def discard(self) -> None:
+        """Forget the changes made for a plan that will not be adopted (its build failed)."""
+        self._resets.clear()
 
     def rebase(self, pool: Sequence[Endpoint], now: float) -> None:
         """Cap every deadline relative to ``now``: after the clock stepped back, none outlasts
@@ -162,7 +172,7 @@ class HealthKeeper:
             if until is not None and until <= now:
                 endpoint.ejected_until = None
                 endpoint.returned_at = now
-                endpoint._reset_failures()
+                self._resets.append(endpoint)
                 self.joined(endpoint, now)
                 detail = f"ejection over; on probation after {endpoint.ejections} ejection(s)"
                 events.append(HealthEvent(HealthEventKind.RETURNED, endpoint.server, now, detail))

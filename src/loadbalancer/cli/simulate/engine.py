@@ -114,6 +114,9 @@ class _Simulation:
             slow_start=scenario.slow_start if strategy.accepts_slow_start else None,
             panic_threshold=scenario.panic_threshold,
             on_event=tally.on_event,
+            # Simulated time stands still while a picker builds: ejections apply at once, on
+            # the request path, and the run stays a function of its seed.
+            rebuild_in_background=False,
         )
         balancer.replace({s.name: s.weight for s in scenario.servers})  # one build, not ten
         self._acquire = balancer.acquire
