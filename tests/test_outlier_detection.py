@@ -322,3 +322,30 @@ def test_a_clock_stepping_back_does_not_lengthen_ejections() -> None:
     clock.now -= 60  # the clock steps back
     fail(lb, "s1", 5)
     assert lb.stats()["s1"].ejections == 2
+
+
+def test_a_rolled_back_ejection_still_keeps_its_server_out_of_later_pools() -> None:
+    clock = FakeClock()
+    strategy = Breakable()
+    lb = LoadBalancer(
+        strategy, clock=clock, outlier_detection=OutlierDetection(), rebuild_in_background=False
+    )
+    lb.replace(["a", "b", "c"])
+    fail(lb, "a", 5)
+    strategy.broken = True
+    clock.advance(30)  # the ejection is over, but the build that returns "a" fails
+    with pytest.raises(RuntimeError):
+        lb.refresh()
+    strategy.broken = False
+    lb.register("d")  # a later pool change, within the retry delay: "a" is still ejected
+    assert lb.stats()["a"].ejected
+    assert "a" not in {lb.get() for _ in range(6)}
+
+
+def test_a_server_ejected_then_unregistered_leaves_no_trace_in_later_pools() -> None:
+    lb, _, _ = pool(servers=3)
+    fail(lb, "s0", 5)
+    assert lb.stats()["s0"].ejected
+    lb.unregister("s0")
+    lb.register("s0")  # a new registration: healthy, and picked again
+    assert "s0" in {lb.get() for _ in range(3)}

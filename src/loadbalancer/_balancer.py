@@ -94,6 +94,7 @@ class _HealthRollback:
             endpoint.ejections = ejections
             endpoint.returned_at = returned_at
             endpoint.ramp_from = ramp_from
+            self._keeper.restored(endpoint)
 
 
 _EMPTY_PLAN = Plan((), (), False, 0, math.inf)
@@ -321,7 +322,9 @@ class LoadBalancer:
             now = self._now()
             endpoint = Endpoint(server, weight, now)
             self._health.joined(endpoint, now)
-            events = self._publish({**endpoints, server: endpoint}, now)
+            grown = endpoints.copy()  # copy() has a fast path that {**endpoints} lacks
+            grown[server] = endpoint
+            events = self._publish(grown, now)
         self._emit(events)
         return True
 
@@ -583,7 +586,9 @@ class LoadBalancer:
             if plan.eligible == view.plan.eligible and plan.weights == view.plan.weights:
                 picker = previous  # same servers at the same weights: nothing to rebuild
             else:
-                snapshot = Snapshot.of(plan.eligible, self._clock, plan.weights)
+                # Everyone eligible (the usual case): the names are the dict's keys, in order.
+                names = tuple(endpoints) if plan.eligible is pool else None
+                snapshot = Snapshot.of(plan.eligible, self._clock, plan.weights, names)
                 picker = self._strategy.build(
                     snapshot, None if isinstance(previous, _EmptyPicker) else previous
                 )

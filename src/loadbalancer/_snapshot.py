@@ -238,11 +238,16 @@ class Snapshot:
         endpoints: tuple[Endpoint, ...],
         clock: Callable[[], float],
         weights: tuple[float, ...] | None = None,
+        servers: tuple[str, ...] | None = None,
     ) -> Snapshot:
-        """A snapshot over ``endpoints``; ``weights`` default to their configured weights."""
+        """A snapshot over ``endpoints``; ``weights`` default to their configured weights.
+
+        ``servers``, if given, must be the endpoints' names in order: a caller that has them
+        saves a pass over the endpoints.
+        """
         return cls(
             endpoints,
-            tuple(map(_server, endpoints)),
+            tuple(map(_server, endpoints)) if servers is None else servers,
             tuple(map(_weight, endpoints)) if weights is None else weights,
             clock,
         )

@@ -42,7 +42,15 @@ class Plan:
 class HealthKeeper:
     """Outlier ejection, active-check verdicts, slow start and the panic threshold."""
 
-    __slots__ = ("_outlier", "_panic_threshold", "_resets", "_slow_start", "_window_end", "panic")
+    __slots__ = (
+        "_outlier",
+        "_panic_threshold",
+        "_resets",
+        "_slow_start",
+        "_unwell",
+        "_window_end",
+        "panic",
+    )
 
     panic: bool  # whether the current plan is in panic mode
 
@@ -60,6 +68,10 @@ class HealthKeeper:
         # Ejected or returned servers whose failures in a row are cleared once the plan is
         # adopted: clearing them is the one change a failed build could not roll back.
         self._resets: list[Endpoint] = []
+        # Every pool member that is ejected or unhealthy, and maybe some that no longer are
+        # (or left the pool): while it is empty, a plan needs no pass over the pool to find
+        # who is eligible, so a pool change stays a few C-level copies.
+        self._unwell: set[Endpoint] = set()
 
     @property
     def outlier(self) -> OutlierDetection | None:
@@ -73,12 +85,15 @@ class HealthKeeper:
 
     def plan(self, pool: Sequence[Endpoint], now: float) -> Plan:
         """Work out the eligible servers and their effective weights at ``now``."""
-        # C-level passes first: with nobody ejected or unhealthy (the usual case) a pool
-        # change costs no Python loop over the pool.
-        deadlines = list(filter(_is_set, map(_ejected_until, pool)))
-        if deadlines or not all(map(_healthy, pool)):
+        unwell = self._unwell
+        if unwell:
+            unwell.difference_update([e for e in unwell if e.healthy and e.ejected_until is None])
+        if unwell:
+            deadlines = list(filter(_is_set, map(_ejected_until, pool)))
             healthy = tuple(e for e in pool if e.healthy and e.ejected_until is None)
+            unwell.intersection_update(pool)  # forget those that left the pool
         else:
+            deadlines = []
             healthy = tuple(pool)
         # Envoy's panic mode: with too few healthy servers, spreading load over all of them
         # beats crushing the few that are left.
@@ -138,6 +153,7 @@ class HealthKeeper:
         endpoint.ejections = outlier.forgiven(endpoint.ejections, now - endpoint.returned_at) + 1
         duration = outlier.ejection_time(endpoint.ejections)
         endpoint.ejected_until = now + duration
+        self._unwell.add(endpoint)
         self._resets.append(endpoint)
         detail = f"{why}; ejected for {duration:g} s (ejection {endpoint.ejections})"
         return [HealthEvent(HealthEventKind.EJECTED, endpoint.server, now, detail)]
@@ -145,6 +161,11 @@ class HealthKeeper:
     def discard(self) -> None:
         """Forget the changes made for a plan that will not be adopted (its build failed)."""
         self._resets.clear()
+
+    def restored(self, endpoint: Endpoint) -> None:
+        """``endpoint``'s health was set back by a rollback: it may be unwell again."""
+        if not endpoint.healthy or endpoint.ejected_until is not None:
+            self._unwell.add(endpoint)
 
     def rebase(self, pool: Sequence[Endpoint], now: float) -> None:
         """Cap every deadline relative to ``now``: after the clock stepped back, none outlasts
@@ -167,7 +188,7 @@ class HealthKeeper:
         """Return servers whose ejection is over; judge the failure-percentage window."""
         self.rebase(pool, now)
         events = []
-        for endpoint in pool:
+        for endpoint in pool if self._unwell else ():
             until = endpoint.ejected_until
             if until is not None and until <= now:
                 endpoint.ejected_until = None
@@ -193,5 +214,7 @@ class HealthKeeper:
         endpoint.healthy = healthy
         if healthy:
             self.joined(endpoint, now)
+        else:
+            self._unwell.add(endpoint)
         kind = HealthEventKind.HEALTHY if healthy else HealthEventKind.UNHEALTHY
         return [HealthEvent(kind, endpoint.server, now, "active health check")]

@@ -44,8 +44,9 @@ class _RoundRobinPicker(Picker):
     def __init__(self, order: tuple[str, ...]) -> None:
         self.order = order
         self._next = self.next_server = _rotation(order)
-        # For retries only: where a turn's server sits in the rotation.
-        self._index = {server: at for at, server in enumerate(order)}
+        # For retries only: where a turn's server sits in the rotation. Built by the first
+        # retry, not here, so a pool change stays a few C-level copies.
+        self._index: dict[str, int] | None = None
 
     def pick(self, key: Key | None = None) -> str:
         """Return the next server in the rotation."""
@@ -63,7 +64,10 @@ class _RoundRobinPicker(Picker):
         order = self.order
         if server not in exclude or all_in(exclude, order):
             return server
-        return first_not_in(order, len(order), self._index[server] + 1, exclude)
+        index = self._index
+        if index is None:  # two threads may both build it: the same dict, harmlessly
+            index = self._index = dict(zip(order, range(len(order)), strict=True))
+        return first_not_in(order, len(order), index[server] + 1, exclude)
 
 
 def _continue_from(previous: _RoundRobinPicker, servers: tuple[str, ...]) -> int:
@@ -71,6 +75,8 @@ def _continue_from(previous: _RoundRobinPicker, servers: tuple[str, ...]) -> int
     # Drawing one pick from a picker that is about to be retired tells where it stood; a few
     # concurrent gets may still use it, and they simply share the rotation a moment longer.
     upcoming = previous.pick()
+    if upcoming in servers:  # the usual case, and a C-level scan: no set of the pool
+        return servers.index(upcoming)
     present = set(servers)
     old = previous.order
     at = old.index(upcoming)
