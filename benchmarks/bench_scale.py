@@ -21,7 +21,8 @@ Rows, and what each ratio is to:
                  walk past full servers, as under load
   rebuilds       ms: ring register/unregister of one server, MaglevStrategy().build() with
                  M = 65,537, WeightedRandom/WeightedRoundRobin build() with weights 1-4
-  membership     one register plus one unregister on a balancer of each strategy: x pool copy
+  membership     one change (mean of a register and an unregister of one server) on a
+                 balancer of each strategy: x pool copy
   threads        total throughput of 2 and 4 threads sharing one round-robin balancer (each
                  doing a fixed number of leases or gets, released together by a Barrier): x the
                  throughput of 1 thread
@@ -354,11 +355,12 @@ class Report:
         print("rebuilds, per change")
         for name in ("ring (xxh64) register", "ring (xxh64) unregister", *BUILDS):
             self.row(name, [duration(self.slow[size][name] * 1e9) for size in SIZES])
-        print("membership, register + unregister one: x pool copy")
+        print("membership, per change (mean of a register and an unregister): x pool copy")
         for name in MEMBERSHIP:
             cells = []
             for size in SIZES:
-                ns = self.slow[size][f"{name} register"] + self.slow[size][f"{name} unregister"]
+                slow = self.slow[size]
+                ns = (slow[f"{name} register"] + slow[f"{name} unregister"]) / 2
                 cells.append(
                     f"{ratio(ns * 1e9, self.calls[size]['pool copy'])} {duration(ns * 1e9):>7}"
                 )
