@@ -209,8 +209,7 @@ _ENDPOINT_STATE = (
     "failures",
     "cancelled",
     "consecutive_failures",
-    "window_requests",
-    "window_failures",
+    "window_from",
     "latency",
     "latency_at",
 )

@@ -181,7 +181,6 @@ class Lease:
             endpoint.in_flight -= 1
             endpoint.load -= 1 + endpoint.consecutive_failures
             endpoint.consecutive_failures = 0
-            endpoint.window_requests += 1
             endpoint.successes += 1
             previous = endpoint.latency
             if previous is None or latency >= previous:

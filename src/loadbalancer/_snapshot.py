@@ -68,8 +68,7 @@ class Endpoint:
         "server",
         "successes",
         "weight",
-        "window_failures",
-        "window_requests",
+        "window_from",
     )
 
     def __init__(self, server: str, weight: float = 1, created_at: float = 0.0) -> None:
@@ -84,8 +83,9 @@ class Endpoint:
         self.latency: float | None = None
         self.latency_at = created_at
         self.consecutive_failures = 0
-        self.window_requests = 0
-        self.window_failures = 0
+        # successes and failures when the current failure-percentage window began: the
+        # window's counts are the differences, so the lease path counts nothing extra for it.
+        self.window_from = (0, 0)
         self.healthy = True
         self.ejected_until: float | None = None
         self.ejections = 0
@@ -159,7 +159,6 @@ class Endpoint:
             if ok is None:
                 self.cancelled += 1
                 return True
-            self.window_requests += 1
             if ok:
                 self.successes += 1
                 self.load -= self.consecutive_failures
@@ -168,7 +167,6 @@ class Endpoint:
                 self.failures += 1
                 self.consecutive_failures += 1
                 self.load += 1
-                self.window_failures += 1
                 # A failure never makes a server look faster: a refused connection answers in
                 # a millisecond and must not read as the quickest server in the pool. So it
                 # counts as at least failure_latency, and never lowers the estimate (taking
@@ -210,9 +208,10 @@ class Endpoint:
     def _take_window(self) -> tuple[int, int]:
         """Requests and failures since the last call, for failure-percentage detection."""
         with self._lock:
-            window = self.window_requests, self.window_failures
-            self.window_requests = self.window_failures = 0
-            return window
+            successes, failures = self.window_from
+            self.window_from = self.successes, self.failures
+            failed = self.failures - failures
+            return self.successes - successes + failed, failed
 
     def __repr__(self) -> str:
         return f"Endpoint({self.server!r}, weight={self.weight!r}, in_flight={self.in_flight})"
