@@ -9,19 +9,24 @@ from collections import Counter
 import pytest
 
 from loadbalancer import (
+    Endpoint,
     Lease,
     LeastConnectionsStrategy,
     LoadBalancer,
     PeakEWMAStrategy,
     PowerOfTwoChoicesStrategy,
+    Snapshot,
     Strategy,
 )
+from loadbalancer.strategies._draw import draw_width
 
 from .fakes import FakeClock
 
 
 def pool(strategy: Strategy, clock: FakeClock | None = None, **weights: float) -> LoadBalancer:
-    lb = LoadBalancer(strategy=strategy, clock=clock or FakeClock())
+    lb = LoadBalancer(
+        strategy=strategy, max_servers=max(10, len(weights)), clock=clock or FakeClock()
+    )
     lb.replace(weights)
     return lb
 
@@ -39,6 +44,8 @@ class Held:
         with self.endpoint._lock:  # as a release with no outcome: load follows in_flight
             self.endpoint.in_flight -= 1
             self.endpoint.load -= 1
+        if self.endpoint.listener is not None:  # as the endpoint itself tells an index
+            self.endpoint.listener(self.endpoint)
 
 
 def hold(lb: LoadBalancer, server: str, count: int) -> Held:
@@ -161,6 +168,108 @@ def test_p2c_with_weights_uses_envoys_formula() -> None:
     assert {lb.get() for _ in range(100)} == {"b"}
     held.release_one()  # 3/3 ties 1/1: the first drawn wins, so both appear
     assert {lb.get() for _ in range(200)} == {"a", "b"}
+
+
+# Pools above 64 servers draw their pairs arithmetically (no pair table), inlined in pick.
+
+
+def loads_by_rank(lb: LoadBalancer) -> list[str]:
+    """Give the i-th server i requests in flight; the servers in that order."""
+    servers = list(lb.servers)
+    for rank, server in enumerate(servers):
+        hold(lb, server, rank)
+    return servers
+
+
+def chi_square_of(counts: Counter[str], expected: dict[str, float]) -> float:
+    return sum((counts[s] - e) ** 2 / e for s, e in expected.items())
+
+
+# The 99.9th percentile of chi-square with 98 degrees of freedom (Wilson-Hilferty).
+CHI2_98 = 147.1
+
+
+@pytest.mark.parametrize(
+    ("strategy", "weighted"),
+    [
+        (PowerOfTwoChoicesStrategy(rng=random.Random(3)), False),
+        (PowerOfTwoChoicesStrategy(rng=random.Random(3)), True),
+        (PowerOfTwoChoicesStrategy(active_request_bias=0.5, rng=random.Random(3)), True),
+        (PeakEWMAStrategy(rng=random.Random(3)), False),
+        (PeakEWMAStrategy(rng=random.Random(3)), True),
+    ],
+)
+def test_two_choices_pairs_are_uniform_above_the_pair_table(
+    strategy: Strategy, weighted: bool
+) -> None:
+    size, picks = 100, 200_000
+    clock = FakeClock()
+    # Weights unequal by a hair take the weighted comparison without changing any outcome.
+    lb = pool(strategy, clock, **{f"s{i}": 1 + weighted * i * 1e-9 for i in range(size)})
+    if isinstance(strategy, PeakEWMAStrategy):
+        for server in lb.servers:
+            lb.done(server, latency=0.1)  # all measured at once: cost follows load
+    servers = loads_by_rank(lb)
+    counts = Counter(lb.get() for _ in range(picks))
+    # The less loaded of a uniform ordered pair without replacement: rank i wins when paired
+    # with any of the size - 1 - i above it, so never the last (with replacement it would).
+    pairs = size * (size - 1)
+    expected = {s: picks * 2 * (size - 1 - i) / pairs for i, s in enumerate(servers[:-1])}
+    assert counts[servers[-1]] == 0
+    assert chi_square_of(counts, expected) < CHI2_98
+
+
+def old_pair(rng: random.Random, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, Endpoint]:
+    """The pair draw as it was before inlining (draw_width's bits, then arithmetic)."""
+    size = len(endpoints)
+    space = size * (size - 1)
+    width, limit = draw_width(space)
+    draw = rng.getrandbits(width)
+    while draw >= limit:
+        draw = rng.getrandbits(width)
+    draw %= space
+    first, second = draw % size, draw // size
+    return endpoints[first], endpoints[second + (second >= first)]
+
+
+@pytest.mark.parametrize("size", [65, 300, 2048])
+def test_two_choices_picks_are_the_same_for_the_same_seed_as_before(size: int) -> None:
+    lb = pool(
+        PowerOfTwoChoicesStrategy(rng=random.Random(9)), None, **{f"s{i}": 1 for i in range(size)}
+    )
+    rng = random.Random(9)
+    endpoints = tuple(lb._view.endpoints.values())
+    for endpoint in endpoints:
+        for _ in range(rng.randrange(3)):
+            endpoint.begin()
+    rng = random.Random(9)
+    expected = []
+    for _ in range(500):
+        first, second = old_pair(rng, endpoints)
+        expected.append((second if second.load < first.load else first).server)
+    assert [lb.get() for _ in range(500)] == expected
+
+
+@pytest.mark.parametrize("size", [2, 10, 100])
+def test_peak_ewma_inlined_costs_match_the_retry_comparison(size: int) -> None:
+    clock = FakeClock()
+    strategy = PeakEWMAStrategy(rng=random.Random(5))
+    weights = {f"s{i}": 1 + i % 3 for i in range(size)}
+    lb = pool(strategy, clock, **weights)
+    rng = random.Random(6)
+    for server in lb.servers:
+        if rng.random() < 0.8:
+            lb.done(server, latency=rng.random())
+        clock.advance(rng.random())
+        hold(lb, server, rng.randrange(4))
+    picker = lb.picker
+    twin = strategy.build(Snapshot.of(tuple(lb._view.endpoints.values()), clock))
+    # Same seed for both: the twin draws its pairs with _PairDraw.pair and compares with
+    # _cheaper, which pick inlines.
+    strategy._rng.seed(11)
+    picks = [picker.pick() for _ in range(300)]
+    strategy._rng.seed(11)
+    assert picks == [twin._cheaper(*twin._draw.pair()) for _ in range(300)]  # type: ignore[attr-defined]
 
 
 def test_p2c_bias_zero_ignores_load() -> None:

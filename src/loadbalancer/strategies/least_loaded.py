@@ -14,6 +14,7 @@ from .._validation import check_key, check_number, check_positive_int
 from ._base import Key, Picker, Strategy
 from ._draw import draw_width, repeated_table, resolve_rng, table_width
 from ._exclude import REDRAWS
+from ._load_index import SMALLEST_WEIGHT, LoadIndex
 
 __all__ = ["LeastConnectionsStrategy", "PeakEWMAStrategy", "PowerOfTwoChoicesStrategy"]
 
@@ -31,57 +32,148 @@ def _weights_if_unequal(snapshot: Snapshot) -> dict[Endpoint, float] | None:
     return dict(zip(snapshot.endpoints, weights, strict=True))
 
 
+def _scan(
+    endpoints: Sequence[Endpoint], weights: Sequence[float], random: Callable[[], float]
+) -> Endpoint:
+    """The least loaded endpoint per unit of weight, by a scan: O(n)."""
+    # HAProxy's leastconn load, (load + 1) / weight: counting the request about to be
+    # sent lets weights decide among idle servers too.
+    lowest = math.inf
+    best = endpoints[0]  # replaced by the first endpoint: every load is <= inf
+    ties = 0
+    for endpoint, weight in zip(endpoints, weights, strict=True):
+        load = (endpoint.load + 1) / weight
+        if load < lowest:
+            lowest, best, ties = load, endpoint, 1
+        elif load == lowest:
+            # Ties go to a uniformly random one (reservoir sampling): always taking the
+            # first is how a well-known router sent almost all its traffic to one backend.
+            ties += 1
+            if random() * ties < 1.0:
+                best = endpoint
+    return best
+
+
+def _scan_excluding(
+    endpoints: Sequence[Endpoint],
+    weights: Sequence[float],
+    random: Callable[[], float],
+    exclude: Set[str],
+) -> Endpoint | None:
+    """``_scan`` among the endpoints whose servers are not in ``exclude``; None if none is."""
+    lowest = math.inf
+    best: Endpoint | None = None
+    ties = 0
+    for endpoint, weight in zip(endpoints, weights, strict=True):
+        if endpoint.server in exclude:
+            continue
+        load = (endpoint.load + 1) / weight
+        if load < lowest:
+            lowest, best, ties = load, endpoint, 1
+        elif load == lowest:
+            ties += 1
+            if random() * ties < 1.0:
+                best = endpoint
+    return best
+
+
+# The in-bucket draw of ``pick``, inlined: 30 bits (getrandbits' cheapest path), exact with
+# rejection for buckets of up to 2**22 endpoints (see draw_width); larger ones call draw_below.
+_SPAN = 1 << 30
+_WIDEST = 1 << 22
+
+
 @final
-class _LeastConnectionsPicker(Picker):
-    __slots__ = ("_random", "_weighted")
+class _IndexedLeastConnectionsPicker(Picker):
+    __slots__ = ("_bits", "_endpoints", "_index", "_random", "_weights")
+
+    def __init__(self, snapshot: Snapshot, rng: random.Random, previous: Picker | None) -> None:
+        self._endpoints = snapshot.endpoints
+        self._weights = snapshot.weights
+        self._random = rng.random
+        self._bits = rng.getrandbits
+        if isinstance(previous, _IndexedLeastConnectionsPicker) and previous._index.hand_over(
+            previous,
+            self,
+            (previous._endpoints, previous._weights),
+            (snapshot.endpoints, snapshot.weights),
+        ):
+            self._index: LoadIndex = previous._index
+        else:
+            self._index = LoadIndex()
+            self._index.fill(self, snapshot.endpoints, snapshot.weights)
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return a server with the least load per unit of weight, ties uniformly at random.
+
+        O(1) (O(tied weight classes) on a tie across weights), without a lock: the index is
+        read optimistically, and an inconsistent read (a bucket emptied meanwhile) takes
+        the index's lock instead.
+        """
+        if key is not None:
+            check_key(key)
+        index = self._index
+        bucket = index.single
+        try:
+            if bucket is None:  # a tie across weight classes
+                endpoint = index.choose(self._bits)
+            else:
+                ties = len(bucket)
+                if ties == 1:
+                    endpoint = bucket[0]
+                elif 1 < ties < _WIDEST:
+                    draw = self._bits(30)
+                    while draw >= _SPAN - _SPAN % ties:
+                        draw = self._bits(30)
+                    endpoint = bucket[draw % ties]
+                else:  # emptied meanwhile, or huge
+                    endpoint = index.choose(self._bits)
+        except IndexError:  # the bucket shrank between its length and the draw
+            endpoint = index.choose(self._bits)
+        if index.owner is not self:
+            # A newer picker took the index over (or another index took our endpoints):
+            # what was read may not be this snapshot's, so scan it.
+            endpoint = _scan(self._endpoints, self._weights, self._random)
+        return endpoint.server
+
+    def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
+        """Return the least loaded server per unit of weight among those not in ``exclude``.
+
+        Ties are broken as in ``pick``; with every server excluded, a plain pick. Under the
+        index's lock: O(excluded + distinct weights), see ``LoadIndex.choose_excluding``.
+        """
+        if key is not None:
+            check_key(key)
+        index = self._index
+        endpoint = index.choose_excluding(self._bits, exclude)
+        if index.owner is not self:
+            endpoint = _scan_excluding(self._endpoints, self._weights, self._random, exclude)
+        return self.pick(key) if endpoint is None else endpoint.server
+
+
+@final
+class _ScanningLeastConnectionsPicker(Picker):
+    """Least connections by a scan, for weights below ``SMALLEST_WEIGHT``: O(n) per pick."""
+
+    __slots__ = ("_endpoints", "_random", "_weights")
 
     def __init__(self, snapshot: Snapshot, rng: random.Random) -> None:
-        self._weighted = tuple(zip(snapshot.endpoints, snapshot.weights, strict=True))
+        self._endpoints = snapshot.endpoints
+        self._weights = snapshot.weights
         self._random = rng.random
 
     def pick(self, key: Key | None = None) -> str:
         """Return a server with the least load per unit of weight."""
         if key is not None:
             check_key(key)
-        # HAProxy's leastconn load, (load + 1) / weight: counting the request about to be
-        # sent lets weights decide among idle servers too. One plain loop is cheaper here than
-        # several C-level passes over the pool.
-        lowest = math.inf
-        best = self._weighted[0][0]  # replaced by the first endpoint: every load is < inf
-        ties = 0
-        for endpoint, weight in self._weighted:
-            load = (endpoint.load + 1) / weight
-            if load < lowest:
-                lowest, best, ties = load, endpoint, 1
-            elif load == lowest:
-                # Ties go to a uniformly random one (reservoir sampling): always taking the
-                # first is how a well-known router sent almost all its traffic to one backend.
-                ties += 1
-                if self._random() * ties < 1.0:
-                    best = endpoint
-        return best.server
+        return _scan(self._endpoints, self._weights, self._random).server
 
     def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
-        """Return the least loaded server per unit of weight among those not in ``exclude``.
-
-        Ties are broken as in ``pick``; with every server excluded, a plain pick.
-        """
+        """Return the least loaded server per unit of weight among those not in ``exclude``."""
         if key is not None:
             check_key(key)
-        lowest = math.inf
-        best: Endpoint | None = None
-        ties = 0
-        for endpoint, weight in self._weighted:
-            if endpoint.server in exclude:
-                continue
-            load = (endpoint.load + 1) / weight
-            if load < lowest:
-                lowest, best, ties = load, endpoint, 1
-            elif load == lowest:
-                ties += 1
-                if self._random() * ties < 1.0:
-                    best = endpoint
-        return self.pick(key) if best is None else best.server
+        endpoint = _scan_excluding(self._endpoints, self._weights, self._random, exclude)
+        return self.pick(key) if endpoint is None else endpoint.server
 
 
 @final
@@ -91,8 +183,16 @@ class LeastConnectionsStrategy(Strategy):
     Load is requests in flight plus failures in a row (``Endpoint.load``), so a server that
     fails fast does not look idle. Servers compare HAProxy's ``(load + 1) / weight``, so
     weights (and slow start) count even when servers are idle. In-flight counts come from leases
-    (``lb.lease()``/``lb.acquire()``); ties are broken uniformly at random with ``rng``. O(n)
-    per pick. A retry (``pick_excluding``) takes the least loaded server not yet tried.
+    (``lb.lease()``/``lb.acquire()``); ties are broken uniformly at random with ``rng``, over
+    all tied servers. A retry (``pick_excluding``) takes the least loaded server not yet tried.
+
+    Picks are O(1): an index (``LoadIndex``) keeps servers in buckets by weight and load,
+    updated through ``Endpoint.listener`` as leases begin and end (O(1) each, plus
+    O(distinct weights) when a weight's least load changes), with no lock on the pick; a tie
+    across weights costs O(tied weights) under the index's lock. A rebuild hands the index
+    from the previous picker to the new one, re-indexing only the servers that changed. A
+    picker that has been replaced (``lb.picker`` kept by a caller) scans its own pool, O(n).
+    Weights below 2**-960 (where keys could reach infinity) are scanned, O(n), as well.
     """
 
     __slots__ = ("_rng",)
@@ -101,33 +201,61 @@ class LeastConnectionsStrategy(Strategy):
         self._rng = resolve_rng(rng)
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
-        """Return a picker scanning the snapshot's loads."""
-        return _LeastConnectionsPicker(snapshot, self._rng)
+        """Return a picker over an index of the snapshot's loads, handed on from ``previous``."""
+        if min(snapshot.weights) < SMALLEST_WEIGHT:
+            return _ScanningLeastConnectionsPicker(snapshot, self._rng)
+        return _IndexedLeastConnectionsPicker(snapshot, self._rng, previous)
+
+
+def _pair_width(space: int) -> tuple[int, int]:
+    """Bits and rejection limit for drawing one of ``space`` ordered pairs.
+
+    30 bits (getrandbits' cheapest path, one-digit ints after it) while at most one draw in
+    eight is rejected, up to 11,585 servers; ``draw_width`` beyond (and below 2,049 servers,
+    where both agree).
+    """
+    if space <= 1 << 27:
+        return 30, (1 << 30) // space * space
+    return draw_width(space)
 
 
 class _PairDraw:
     """Draws two distinct endpoints uniformly, without replacement: the P2C candidates.
 
     For pools of up to 64 servers every ordered pair sits in a one-draw table (see
-    ``repeated_table``); larger pools draw one number encoding an ordered pair.
+    ``repeated_table``); larger pools draw one number encoding an ordered pair. The pickers
+    inline ``pair`` in their ``pick`` (one Python frame per pick), from ``table`` or from
+    ``state``; it stays here for retries.
     """
 
-    __slots__ = ("_bits", "_endpoints", "_limit", "_rng", "_size", "_space", "_width", "table")
+    __slots__ = (
+        "_bits",
+        "_limit",
+        "_rng",
+        "_width",
+        "endpoints",
+        "size",
+        "space",
+        "state",
+        "table",
+    )
 
     def __init__(self, endpoints: tuple[Endpoint, ...], rng: random.Random) -> None:
-        self._endpoints = endpoints
-        self._size = size = len(endpoints)
+        self.endpoints = endpoints
+        self.size = size = len(endpoints)
         self._rng = rng
         self._bits = rng.getrandbits
-        self._space = max(size * (size - 1), 1)
-        width = table_width(self._space)
+        self.space = max(size * (size - 1), 1)
+        width = table_width(self.space)
         self.table: tuple[tuple[Endpoint, Endpoint], ...] | None = None
         if width is not None and size > 1:
             ordered = [(a, b) for a in endpoints for b in endpoints if a is not b]
             self.table = repeated_table(ordered, [1] * len(ordered), width)
             self._width, self._limit = width, len(self.table)
         else:
-            self._width, self._limit = draw_width(self._space)
+            self._width, self._limit = _pair_width(self.space)
+        self.state = (self._bits, self._width, self._limit, self.space, size, endpoints)
+        """What ``pair`` reads, in one tuple: one attribute read for an inlined draw."""
 
     @property
     def width(self) -> int:
@@ -146,19 +274,14 @@ class _PairDraw:
             draw = self._bits(self._width)
         if self.table is not None:
             return self.table[draw]
-        draw %= self._space
-        first, second = draw % self._size, draw // self._size
+        draw %= self.space
+        first, second = draw % self.size, draw // self.size
         # second ranges over size - 1 values: skipping first makes it distinct from it.
-        return self._endpoints[first], self._endpoints[second + (second >= first)]
-
-    @property
-    def only(self) -> str:
-        """The server of a one-server pool."""
-        return self._endpoints[0].server
+        return self.endpoints[first], self.endpoints[second + (second >= first)]
 
     def sample(self, count: int) -> list[Endpoint]:
         """``count`` distinct endpoints, for choice counts above two."""
-        return self._rng.sample(self._endpoints, count)
+        return self._rng.sample(self.endpoints, count)
 
     def excluding(self, count: int, exclude: Set[str]) -> Sequence[Endpoint]:
         """``count`` distinct endpoints whose servers are not in ``exclude``, in random order.
@@ -178,7 +301,7 @@ class _PairDraw:
                 candidates = self.sample(count)
                 if not any(endpoint.server in exclude for endpoint in candidates):
                     return candidates
-        remaining = [endpoint for endpoint in self._endpoints if endpoint.server not in exclude]
+        remaining = [endpoint for endpoint in self.endpoints if endpoint.server not in exclude]
         if len(remaining) <= count:
             self._rng.shuffle(remaining)  # ties go to the first: keep it random
             return remaining
@@ -193,44 +316,65 @@ def _envoy_score(endpoint: Endpoint, weight: float, bias: float) -> float:
 
 @final
 class _TwoChoicesPicker(Picker):
-    __slots__ = ("_bias", "_bits", "_choices", "_draw", "_limit", "_table", "_weights", "_width")
+    __slots__ = (
+        "_bias",
+        "_choices",
+        "_draw",
+        "_pair",
+        "_table",
+        "_weights",
+    )
 
     def __init__(self, snapshot: Snapshot, choices: int, bias: float, rng: random.Random) -> None:
         self._weights = _weights_if_unequal(snapshot)
         self._bias = bias
         self._choices = min(choices, len(snapshot.endpoints))
-        self._draw = _PairDraw(snapshot.endpoints, rng)
-        # The table draw is inlined in pick for the common case: one Python call per pick.
-        self._bits = rng.getrandbits
-        self._width, self._limit = self._draw.width, self._draw.limit
-        self._table = self._draw.table if self._choices == 2 else None
+        self._draw = draw = _PairDraw(snapshot.endpoints, rng)
+        # The pair draw is inlined in pick for two choices: one Python call per pick.
+        self._pair = draw.state if self._choices == 2 else None
+        self._table = draw.table
 
     def pick(self, key: Key | None = None) -> str:
-        """Return the less loaded of two servers sampled without replacement."""
+        """Return the less loaded of two servers sampled without replacement.
+
+        O(1): one draw (two over a rejection, rarely), two loads compared; no lock.
+        """
         if key is not None:
             check_key(key)
-        table = self._table
-        if table is None:
+        pair = self._pair
+        if pair is None:
             return self._pick_general()
-        draw = self._bits(self._width)
-        while draw >= self._limit:
-            draw = self._bits(self._width)
-        first, second = table[draw]
+        # _PairDraw.pair, inlined: the same draws give the same pairs.
+        bits, width, limit, space, size, pool = pair
+        draw = bits(width)
+        while draw >= limit:
+            draw = bits(width)
+        table = self._table
+        if table is not None:
+            first, second = table[draw]
+        else:
+            draw %= space
+            at = draw % size
+            other = draw // size
+            first, second = pool[at], pool[other + (other >= at)]
         weights = self._weights
         if weights is None:
             return (second if second.load < first.load else first).server
-        if self._bias == 1.0:  # weight / (load + 1), compared without dividing
+        bias = self._bias
+        if bias == 1.0:  # weight / (load + 1), compared without dividing
             if weights[second] * (first.load + 1) > weights[first] * (second.load + 1):
                 return second.server
             return first.server
-        return max(first, second, key=lambda e: _envoy_score(e, weights[e], self._bias)).server
+        # _envoy_score, inlined; the first drawn wins a tie, as max() would give it.
+        if weights[second] / (second.load + 1) ** bias > weights[first] / (first.load + 1) ** bias:
+            return second.server
+        return first.server
 
     def _pick_general(self) -> str:
-        """More than two choices, a single server, or a pool too large for the pair table."""
+        """More than two choices, or a single server."""
         if self._choices == 1:
-            return self._draw.only
-        candidates = self._draw.pair() if self._choices == 2 else self._draw.sample(self._choices)
-        return self._best(candidates)
+            return self._draw.endpoints[0].server
+        return self._best(self._draw.sample(self._choices))
 
     def _best(self, candidates: Sequence[Endpoint]) -> str:
         """The winner among sampled candidates, ties to the first drawn (as ``pick`` inlines)."""
@@ -297,7 +441,16 @@ class PowerOfTwoChoicesStrategy(Strategy):
 
 @final
 class _PeakEWMAPicker(Picker):
-    __slots__ = ("_clock", "_decay", "_default", "_draw", "_single", "_weights")
+    __slots__ = (
+        "_clock",
+        "_decay",
+        "_default",
+        "_draw",
+        "_pair",
+        "_single",
+        "_table",
+        "_weights",
+    )
 
     def __init__(
         self, snapshot: Snapshot, decay: float, default: float, rng: random.Random
@@ -307,30 +460,50 @@ class _PeakEWMAPicker(Picker):
         self._clock: Callable[[], float] = snapshot.clock
         self._decay = decay
         self._default = default
-        self._draw = _PairDraw(snapshot.endpoints, rng)
+        self._draw = draw = _PairDraw(snapshot.endpoints, rng)
+        # The pair draw is inlined in pick: one Python call per pick.
+        self._pair = draw.state
+        self._table = draw.table
 
     def pick(self, key: Key | None = None) -> str:
         """Return the cheaper of two servers sampled without replacement.
 
         Cost is the expected latency of one more request: the peak-EWMA latency (the default
         before any sample), decayed by the idle time since its last sample, times the load
-        plus one.
+        plus one. O(1), no lock.
         """
         if key is not None:
             check_key(key)
         if self._single is not None:
             return self._single
-        # _cheaper, inlined: one Python call fewer per pick.
-        first, second = self._draw.pair()
-        # _cheaper, inlined: a pick stays one Python call.
+        # _PairDraw.pair and _cheaper, inlined: a pick stays one Python call, and the same
+        # draws give the same pairs.
+        bits, width, limit, space, size, pool = self._pair
+        draw = bits(width)
+        while draw >= limit:
+            draw = bits(width)
+        table = self._table
+        if table is not None:
+            first, second = table[draw]
+        else:
+            draw %= space
+            at = draw % size
+            other = draw // size
+            first, second = pool[at], pool[other + (other >= at)]
         if first.latency is None and second.latency is None:
             # Neither measured yet: their costs differ only by age, so compare loads alone.
             first_cost: float = first.load + 1
             second_cost: float = second.load + 1
         else:
+            # _cost, inlined for both.
             now = self._clock()
-            first_cost = self._cost(first, now)
-            second_cost = self._cost(second, now)
+            decay, default = self._decay, self._default
+            age = first.latency_at - now
+            latency = default if first.latency is None else first.latency
+            first_cost = latency * exp((0.0 if age > 0.0 else age) / decay) * (first.load + 1)
+            age = second.latency_at - now
+            latency = default if second.latency is None else second.latency
+            second_cost = latency * exp((0.0 if age > 0.0 else age) / decay) * (second.load + 1)
         if self._weights is not None:
             first_cost /= self._weights[first]
             second_cost /= self._weights[second]

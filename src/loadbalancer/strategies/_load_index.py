@@ -1,0 +1,404 @@
+"""An exact index of endpoints by HAProxy's leastconn key, ``(load + 1) / weight``.
+
+Least connections picks a server minimising ``(load + 1) / weight``, ties broken uniformly at
+random. Scanning the pool for it is O(n) per pick; this index keeps the answer ready instead.
+
+Endpoints are grouped by weight (a *class*); inside a class, by integer load (a *bucket*:
+a list, and each endpoint's position in it, so that a move is a swap-remove and an append).
+For one weight the key grows with the load, so a class's candidates are its bucket of least
+load, and the pool's are the least buckets of the classes whose key is the smallest: ``best``
+(``single`` when there is one). Endpoints report every change of load through
+``Endpoint.listener``; a class's least load is tracked in O(1) per change, as loads rise one at
+a time (they may fall further, when a success clears failures in a row, which only lowers
+the least to the new load).
+
+Ownership: one picker owns an index at a time. A rebuild hands the index over to the new
+picker, applying only what changed, so the previous picker stops owning it first; a picker
+that finds itself no longer the owner after reading the index falls back to scanning its own
+snapshot. A reader that saw ``owner`` unchanged after its read therefore read the index as it
+was for its own snapshot.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence, Set
+
+from .._snapshot import Endpoint
+from ._draw import draw_width
+from ._exclude import REDRAWS
+
+__all__ = ["SMALLEST_WEIGHT", "Bits", "LoadIndex", "draw_below"]
+
+Bits = Callable[[int], int]
+"""``random.Random.getrandbits`` of the strategy's rng."""
+
+SMALLEST_WEIGHT = 2.0**-960
+"""The smallest weight the index takes: ``(load + 1) / weight`` then stays finite for any load
+below 2**63, so keys of one weight never tie at infinity (a scan treats those as equal)."""
+
+
+def draw_below(bits: Bits, count: int) -> int:
+    """A uniform integer in ``[0, count)``, exactly: getrandbits with rejection (none for 1)."""
+    if count == 1:
+        return 0
+    width, limit = draw_width(count)
+    draw = bits(width)
+    while draw >= limit:
+        draw = bits(width)
+    return draw % count
+
+
+class _Class:
+    """The indexed endpoints of one weight, in buckets by indexed load."""
+
+    __slots__ = ("buckets", "least", "weight")
+
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+        self.buckets: dict[int, list[Endpoint]] = {}
+        self.least = 0  # the least key of buckets; buckets are never empty
+
+
+class _Entry:
+    """Where one endpoint sits: its class, the load it is indexed at, its place in the bucket."""
+
+    __slots__ = ("cls", "load", "slot")
+
+    def __init__(self, cls: _Class, load: int, slot: int) -> None:
+        self.cls = cls
+        self.load = load
+        self.slot = slot
+
+
+def _span(old: Sequence[object], new: Sequence[object]) -> tuple[int, int]:
+    """Lengths of the common prefix and of the common suffix after it, by identity/equality.
+
+    Slices compared in C, halving: about two passes over the shorter sequence, with no
+    Python step per element.
+    """
+    size = min(len(old), len(new))
+    if old[:size] == new[:size]:
+        prefix = size
+    else:
+        low, high = 0, size  # old[:low] == new[:low], old[:high] != new[:high]
+        while high - low > 1:
+            middle = (low + high) // 2
+            if old[low:middle] == new[low:middle]:
+                low = middle
+            else:
+                high = middle
+        prefix = low
+    rest = size - prefix
+    old_end, new_end = len(old), len(new)
+    if old[old_end - rest :] == new[new_end - rest :]:
+        return prefix, rest
+    low, high = 0, rest
+    while high - low > 1:
+        middle = (low + high) // 2
+        if old[old_end - middle : old_end - low] == new[new_end - middle : new_end - low]:
+            low = middle
+        else:
+            high = middle
+    return prefix, low
+
+
+class LoadIndex:
+    """Endpoints indexed by ``(load + 1) / weight``, for least-connections picks in O(1).
+
+    Thread safety: every change is made under the index's own lock (``update`` runs on the
+    threads that begin and end leases, builds on the balancer's). ``single``, ``best`` and
+    ``owner`` may be read without it, optimistically: a bucket may be a moment stale, or
+    empty, and the reader checks ``owner`` after its read (see the module docstring).
+
+    Cost: ``update`` is O(1), plus O(distinct weights) when it changes the least load of a
+    class; a handover is O(changed servers) beyond two C-level passes over the snapshots.
+    """
+
+    __slots__ = (
+        "_classes",
+        "_entries",
+        "_lock",
+        "_servers",
+        "best",
+        "listener",
+        "owner",
+        "single",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[Endpoint, _Entry] = {}
+        self._classes: dict[float, _Class] = {}
+        self._servers: dict[str, Endpoint] = {}
+        self.best: tuple[list[Endpoint], ...] = ()
+        """The least bucket of each class whose key is the smallest."""
+        self.single: list[Endpoint] | None = None
+        """``best[0]`` when ``best`` holds one bucket, else None."""
+        self.owner: object = None
+        """The picker this index serves; None once another index took its endpoints."""
+        # One bound method, set on the endpoints and compared by identity to tell ours.
+        self.listener: Callable[[Endpoint], None] = self.update
+
+    # -- the listener ------------------------------------------------------------------------
+
+    def update(self, endpoint: Endpoint) -> None:
+        """Move ``endpoint`` to the bucket of its current load: its ``Endpoint.listener``.
+
+        Reads ``endpoint.load`` itself under the index's lock, so racing calls leave the index
+        at the last value. Endpoints not indexed (ejected, gone) are ignored. O(1), plus
+        O(distinct weights) when the least load of the endpoint's class changes.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            entry = self._entries.get(endpoint)
+            if entry is None:
+                return
+            load = endpoint.load
+            old = entry.load
+            if load == old:
+                return
+            cls = entry.cls
+            emptied = self._take(entry, endpoint)
+            self._put(entry, endpoint, load)
+            least = cls.least
+            if load < least:
+                cls.least = load
+                self._rank()
+            elif emptied and old == least:
+                # Loads rise one at a time, so the next bucket is at most a few steps up
+                # (racing changes), and there is one: the endpoint's own, at ``load``.
+                least += 1
+                while least not in cls.buckets:
+                    least += 1
+                cls.least = least
+                self._rank()
+        finally:
+            lock.release()
+
+    # -- picks (read by the picker; the locked and the retry path live here) -----------------
+
+    def choose(self, bits: Bits) -> Endpoint:
+        """A least endpoint under the lock, every tied endpoint equally likely. O(tied classes)."""
+        with self._lock:
+            best = self.best
+            at = draw_below(bits, sum(map(len, best)))
+            for bucket in best[:-1]:
+                if at < len(bucket):
+                    return bucket[at]
+                at -= len(bucket)
+            return best[-1][at]
+
+    def choose_excluding(self, bits: Bits, exclude: Set[str]) -> Endpoint | None:
+        """A least endpoint whose server is not in ``exclude``; None if every one is.
+
+        Ties are uniform over all tied endpoints not excluded. O(excluded + distinct weights),
+        plus O(distinct loads) per bucket skipped for holding only excluded servers; a bucket
+        mostly excluded may be walked once (after ``REDRAWS`` rejected draws).
+        """
+        with self._lock:
+            excluded: dict[_Class, dict[int, int]] = {}
+            for server in exclude:
+                endpoint = self._servers.get(server)
+                if endpoint is not None:
+                    entry = self._entries[endpoint]
+                    counts = excluded.setdefault(entry.cls, {})
+                    counts[entry.load] = counts.get(entry.load, 0) + 1
+            lowest = math.inf
+            tied: list[tuple[list[Endpoint], int]] = []
+            for cls in self._classes.values():
+                counts = excluded.get(cls, {})
+                buckets = cls.buckets
+                load: int | None = cls.least
+                while load is not None and counts.get(load, 0) == len(buckets[load]):
+                    above = [other for other in buckets if other > load]
+                    load = min(above) if above else None
+                if load is None:
+                    continue  # the whole class is excluded
+                key = (load + 1) / cls.weight
+                if key < lowest:
+                    lowest, tied = key, [(buckets[load], counts.get(load, 0))]
+                elif key == lowest:
+                    tied.append((buckets[load], counts.get(load, 0)))
+            if not tied:
+                return None
+            at = draw_below(bits, sum(len(bucket) - skip for bucket, skip in tied))
+            for bucket, skip in tied[:-1]:
+                if at < len(bucket) - skip:
+                    break
+                at -= len(bucket) - skip
+            else:
+                bucket, skip = tied[-1]
+            if not skip:  # the draw is uniform over this bucket too
+                return bucket[at]
+            return self._uniform_not_in(bucket, bits, exclude)
+
+    @staticmethod
+    def _uniform_not_in(bucket: list[Endpoint], bits: Bits, exclude: Set[str]) -> Endpoint:
+        """A uniform endpoint of ``bucket`` not in ``exclude`` (one at least is not)."""
+        # Rejection stays uniform and costs a draw or two unless most are excluded.
+        for _ in range(REDRAWS):
+            endpoint = bucket[draw_below(bits, len(bucket))]
+            if endpoint.server not in exclude:
+                return endpoint
+        free = [endpoint for endpoint in bucket if endpoint.server not in exclude]
+        return free[draw_below(bits, len(free))]
+
+    # -- building and handing over -----------------------------------------------------------
+
+    def fill(self, owner: object, endpoints: Sequence[Endpoint], weights: Sequence[float]) -> None:
+        """Index ``endpoints`` (an empty index) for ``owner``, taking over their listeners.
+
+        An index that held one of them stops owning anything, so its picker scans. O(n).
+        """
+        displaced: set[Callable[[Endpoint], object]] = set()
+        with self._lock:
+            self.owner = owner
+            for endpoint, weight in zip(endpoints, weights, strict=True):
+                previous = self._add(endpoint, weight)
+                if previous is not None:
+                    displaced.add(previous)
+            for cls in self._classes.values():
+                cls.least = min(cls.buckets)
+            self._rank()
+        _retire(displaced, self)
+
+    def hand_over(
+        self,
+        previous: object,
+        owner: object,
+        old: tuple[Sequence[Endpoint], Sequence[float]],
+        new: tuple[Sequence[Endpoint], Sequence[float]],
+    ) -> bool:
+        """Re-index for ``owner`` the changes from snapshot ``old`` to ``new``; False if not ours.
+
+        ``previous`` must own the index, indexing ``old`` (endpoints and weights); else
+        nothing changes. Endpoints that left are unindexed and their listener cleared (if
+        still ours); those that came take our listener before their load is read, under the
+        lock, so no change of theirs is missed. O(changed servers) beyond ``_span``'s passes.
+        """
+        (old_endpoints, old_weights), (new_endpoints, new_weights) = old, new
+        # Pairs (endpoint, weight) agree where both endpoints and weights do: outside
+        # [first, len - tail) of each snapshot.
+        endpoints_start, endpoints_tail = _span(old_endpoints, new_endpoints)
+        weights_start, weights_tail = _span(old_weights, new_weights)
+        first = min(endpoints_start, weights_start)
+        tail = min(endpoints_tail, weights_tail)
+        stop_old, stop_new = len(old_endpoints) - tail, len(new_endpoints) - tail
+        displaced: set[Callable[[Endpoint], object]] = set()
+        with self._lock:
+            if self.owner is not previous:
+                return False
+            self.owner = owner
+            came = new_endpoints[first:stop_new]
+            staying = set(came)
+            touched: set[_Class] = set()
+            for endpoint in old_endpoints[first:stop_old]:
+                if endpoint not in staying:
+                    touched.add(self._remove(endpoint))
+                    if endpoint.listener is self.listener:
+                        endpoint.listener = None
+            for endpoint, weight in zip(came, new_weights[first:stop_new], strict=True):
+                entry = self._entries.get(endpoint)
+                if entry is None:
+                    previous_listener = self._add(endpoint, weight)
+                    if previous_listener is not None:
+                        displaced.add(previous_listener)
+                    touched.add(self._entries[endpoint].cls)
+                elif entry.cls.weight != weight:
+                    touched.add(self._remove(endpoint))
+                    self._add(endpoint, weight)
+                    touched.add(self._entries[endpoint].cls)
+            for cls in touched:
+                if cls.buckets:
+                    cls.least = min(cls.buckets)
+                else:
+                    del self._classes[cls.weight]
+            self._rank()
+        _retire(displaced, self)
+        return True
+
+    def retire(self) -> None:
+        """Stop serving any picker: another index took over some of these endpoints."""
+        with self._lock:
+            self.owner = None
+
+    # -- the parts (callers hold the lock) --------------------------------------------------
+
+    def _add(self, endpoint: Endpoint, weight: float) -> Callable[[Endpoint], object] | None:
+        """Index ``endpoint`` at its load in the class of ``weight``; its previous listener.
+
+        The listener is set before the load is read: a change made after the read calls
+        ``update``, which waits for this lock and then reads the load again.
+        """
+        previous = endpoint.listener
+        endpoint.listener = self.listener
+        cls = self._classes.get(weight)
+        if cls is None:
+            cls = self._classes[weight] = _Class(weight)
+        entry = _Entry(cls, 0, 0)
+        self._entries[endpoint] = entry
+        self._servers[endpoint.server] = endpoint
+        self._put(entry, endpoint, endpoint.load)
+        return None if previous is None or previous is self.listener else previous
+
+    def _remove(self, endpoint: Endpoint) -> _Class:
+        """Unindex ``endpoint``; its class, whose ``least`` the caller must settle."""
+        entry = self._entries.pop(endpoint)
+        del self._servers[endpoint.server]
+        self._take(entry, endpoint)
+        return entry.cls
+
+    def _take(self, entry: _Entry, endpoint: Endpoint) -> bool:
+        """Swap-remove ``endpoint`` from its bucket; whether the bucket emptied (and went)."""
+        buckets = entry.cls.buckets
+        bucket = buckets[entry.load]
+        last = bucket.pop()
+        if last is not endpoint:
+            slot = entry.slot
+            bucket[slot] = last
+            self._entries[last].slot = slot
+            return False
+        if bucket:
+            return False
+        del buckets[entry.load]
+        return True
+
+    @staticmethod
+    def _put(entry: _Entry, endpoint: Endpoint, load: int) -> None:
+        """Append ``endpoint`` to the bucket of ``load`` in its class."""
+        buckets = entry.cls.buckets
+        bucket = buckets.get(load)
+        entry.load = load
+        if bucket is None:
+            entry.slot = 0
+            buckets[load] = [endpoint]
+        else:
+            entry.slot = len(bucket)
+            bucket.append(endpoint)
+
+    def _rank(self) -> None:
+        """Recompute ``best`` and ``single`` from each class's least bucket. O(distinct weights)."""
+        lowest = math.inf
+        best: list[list[Endpoint]] = []
+        for cls in self._classes.values():
+            key = (cls.least + 1) / cls.weight
+            if key < lowest:
+                lowest, best = key, [cls.buckets[cls.least]]
+            elif key == lowest:
+                best.append(cls.buckets[cls.least])
+        self.best = tuple(best)
+        self.single = best[0] if len(best) == 1 else None
+
+
+def _retire(listeners: set[Callable[[Endpoint], object]], taker: LoadIndex) -> None:
+    """Retire the indexes whose listeners ``taker`` displaced: their pickers then scan.
+
+    Called without ``taker``'s lock held, so two indexes never wait for each other.
+    """
+    for listener in listeners:
+        index = getattr(listener, "__self__", None)
+        if isinstance(index, LoadIndex) and index is not taker:
+            index.retire()
