@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterator, Set
+from collections.abc import Iterator, Mapping, Set
 from fractions import Fraction
 from itertools import chain, cycle, filterfalse, islice, repeat
 from math import isqrt, lcm
 from operator import add, floordiv, mod, mul, sub
 from typing import final
 
-from ..._snapshot import Snapshot
+from ..._snapshot import Endpoint, Snapshot
 from .._base import Key, Picker, Strategy
 from .._exclude import first_not_in
 from ._bounded import Admission, BoundedPicker
@@ -185,6 +185,17 @@ class _MaglevPicker(BoundedPicker):
             return self._rng.getrandbits(64)
         return xxh64(key_bytes(key))
 
+    def _slot(self, key: Key | None) -> int:
+        """The key's table entry, as ``pick`` finds it."""
+        if type(key) is str:
+            try:
+                return xxh64(key.encode()) % self._size
+            except UnicodeEncodeError:  # a lone surrogate: encoded as server names are
+                pass
+        elif type(key) is bytes:
+            return xxh64(key) % self._size
+        return self._hash(key) % self._size
+
     def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
         """Return the first entry not excluded along the table from the key's entry, wrapping.
 
@@ -192,7 +203,7 @@ class _MaglevPicker(BoundedPicker):
         bounded loads walk too), the same in every process. With every server excluded, the
         plain pick.
         """
-        start = self._hash(key) % self._size
+        start = self._slot(key)
         server = self._table[start]
         if server not in exclude:
             return server
@@ -202,24 +213,47 @@ class _MaglevPicker(BoundedPicker):
         # Every server owns an entry and one is not excluded: the walk ends within the table.
         return first_not_in(self._table, self._size, start + 1, exclude)
 
+    def acquire(
+        self, key: Key | None, endpoints: Mapping[str, Endpoint], exclude: Set[str] = frozenset()
+    ) -> Endpoint:
+        """Pick and count a request; with a balance factor, skip servers at capacity.
+
+        Bounded, a first attempt checks the key's own entry and walks the table only if that
+        server is full: O(1) expected for a fixed balance factor, whatever the pool or table
+        size. A retry walks as ``BoundedPicker.acquire`` does.
+        """
+        admission = self._admission
+        if admission is None:  # Picker.acquire, inlined: this is every unbounded lease
+            endpoint = endpoints[self.pick_excluding(key, exclude) if exclude else self.pick(key)]
+            endpoint.begin()
+            return endpoint
+        if exclude:
+            return super().acquire(key, endpoints, exclude)
+        start = self._slot(key)
+        return admission.admit_own(self._table[start], self._walk, start, endpoints)
+
     def candidates(self, key: Key | None) -> Iterator[str]:
         """Distinct servers along successive table entries from the key's entry."""
-        return self._walk(self._hash(key) % self._size)
-
-    def _along(self, start: int) -> Iterator[str]:
-        """Every entry from ``start`` on, wrapping round once."""
-        # Indexing, not islice, so starting deep in the table skips nothing one by one.
-        size = self._size
-        return map(self._table.__getitem__, chain(range(start, size), range(start)))
+        return self._walk(self._slot(key))
 
     def _walk(self, start: int) -> Iterator[str]:
+        """Distinct servers along the table from entry ``start``, wrapping round once.
+
+        By index, so starting deep in the table skips nothing one by one; entries of servers
+        already yielded are skipped in C. Ends once every server has been yielded (each owns
+        an entry), so finding ``k`` distinct servers takes about ``n * ln(n / (n - k))`` steps.
+        """
+        table = self._table
+        size = self._size
+        count = self._count
         seen: set[str] = set()
-        for server in self._along(start):
-            if server not in seen:
-                seen.add(server)
-                yield server
-                if len(seen) == self._count:
-                    return
+        # The filter reads `seen` lazily, entry by entry, so it sees each server added below.
+        along = map(table.__getitem__, chain(range(start, size), range(start)))
+        for server in filterfalse(seen.__contains__, along):
+            yield server
+            seen.add(server)
+            if len(seen) == count:
+                return
 
 
 @final

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Set
+from collections.abc import Iterator, Mapping, Set
+from heapq import heapify, heappop
 from itertools import compress, repeat
 from math import inf, log
-from operator import mul, or_, rshift, truediv
+from operator import mul, neg, or_, rshift, truediv
 from typing import final
 
-from ..._snapshot import Snapshot
+from ..._snapshot import Endpoint, Snapshot
 from .._base import Key, Picker, Strategy
 from ._bounded import Admission, BoundedPicker
 from ._config import check_balance_factor, describe, resolve_rng
@@ -87,11 +88,57 @@ class _RendezvousPicker(BoundedPicker):
             return self._rng.randbytes(8)
         return key_bytes(key)
 
+    def _scores_for(self, key: Key | None) -> list[float]:
+        """Every server's score for the key, encoded as ``pick`` encodes it."""
+        if type(key) is str:
+            try:
+                return self._scores(key.encode())
+            except UnicodeEncodeError:  # a lone surrogate: encoded as server names are
+                pass
+        elif type(key) is bytes:
+            return self._scores(key)
+        return self._scores(self._key(key))
+
+    def acquire(
+        self, key: Key | None, endpoints: Mapping[str, Endpoint], exclude: Set[str] = frozenset()
+    ) -> Endpoint:
+        """Pick and count a request; with a balance factor, skip servers at capacity.
+
+        Bounded, a first attempt scores the servers (O(n), as a pick) and orders the others
+        only if the best is full (see ``_by_score``). A retry walks as
+        ``BoundedPicker.acquire`` does.
+        """
+        admission = self._admission
+        if admission is None:  # Picker.acquire, inlined: this is every unbounded lease
+            endpoint = endpoints[self.pick_excluding(key, exclude) if exclude else self.pick(key)]
+            endpoint.begin()
+            return endpoint
+        if exclude:
+            return super().acquire(key, endpoints, exclude)
+        scores = self._scores_for(key)
+        best = self._servers[scores.index(max(scores))]
+        return admission.admit_own(best, self._by_score, scores, endpoints)
+
     def candidates(self, key: Key | None) -> Iterator[str]:
-        """All servers by descending score for the key."""
-        scores = self._scores(self._key(key))
-        order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
-        return map(self._servers.__getitem__, order)
+        """All servers by descending score for the key, ties in name order."""
+        return self._by_score(self._scores_for(key))
+
+    def _by_score(self, scores: list[float]) -> Iterator[str]:
+        """The servers by descending score, ties in name order: a stable sort's order, lazily.
+
+        The best comes from one pass (O(n)). Only if more are wanted are the scores heaped
+        (O(n), once) and popped one by one (O(log n) each), so a key that finds room at its
+        first or second server never pays for a sort of all n.
+        """
+        servers = self._servers
+        yield servers[scores.index(max(scores))]
+        # (-score, index) pairs pop by descending score, then ascending index: the stable
+        # sort's tie order. The first pop is the best, yielded above.
+        heap = list(zip(map(neg, scores), range(len(scores)), strict=True))
+        heapify(heap)
+        heappop(heap)
+        while heap:
+            yield servers[heappop(heap)[1]]
 
 
 @final
