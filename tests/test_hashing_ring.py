@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from array import array
 from bisect import bisect
 from collections import Counter
-from collections.abc import Mapping
-from itertools import islice
+from collections.abc import Iterator, Mapping
+from itertools import chain, islice
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 import uhashring  # type: ignore[import-untyped]
@@ -16,7 +18,9 @@ from hypothesis import strategies as st
 
 from loadbalancer import Endpoint, LoadBalancer, Snapshot
 from loadbalancer.strategies.hashing import RingHashStrategy
+from loadbalancer.strategies.hashing import ketama as ketama_module
 from loadbalancer.strategies.hashing import ring as ring_module
+from loadbalancer.strategies.hashing._keys import xxh64
 from loadbalancer.strategies.hashing.ketama import ketama_ring
 
 KEYS = [f"key-{i}" for i in range(3000)]
@@ -115,7 +119,8 @@ def test_shares_are_proportional_to_weight(mode: str) -> None:
 
 def test_points_scale_with_weight_and_stay_at_least_one() -> None:
     lb = ring({"tiny": 0.0001, "half": 0.5, "big": 2})
-    owners: Counter[str] = Counter(lb.picker._owners[:-1])  # type: ignore[attr-defined]
+    picker: Any = lb.picker  # white-box: the ring's owner slots
+    owners = Counter(picker._names[slot] for slot in picker._owners[:-1])
     assert owners == {"tiny": 1, "half": 80, "big": 320}
 
 
@@ -248,36 +253,139 @@ def test_ketama_point_cap_counts_four_points_per_hash(monkeypatch: pytest.Monkey
     assert len(xxh64_ring._points) <= 4000 + len(servers)  # type: ignore[attr-defined]
 
 
-# -- the bucket table in front of the binary search --------------------------------------------
+# -- the bucket table and chunk index in front of the binary search ----------------------------
+
+
+def searched(picker: Any, points: list[int], h: int) -> str:
+    """The owner of hash ``h`` by a plain binary search over the whole ring, ``points``."""
+    return str(picker._names[picker._owners[bisect(points, h)]])
+
+
+def probes_for(picker: Any, bits: int, seed: int) -> list[int]:
+    """Random hashes, every point and its neighbours, both edges of every bucket and chunk."""
+    rng = random.Random(seed)
+    probes = [rng.getrandbits(bits) for _ in range(2000)] + [0, 2**bits - 1]
+    for point in picker._points:
+        probes += [point - 1, point, point + 1]
+        for shift in (picker._shift, picker._chunk_shift):
+            probes += [(point >> shift) << shift, (((point >> shift) + 1) << shift) - 1]
+    return [h for h in probes if 0 <= h < 2**bits]
 
 
 @pytest.mark.parametrize("mode", ["xxh64", "ketama"])
 @pytest.mark.parametrize("count", [1, 3, 10, 100])
-def test_bucket_lookup_agrees_with_the_binary_search(mode: str, count: int) -> None:
-    picker: Any = ring(MEMCACHED[:count], hash=mode).picker  # white-box: the ring itself
-    points: list[int] = picker._points
+def test_table_lookup_agrees_with_the_binary_search(mode: str, count: int) -> None:
+    lb = ring(MEMCACHED[:count], hash=mode)
+    picker: Any = lb.picker  # white-box: the ring itself
     bits = 64 if mode == "xxh64" else 32
-    shift: int = picker._shift
-    rng = random.Random(count)
-    probes = [rng.getrandbits(bits) for _ in range(20_000)]
-    # Every point, its neighbours, and both edges of every bucket that holds a point.
-    for point in points:
-        probes += [point - 1, point, point + 1]
-        probes += [(point >> shift) << shift, (((point >> shift) + 1) << shift) - 1]
-    probes += [0, 2**bits - 1]
-    for h in probes:
-        if 0 <= h < 2**bits:
-            searched = picker._owners[bisect(points, h)]
-            assert (picker._buckets[h >> shift] or searched) == searched
+    points = list(picker._points)
+    for h in probes_for(picker, bits, count):
+        direct = picker._names[picker._table[h >> picker._shift]]
+        found = direct or picker._names[picker._owners[picker._index(h)]]
+        assert found == searched(picker, points, h)
+        assert picker._index(h) == bisect(points, h)
 
 
-def test_huge_rings_skip_the_bucket_table(monkeypatch: pytest.MonkeyPatch) -> None:
-    expected = placement(ring(MEMCACHED[:3]))
-    monkeypatch.setattr(ring_module, "_MAX_BUCKETED_POINTS", 100)
-    lb = ring(MEMCACHED[:3])
+@settings(max_examples=150, deadline=None)
+@given(
+    servers=st.dictionaries(
+        st.sampled_from("abcdefgh"), st.sampled_from([0.01, 0.5, 1, 2]), min_size=1
+    ),
+    vnodes=st.integers(1, 30),
+    table_bits=st.integers(1, 12),
+    chunk_points=st.integers(1, 20),
+    data=st.data(),
+)
+def test_lookups_agree_with_the_binary_search_on_random_keys(
+    servers: dict[str, float],
+    vnodes: int,
+    table_bits: int,
+    chunk_points: int,
+    data: st.DataObject,
+) -> None:
+    with (
+        patch.object(ring_module, "_MAX_BUCKET_BITS", table_bits),
+        patch.object(ring_module, "_POINTS_PER_CHUNK", chunk_points),
+    ):
+        lb = ring(servers, vnodes=vnodes)
+    picker: Any = lb.picker
+    points = list(picker._points)
+    # Keys hashing exactly onto points, next to them, and past the last point (wrapping).
+    exact = data.draw(st.lists(st.sampled_from(points), max_size=20))
+    near = [point + offset for point in exact for offset in (-1, 1)]
+    tail = data.draw(st.lists(st.integers(points[-1], 2**64 - 1), max_size=5))
+    anywhere = data.draw(st.lists(st.integers(0, 2**64 - 1), max_size=30))
+    for h in [*exact, *near, *tail, *anywhere]:
+        if 0 <= h < 2**64:
+            direct = picker._names[picker._table[h >> picker._shift]]
+            found = direct or picker._names[picker._owners[picker._index(h)]]
+            assert found == searched(picker, points, h)
+    for key in data.draw(st.lists(st.binary(max_size=8), max_size=30)):
+        assert lb.get(key) == searched(picker, points, xxh64(key))
+
+
+def test_a_coarse_bucket_table_places_keys_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = placement(ring(MEMCACHED[:30]))
+    monkeypatch.setattr(ring_module, "_MAX_BUCKET_BITS", 6)  # most buckets hold a point
+    lb = ring(MEMCACHED[:30])
     picker: Any = lb.picker  # white-box: the ring's points and buckets
-    assert picker._buckets == [None]
+    assert len(picker._table) == 64
     assert placement(lb) == expected
+
+
+@pytest.mark.parametrize("mode", ["xxh64", "ketama"])
+def test_a_ring_of_a_thousand_servers_is_in_compact_arrays(mode: str) -> None:
+    servers = tuple(Endpoint(f"10.{i // 250}.{i % 250}.1:8080") for i in range(1000))
+    strategy = RingHashStrategy(hash=mode)  # type: ignore[arg-type]
+    picker: Any = strategy.build(Snapshot.of(servers, lambda: 0.0))
+    assert 159_990 <= len(picker._points) <= 160_000  # a ketama ring: a few points collide
+    assert 8 * len(picker._points) <= len(picker._table) <= 16 * len(picker._points)
+    assert (picker._table.itemsize, picker._owners.itemsize) == (2, 4)
+    assert picker._points.itemsize == (8 if mode == "xxh64" else 4)
+    rng = random.Random(5)
+    bits = 64 if mode == "xxh64" else 32
+    names, owners, points = picker._names, picker._owners, list(picker._points)
+    for h in [rng.getrandbits(bits) for _ in range(20_000)] + points[::50]:
+        direct = names[picker._table[h >> picker._shift]]
+        assert (direct or names[owners[picker._index(h)]]) == names[owners[bisect(points, h)]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ring_points=st.lists(st.tuples(st.integers(0, 255), st.integers(1, 4)), min_size=1),
+    bits=st.integers(1, 8),
+)
+def test_the_bucket_table_is_built_as_edits_write_it(
+    ring_points: list[tuple[int, int]], bits: int
+) -> None:
+    ordered = sorted(ring_points)
+    points = array("I", [point for point, _ in ordered])
+    owners = array("I", [owner for _, owner in ordered])
+    with patch.object(ring_module, "_MAX_BUCKET_BITS", bits):
+        table = ring_module._bucket_table(points, owners, 8, "H")
+    shift = 8 - len(table).bit_length() + 1
+    written = array("H", [9] * len(table))
+    ring_module._fill(written, points, owners, shift, -1, len(points))
+    assert table == written
+    assert 9 not in written
+    # A bucket holds the search slot exactly when a point falls in it.
+    assert {index for index, slot in enumerate(table) if not slot} == {
+        point >> shift for point in points
+    }
+
+
+def reference_xxh64_placement(servers: list[str], keys: list[str]) -> list[str]:
+    """The xxh64 ring as a sorted list of (point, name) pairs, 160 points a server."""
+    pairs = sorted(
+        (xxh64(f"{server}_{index}".encode()), server) for server in servers for index in range(160)
+    )
+    points = [point for point, _ in pairs]
+    owners = [owner for _, owner in pairs]
+    return [owners[bisect(points, xxh64(key.encode())) % len(points)] for key in keys]
+
+
+def test_xxh64_places_keys_as_a_plain_sorted_ring() -> None:
+    assert placement(ring(MEMCACHED[:40])) == reference_xxh64_placement(MEMCACHED[:40], KEYS)
 
 
 def test_changing_one_weight_moves_keys_only_to_or_from_that_server() -> None:
@@ -288,3 +396,227 @@ def test_changing_one_weight_moves_keys_only_to_or_from_that_server() -> None:
     changed = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
     assert changed
     assert all(new == "n2" for _, new in changed)
+
+
+# -- incremental rebuilds: exactly the ring a full build gives ---------------------------------
+
+
+def decoded(picker: Any) -> dict[str, object]:
+    """Everything a ring picker places keys by, with owner slots turned back into names."""
+    names = picker._names
+    return {
+        "points": list(picker._points),
+        "owners": [names[slot] for slot in picker._owners],
+        "table": [names[slot] for slot in picker._table],
+        "shift": picker._shift,
+        "firsts": list(picker._firsts),
+        "chunk_shift": picker._chunk_shift,
+        "reachable": picker._reachable,
+        "unplaced": picker._unplaced,
+        "counts": {server: count for server, count in picker._counts.items() if count},
+        "claims": {point: sorted(givers) for point, givers in picker._claims.items()},
+        "slots": {name: names[slot] for name, slot in picker._tables.slots.items()},
+    }
+
+
+changes = st.lists(
+    st.tuples(
+        st.sampled_from(["join", "leave", "weight"]),
+        st.integers(0, 40),
+        st.sampled_from([0.01, 0.3, 0.5, 1, 1, 1, 2, 3.5]),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+def apply(pool: dict[str, float], action: str, name: str, weight: float) -> None:
+    if action == "join" and name not in pool:
+        pool[name] = weight
+    elif action == "leave" and name in pool and len(pool) > 1:
+        del pool[name]
+    elif action == "weight" and name in pool:
+        pool[name] = weight
+
+
+@pytest.mark.parametrize("mode", ["xxh64", "ketama"])
+@settings(max_examples=60, deadline=None)
+@given(
+    start=st.integers(1, 12),
+    steps=changes,
+    vnodes=st.sampled_from([1, 3, 20, None]),
+    table_bits=st.sampled_from([3, 8, 22]),
+    max_points=st.sampled_from([1 << 20, 60, 300]),
+)
+def test_incremental_rebuild_gives_the_full_rebuilds_ring(
+    mode: str,
+    start: int,
+    steps: list[tuple[str, int, float]],
+    vnodes: int | None,
+    table_bits: int,
+    max_points: int,
+) -> None:
+    pool = {f"s{i}": 1.0 for i in range(start)}
+    strategy = RingHashStrategy(hash=mode, vnodes=vnodes)  # type: ignore[arg-type]
+
+    def snapshot() -> Snapshot:
+        endpoints = tuple(Endpoint(name, weight) for name, weight in pool.items())
+        return Snapshot.of(endpoints, lambda: 0.0)
+
+    # Edit whatever the change's size, and with coarse tables too, so every path is exercised.
+    with (
+        patch.object(ring_module, "_MAX_EDITED_SHARE", 100.0),
+        patch.object(ring_module, "_MAX_BUCKET_BITS", table_bits),
+        # An xxh64 ring over the cap scales every server's count: edited only where it stays.
+        patch.object(ring_module, "MAX_POINTS", max_points if mode == "xxh64" else 1 << 20),
+    ):
+        picker: Any = strategy.build(snapshot())
+        for action, index, weight in steps:
+            apply(pool, action, f"s{index}", weight)
+            current = snapshot()
+            before = decoded(picker)
+            edited: Any = strategy.build(current, picker)
+            assert decoded(picker) == before  # the previous picker may still be serving picks
+            assert decoded(edited) == decoded(strategy.build(current))
+            picker = edited
+
+
+_real_server_points = ketama_module.server_points
+
+
+def colliding_points(server: str, start: int, stop: int) -> list[int]:
+    """Ketama points folded onto a few hundred values, so that servers' points collide."""
+    return [point % 397 for point in _real_server_points(server, start, stop)]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    start=st.integers(1, 8),
+    steps=changes,
+    vnodes=st.sampled_from([1, 3, 10]),
+    shuffle=st.randoms(use_true_random=False),
+)
+def test_incremental_ketama_rebuild_keeps_collisions_exact(
+    start: int, steps: list[tuple[str, int, float]], vnodes: int, shuffle: random.Random
+) -> None:
+    pool = {f"s{i}": 1.0 for i in range(start)}
+    strategy = RingHashStrategy(hash="ketama", vnodes=vnodes)
+
+    def snapshot() -> Snapshot:
+        endpoints = [Endpoint(name, weight) for name, weight in pool.items()]
+        if shuffle.random() < 0.3:  # registration order decides who owns a collided point
+            shuffle.shuffle(endpoints)
+        return Snapshot.of(tuple(endpoints), lambda: 0.0)
+
+    with (
+        patch.object(ring_module, "_MAX_EDITED_SHARE", 100.0),
+        patch.object(ketama_module, "server_points", colliding_points),
+        patch.object(ring_module, "server_points", colliding_points),
+    ):
+        picker: Any = strategy.build(snapshot())
+        for action, index, weight in steps:
+            apply(pool, action, f"s{index % 12}", weight)
+            current = snapshot()
+            picker = strategy.build(current, picker)
+            assert decoded(picker) == decoded(strategy.build(current))
+
+
+def test_a_ketama_ring_with_a_collision_is_still_edited() -> None:
+    # "s272-12" and "s705-17" share a point (see the uhashring collision test above).
+    servers = tuple(Endpoint(name) for name in ["s272", "s705", "other"])
+    strategy = RingHashStrategy(hash="ketama")
+    full: Any = strategy.build(Snapshot.of(servers, lambda: 0.0))
+    assert full._claims == {4287979131: ["s272", "s705"]}
+    for pool in [servers[1:], servers[::2], (*servers, Endpoint("new")), servers[::-1]]:
+        snapshot = Snapshot.of(pool, lambda: 0.0)
+        with (
+            patch.object(ring_module, "_MAX_EDITED_SHARE", 100.0),
+            patch.object(ring_module, "_ketama_tables", side_effect=AssertionError("full")),
+        ):
+            edited: Any = strategy.build(snapshot, full)
+        assert decoded(edited) == decoded(strategy.build(snapshot))
+        lb = LoadBalancer(strategy=RingHashStrategy(hash="ketama"))
+        lb.replace([endpoint.server for endpoint in pool])
+        reference = uhashring.HashRing([endpoint.server for endpoint in pool], hash_fn="ketama")
+        assert placement(lb) == [reference.get_node(key) for key in KEYS]
+
+
+@pytest.mark.parametrize("mode", ["xxh64", "ketama"])
+def test_one_server_joining_or_leaving_a_large_ring_is_edited_not_rebuilt(mode: str) -> None:
+    endpoints = tuple(Endpoint(f"10.{i // 250}.{i % 250}.1:8080") for i in range(300))
+    strategy = RingHashStrategy(hash=mode)  # type: ignore[arg-type]
+    small, large = (Snapshot.of(pool, lambda: 0.0) for pool in (endpoints[:-1], endpoints))
+    before: Any = strategy.build(small)
+    full = "_xxh64_tables" if mode == "xxh64" else "_ketama_tables"
+    with patch.object(ring_module, full, side_effect=AssertionError("full build")):
+        after: Any = strategy.build(large, before)
+        again: Any = strategy.build(small, after)
+    assert decoded(after) == decoded(strategy.build(large))
+    assert decoded(again) == decoded(before)
+    assert before._table is not after._table  # the previous picker is left as it was
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ring_points=st.lists(st.tuples(st.integers(0, 20), st.sampled_from("aceg")), max_size=30),
+    new_points=st.lists(st.tuples(st.integers(0, 20), st.sampled_from("bdf")), max_size=10),
+)
+def test_equal_xxh64_points_are_merged_in_name_order(
+    ring_points: list[tuple[int, str]], new_points: list[tuple[int, str]]
+) -> None:
+    # Hash every point onto 21 values, so that equal points are common.
+    def folded(data: bytes) -> int:
+        return xxh64(data) % 21
+
+    existing = dict(Counter(name for _, name in ring_points))
+    joined = {**existing, **Counter(name for _, name in new_points)}
+    if not existing:
+        return
+    with (
+        patch.object(ring_module, "xxh64", folded),
+        patch.object(ring_module, "_MAX_EDITED_SHARE", 100.0),
+    ):
+        strategy = RingHashStrategy(vnodes=1)
+        with patch.object(ring_module, "_xxh64_counts", lambda *_: existing):
+            picker = strategy.build(Snapshot.of((Endpoint("a"),), lambda: 0.0))
+        with patch.object(ring_module, "_xxh64_counts", lambda *_: joined):
+            edited: Any = strategy.build(Snapshot.of((Endpoint("a"),), lambda: 0.0), picker)
+            full = strategy.build(Snapshot.of((Endpoint("a"),), lambda: 0.0))
+    assert decoded(edited) == decoded(full)
+    names = edited._names
+    pairs = list(zip(edited._points, (names[slot] for slot in edited._owners), strict=False))
+    assert pairs == sorted(pairs)
+
+
+# -- bounded loads: the candidates walk ----------------------------------------------------------
+
+
+def reference_candidates(picker: Any, h: int) -> list[str]:
+    """The distinct owners clockwise from ``h``, as the ring walked them before its arrays."""
+    points = list(picker._points)
+    owners = [picker._names[slot] for slot in picker._owners[:-1]]
+    start = bisect(points, h) % len(points)
+    walk = chain(owners[start:], owners[:start])
+    return list(dict.fromkeys(walk))
+
+
+@pytest.mark.parametrize("mode", ["xxh64", "ketama"])
+@settings(max_examples=40, deadline=None)
+@given(servers=names, keys=st.lists(st.text(max_size=6), min_size=1, max_size=20))
+def test_candidates_walk_as_the_old_ring_did(
+    mode: str, servers: list[str], keys: list[str]
+) -> None:
+    picker: Any = ring(servers, hash=mode, balance_factor=1.25).picker
+    for key in keys:
+        walk: Iterator[str] = picker.candidates(key)
+        assert list(walk) == reference_candidates(picker, picker._hash(key))
+        assert next(picker.candidates(key)) == picker.pick(key)
+
+
+def test_candidates_are_lazy_and_do_not_copy_the_ring() -> None:
+    servers = tuple(Endpoint(f"10.{i // 250}.{i % 250}.1:8080") for i in range(1000))
+    picker: Any = RingHashStrategy(balance_factor=1.25).build(Snapshot.of(servers, lambda: 0.0))
+    walk = picker.candidates("some key")
+    first = next(walk)
+    assert first == picker.pick("some key")
+    assert len(set(islice(walk, 998))) == 998
