@@ -73,6 +73,25 @@ def test_weighted_table_is_envoys_weighted_maglev(seed: int) -> None:
     assert maglev_table(tuple(pool), tuple(pool.values()), 4099) == reference_table(pool, 4099)
 
 
+@pytest.mark.parametrize(
+    ("count", "size"),
+    # Past sqrt(size) / 2 servers most end-game turns are a server's only one there.
+    [(40, 65537), (300, 4099), (1000, 4099), (1000, 65537)],
+)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_table_is_the_papers_table_for_large_pools(count: int, size: int, weighted: bool) -> None:
+    rng = random.Random(count * size)
+    pool = {
+        name: (rng.choice([0.5, 1, 2, 3, 7.25]) if weighted else 1.0) for name in servers(count)
+    }
+    assert maglev_table(tuple(pool), tuple(pool.values()), size) == reference_table(pool, size)
+
+
+def test_empty_server_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        maglev_table(("a", ""), (1.0, 1.0), 7)
+
+
 def test_picks_look_up_the_keys_hash_in_the_table() -> None:
     pool = dict.fromkeys(servers(7), 1.0)
     table = reference_table(pool, 1009)
