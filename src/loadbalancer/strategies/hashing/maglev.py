@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Set
-from fractions import Fraction
 from itertools import chain, cycle, filterfalse, islice, repeat
 from math import isqrt, lcm
 from operator import add, floordiv, mod, mul, sub
@@ -60,14 +59,21 @@ def _turns(weights: tuple[float, ...], size: int) -> list[int]:
     count = len(weights)
     if len(set(weights)) == 1:
         return list(islice(cycle(range(count)), size))
-    # Floats are binary fractions: one common denominator makes every weight an exact integer.
-    ratios = [Fraction(weight) for weight in weights]
-    denominator = lcm(*(ratio.denominator for ratio in ratios))
-    integers = [int(ratio * denominator) for ratio in ratios]
+    # Floats are binary fractions, and as_integer_ratio is exact and in lowest terms: over one
+    # common denominator every weight is an exact integer.
+    ratios = [weight.as_integer_ratio() for weight in weights]
+    denominator = lcm(*{below for _, below in ratios})
+    integers = [above * (denominator // below) for above, below in ratios]
     top = max(integers)
+    # Servers of one weight take their turns in the same rounds: the work below is per weight
+    # (pools have few), not per server.
+    classes: dict[int, list[int]] = {}
+    for server, weight in enumerate(integers):
+        classes.setdefault(weight, []).append(server)
+    members = [len(servers) for servers in classes.values()]
 
     def served(rounds: int) -> int:
-        return sum(min(rounds, rounds * weight // top + 1) for weight in integers)
+        return sum(map(mul, members, (min(rounds, rounds * w // top + 1) for w in classes)))
 
     low, high = 1, size  # the heaviest server alone takes a turn in each of `size` rounds
     while low < high:
@@ -80,14 +86,15 @@ def _turns(weights: tuple[float, ...], size: int) -> list[int]:
     # servers in order within a round (a server takes at most one turn per round), with no
     # key function to call per turn.
     turns: list[int] = []
-    for server, weight in enumerate(integers):
+    for weight, servers in classes.items():
         taken = min(low, low * weight // top + 1)
         if weight == top:
             rounds: Iterable[int] = range(1, taken + 1)
         else:  # round 1, then ceil(j * top / weight), which exceeds j, for j >= 1
             later = map(floordiv, range(top + weight - 1, taken * top, top), repeat(weight))
             rounds = chain((1,), later)
-        turns += map(add, map(mul, rounds, repeat(count)), repeat(server))
+        base = list(map(mul, rounds, repeat(count)))
+        turns += chain.from_iterable(map(map, repeat(add), repeat(base), map(repeat, servers)))
     turns.sort()
     return list(map(mod, islice(turns, size), repeat(count)))
 
