@@ -47,18 +47,19 @@ def _check_table_size(value: object) -> int:
     return value
 
 
-def _turns(weights: tuple[float, ...], size: int) -> list[int]:
+def _turns(weights: tuple[float, ...], size: int) -> list[int] | None:
     """Which server takes each of the ``size`` turns of the fill, in order.
 
-    Equal weights: plain rotation, as in the paper. Otherwise Envoy's weighted Maglev: in round
-    ``r`` (from 1) a server takes a turn only when ``r * weight`` has reached the weight it has
-    already been served (its turns so far times the largest weight), so its ``j``-th turn
-    (from 0) falls in round ``max(j + 1, ceil(j * top / weight))``; within a round servers go in
-    order. Computed in exact integers, so the table is the same on every machine.
+    Equal weights: None, for plain rotation, as in the paper. Otherwise Envoy's weighted
+    Maglev: in round ``r`` (from 1) a server takes a turn only when ``r * weight`` has reached
+    the weight it has already been served (its turns so far times the largest weight), so its
+    ``j``-th turn (from 0) falls in round ``max(j + 1, ceil(j * top / weight))``; within a
+    round servers go in order. Computed in exact integers, so the table is the same on every
+    machine.
     """
     count = len(weights)
     if len(set(weights)) == 1:
-        return list(islice(cycle(range(count)), size))
+        return None
     # Floats are binary fractions, and as_integer_ratio is exact and in lowest terms: over one
     # common denominator every weight is an exact integer.
     ratios = [weight.as_integer_ratio() for weight in weights]
@@ -100,7 +101,7 @@ def _turns(weights: tuple[float, ...], size: int) -> list[int]:
 
 
 def _fill(
-    offsets: list[int], skips: list[int], names: list[str], turns: list[int], size: int
+    offsets: list[int], skips: list[int], names: list[str], turns: list[int] | None, size: int
 ) -> list[str]:
     """Each entry's owner: the paper's population loop, run in C iterators.
 
@@ -132,14 +133,25 @@ def _fill(
     walks: list[Iterator[int]] = list(map(filterfalse, repeat(taken), permutations))
     left = max(int(_TAIL * size / count), isqrt(size) // 2)
     switch = max(size - left, 0)
-    claims = map(next, map(walks.__getitem__, islice(turns, switch)))
-    deque(map(table.__setitem__, claims, map(names.__getitem__, islice(turns, switch))), maxlen=0)
-    remaining = list(filterfalse(taken, range(size)))
-    for server in set(islice(turns, switch, None)):
+    if turns is None:  # rotation: cycling saves two lookups per turn
+        claimers: Iterator[Iterator[int]] = cycle(walks)
+        owners: Iterator[str] = cycle(names)
+        end = list(map(mod, range(switch, size), repeat(count)))
+    else:
+        claimers = map(walks.__getitem__, turns)
+        owners = map(names.__getitem__, turns)
+        end = turns[switch:]
+    # map stops at the first exhausted argument before reading the next: owners stay in step.
+    deque(map(table.__setitem__, map(next, islice(claimers, switch)), owners), maxlen=0)
+    # The free entries, found by C scans for "" (each claim filled one, so `left` remain).
+    remaining = [0] * (size - switch)
+    at = -1
+    for index in range(size - switch):
+        at = remaining[index] = table.index("", at + 1)
+    for server in set(end):
         walks[server] = _ranked(table, remaining, offsets[server], skips[server])
-    claims = map(next, map(walks.__getitem__, islice(turns, switch, None)))
-    rest = map(names.__getitem__, islice(turns, switch, None))
-    deque(map(table.__setitem__, claims, rest), maxlen=0)
+    claims = map(next, map(walks.__getitem__, end))
+    deque(map(table.__setitem__, claims, map(names.__getitem__, end)), maxlen=0)
     return table
 
 
