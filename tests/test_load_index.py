@@ -57,13 +57,13 @@ def check_index(picker: _IndexedLeastConnectionsPicker) -> None:
     index: LoadIndex = picker._index
     assert index.owner is picker
     expected = dict(zip(picker._endpoints, picker._weights, strict=True))
-    assert set(index._entries) == set(expected)
-    assert index._servers == {e.server: e for e in expected}
+    assert set(index._entries) == {e.server for e in expected}
     for endpoint, weight in expected.items():
-        entry = index._entries[endpoint]
+        entry = index._entries[endpoint.server]
+        assert entry.endpoint is endpoint
         assert entry.cls.weight == weight
         assert entry.load == endpoint.load
-        assert entry.cls.buckets[entry.load][entry.slot] is endpoint
+        assert entry.cls.buckets[entry.load][entry.slot] is endpoint.server
         assert endpoint.listener is index.listener
     assert set(index._classes) == set(expected.values())
     held = 0
@@ -185,6 +185,28 @@ def test_a_new_index_takes_the_endpoints_from_the_old_one() -> None:
     old._endpoints[0].begin()
     check_index(taker)
     assert {old.pick() for _ in range(20)} == {taker.pick() for _ in range(20)} == {"b"}
+
+
+def test_two_builds_from_one_previous_picker_both_stay_exact() -> None:
+    # As when a built picker is never published: the second build finds the index gone to
+    # the first, so it builds its own, and the first, displaced, scans.
+    lb = balancer({"a": 1, "b": 2, "c": 1})
+    previous = picker_of(lb)
+    endpoints = previous._endpoints
+    strategy = lb.strategy
+    first = strategy.build(Snapshot.of(endpoints[:2], time.monotonic), previous)
+    second = strategy.build(Snapshot.of(endpoints, time.monotonic, (1, 1, 1)), previous)
+    assert isinstance(first, _IndexedLeastConnectionsPicker)
+    assert isinstance(second, _IndexedLeastConnectionsPicker)
+    assert first._index is previous._index
+    assert second._index is not first._index
+    assert first._index.owner is None
+    endpoints[1].begin()
+    check_index(second)
+    assert {second.pick() for _ in range(50)} == {"a", "c"}  # b: (1 + 1) / 1 at weight 1
+    # Its own pool only, a and b, with b at (1 + 1) / 2: a tie.
+    assert {first.pick() for _ in range(50)} == {"a", "b"}
+    assert {previous.pick() for _ in range(50)} == {"a", "b", "c"}
 
 
 def test_tiny_weights_are_scanned_with_infinite_keys_tied() -> None:
@@ -372,4 +394,4 @@ def test_a_server_ejected_with_leases_open_returns_at_its_load() -> None:
     on_a.pop().release()
     lb.set_healthy("a", True)
     check_index(picker_of(lb))
-    assert picker_of(lb)._index._entries[a].load == 2
+    assert picker_of(lb)._index._entries["a"].load == 2

@@ -51,57 +51,62 @@ def draw_below(bits: Bits, count: int) -> int:
 
 
 class _Class:
-    """The indexed endpoints of one weight, in buckets by indexed load."""
+    """The indexed servers of one weight, in buckets by indexed load."""
 
     __slots__ = ("buckets", "least", "weight")
 
     def __init__(self, weight: float) -> None:
         self.weight = weight
-        self.buckets: dict[int, list[Endpoint]] = {}
+        # Server names, not endpoints: a pick returns one without touching its endpoint.
+        self.buckets: dict[int, list[str]] = {}
         self.least = 0  # the least key of buckets; buckets are never empty
 
 
 class _Entry:
     """Where one endpoint sits: its class, the load it is indexed at, its place in the bucket."""
 
-    __slots__ = ("cls", "load", "slot")
+    __slots__ = ("cls", "endpoint", "load", "slot")
 
-    def __init__(self, cls: _Class, load: int, slot: int) -> None:
+    def __init__(self, cls: _Class, endpoint: Endpoint) -> None:
         self.cls = cls
-        self.load = load
-        self.slot = slot
+        self.endpoint = endpoint
+        self.load = 0
+        self.slot = 0
 
 
-def _span(old: Sequence[object], new: Sequence[object]) -> tuple[int, int]:
-    """Lengths of the common prefix and of the common suffix after it, by identity/equality.
+def _prefix(old: Sequence[object], new: Sequence[object]) -> int:
+    """Length of the common prefix of ``old`` and ``new``, items compared by identity/equality.
 
     Slices compared in C, halving: about two passes over the shorter sequence, with no
-    Python step per element.
+    Python step per item.
     """
     size = min(len(old), len(new))
     if old[:size] == new[:size]:
-        prefix = size
-    else:
-        low, high = 0, size  # old[:low] == new[:low], old[:high] != new[:high]
-        while high - low > 1:
-            middle = (low + high) // 2
-            if old[low:middle] == new[low:middle]:
-                low = middle
-            else:
-                high = middle
-        prefix = low
-    rest = size - prefix
+        return size
+    low, high = 0, size  # old[:low] == new[:low], old[:high] != new[:high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if old[low:middle] == new[low:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def _suffix(old: Sequence[object], new: Sequence[object]) -> int:
+    """Length of the common suffix of ``old`` and ``new``, as ``_prefix`` finds prefixes."""
+    size = min(len(old), len(new))
     old_end, new_end = len(old), len(new)
-    if old[old_end - rest :] == new[new_end - rest :]:
-        return prefix, rest
-    low, high = 0, rest
+    if old[old_end - size :] == new[new_end - size :]:
+        return size
+    low, high = 0, size  # the last low items agree, the last high do not
     while high - low > 1:
         middle = (low + high) // 2
         if old[old_end - middle : old_end - low] == new[new_end - middle : new_end - low]:
             low = middle
         else:
             high = middle
-    return prefix, low
+    return low
 
 
 class LoadIndex:
@@ -113,14 +118,13 @@ class LoadIndex:
     empty, and the reader checks ``owner`` after its read (see the module docstring).
 
     Cost: ``update`` is O(1), plus O(distinct weights) when it changes the least load of a
-    class; a handover is O(changed servers) beyond two C-level passes over the snapshots.
+    class; a handover is O(changed servers) beyond a few C-level passes over the snapshots.
     """
 
     __slots__ = (
         "_classes",
         "_entries",
         "_lock",
-        "_servers",
         "best",
         "listener",
         "owner",
@@ -129,12 +133,11 @@ class LoadIndex:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[Endpoint, _Entry] = {}
+        self._entries: dict[str, _Entry] = {}  # by server: names are unique in a snapshot
         self._classes: dict[float, _Class] = {}
-        self._servers: dict[str, Endpoint] = {}
-        self.best: tuple[list[Endpoint], ...] = ()
+        self.best: tuple[list[str], ...] = ()
         """The least bucket of each class whose key is the smallest."""
-        self.single: list[Endpoint] | None = None
+        self.single: list[str] | None = None
         """``best[0]`` when ``best`` holds one bucket, else None."""
         self.owner: object = None
         """The picker this index serves; None once another index took its endpoints."""
@@ -153,25 +156,42 @@ class LoadIndex:
         lock = self._lock
         lock.acquire()
         try:
-            entry = self._entries.get(endpoint)
-            if entry is None:
-                return
+            name = endpoint.server
+            entry = self._entries.get(name)
+            if entry is None or entry.endpoint is not endpoint:
+                return  # not indexed, or gone and registered again under its name
             load = endpoint.load
             old = entry.load
             if load == old:
                 return
             cls = entry.cls
-            emptied = self._take(entry, endpoint)
-            self._put(entry, endpoint, load)
+            buckets = cls.buckets
+            # _take and _put, inlined: this runs twice per lease.
+            bucket = buckets[old]
+            last = bucket.pop()
+            if last is not name:  # the bucket holds the endpoint's own str: identity suffices
+                slot = entry.slot
+                bucket[slot] = last
+                self._entries[last].slot = slot
+            elif not bucket:
+                del buckets[old]
+            entry.load = load
+            target = buckets.get(load)
+            if target is None:
+                entry.slot = 0
+                buckets[load] = [name]
+            else:
+                entry.slot = len(target)
+                target.append(name)
             least = cls.least
             if load < least:
                 cls.least = load
                 self._rank()
-            elif emptied and old == least:
+            elif old == least and not bucket:
                 # Loads rise one at a time, so the next bucket is at most a few steps up
                 # (racing changes), and there is one: the endpoint's own, at ``load``.
                 least += 1
-                while least not in cls.buckets:
+                while least not in buckets:
                     least += 1
                 cls.least = least
                 self._rank()
@@ -180,8 +200,8 @@ class LoadIndex:
 
     # -- picks (read by the picker; the locked and the retry path live here) -----------------
 
-    def choose(self, bits: Bits) -> Endpoint:
-        """A least endpoint under the lock, every tied endpoint equally likely. O(tied classes)."""
+    def choose(self, bits: Bits) -> str:
+        """A least server under the lock, every tied server equally likely. O(tied classes)."""
         with self._lock:
             best = self.best
             at = draw_below(bits, sum(map(len, best)))
@@ -191,23 +211,22 @@ class LoadIndex:
                 at -= len(bucket)
             return best[-1][at]
 
-    def choose_excluding(self, bits: Bits, exclude: Set[str]) -> Endpoint | None:
-        """A least endpoint whose server is not in ``exclude``; None if every one is.
+    def choose_excluding(self, bits: Bits, exclude: Set[str]) -> str | None:
+        """A least server not in ``exclude``; None if every one is.
 
-        Ties are uniform over all tied endpoints not excluded. O(excluded + distinct weights),
+        Ties are uniform over all tied servers not excluded. O(excluded + distinct weights),
         plus O(distinct loads) per bucket skipped for holding only excluded servers; a bucket
         mostly excluded may be walked once (after ``REDRAWS`` rejected draws).
         """
         with self._lock:
             excluded: dict[_Class, dict[int, int]] = {}
             for server in exclude:
-                endpoint = self._servers.get(server)
-                if endpoint is not None:
-                    entry = self._entries[endpoint]
+                entry = self._entries.get(server)
+                if entry is not None:
                     counts = excluded.setdefault(entry.cls, {})
                     counts[entry.load] = counts.get(entry.load, 0) + 1
             lowest = math.inf
-            tied: list[tuple[list[Endpoint], int]] = []
+            tied: list[tuple[list[str], int]] = []
             for cls in self._classes.values():
                 counts = excluded.get(cls, {})
                 buckets = cls.buckets
@@ -236,14 +255,14 @@ class LoadIndex:
             return self._uniform_not_in(bucket, bits, exclude)
 
     @staticmethod
-    def _uniform_not_in(bucket: list[Endpoint], bits: Bits, exclude: Set[str]) -> Endpoint:
-        """A uniform endpoint of ``bucket`` not in ``exclude`` (one at least is not)."""
+    def _uniform_not_in(bucket: list[str], bits: Bits, exclude: Set[str]) -> str:
+        """A uniform server of ``bucket`` not in ``exclude`` (one at least is not)."""
         # Rejection stays uniform and costs a draw or two unless most are excluded.
         for _ in range(REDRAWS):
-            endpoint = bucket[draw_below(bits, len(bucket))]
-            if endpoint.server not in exclude:
-                return endpoint
-        free = [endpoint for endpoint in bucket if endpoint.server not in exclude]
+            server = bucket[draw_below(bits, len(bucket))]
+            if server not in exclude:
+                return server
+        free = [server for server in bucket if server not in exclude]
         return free[draw_below(bits, len(free))]
 
     # -- building and handing over -----------------------------------------------------------
@@ -277,15 +296,18 @@ class LoadIndex:
         ``previous`` must own the index, indexing ``old`` (endpoints and weights); else
         nothing changes. Endpoints that left are unindexed and their listener cleared (if
         still ours); those that came take our listener before their load is read, under the
-        lock, so no change of theirs is missed. O(changed servers) beyond ``_span``'s passes.
+        lock, so no change of theirs is missed. O(changed servers), beyond C-level passes
+        (``_prefix``, ``_suffix``) over the snapshots.
         """
         (old_endpoints, old_weights), (new_endpoints, new_weights) = old, new
         # Pairs (endpoint, weight) agree where both endpoints and weights do: outside
-        # [first, len - tail) of each snapshot.
-        endpoints_start, endpoints_tail = _span(old_endpoints, new_endpoints)
-        weights_start, weights_tail = _span(old_weights, new_weights)
-        first = min(endpoints_start, weights_start)
-        tail = min(endpoints_tail, weights_tail)
+        # [first, len - tail) of each snapshot (prefix and suffix may not overlap).
+        first = min(_prefix(old_endpoints, new_endpoints), _prefix(old_weights, new_weights))
+        tail = min(
+            _suffix(old_endpoints, new_endpoints),
+            _suffix(old_weights, new_weights),
+            min(len(old_endpoints), len(new_endpoints)) - first,
+        )
         stop_old, stop_new = len(old_endpoints) - tail, len(new_endpoints) - tail
         displaced: set[Callable[[Endpoint], object]] = set()
         with self._lock:
@@ -301,16 +323,17 @@ class LoadIndex:
                     if endpoint.listener is self.listener:
                         endpoint.listener = None
             for endpoint, weight in zip(came, new_weights[first:stop_new], strict=True):
-                entry = self._entries.get(endpoint)
+                # Endpoints that left went first: a name indexed now is this endpoint's.
+                entry = self._entries.get(endpoint.server)
                 if entry is None:
                     previous_listener = self._add(endpoint, weight)
                     if previous_listener is not None:
                         displaced.add(previous_listener)
-                    touched.add(self._entries[endpoint].cls)
+                    touched.add(self._entries[endpoint.server].cls)
                 elif entry.cls.weight != weight:
                     touched.add(self._remove(endpoint))
                     self._add(endpoint, weight)
-                    touched.add(self._entries[endpoint].cls)
+                    touched.add(self._entries[endpoint.server].cls)
             for cls in touched:
                 if cls.buckets:
                     cls.least = min(cls.buckets)
@@ -338,51 +361,37 @@ class LoadIndex:
         cls = self._classes.get(weight)
         if cls is None:
             cls = self._classes[weight] = _Class(weight)
-        entry = _Entry(cls, 0, 0)
-        self._entries[endpoint] = entry
-        self._servers[endpoint.server] = endpoint
-        self._put(entry, endpoint, endpoint.load)
+        entry = _Entry(cls, endpoint)
+        name = endpoint.server
+        self._entries[name] = entry
+        # Put in its bucket: swap-removed by _remove, or moved by update.
+        bucket = cls.buckets.get(endpoint.load)
+        entry.load = endpoint.load
+        if bucket is None:
+            cls.buckets[entry.load] = [name]
+        else:
+            entry.slot = len(bucket)
+            bucket.append(name)
         return None if previous is None or previous is self.listener else previous
 
     def _remove(self, endpoint: Endpoint) -> _Class:
         """Unindex ``endpoint``; its class, whose ``least`` the caller must settle."""
-        entry = self._entries.pop(endpoint)
-        del self._servers[endpoint.server]
-        self._take(entry, endpoint)
-        return entry.cls
-
-    def _take(self, entry: _Entry, endpoint: Endpoint) -> bool:
-        """Swap-remove ``endpoint`` from its bucket; whether the bucket emptied (and went)."""
+        name = endpoint.server
+        entry = self._entries.pop(name)
         buckets = entry.cls.buckets
         bucket = buckets[entry.load]
         last = bucket.pop()
-        if last is not endpoint:
-            slot = entry.slot
-            bucket[slot] = last
-            self._entries[last].slot = slot
-            return False
-        if bucket:
-            return False
-        del buckets[entry.load]
-        return True
-
-    @staticmethod
-    def _put(entry: _Entry, endpoint: Endpoint, load: int) -> None:
-        """Append ``endpoint`` to the bucket of ``load`` in its class."""
-        buckets = entry.cls.buckets
-        bucket = buckets.get(load)
-        entry.load = load
-        if bucket is None:
-            entry.slot = 0
-            buckets[load] = [endpoint]
-        else:
-            entry.slot = len(bucket)
-            bucket.append(endpoint)
+        if last is not name:
+            bucket[entry.slot] = last
+            self._entries[last].slot = entry.slot
+        elif not bucket:
+            del buckets[entry.load]
+        return entry.cls
 
     def _rank(self) -> None:
         """Recompute ``best`` and ``single`` from each class's least bucket. O(distinct weights)."""
         lowest = math.inf
-        best: list[list[Endpoint]] = []
+        best: list[list[str]] = []
         for cls in self._classes.values():
             key = (cls.least + 1) / cls.weight
             if key < lowest:

@@ -116,25 +116,25 @@ class _IndexedLeastConnectionsPicker(Picker):
         bucket = index.single
         try:
             if bucket is None:  # a tie across weight classes
-                endpoint = index.choose(self._bits)
+                server = index.choose(self._bits)
             else:
                 ties = len(bucket)
                 if ties == 1:
-                    endpoint = bucket[0]
+                    server = bucket[0]
                 elif 1 < ties < _WIDEST:
                     draw = self._bits(30)
                     while draw >= _SPAN - _SPAN % ties:
                         draw = self._bits(30)
-                    endpoint = bucket[draw % ties]
+                    server = bucket[draw % ties]
                 else:  # emptied meanwhile, or huge
-                    endpoint = index.choose(self._bits)
+                    server = index.choose(self._bits)
         except IndexError:  # the bucket shrank between its length and the draw
-            endpoint = index.choose(self._bits)
+            server = index.choose(self._bits)
         if index.owner is not self:
             # A newer picker took the index over (or another index took our endpoints):
             # what was read may not be this snapshot's, so scan it.
-            endpoint = _scan(self._endpoints, self._weights, self._random)
-        return endpoint.server
+            return _scan(self._endpoints, self._weights, self._random).server
+        return server
 
     def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
         """Return the least loaded server per unit of weight among those not in ``exclude``.
@@ -145,10 +145,11 @@ class _IndexedLeastConnectionsPicker(Picker):
         if key is not None:
             check_key(key)
         index = self._index
-        endpoint = index.choose_excluding(self._bits, exclude)
+        server = index.choose_excluding(self._bits, exclude)
         if index.owner is not self:
             endpoint = _scan_excluding(self._endpoints, self._weights, self._random, exclude)
-        return self.pick(key) if endpoint is None else endpoint.server
+            server = None if endpoint is None else endpoint.server
+        return self.pick(key) if server is None else server
 
 
 @final
