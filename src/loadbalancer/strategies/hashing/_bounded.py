@@ -85,7 +85,8 @@ class Admission:
 
     An admission costs O(1) plus one step per candidate it tries: the total in flight is a
     running count (see ``_Loads``), brought up to date with the endpoints that changed since
-    the previous admission (about two per lease). Building one costs O(n).
+    the previous admission (usually one per lease: its start and its end mark the same
+    endpoint). Building one costs O(n).
     """
 
     __slots__ = ("_count", "_factor", "_loads", "_lock", "_shares")
@@ -133,23 +134,9 @@ class Admission:
         cheaply saves making its walk on every lease (most keys find room at once).
         """
         lock = self._lock
-        loads = self._loads
-        touched = loads.touched
         lock.acquire()
         try:
-            # _limit, inlined: this runs on every bounded lease.
-            if touched:
-                seen = loads.seen
-                total = loads.total
-                while touched:
-                    endpoint = touched.popitem()[0]
-                    last = seen.get(endpoint)
-                    if last is not None:
-                        now = endpoint.in_flight
-                        seen[endpoint] = now
-                        total += now - last
-                loads.total = total
-            limit = self._factor * (loads.total + 1) / self._count
+            limit = self._limit()
             endpoint = endpoints[own]
             shares = self._shares
             if endpoint.in_flight < (limit if shares is None else limit * shares[own]):
