@@ -258,16 +258,6 @@ class _PairDraw:
         self.state = (self._bits, self._width, self._limit, self.space, size, endpoints)
         """What ``pair`` reads, in one tuple: one attribute read for an inlined draw."""
 
-    @property
-    def width(self) -> int:
-        """Bits per draw from ``table``."""
-        return self._width
-
-    @property
-    def limit(self) -> int:
-        """Draws at or above this are redrawn."""
-        return self._limit
-
     def pair(self) -> tuple[Endpoint, Endpoint]:
         """Two distinct endpoints, every ordered pair equally likely."""
         draw = self._bits(self._width)
