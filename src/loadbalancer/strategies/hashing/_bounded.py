@@ -44,8 +44,9 @@ class _Loads:
     endpoint costs one re-read. Memory is bounded by the endpoints, not by the changes.
 
     ``seen`` holds the ``in_flight`` last read of each tracked endpoint and ``total`` their
-    sum; both change only under ``lock``. Endpoints that are not tracked (ejected, removed)
-    still finish their leases: a change they report is ignored.
+    sum; both change only under ``lock``. The endpoints tracked are those of the snapshot
+    built last (the balancer publishes each picker it builds). Endpoints that are not tracked
+    (ejected, removed) still finish their leases: a change they report is ignored.
     """
 
     __slots__ = ("changed", "lock", "seen", "total", "touched")
