@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadbalancer import LoadBalancer, WeightedRandomStrategy, WeightedRoundRobinStrategy
+from loadbalancer import (
+    Endpoint,
+    LoadBalancer,
+    Snapshot,
+    WeightedRandomStrategy,
+    WeightedRoundRobinStrategy,
+)
+from loadbalancer.strategies.weighted import CUMULATIVE_ABOVE
 
 
 def weighted(
@@ -366,3 +373,54 @@ def test_alias_table_equals_the_old_way(weights: list[float], spare: int) -> Non
 
     columns = 1 << (max(len(weights) - 1, 1).bit_length() + spare)
     assert _alias_table(weights, columns) == old_alias_table(weights, columns)
+
+
+class _Draws(random.Random):
+    """A Random whose random() returns the given values in turn."""
+
+    def __init__(self, values: list[float]) -> None:
+        super().__init__(0)
+        self._values = iter(values)
+
+    def random(self) -> float:
+        return next(self._values)
+
+
+def snapshot_of(weights: dict[str, float]) -> Snapshot:
+    return Snapshot.of(tuple(Endpoint(s, w) for s, w in weights.items()), lambda: 0.0)
+
+
+def _large_pool(size: int) -> dict[str, float]:
+    return {f"s{i}": 1 + i % 4 for i in range(size)}  # weights 1-4: no table at this size
+
+
+def test_large_pools_draw_from_cumulative_weights_and_small_ones_do_not() -> None:
+    above = WeightedRandomStrategy().build(snapshot_of(_large_pool(CUMULATIVE_ABOVE + 1)))
+    at = WeightedRandomStrategy().build(snapshot_of(_large_pool(CUMULATIVE_ABOVE)))
+    assert type(above).__name__ == "_CumulativePicker"
+    assert type(at).__name__ != "_CumulativePicker"
+
+
+def test_a_cumulative_draw_lands_on_the_server_whose_interval_holds_it() -> None:
+    weights = _large_pool(CUMULATIVE_ABOVE + 1)
+    total = sum(weights.values())
+    servers = list(weights)
+    # 0 is the first server's; exactly the first server's weight (1) starts the second's
+    # interval; a draw that rounds up to the total still lands on the last server.
+    draws = [0.0, 1 / total, 3 / total, 1.0 - 2**-53, 1.0]
+    picker = WeightedRandomStrategy(_Draws(draws)).build(snapshot_of(weights))
+    picked = [picker.pick() for _ in draws]
+    assert picked == [servers[0], servers[1], servers[2], servers[-1], servers[-1]]
+
+
+def test_cumulative_draws_follow_the_weights_and_retries_skip_the_tried() -> None:
+    weights = _large_pool(3000)
+    picker = WeightedRandomStrategy(random.Random(7)).build(snapshot_of(weights))
+    picks = 100_000
+    by_weight = Counter(weights[picker.pick()] for _ in range(picks))
+    total = sum(weights.values())
+    for weight in (1, 2, 3, 4):
+        share = weight * sum(1 for w in weights.values() if w == weight) / total
+        assert by_weight[weight] == pytest.approx(picks * share, rel=0.03)
+    tried = set(list(weights)[:2990])  # all but ten tried: the retry draws among those ten
+    assert all(picker.pick_excluding(None, tried) not in tried for _ in range(200))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import random
+from bisect import bisect
 from collections.abc import Callable, Sequence, Set
 from fractions import Fraction
-from itertools import compress, islice, repeat
+from itertools import accumulate, compress, islice, repeat
 from operator import add, eq, ge, lt, mul, sub, truediv
 from typing import final
 
@@ -118,6 +119,46 @@ class _WeightedRandomPicker(Picker):
         return draw_remaining(self._rng, self._servers, self._weights, exclude) or server
 
 
+CUMULATIVE_ABOVE = 2048
+"""Pools larger than this draw by binary search over cumulative weights, not an alias table.
+
+An alias table costs a Python step per server to build (6 ms at 10,000 servers), which every
+pool change pays; cumulative weights are built in C (about 4 dict copies of the pool), and a
+pick's binary search is then 11 to 14 C-level comparisons more than a table lookup.
+"""
+
+
+@final
+class _CumulativePicker(Picker):
+    # Large pools: P(server i) = weight_i / total, as x = random() * total falls in
+    # [cumulative[i - 1], cumulative[i]).
+    __slots__ = ("_cumulative", "_last", "_random", "_rng", "_servers", "_total", "_weights")
+
+    def __init__(self, snapshot: Snapshot, rng: random.Random) -> None:
+        self._cumulative = list(accumulate(snapshot.weights))
+        self._total = self._cumulative[-1]
+        # A product that rounds up to the total itself still lands on the last server.
+        self._last = len(snapshot.servers) - 1
+        self._random = rng.random
+        self._rng = rng
+        self._servers = snapshot.servers
+        self._weights = snapshot.weights
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return a server drawn with probability proportional to its weight."""
+        if key is not None:
+            check_key(key)
+        return self._servers[bisect(self._cumulative, self._random() * self._total, 0, self._last)]
+
+    def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
+        """As the alias picker's: rejected draws, then one exact draw among the rest."""
+        for _ in range(REDRAWS):
+            server = self.pick(key)
+            if server not in exclude:
+                return server
+        return draw_remaining(self._rng, self._servers, self._weights, exclude) or server
+
+
 @final
 class WeightedRandomStrategy(Strategy):
     """A server drawn with probability proportional to its weight; O(1) per pick.
@@ -125,7 +166,9 @@ class WeightedRandomStrategy(Strategy):
     Built once per pool change. When the weights reduce to small integers (a total up to
     4096, such as 5:1:1 or 0.5:1.5) each server fills that share of a table and a pick is one
     random index into it; otherwise Vose's alias table, exact for any weights, costs a little
-    more per pick. ``rng`` is any ``random.Random``.
+    more per pick. Pools of more than ``CUMULATIVE_ABOVE`` (2,048) servers whose weights need
+    no such table draw by binary search over cumulative weights instead (O(log n) per pick,
+    in C), so that a pool change there stays cheap. ``rng`` is any ``random.Random``.
     """
 
     __slots__ = ("_rng",)
@@ -135,9 +178,14 @@ class WeightedRandomStrategy(Strategy):
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
         """Return a picker drawing servers in proportion to the snapshot's weights."""
-        integers = _small_integer_weights(snapshot.weights)
+        # Each server takes at least one entry of a table, so a pool larger than the largest
+        # table has none: the weights are not even read for one.
+        fits = table_width(len(snapshot.servers)) is not None
+        integers = _small_integer_weights(snapshot.weights) if fits else None
         width = None if integers is None else table_width(sum(integers))
         if integers is None or width is None:
+            if len(snapshot.servers) > CUMULATIVE_ABOVE:
+                return _CumulativePicker(snapshot, self._rng)
             return _WeightedRandomPicker(snapshot, self._rng)
         table = repeated_table(snapshot.servers, integers, width)
         return TablePicker(table, width, self._rng, snapshot.servers, integers)
