@@ -259,6 +259,21 @@ def test_ties_across_weight_classes_are_uniform_over_servers() -> None:
     assert chi_square(counts, tied) < CRITICAL[5]
 
 
+def test_the_locked_path_is_uniform_over_tied_servers_too() -> None:
+    lb = tied_across_classes()
+    picker = picker_of(lb)
+    index = picker._index
+    tied = ["a", "b", "c", "d", "e", "g"]
+    bits = random.Random(4).getrandbits
+    counts = Counter(index.choose(bits) for _ in range(30_000))
+    assert set(counts) == set(tied)
+    assert chi_square(counts, tied) < CRITICAL[5]
+    # A pick that finds its bucket emptied under it (as a racing update leaves it) takes
+    # the locked path instead of failing.
+    index.single = []
+    assert {picker.pick() for _ in range(200)} == set(tied)
+
+
 def test_retry_ties_across_weight_classes_are_uniform_over_servers() -> None:
     lb = tied_across_classes()
     remaining = ["a", "c", "d", "g"]

@@ -82,6 +82,10 @@ def _scan_excluding(
 _SPAN = 1 << 30
 _WIDEST = 1 << 22
 
+# Plain picks a retry tries before the exact search: a pick is uniform over the tied servers,
+# so one not excluded is uniform over those not excluded; two tries settle most retries.
+_RETRY_PICKS = 2
+
 
 @final
 class _IndexedLeastConnectionsPicker(Picker):
@@ -107,16 +111,33 @@ class _IndexedLeastConnectionsPicker(Picker):
         """Return a server with the least load per unit of weight, ties uniformly at random.
 
         O(1) (O(tied weight classes) on a tie across weights), without a lock: the index is
-        read optimistically, and an inconsistent read (a bucket emptied meanwhile) takes
-        the index's lock instead.
+        read optimistically, and an inconsistent read (a bucket emptied or changed meanwhile)
+        takes the index's lock instead. The draws are ``LoadIndex.choose``'s.
         """
         if key is not None:
             check_key(key)
         index = self._index
         bucket = index.single
         try:
-            if bucket is None:  # a tie across weight classes
-                server = index.choose(self._bits)
+            if bucket is None:  # a tie across weight classes: one draw over all tied servers
+                best = index.best
+                ties = 0
+                for bucket in best:  # a loop over a few buckets is cheaper than sum(map())
+                    ties += len(bucket)
+                if 1 < ties < _WIDEST:
+                    draw = self._bits(30)
+                    while draw >= _SPAN - _SPAN % ties:
+                        draw = self._bits(30)
+                    draw %= ties
+                    for bucket in best:
+                        if draw < len(bucket):
+                            server = bucket[draw]
+                            break
+                        draw -= len(bucket)
+                    else:  # the buckets shrank since they were counted
+                        server = index.choose(self._bits)
+                else:
+                    server = index.choose(self._bits)
             else:
                 ties = len(bucket)
                 if ties == 1:
@@ -128,7 +149,7 @@ class _IndexedLeastConnectionsPicker(Picker):
                     server = bucket[draw % ties]
                 else:  # emptied meanwhile, or huge
                     server = index.choose(self._bits)
-        except IndexError:  # the bucket shrank between its length and the draw
+        except IndexError:  # a bucket shrank between its length and the draw
             server = index.choose(self._bits)
         if index.owner is not self:
             # A newer picker took the index over (or another index took our endpoints):
@@ -139,11 +160,17 @@ class _IndexedLeastConnectionsPicker(Picker):
     def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
         """Return the least loaded server per unit of weight among those not in ``exclude``.
 
-        Ties are broken as in ``pick``; with every server excluded, a plain pick. Under the
-        index's lock: O(excluded + distinct weights), see ``LoadIndex.choose_excluding``.
+        Ties are broken as in ``pick``; with every server excluded, a plain pick. First a
+        plain pick or two, kept if not excluded: uniform over the tied servers not excluded,
+        when there are any. Otherwise, under the index's lock, O(excluded + distinct
+        weights): see ``LoadIndex.choose_excluding``.
         """
         if key is not None:
             check_key(key)
+        for _ in range(_RETRY_PICKS):
+            picked = self.pick()
+            if picked not in exclude:
+                return picked
         index = self._index
         server = index.choose_excluding(self._bits, exclude)
         if index.owner is not self:
