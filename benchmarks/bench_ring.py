@@ -156,9 +156,10 @@ def main() -> None:
         versions = {"before": ring_at(args.before), "after": after_module}
     print(f"Python {sys.version.split()[0]}; {len(KEYS):,} keys; default vnodes")
     for mode in ("xxh64", "ketama"):
-        print(f"\nhash={mode}: get(key) ns (x keyed floor); rebuild ms; picker MiB; lease ns")
+        print(f"\nhash={mode}: get and lb.picker.pick ns per key (x keyed floor); rebuild ms;")
+        print("  picker MiB; bounded lease ns (x minimal lease)")
         print(
-            f"  {'servers':>7} {'floor':>6} {'md5 fl':>6} {'version':>7} {'get':>15}"
+            f"  {'servers':>7} {'floor':>6} {'md5 fl':>6} {'version':>7} {'get':>15} {'pick':>15}"
             f" {'full':>8} {'join':>7} {'leave':>7} {'MiB':>6} {'lease':>16}"
         )
         for size in sizes:
@@ -177,6 +178,7 @@ def main() -> None:
                 lb = LoadBalancer(strategy=module.RingHashStrategy(hash=mode), max_servers=size)
                 lb.replace(names)
                 candidates[label] = per_key(lb.get)
+                candidates[f"{label} pick"] = per_key(lb.picker.pick)
                 placements.append([lb.get(key) for key in KEYS])
             assert all(placement == placements[0] for placement in placements)
             ns = {
@@ -192,6 +194,7 @@ def main() -> None:
                 print(
                     f"  {size:>7,} {ns['floor']:>6.0f} {ns['md5 floor']:>6.0f} {label:>7}"
                     f" {ns[label]:>6.0f} ({ns[label] / ns['floor']:4.2f}x)"
+                    f" {ns[label + ' pick']:>6.0f} ({ns[label + ' pick'] / ns['floor']:4.2f}x)"
                     f" {full:>8.1f} {join:>7.1f} {leave:>7.1f} {mib:>6.2f}"
                     f" {lease:>7.0f} ({lease / minimal:5.2f}x)",
                     flush=True,

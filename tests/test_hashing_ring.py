@@ -362,7 +362,7 @@ def test_the_bucket_table_is_built_as_edits_write_it(
     points = array("I", [point for point, _ in ordered])
     owners = array("I", [owner for _, owner in ordered])
     with patch.object(ring_module, "_MAX_BUCKET_BITS", bits):
-        table = ring_module._bucket_table(points, owners, 8, "H")
+        table = ring_module._bucket_table(points, owners, 8, 5)
     shift = 8 - len(table).bit_length() + 1
     written = array("H", [9] * len(table))
     ring_module._fill(written, points, owners, shift, -1, len(points))

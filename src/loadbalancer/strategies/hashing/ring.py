@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import random
+import sys
 from abc import abstractmethod
 from array import array
 from bisect import bisect, bisect_left
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence, Set
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from itertools import accumulate, chain, filterfalse, islice, repeat
-from operator import add, le, rshift, sub
+from operator import add, le, mul, rshift, setitem, sub
 from typing import Literal, final
 
-from ..._snapshot import Snapshot
+from ..._snapshot import Endpoint, Snapshot
 from ..._validation import check_positive_int
 from .._base import Key, Picker, Strategy
 from ._bounded import Admission, BoundedPicker
@@ -33,11 +34,13 @@ a ketama ring cannot be scaled and stay uhashring-compatible, so one beyond it i
 
 _KETAMA_POINTS_PER_HASH = 4
 
-# The bucket table (see _Tables) has 8 to 16 buckets per point, at most 2**23 of them (16 MiB
-# of 2-byte slots, for rings above half a million points): so about 9 keys in 10 find their
-# owner with one array index, at 16 to 32 bytes per point. The chunk index has 4 to 8 points
-# per chunk, so a key whose bucket holds a point bisects about 6 points, not the whole ring.
+# The bucket table (see _Tables) has 8 to 16 buckets per point, at least 2**16 of them (128 KiB,
+# so small rings search rarely) and at most 2**23 (16 MiB of 2-byte slots, for rings above half
+# a million points): so about 9 keys in 10 find their owner with one array index, at 16 to 32
+# bytes per point. The chunk index has 4 to 8 points per chunk, so a key whose bucket holds a
+# point bisects about 6 points, not the whole ring.
 _BUCKETS_PER_POINT = 8
+_MIN_BUCKET_BITS = 16
 _MAX_BUCKET_BITS = 23
 _POINTS_PER_CHUNK = 8
 
@@ -84,7 +87,7 @@ def _slot_code(slots: int) -> str:
 
 def _table_bits(points: int) -> int:
     """log2 of the bucket table's size for a ring of ``points`` points."""
-    return min((_BUCKETS_PER_POINT * points).bit_length(), _MAX_BUCKET_BITS)
+    return min(max((_BUCKETS_PER_POINT * points).bit_length(), _MIN_BUCKET_BITS), _MAX_BUCKET_BITS)
 
 
 def _chunk_bits(points: int) -> int:
@@ -119,32 +122,34 @@ class _Tables:
     chunk_shift: int
 
 
-def _bucket_table(points: Sequence[int], owners: Sequence[int], bits: int, code: str) -> array[int]:
+def _bucket_table(
+    points: Sequence[int], owners: Sequence[int], bits: int, slots: int
+) -> array[int]:
     """The bucket table over ``points``, built by C loops alone: see ``_Tables``.
 
     Point ``k``'s owner fills the buckets after point ``k - 1``'s through its own, which then
     gets ``_SEARCH``; the buckets after the last point wrap round to point 0's owner. The same
-    entries as ``_fill`` writes (tested). O(points + buckets) time.
+    entries as ``_fill`` writes (tested). O(points + buckets) time, the buckets by memcpy.
     """
     shift = bits - _table_bits(len(points))
     size = 1 << (bits - shift)
     buckets = list(map(rshift, points, repeat(shift)))
     gaps = map(sub, buckets, chain((-1,), buckets))
-    filled = chain.from_iterable(map(repeat, islice(owners, len(points)), gaps))
-    # An array fills from a list several times faster than from an iterator.
-    table = array(code, list(chain(filled, repeat(owners[0], size - 1 - buckets[-1]))))
-    deque(map(table.__setitem__, buckets, repeat(_SEARCH)), maxlen=0)
+    # Each point's run of buckets as bytes, joined: a few C steps a point, not one a bucket.
+    table = array(_slot_code(slots))
+    cells = [slot.to_bytes(table.itemsize, sys.byteorder) for slot in range(slots)]
+    table.frombytes(b"".join(map(mul, map(cells.__getitem__, owners), gaps)))
+    table.frombytes(cells[owners[0]] * (size - len(table)))
+    deque(map(setitem, repeat(table), buckets, repeat(_SEARCH)), maxlen=0)
     return table
 
 
 def _chunk_index(points: Sequence[int], bits: int) -> array[int]:
-    """``firsts`` over ``points`` (see ``_Tables``), built by C loops alone. O(points)."""
+    """``firsts`` over ``points`` (see ``_Tables``): a bisect per chunk, in C. O(chunks log
+    points); lists bisect fastest, as their items are ints already."""
     shift = bits - _chunk_bits(len(points))
-    chunks = list(map(rshift, points, repeat(shift)))
-    gaps = map(sub, chunks, chain((-1,), chunks))
-    filled = chain.from_iterable(map(repeat, range(len(points)), gaps))
-    tail = repeat(len(points), (1 << (bits - shift)) - chunks[-1])
-    return array("I", list(chain(filled, tail)))
+    starts = range(0, 1 << bits, 1 << shift)
+    return array("I", [*map(bisect_left, repeat(points), starts), len(points)])
 
 
 def _tables(points: list[int], owners: list[int], names: tuple[str, ...], bits: int) -> _Tables:
@@ -155,7 +160,7 @@ def _tables(points: list[int], owners: list[int], names: tuple[str, ...], bits: 
         array("I", owners),
         names,
         {name: slot for slot, name in enumerate(names) if name},
-        _bucket_table(points, owners, bits, _slot_code(len(names))),
+        _bucket_table(points, owners, bits, len(names)),
         bits - _table_bits(len(points)),
         _chunk_index(points, bits),
         bits - _chunk_bits(len(points)),
@@ -311,13 +316,32 @@ class _Ring(BoundedPicker):
         # A server not excluded owns some point: the walk ends within one turn of the ring.
         return next(filterfalse(exclude.__contains__, self._clockwise(start + 1)))
 
+    def acquire(
+        self, key: Key | None, endpoints: Mapping[str, Endpoint], exclude: Set[str] = frozenset()
+    ) -> Endpoint:
+        """Pick and count a request; with a balance factor, skip servers at capacity.
+
+        Bounded, a first attempt checks the key's own server and walks on clockwise only if
+        it is full: O(1) expected for a fixed balance factor, whatever the ring's size. A retry
+        walks as ``BoundedPicker.acquire`` does.
+        """
+        admission = self._admission
+        if admission is None or exclude:
+            return super().acquire(key, endpoints, exclude)
+        start = self._index(self._hash(key))
+        return admission.admit_own(self._names[self._owners[start]], self._walk, start, endpoints)
+
     def candidates(self, key: Key | None) -> Iterator[str]:
-        """Distinct servers clockwise from the key's position, lazily.
+        """Distinct servers clockwise from the key's position, lazily: see ``_walk``."""
+        return self._walk(self._index(self._hash(key)))
+
+    def _walk(self, start: int) -> Iterator[str]:
+        """Distinct servers clockwise from point ``start``, lazily.
 
         Each step indexes the ring (no copy of it), and the walk stops once every server has
         come: O(points walked) time, O(servers yielded) memory.
         """
-        return self._distinct(self._clockwise(self._index(self._hash(key))))
+        return self._distinct(self._clockwise(start))
 
     def _clockwise(self, start: int) -> Iterator[str]:
         """Owners of every point, from point ``start`` (``len(points)`` is point 0) on."""
@@ -546,7 +570,7 @@ def _edit(
     count = len(new_points)
     shift = tables.shift
     if bits - _table_bits(count) != shift or code != tables.table.typecode:
-        table = _bucket_table(new_points, new_owners, bits, code)
+        table = _bucket_table(new_points, new_owners, bits, len(names))
         shift = bits - _table_bits(count)
     else:
         table = tables.table[:]
@@ -623,15 +647,16 @@ class RingHashStrategy(Strategy):
     not tried, so a retried key lands in the same place every time. Both walk the ring by
     index, lazily, without copying it.
 
-    A pick is one hash and, for about 4 keys in 5, one array index into a bucket table; the
-    others bisect the few points of one chunk. No lock. The ring lives in arrays: about 25
-    bytes a point (4 MiB at 1,000 servers of 160 points), where lists of Python ints would
-    take over 50. A build from the previous picker, when servers join, leave or change
-    weight, edits a copy of that picker's ring: it removes and merges in only their points
-    and rewrites only the buckets around them, giving exactly the ring a full build gives,
-    in O(points moved x log points) steps plus a copy of the arrays. A change moving more
-    than a quarter of the points (a ketama weight change renormalises every server), or one
-    that resizes the bucket table, is built in full, in O(points log points). The strategy
+    A pick is one hash and, for about 9 keys in 10, one array index into a bucket table; the
+    others bisect the few points of one chunk. No lock. The ring lives in arrays of ints and
+    owner slots: about 40 bytes a point (6 MiB at 1,000 servers of 160 points), where lists
+    of Python ints and names took over 50. A build from the previous picker, when servers
+    join, leave or change weight, edits a copy of that picker's ring: it removes and merges
+    in only their points and rewrites only the buckets around them, giving exactly the ring
+    a full build gives, in O(points moved x log points) steps plus a copy of the arrays. A
+    change moving more than a quarter of the points (a ketama weight change renormalises
+    every server), or one that resizes the bucket table, is built in full, in O(points log
+    points). The previous picker is only read, so it keeps serving picks meanwhile. The strategy
     holds configuration only and may serve several balancers.
     """
 
