@@ -4,7 +4,8 @@ Least connections picks a server minimising ``(load + 1) / weight``, ties broken
 random. Scanning the pool for it is O(n) per pick; this index keeps the answer ready instead.
 
 Endpoints are grouped by weight (a *class*); inside a class, by integer load (a *bucket*:
-a list, and each endpoint's position in it, so that a move is a swap-remove and an append).
+a list of server names, and each one's position in it, so that a move is a swap-remove and
+an append).
 For one weight the key grows with the load, so a class's candidates are its bucket of least
 load, and the pool's are the least buckets of the classes whose key is the smallest: ``best``
 (``single`` when there is one). Endpoints report every change of load through

@@ -219,10 +219,11 @@ class LeastConnectionsStrategy(Strategy):
     Picks are O(1): an index (``LoadIndex``) keeps servers in buckets by weight and load,
     updated through ``Endpoint.listener`` as leases begin and end (O(1) each, plus
     O(distinct weights) when a weight's least load changes), with no lock on the pick; a tie
-    across weights costs O(tied weights) under the index's lock. A rebuild hands the index
-    from the previous picker to the new one, re-indexing only the servers that changed. A
-    picker that has been replaced (``lb.picker`` kept by a caller) scans its own pool, O(n).
-    Weights below 2**-960 (where keys could reach infinity) are scanned, O(n), as well.
+    across weights costs O(tied weights). A retry is a plain pick or two, or, when those
+    are excluded, an exact search under the index's lock. A rebuild hands the index from the
+    previous picker to the new one, re-indexing only the servers that changed. A picker that
+    has been replaced (``lb.picker`` kept by a caller) scans its own pool, O(n). Weights below
+    2**-960 (where keys could reach infinity) are scanned, O(n), as well.
     """
 
     __slots__ = ("_rng",)
