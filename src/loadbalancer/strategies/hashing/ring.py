@@ -37,12 +37,12 @@ _KETAMA_POINTS_PER_HASH = 4
 # The bucket table (see _Tables) has 8 to 16 buckets per point, at least 2**16 of them (128 KiB,
 # so small rings search rarely) and at most 2**23 (16 MiB of 2-byte slots, for rings above half
 # a million points): so about 9 keys in 10 find their owner with one array index, at 16 to 32
-# bytes per point. The chunk index has 4 to 8 points per chunk, so a key whose bucket holds a
-# point bisects about 6 points, not the whole ring.
+# bytes per point. The chunk index has 8 to 16 points per chunk, so a key whose bucket holds a
+# point bisects about a dozen points, not the whole ring.
 _BUCKETS_PER_POINT = 8
 _MIN_BUCKET_BITS = 16
 _MAX_BUCKET_BITS = 23
-_POINTS_PER_CHUNK = 8
+_POINTS_PER_CHUNK = 16
 
 _SEARCH = 0
 """The slot of a bucket holding a ring point: its keys need a search. ``names[0]`` is ``""``."""
@@ -328,7 +328,10 @@ class _Ring(BoundedPicker):
         admission = self._admission
         if admission is None or exclude:
             return super().acquire(key, endpoints, exclude)
-        start = self._index(self._hash(key))
+        position = self._hash(key)
+        chunk = position >> self._chunk_shift  # _index, inlined: this is every bounded lease
+        firsts = self._firsts
+        start = bisect(self._points, position, firsts[chunk], firsts[chunk + 1])
         return admission.admit_own(self._names[self._owners[start]], self._walk, start, endpoints)
 
     def candidates(self, key: Key | None) -> Iterator[str]:
@@ -385,7 +388,15 @@ class _Xxh64Ring(_Ring):
         return names[self._owners[bisect(self._points, position, firsts[chunk], firsts[chunk + 1])]]
 
     def _hash(self, key: Key | None) -> int:
-        if key is None:
+        # The common types first, without key_bytes' frame: a bounded lease hashes here.
+        if type(key) is str:
+            try:
+                return xxh64(key.encode())
+            except UnicodeEncodeError:  # a lone surrogate: encoded as server names are
+                pass
+        elif type(key) is bytes:
+            return xxh64(key)
+        elif key is None:
             return self._rng.getrandbits(64)
         return xxh64(key_bytes(key))
 
@@ -415,7 +426,15 @@ class _KetamaRing(_Ring):
         return names[self._owners[bisect(self._points, position, firsts[chunk], firsts[chunk + 1])]]
 
     def _hash(self, key: Key | None) -> int:
-        if key is None:
+        # The common types first, without key_bytes' frame: a bounded lease hashes here.
+        if type(key) is str:
+            try:
+                return int(unpack_ketama(md5(key.encode()).digest())[0])
+            except UnicodeEncodeError:  # a lone surrogate: encoded as server names are
+                pass
+        elif type(key) is bytes:
+            return int(unpack_ketama(md5(key).digest())[0])
+        elif key is None:
             return self._rng.getrandbits(32)
         return int(unpack_ketama(md5(key_bytes(key)).digest())[0])
 
