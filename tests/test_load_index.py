@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence, Set
+from collections.abc import Callable, Iterator, Sequence, Set
 from contextlib import contextmanager
 
 from hypothesis import given, settings
@@ -312,15 +312,15 @@ def switching_often() -> Iterator[None]:
         sys.setswitchinterval(interval)
 
 
-def run_together(*targets: object) -> None:
+def run_together(*targets: Callable[[], None]) -> None:
     """Run each callable on its own thread, released together; re-raise a failure."""
     start = threading.Barrier(len(targets))
     errors: list[BaseException] = []
 
-    def run(target: object) -> None:
+    def run(target: Callable[[], None]) -> None:
         start.wait()
         try:
-            target()  # type: ignore[operator]
+            target()
         except BaseException as error:  # reported to the test below
             errors.append(error)
 
@@ -333,7 +333,7 @@ def run_together(*targets: object) -> None:
     assert not errors, errors
 
 
-def leaser(lb: LoadBalancer, seed: int, count: int) -> object:
+def leaser(lb: LoadBalancer, seed: int, count: int) -> Callable[[], None]:
     """Lease and release ``count`` times, keeping some open, failing some; then release all.
 
     A pick of a server outside its own view would raise here (the lease looks it up).
