@@ -4,10 +4,48 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
+from loadbalancer import _locks
 from loadbalancer._locks import acquire_contended
 
 
-def test_a_waiter_takes_the_lock_once_the_holder_releases_it() -> None:
+def test_under_the_gil_a_waiter_yields_until_the_holder_lets_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lock = threading.Lock()
+    lock.acquire()
+    yields: list[float] = []
+
+    def yielding(seconds: float) -> None:
+        yields.append(seconds)
+        if len(yields) == 3:
+            lock.release()  # the holder finishes while the waiter has yielded
+
+    monkeypatch.setattr(_locks, "_sleep", yielding)
+    monkeypatch.setattr(_locks, "_gil_enabled", lambda: True)
+    acquire_contended(lock)
+    assert yields == [0, 0, 0]  # three yields of the GIL, not a blocking wait
+    assert lock.locked()  # and then the waiter holds it
+    lock.release()
+
+
+def test_without_a_gil_a_waiter_blocks_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    yields: list[float] = []
+    monkeypatch.setattr(_locks, "_sleep", yields.append)
+    monkeypatch.setattr(_locks, "_gil_enabled", lambda: False)
+    lock = threading.Lock()
+    lock.acquire()
+    releaser = threading.Timer(0.05, lock.release)
+    releaser.start()
+    acquire_contended(lock)  # blocks until the timer releases it
+    releaser.join()
+    assert yields == []
+    assert lock.locked()
+    lock.release()
+
+
+def test_a_waiter_blocks_after_its_yields_when_the_lock_is_held_long() -> None:
     lock = threading.Lock()
     lock.acquire()
     waiting = threading.Event()

@@ -17,6 +17,7 @@ from ._events import HealthEvent
 from ._lease import UNMARKED, Lease, Recorder, check_latency
 from ._locks import acquire_contended
 from ._rebuilds import CatchesUp, schedule
+from ._rebuilds import generation as rebuild_generation
 from ._snapshot import Endpoint, Snapshot
 from ._stats import ServerStats
 from ._validation import (
@@ -98,6 +99,7 @@ class _HealthRollback:
 
 
 _EMPTY_PLAN = Plan((), (), False, 0, math.inf)
+_UNSCHEDULED = -1  # not queued for the rebuild thread in any generation
 
 
 @final
@@ -217,12 +219,15 @@ class LoadBalancer:
         "__weakref__",
         "_background",
         "_clock",
+        "_delivering",
         "_health",
         "_lock",
         "_max_servers",
         "_on_event",
+        "_outbox",
         "_recorder",
         "_ref",
+        "_retry_at",
         "_retry_budget",
         "_scheduled",
         "_sleep",
@@ -274,9 +279,13 @@ class LoadBalancer:
         self._lock = threading.Lock()
         self._view = _EMPTY_VIEW
         self._background = check_bool(rebuild_in_background, "rebuild_in_background")
-        self._scheduled = False  # queued for the rebuild thread and not yet caught up
-        # Servers that failed enough to be ejected, and when, not yet judged.
-        self._suspects: deque[tuple[Endpoint, float]] = deque()
+        # The rebuild-thread generation it is queued in, until it is caught up.
+        self._scheduled = _UNSCHEDULED
+        # Servers that failed enough to be ejected: when, and how many times in a row.
+        self._suspects: dict[Endpoint, tuple[float, int]] = {}
+        self._retry_at = -math.inf  # after a failed build, no other is asked for until then
+        self._outbox: deque[HealthEvent] = deque()  # events published, not yet delivered
+        self._delivering = threading.RLock()
         self._ref: weakref.ref[CatchesUp] = weakref.ref(self)
         self._now()  # a clock that returns nonsense is refused here, not at the first request
 
@@ -324,8 +333,8 @@ class LoadBalancer:
             self._health.joined(endpoint, now)
             grown = endpoints.copy()  # copy() has a fast path that {**endpoints} lacks
             grown[server] = endpoint
-            events = self._publish(grown, now)
-        self._emit(events)
+            self._post(self._publish(grown, now))
+        self._deliver()
         return True
 
     def set_weight(self, server: str, weight: float) -> bool:
@@ -339,11 +348,11 @@ class LoadBalancer:
             now = self._now()
             previous, endpoint.weight = endpoint.weight, weight
             try:
-                events = self._publish(dict(self._view.endpoints), now)
+                self._post(self._publish(dict(self._view.endpoints), now))
             except BaseException:
                 endpoint.weight = previous
                 raise
-        self._emit(events)
+        self._deliver()
         return True
 
     def unregister(self, server: str) -> bool:
@@ -355,8 +364,8 @@ class LoadBalancer:
                 return False
             remaining = endpoints.copy()
             del remaining[server]
-            events = self._publish(remaining, self._now())
-        self._emit(events)
+            self._post(self._publish(remaining, self._now()))
+        self._deliver()
         return True
 
     def replace(self, servers: Iterable[str] | Mapping[str, float]) -> None:
@@ -404,12 +413,12 @@ class LoadBalancer:
             for server, weight in weights.items():
                 endpoints[server].weight = weight
             try:
-                events = self._publish(endpoints, now)
+                self._post(self._publish(endpoints, now))
             except BaseException:
                 for server, weight in changed.items():
                     current[server].weight = weight
                 raise
-        self._emit(events)
+        self._deliver()
 
     # -- health -------------------------------------------------------------------------------
 
@@ -430,7 +439,8 @@ class LoadBalancer:
                 events = self._health.set_healthy(endpoint, healthy, now)
                 if events:
                     events += self._publish(dict(self._view.endpoints), now)
-        self._emit(events)
+                self._post(events)
+        self._deliver()
         return True
 
     def refresh(self) -> None:
@@ -440,23 +450,25 @@ class LoadBalancer:
         ``refresh`` returns the picker reflects every failure reported before it was called.
         """
         with self._lock:
-            events = self._catch_up_locked()
-        self._emit(events)
+            self._post(self._catch_up_locked())
+        self._deliver()
 
     def _catch_up(self) -> None:
         """The rebuild thread's work for this balancer (see ``LoadBalancer``).
 
-        A strategy that fails to build is logged, and tried again after ``_RETRY_AFTER``.
+        A strategy that fails to build is logged, and tried again after ``_RETRY_AFTER``:
+        until then, failures queue their servers without asking for another build.
         """
         with self._lock:
             try:
-                events = self._catch_up_locked()
-            except Exception:
+                self._post(self._catch_up_locked())
+            except BaseException:
                 _log.exception("rebuilding the picker failed; retrying in %g s", _RETRY_AFTER)
                 now = self._now()
-                self._view = replace(self._view, due=now + _RETRY_AFTER, floor=now - _STEP_BACK)
+                self._retry_at = now + _RETRY_AFTER
+                self._view = replace(self._view, due=self._retry_at, floor=now - _STEP_BACK)
                 return
-        self._emit(events)
+        self._deliver()
 
     def _catch_up_locked(self) -> list[HealthEvent]:
         """Judge the queued suspects, apply what is due, publish once. Caller holds ``_lock``.
@@ -465,10 +477,12 @@ class LoadBalancer:
         are queued again.
         """
         # Cleared first: a request that queues the balancer from here on is served again.
-        self._scheduled = False
+        self._scheduled = _UNSCHEDULED
         now = self._now()
         suspects = self._suspects
-        judged = [suspects.popleft() for _ in range(len(suspects))]
+        judged = []
+        while suspects:  # popitem is atomic: a failure queued meanwhile is judged next time
+            judged.append(suspects.popitem())
         view = self._view
         if not judged and view.floor <= now < view.due:
             return []
@@ -477,19 +491,31 @@ class LoadBalancer:
         try:
             with _HealthRollback(pool, self._health):
                 events: list[HealthEvent] = []
-                for endpoint, failed_at in judged:
-                    events += self._judge(endpoint, pool, failed_at)
+                for endpoint, (failed_at, failures) in judged:
+                    events += self._judge(endpoint, pool, failed_at, failures)
                 events += self._health.expire(pool, now)
                 return events + self._publish(dict(endpoints), now)
         except BaseException:
-            suspects.extendleft(reversed(judged))
+            for endpoint, first in judged:
+                suspects.setdefault(endpoint, first)
             raise
 
-    def _schedule(self) -> None:
-        """Queue this balancer for the rebuild thread, unless it is queued already."""
-        if not self._scheduled:
-            self._scheduled = True  # a race queues it twice: the second catch-up is a no-op
+    def _schedule(self) -> bool:
+        """Queue this balancer for the rebuild thread unless it is queued already.
+
+        False when the rebuild thread cannot be started (interpreter shutdown, no threads
+        left): the caller then does the work itself.
+        """
+        generation = rebuild_generation()
+        if self._scheduled == generation:
+            return True
+        self._scheduled = generation  # a race queues it twice: the second catch-up is a no-op
+        try:
             schedule(self._ref)
+        except Exception:
+            self._scheduled = _UNSCHEDULED
+            return False
+        return True
 
     @property
     def panic(self) -> bool:
@@ -504,20 +530,19 @@ class LoadBalancer:
         either doing this maintenance or a mutation, after which the next lease finds it due
         again. A strategy that fails to build is logged, not raised into the request.
         """
-        if self._background:
-            self._schedule()
+        if self._background and self._schedule():
             return
         if not self._lock.acquire(blocking=False):
             return
         try:
-            events = self._maintain(now)
+            self._post(self._maintain(now))
         except Exception:
             _log.exception("rebuilding the picker failed; retrying in %g s", _RETRY_AFTER)
             self._view = replace(self._view, due=now + _RETRY_AFTER, floor=now - _STEP_BACK)
             return
         finally:
             self._lock.release()
-        self._emit(events)
+        self._deliver()
 
     def _maintain(self, now: float) -> list[HealthEvent]:
         """Apply what is due at ``now``. Caller holds ``_lock``.
@@ -540,37 +565,52 @@ class LoadBalancer:
         if outlier is None or endpoint.consecutive_failures < outlier.consecutive_failures:
             return
         if self._background:
-            # Judged on the rebuild thread, as of now: deque.append is thread-safe.
-            self._suspects.append((endpoint, now))
-            self._schedule()
-            return
+            # Judged on the rebuild thread as of now, with the failures in a row counted now:
+            # a success that lands before the judgement does not cancel the ejection. One entry
+            # per server (setdefault is atomic): the first failure that called for it.
+            self._suspects.setdefault(endpoint, (now, endpoint.consecutive_failures))
+            if now < self._retry_at:
+                return  # a build failed lately: the lease that finds it due retries it
+            if self._schedule():
+                return
+            # No rebuild thread (interpreter shutdown): judge here, as without one.
+            self._suspects.pop(endpoint, None)
         try:
             with self._lock:
                 pool = tuple(self._view.endpoints.values())
                 with _HealthRollback(pool, self._health):
-                    events = self._judge(endpoint, pool, now)
+                    events = self._judge(endpoint, pool, now, None)
                     if events:
                         events += self._publish(dict(self._view.endpoints), now)
+                    self._post(events)
         except Exception:
             # Raised from a lease's exit this would mask the caller's own exception.
             _log.exception("ejecting %r failed; it stays in the pool", endpoint.server)
             return
-        self._emit(events)
+        self._deliver()
 
     def _judge(
-        self, endpoint: Endpoint, pool: tuple[Endpoint, ...], failed_at: float
+        self,
+        endpoint: Endpoint,
+        pool: tuple[Endpoint, ...],
+        failed_at: float,
+        failures: int | None,
     ) -> list[HealthEvent]:
-        """Eject ``endpoint`` as of ``failed_at`` if it still has failed enough (no publishing).
+        """Eject ``endpoint`` as of ``failed_at`` for ``failures`` in a row (no publishing).
 
-        Caller holds ``_lock``, and a ``_HealthRollback`` over ``pool``, the current pool.
+        ``failures=None`` judges the server's count now (the failing request's own path);
+        a count taken at ``failed_at`` is judged as it was then, unless the server has come
+        back from an ejection since. Caller holds ``_lock``, and a ``_HealthRollback`` over
+        ``pool``, the current pool.
         """
         outlier = self._health.outlier
-        failures = endpoint.consecutive_failures  # again: a success may have reset it
-        if (
-            outlier is None
-            or failures < outlier.consecutive_failures
-            or self._view.endpoints.get(endpoint.server) is not endpoint  # unregistered since
-        ):
+        if outlier is None or self._view.endpoints.get(endpoint.server) is not endpoint:
+            return []  # unregistered since
+        if failures is None:
+            failures = endpoint.consecutive_failures  # again: a success may have reset it
+        elif endpoint.returned_at > failed_at:
+            return []  # ejected and back since: those failures were judged then
+        if failures < outlier.consecutive_failures:
             return []
         return self._health.eject(endpoint, pool, failed_at, f"{failures} consecutive failures")
 
@@ -605,15 +645,30 @@ class LoadBalancer:
         self._view = _View.of(endpoints, picker, plan, now - _STEP_BACK)
         return self._health.adopt(plan, len(pool), now)
 
-    def _emit(self, events: list[HealthEvent]) -> None:
-        """Log and report events; runs outside the lock, so a callback may use the balancer."""
-        for event in events:
-            _log.info("%s %s: %s", event.kind.value, event.server or "pool", event.detail)
-            if self._on_event is not None:
-                try:
-                    self._on_event(event)
-                except Exception:
-                    _log.exception("on_event callback failed for %s", event)
+    def _post(self, events: list[HealthEvent]) -> None:
+        """Queue ``events`` for delivery. Caller holds ``_lock``, so the queue is in order."""
+        if events:
+            self._outbox.extend(events)
+
+    def _deliver(self) -> None:
+        """Log and report queued events, in the order they happened; runs outside ``_lock``.
+
+        So a callback may use the balancer: its own events are delivered after the one being
+        delivered, on the same thread (the delivery lock is reentrant). A thread that finds
+        another delivering waits for it, so a call's events have all been delivered when it
+        returns, whichever thread delivered them.
+        """
+        outbox = self._outbox
+        # Taken even with nothing queued: another thread may be delivering this call's events.
+        with self._delivering:
+            while outbox:
+                event = outbox.popleft()
+                _log.info("%s %s: %s", event.kind.value, event.server or "pool", event.detail)
+                if self._on_event is not None:
+                    try:
+                        self._on_event(event)
+                    except Exception:
+                        _log.exception("on_event callback failed for %s", event)
 
     # -- the request lifecycle ----------------------------------------------------------------
 

@@ -9,7 +9,9 @@ import time
 __all__ = ["acquire_contended"]
 
 # Python 3.13+ can run without the GIL (free-threaded builds); before 3.13 it always has one.
-_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
+# Asked at each contention, not once: importing an extension that does not declare itself
+# free-threading-safe turns the GIL back on at run time.
+_gil_enabled = getattr(sys, "_is_gil_enabled", lambda: True)
 
 # How often a waiter yields the GIL before it blocks on the lock after all.
 _YIELDS = 64
@@ -28,7 +30,7 @@ def acquire_contended(lock: threading.Lock) -> None:
     are bounded, so a lock held for long (another thread blocked while holding it) is waited
     for by blocking. Without a GIL, threads run in parallel and the waiter just blocks.
     """
-    if _GIL:
+    if _gil_enabled():
         for _ in range(_YIELDS):
             _sleep(0)
             if lock.acquire(False):

@@ -36,6 +36,8 @@ class Plan:
     panic: bool
     healthy: int
     due: float  # the next clock time at which the plan changes by itself
+    # The pool's members that are ejected or unhealthy, for the keeper once it adopts the plan.
+    unwell: frozenset[Endpoint] = frozenset()
 
 
 @final
@@ -69,8 +71,9 @@ class HealthKeeper:
         # adopted: clearing them is the one change a failed build could not roll back.
         self._resets: list[Endpoint] = []
         # Every pool member that is ejected or unhealthy, and maybe some that no longer are
-        # (or left the pool): while it is empty, a plan needs no pass over the pool to find
-        # who is eligible, so a pool change stays a few C-level copies.
+        # or have left the pool (pruned when a plan is adopted): while it is empty, a plan
+        # needs no pass over the pool to find who is eligible, so a pool change stays a few
+        # C-level copies.
         self._unwell: set[Endpoint] = set()
 
     @property
@@ -85,13 +88,12 @@ class HealthKeeper:
 
     def plan(self, pool: Sequence[Endpoint], now: float) -> Plan:
         """Work out the eligible servers and their effective weights at ``now``."""
-        unwell = self._unwell
-        if unwell:
-            unwell.difference_update([e for e in unwell if e.healthy and e.ejected_until is None])
+        # Nothing is changed here: a plan whose picker fails to build is never adopted.
+        unwell = frozenset(e for e in self._unwell if not e.healthy or e.ejected_until is not None)
         if unwell:
             deadlines = list(filter(_is_set, map(_ejected_until, pool)))
             healthy = tuple(e for e in pool if e.healthy and e.ejected_until is None)
-            unwell.intersection_update(pool)  # forget those that left the pool
+            unwell = unwell.intersection(pool)  # those that left the pool are forgotten
         else:
             deadlines = []
             healthy = tuple(pool)
@@ -108,7 +110,7 @@ class HealthKeeper:
             if self._window_end is None:
                 self._window_end = now + self._outlier.interval
             due = min(due, self._window_end)
-        return Plan(eligible, weights, panic, len(healthy), due)
+        return Plan(eligible, weights, panic, len(healthy), due, unwell)
 
     @staticmethod
     def _ramp(
@@ -133,6 +135,7 @@ class HealthKeeper:
         for endpoint in self._resets:
             endpoint._reset_failures()
         self._resets.clear()
+        self._unwell = set(plan.unwell)
         if plan.panic == self.panic:
             return []
         self.panic = plan.panic
