@@ -204,12 +204,17 @@ class LoadBalancer:
       finds due) never make a request wait for a picker build. The request only queues the
       balancer for the process's rebuild thread ("loadbalancer rebuilds"), which applies them
       and publishes the new picker under the lock; picks meanwhile come from the previous
-      picker, so an ejection takes effect within about one build. ``get`` stays a bare pick
-      and never queues anything. ``refresh()`` applies all of it at once on the calling
-      thread. With ``rebuild_in_background=False`` the request path instead applies them
-      itself when it finds the lock free (deterministic, for simulations and tests with a fake
-      clock, but a failing request then waits for the build). Events from these changes go to
-      ``on_event`` on whichever thread applied them.
+      picker. An ejection takes effect once the thread gets to it: after this balancer's build
+      and those of balancers queued before it, and their ``on_event`` callbacks (keep those
+      quick). It counts from the failure that called for it, with the failures in a row
+      counted then. ``get`` stays a bare pick and queues nothing. ``refresh()`` applies all of
+      it at once, on the calling thread. With ``rebuild_in_background=False`` the request path
+      applies them itself (deterministic, for simulations and tests with a fake clock): an
+      ejection waits for the lock and the build; time-driven changes are skipped while
+      another thread holds the lock, and the next lease finds them due again.
+    * Events go to ``on_event`` in the order they happened, on whichever thread applied them
+      (the rebuild thread, for changes queued by requests), and a call returns only once its
+      own events have been delivered.
     * The picker is rebuilt only when the eligible servers or their weights change. If the
       clock steps back, every deadline is capped relative to the new time, so no ejection
       outlasts its length.
