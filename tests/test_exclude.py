@@ -196,7 +196,8 @@ def test_a_retried_key_goes_to_the_first_server_of_its_order_not_tried(
 def ring_order(picker: Picker, position: int) -> list[str]:
     """Owners clockwise from ``position``, found by a linear scan of the ring."""
     points: list[int] = picker._points  # type: ignore[attr-defined]
-    owners: list[str] = list(picker._owners[:-1])  # type: ignore[attr-defined]
+    names: tuple[str, ...] = picker._names  # type: ignore[attr-defined]
+    owners = [names[slot] for slot in picker._owners[:-1]]  # type: ignore[attr-defined]
     first = next((i for i, point in enumerate(points) if point > position), 0)
     return owners[first:] + owners[:first]
 
