@@ -235,6 +235,10 @@ def _ketama_tables(
     return _tables(points, owners, names, 32), claims
 
 
+# Steps a retry's walk takes in Python before it builds C iterators (see pick_excluding).
+_SHORT_WALK = 8
+
+
 class _Ring(BoundedPicker):
     """Sorted ring points, the server owning each, and a bucket table over them."""
 
@@ -316,7 +320,19 @@ class _Ring(BoundedPicker):
         if len(exclude) >= len(self._reachable) and self.excludes_all(exclude):
             return self.unplaced_not_in(exclude) or server
         # A server not excluded owns some point: the walk ends within one turn of the ring.
-        return next(filterfalse(exclude.__contains__, self._clockwise(start + 1)))
+        # The next point or two usually belong to another server: a few steps in Python first,
+        # since building the C iterators of a long walk costs as much as a dozen of them.
+        owners = self._owners
+        size = len(self._points)
+        at = start + 1
+        for _ in range(_SHORT_WALK):
+            if at >= size:
+                at -= size  # start may be size itself: point 0
+            server = names[owners[at]]
+            if server not in exclude:
+                return server
+            at += 1
+        return next(filterfalse(exclude.__contains__, self._clockwise(at)))
 
     def acquire(
         self, key: Key | None, endpoints: Mapping[str, Endpoint], exclude: Set[str] = frozenset()
