@@ -29,9 +29,9 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_get.py
-	$(BIN)/python benchmarks/bench_membership.py
 	$(BIN)/python benchmarks/bench_rebuild_weighted.py
 	$(BIN)/python benchmarks/bench_hashing.py
+	$(BIN)/python benchmarks/bench_ring.py
 	$(BIN)/python benchmarks/bench_failover.py
 	$(BIN)/python benchmarks/bench_http.py
 	$(BIN)/python benchmarks/bench_scale.py

@@ -21,15 +21,14 @@ import argparse
 import importlib.util
 import subprocess
 import sys
-import threading
 import time
 import tracemalloc
 from collections import deque
 from collections.abc import Callable
-from math import exp
 from pathlib import Path
 from types import ModuleType
 
+from _scale_refs import MinimalLease
 from _timing import best_ns_per_call
 from loadbalancer import Endpoint, LoadBalancer, Snapshot, Strategy
 from loadbalancer.strategies.hashing import ring as after_module
@@ -71,32 +70,8 @@ class Floors:
         return self.servers[int(unpack_ketama(md5(key.encode()).digest())[0]) % self.count]
 
 
-class MinimalLease:
-    """The minimal correct lease: two clock reads, +1 and -1 under a lock, an EWMA update."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.in_flight = 0
-        self.latency = 0.0
-        self.latency_at = time.monotonic()
-        self.started = 0.0
-
-    def __enter__(self) -> MinimalLease:
-        self.started = time.monotonic()
-        with self.lock:
-            self.in_flight += 1
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        now = time.monotonic()
-        with self.lock:
-            self.in_flight -= 1
-            keep = exp((self.latency_at - now) / 10.0)
-            self.latency = self.latency * keep + (now - self.started) * (1.0 - keep)
-            self.latency_at = now
-
-
 def endpoints(size: int) -> tuple[Endpoint, ...]:
+    """``size`` servers named like addresses, weight 1."""
     return tuple(Endpoint(f"10.{i // 250}.{i % 250}.1:8080") for i in range(size))
 
 
