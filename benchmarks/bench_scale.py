@@ -26,6 +26,8 @@ Rows, and what each ratio is to:
   threads        total throughput of 2 and 4 threads sharing one round-robin balancer (each
                  doing a fixed number of leases or gets, released together by a Barrier): x the
                  throughput of 1 thread
+  ejection       a failing lease's release that ejects its server (Maglev, 1,000 servers):
+                 how long the release takes, and how long until picks avoid the server
 
 Pools have weight 1, except weighted random and smooth WRR (weights 1 + i % 4). Per-call rows
 use _timing.best_ns_per_call (interleaved rounds, best of each): a candidate more than 30x
@@ -42,6 +44,7 @@ import gc
 import itertools
 import os
 import random
+import statistics
 import sys
 import threading
 import time
@@ -58,6 +61,7 @@ from loadbalancer import (
     LeastConnectionsStrategy,
     LoadBalancer,
     MaglevStrategy,
+    OutlierDetection,
     PeakEWMAStrategy,
     PowerOfTwoChoicesStrategy,
     RandomStrategy,
@@ -377,6 +381,49 @@ def print_threads(rates: dict[str, dict[int, float]]) -> None:
         print(f"  {path:<26}{one / 1e6:>12.2f} Mop/s" + cells)
 
 
+def ejection_ms(background: bool, trials: int = 5) -> tuple[float, float] | None:
+    """Median ms a failing lease's release takes, and until picks avoid its server.
+
+    Maglev over 1,000 servers, ejecting at the first failure. None for the background on an
+    older checkout, whose balancer has no ``rebuild_in_background``: it always rebuilt in the
+    release, which is what the other row measures there.
+    """
+    options: dict[str, object] = {"outlier_detection": OutlierDetection(consecutive_failures=1)}
+    try:
+        LoadBalancer(rebuild_in_background=background)  # type: ignore[call-arg, unused-ignore]
+        options["rebuild_in_background"] = background
+    except TypeError:
+        if background:
+            return None
+    releases, effects = [], []
+    for _ in range(trials):
+        gc.collect()  # a collection during one trial would be timed as part of it
+        lb = LoadBalancer(MaglevStrategy(), max_servers=1_000, **options)  # type: ignore[arg-type]
+        lb.replace([f"s{i}" for i in range(1_000)])
+        lease = lb.acquire("key")
+        start = time.perf_counter()
+        lease.release(False)
+        released = time.perf_counter()
+        while lb.get("key") == lease.server:
+            time.sleep(0.0002)  # polling a published picker: nothing to wait on
+        avoided = time.perf_counter()
+        releases.append(released - start)
+        effects.append(avoided - start)
+    return statistics.median(releases) * 1e3, statistics.median(effects) * 1e3
+
+
+def print_ejections() -> None:
+    """The cost of an ejection to the request that calls for it, and how soon it applies."""
+    print("ejection at a failing lease's exit, Maglev, 1,000 servers (median of 5)")
+    for label, background in (("rebuild in background", True), ("rebuild in the release", False)):
+        figures = ejection_ms(background)
+        if figures is None:
+            print(f"  {label:<24} n/a (this checkout rebuilds in the release)")
+        else:
+            release, effect = figures
+            print(f"  {label:<24} release {release:8.3f} ms; picks avoid it after {effect:6.1f} ms")
+
+
 def main() -> None:
     """Measure every size, then print the one table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -394,6 +441,7 @@ def main() -> None:
     print(f"{os.cpu_count()} cores; ratios to same-run references, absolute figures beside")
     Report(calls, slow).print()
     print_threads(threads)
+    print_ejections()
     print(f"measured in {elapsed:.0f} s")
 
 
