@@ -376,11 +376,12 @@ def test_alias_table_equals_the_old_way(weights: list[float], spare: int) -> Non
 
 
 class _Draws(random.Random):
-    """A Random whose random() returns the given values in turn."""
+    """A Random whose random() returns the values given to ``then`` in turn."""
 
-    def __init__(self, values: list[float]) -> None:
-        super().__init__(0)
+    def then(self, values: list[float]) -> _Draws:
+        # Not through the constructor: on 3.10, Random.__new__ seeds with its arguments.
         self._values = iter(values)
+        return self
 
     def random(self) -> float:
         return next(self._values)
@@ -408,7 +409,7 @@ def test_a_cumulative_draw_lands_on_the_server_whose_interval_holds_it() -> None
     # 0 is the first server's; exactly the first server's weight (1) starts the second's
     # interval; a draw that rounds up to the total still lands on the last server.
     draws = [0.0, 1 / total, 3 / total, 1.0 - 2**-53, 1.0]
-    picker = WeightedRandomStrategy(_Draws(draws)).build(snapshot_of(weights))
+    picker = WeightedRandomStrategy(_Draws(0).then(draws)).build(snapshot_of(weights))
     picked = [picker.pick() for _ in draws]
     assert picked == [servers[0], servers[1], servers[2], servers[-1], servers[-1]]
 
