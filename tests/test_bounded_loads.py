@@ -353,3 +353,21 @@ def test_total_stays_exact_with_racing_releases_and_pool_changes(name: str) -> N
         for lease in mine:
             lease.release()
     assert settled_total(bounded(lb)[1]) == in_flight(lb) == 0
+
+
+def test_a_build_that_fails_leaves_the_published_total_and_listeners_alone() -> None:
+    # A ketama ring cannot be scaled down: too many points for the new pool is refused, after
+    # the balancer's own checks, by the strategy's build.
+    lb = LoadBalancer(strategy=RingHashStrategy(hash="ketama", vnodes=65_536, balance_factor=1.25))
+    lb.replace(["a", "b"])
+    held = [lb.acquire(f"k{i}") for i in range(6)]
+    _, admission = bounded(lb)
+    with pytest.raises(ValueError, match="ketama ring"):
+        lb.replace(["c", "d", "e", "f", "g"])  # none of the published pool stays
+    assert lb.servers == ("a", "b")
+    assert all(e.listener is admission._loads.changed for e in lb._view.endpoints.values())
+    held.append(lb.acquire("k6"))
+    assert settled_total(admission) == in_flight(lb) == 7
+    for lease in held:
+        lease.release()
+    assert settled_total(admission) == 0

@@ -122,7 +122,7 @@ class _View:
     @classmethod
     def of(cls, endpoints: dict[str, Endpoint], picker: Picker, plan: Plan, floor: float) -> _View:
         """The view publishing ``picker`` over ``endpoints``, with its lease shortcuts."""
-        plain = type(picker).acquire is Picker.acquire
+        plain = picker.acquire_is_pick()
         rotate = picker.next_server if plain else None
         return cls(endpoints, picker, plan, plan.due, floor, plain, rotate)
 

@@ -78,6 +78,15 @@ class Picker(ABC):
         endpoint.begin()
         return endpoint
 
+    def acquire_is_pick(self) -> bool:
+        """Whether this picker's ``acquire`` is the default: a pick, then ``Endpoint.begin``.
+
+        The balancer then runs that itself, in fewer Python frames. True unless ``acquire`` is
+        overridden; a picker that overrides it for some configurations only (bounded loads)
+        says so per instance.
+        """
+        return type(self).acquire is Picker.acquire
+
 
 class Strategy(ABC):
     """How servers are chosen. Subclass it to write your own.

@@ -2,10 +2,10 @@
 
 Consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018), as HAProxy's
 ``hash-balance-factor`` and Envoy's ``hash_balance_factor``: with factor ``c`` no server is
-admitted a request while it holds ``ceil(c * (total in flight + 1) * share)`` or more, where
-``share`` is its weight over the mean weight (1 in an unweighted pool, which gives the paper's
-``ceil(c * average)``). A key that finds its server full walks on in the strategy's own order.
-A retry walks that order too, skipping the servers it already tried.
+admitted a request while it holds ``ceil(c * (total in flight + 1) * weight / total weight)``
+or more: its weight's share of ``c`` times the load with this request, which in an unweighted
+pool is the paper's ``ceil(c * average)``. A key that finds its server full walks on in the
+strategy's own order. A retry walks that order too, skipping the servers it already tried.
 
 For a fixed ``c`` the paper bounds the expected servers a key tries by a constant, so an
 admission costs O(1) beside the strategy's own walk: the total in flight is kept as a running
@@ -229,6 +229,10 @@ class BoundedPicker(Picker):
     def unplaced_not_in(self, exclude: Set[str]) -> str | None:
         """The first server no key maps to that is not in ``exclude``, if there is one."""
         return next(filterfalse(exclude.__contains__, self._unplaced), None)
+
+    def acquire_is_pick(self) -> bool:
+        """Without a balance factor, a lease is a plain pick: the balancer runs it inline."""
+        return self._admission is None
 
     def acquire(
         self, key: Key | None, endpoints: Mapping[str, Endpoint], exclude: Set[str] = frozenset()

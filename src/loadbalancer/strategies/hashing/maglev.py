@@ -340,12 +340,15 @@ class MaglevStrategy(Strategy):
             raise ValueError(
                 f"table_size={self._table_size} is smaller than the pool of {count} servers"
             )
+        table = maglev_table(snapshot.servers, snapshot.weights, self._table_size)
+        # The admission comes last: creating it takes the running total over to this
+        # snapshot's servers, so nothing that can fail may follow it, and the picker still
+        # published keeps its own total for as long as this build takes.
         admission = (
             None
             if self._balance_factor is None
             else Admission(self._balance_factor, snapshot, previous)
         )
-        table = maglev_table(snapshot.servers, snapshot.weights, self._table_size)
         return _MaglevPicker(table, snapshot.servers, self._rng, admission)
 
     def __repr__(self) -> str:

@@ -174,15 +174,18 @@ class RendezvousStrategy(Strategy):
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
         """Return a picker scoring the snapshot's servers."""
+        # Name order: ties (equal 64-bit hashes) then go to the same server in every process.
+        pairs = sorted(zip(snapshot.servers, snapshot.weights, strict=True))
+        servers = tuple(server for server, _ in pairs)
+        weights = tuple(weight for _, weight in pairs)
+        # The admission comes last: creating it takes the running total over to this
+        # snapshot's servers, so nothing that can fail may follow it, and the picker still
+        # published keeps its own total for as long as this build takes.
         admission = (
             None
             if self._balance_factor is None
             else Admission(self._balance_factor, snapshot, previous)
         )
-        # Name order: ties (equal 64-bit hashes) then go to the same server in every process.
-        pairs = sorted(zip(snapshot.servers, snapshot.weights, strict=True))
-        servers = tuple(server for server, _ in pairs)
-        weights = tuple(weight for _, weight in pairs)
         return _RendezvousPicker(servers, weights, self._rng, admission)
 
     def __repr__(self) -> str:

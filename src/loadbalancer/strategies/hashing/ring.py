@@ -471,8 +471,9 @@ def _edit(
     the difference removed or merged in, and only the buckets between those points'
     neighbours are rewritten. Everything is written to copies: ``previous`` may be serving
     picks on other threads. The result is exactly the ring a full build gives (tested), or
-    ``None`` when editing would not pay (a change moving over a quarter of the points, a
-    bucket table or chunk index that must change size): rebuild then.
+    ``None`` when editing would not pay (a change moving over a quarter of the points):
+    rebuild then. A bucket table or chunk index that must change size is rebuilt from the
+    edited points, the rest of the edit kept.
 
     ``order`` is the pool's registration order for a ketama ring (``None`` for xxh64): a
     point several servers give goes to the latest of them, so every collided point is
@@ -599,9 +600,13 @@ def _edit(
     for point, server in reowned.items():
         new_owners[bisect_left(new_points, point)] = slot_of(server)
     new_owners.append(new_owners[0])
-    # Free the slots of servers left owning no point, for the next to join.
+    # Free the slots of servers left owning no point, for the next to join. Only a server in
+    # some collision can lose every point while it has a count: the others are settled at once.
+    contested = set(chain.from_iterable(claims.values()))
     for server in chain(changed, losers):
-        if server in slots and not _owns_a_point(server, counts, claims, order, points_of):
+        if server in slots and not _owns_a_point(
+            server, counts, claims, order, points_of, contested
+        ):
             names[slots.pop(server)] = ""
     code = _slot_code(len(names))
     count = len(new_points)
@@ -639,11 +644,13 @@ def _owns_a_point(
     claims: dict[int, list[str]],
     order: tuple[str, ...] | None,
     points_of: PointsOf,
+    contested: set[str],
 ) -> bool:
     """Whether ``server`` owns a point of the edited ring: any with a count, bar ketama's
-    rare server whose every point is given by a later one too."""
+    rare server whose every point is given by a later one too (one of ``contested``, the
+    servers in some collision)."""
     count = counts.get(server, 0)
-    if not count or order is None:
+    if not count or order is None or server not in contested:
         return count > 0
     rank = {name: index for index, name in enumerate(order)}
     return any(
@@ -690,10 +697,10 @@ class RingHashStrategy(Strategy):
     of Python ints and names took over 50. A build from the previous picker, when servers
     join, leave or change weight, edits a copy of that picker's ring: it removes and merges
     in only their points and rewrites only the buckets around them, giving exactly the ring
-    a full build gives, in O(points moved x log points) steps plus a copy of the arrays. A
-    change moving more than a quarter of the points (a ketama weight change renormalises
-    every server), or one that resizes the bucket table, is built in full, in O(points log
-    points). The previous picker is only read, so it keeps serving picks meanwhile. The strategy
+    a full build gives, in O(points moved x log points) steps plus a copy of the arrays (and
+    a new bucket table or chunk index when the point count crosses a size). A change moving
+    more than a quarter of the points is built in full, in O(points log points). The previous
+    picker is only read, so it keeps serving picks meanwhile. The strategy
     holds configuration only and may serve several balancers.
     """
 
@@ -731,11 +738,6 @@ class RingHashStrategy(Strategy):
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
         """Return a picker over the ring of the snapshot's servers, edited from ``previous``'s
         when only a few servers' points change."""
-        admission = (
-            None
-            if self._balance_factor is None
-            else Admission(self._balance_factor, snapshot, previous)
-        )
         servers = snapshot.servers
         tag = (self._hash, self._vnodes)
         if self._hash == "ketama":
@@ -753,13 +755,26 @@ class RingHashStrategy(Strategy):
             if isinstance(previous, _KetamaRing) and previous._tag == tag:
                 edited = _edit(previous, counts, _ketama_points, 32, servers)
             tables, claims = edited or _ketama_tables(servers, hash_counts)
+            admission = self._admission(snapshot, previous)
             return _KetamaRing(tables, claims, counts, tag, self._rng, admission, servers)
         counts = _xxh64_counts(servers, snapshot.weights, self._vnodes)
         edited = None
         if isinstance(previous, _Xxh64Ring) and previous._tag == tag:
             edited = _edit(previous, counts, _xxh64_points, 64, None)
         tables, claims = edited or (_xxh64_tables(counts), {})
+        admission = self._admission(snapshot, previous)
         return _Xxh64Ring(tables, claims, counts, tag, self._rng, admission, servers)
+
+    def _admission(self, snapshot: Snapshot, previous: Picker | None) -> Admission | None:
+        """The bounded-loads admission of a new picker, created once its ring is built.
+
+        Creating it takes the running total over to this snapshot's servers, so nothing that
+        can fail may follow it, and the picker still published keeps its own total for as
+        long as the ring takes to build.
+        """
+        if self._balance_factor is None:
+            return None
+        return Admission(self._balance_factor, snapshot, previous)
 
     def __repr__(self) -> str:
         return describe(
