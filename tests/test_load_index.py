@@ -410,3 +410,61 @@ def test_a_server_ejected_with_leases_open_returns_at_its_load() -> None:
     lb.set_healthy("a", True)
     check_index(picker_of(lb))
     assert picker_of(lb)._index._entries["a"].load == 2
+
+
+class _LoadMovesAfterARead(Endpoint):  # type: ignore[misc]  # Endpoint is final for users
+    """An endpoint whose load moves by ``step`` right after its next read: a lease on another
+    thread, landing between two reads of the index's."""
+
+    __slots__ = ("_load", "step")
+
+    def __init__(self, server: str) -> None:
+        self._load = 0
+        super().__init__(server)
+        self.step = 0
+
+    @property
+    def load(self) -> int:
+        value: int = self._load
+        self._load, self.step = value + self.step, 0
+        return value
+
+    @load.setter
+    def load(self, value: int) -> None:
+        self._load = value
+
+
+def test_a_server_indexed_while_its_load_moves_leaves_the_others_indexed() -> None:
+    strategy = LeastConnectionsStrategy(random.Random(3))
+    staying = [Endpoint(name) for name in ("a", "b", "c")]
+    first = strategy.build(Snapshot.of(tuple(staying), time.monotonic))
+    joining = _LoadMovesAfterARead("d")
+    joining.load = 1  # a lease open on it, which ends while it is being indexed
+    joining.step = -1
+    second = strategy.build(Snapshot.of((*staying, joining), time.monotonic), first)
+    assert isinstance(second, _IndexedLeastConnectionsPicker)
+    assert joining.listener is not None
+    joining.listener(joining)  # what the lease's end does, once the index's lock is free
+    check_index(second)
+    assert {second.pick() for _ in range(200)} == {"a", "b", "c", "d"}
+
+
+def test_many_distinct_weights_stay_exact_through_leases_and_changes() -> None:
+    # Slow start gives each ramping server a weight of its own: one class each.
+    rng = random.Random(11)
+    weights = {f"s{i}": 1.0 + i / 1000 for i in range(120)}
+    lb = balancer(weights, seed=5)
+    open_leases: list[Lease] = []
+    for step in range(3000):
+        if open_leases and rng.random() < 0.45:
+            open_leases.pop(rng.randrange(len(open_leases))).release(rng.random() < 0.9)
+        else:
+            open_leases.append(lb.acquire())
+        if step % 500 == 0:
+            server = rng.choice(list(weights))
+            lb.set_weight(server, weights[server] * 2)  # a slow-start step
+        picker = picker_of(lb)
+        assert picker.pick() in minimal(picker)
+        if step % 100 == 0:
+            check_index(picker)
+    check_index(picker_of(lb))

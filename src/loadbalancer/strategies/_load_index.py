@@ -22,9 +22,13 @@ was for its own snapshot.
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence, Set
+from heapq import heapify, heappop, heappush
 
 from .._snapshot import Endpoint
 from ._draw import draw_width
@@ -54,13 +58,18 @@ def draw_below(bits: Bits, count: int) -> int:
 class _Class:
     """The indexed servers of one weight, in buckets by indexed load."""
 
-    __slots__ = ("buckets", "least", "weight")
+    __slots__ = ("best", "buckets", "key", "least", "order", "weight")
 
-    def __init__(self, weight: float) -> None:
+    def __init__(self, weight: float, order: int) -> None:
         self.weight = weight
         # Server names, not endpoints: a pick returns one without touching its endpoint.
         self.buckets: dict[int, list[str]] = {}
         self.least = 0  # the least key of buckets; buckets are never empty
+        # (least + 1) / weight as last ranked; None once the class is gone. A heap entry
+        # (key, order, class) is current while its key is the class's.
+        self.key: float | None = None
+        self.order = order  # breaks ties between heap entries, so classes are never compared
+        self.best = False  # whether its least bucket is in the index's ``best``
 
 
 class _Entry:
@@ -110,6 +119,42 @@ def _suffix(old: Sequence[object], new: Sequence[object]) -> int:
     return low
 
 
+# Every live index, so that fork() waits for any update in progress (see _hold_for_fork).
+_indexes: weakref.WeakSet[LoadIndex] = weakref.WeakSet()
+_held_for_fork: list[threading.Lock] = []
+
+
+def _hold_for_fork() -> None:
+    """Take every index's lock before fork(): a child never starts with one held, mid-update.
+
+    No index lock is held while waiting for another lock, so this cannot deadlock.
+    """
+    while True:
+        try:
+            locks = [index._lock for index in _indexes]
+            break
+        except RuntimeError:  # another thread made an index meanwhile: look again
+            continue
+    for lock in locks:
+        lock.acquire()
+    _held_for_fork[:] = locks
+
+
+def _release_after_fork() -> None:
+    """Release what ``_hold_for_fork`` took, in the parent and in the child alike."""
+    for lock in _held_for_fork:
+        lock.release()
+    _held_for_fork.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX only: elsewhere nothing forks
+    os.register_at_fork(
+        before=_hold_for_fork,
+        after_in_parent=_release_after_fork,
+        after_in_child=_release_after_fork,
+    )
+
+
 class LoadIndex:
     """Endpoints indexed by ``(load + 1) / weight``, for least-connections picks in O(1).
 
@@ -118,14 +163,21 @@ class LoadIndex:
     ``owner`` may be read without it, optimistically: a bucket may be a moment stale, or
     empty, and the reader checks ``owner`` after its read (see the module docstring).
 
-    Cost: ``update`` is O(1), plus O(distinct weights) when it changes the least load of a
-    class; a handover is O(changed servers) beyond a few C-level passes over the snapshots.
+    Cost: ``update`` is O(1), plus O(log distinct weights) when it changes the least load of
+    a class (a heap of the classes' keys, so slow start, which gives servers weights of their
+    own, stays cheap); a handover is O(servers between the first and the last that changed)
+    beyond a few C-level passes over the snapshots.
     """
 
     __slots__ = (
+        "__weakref__",
         "_classes",
         "_entries",
+        "_heap",
         "_lock",
+        "_lowest",
+        "_orders",
+        "_tied",
         "best",
         "listener",
         "owner",
@@ -134,8 +186,13 @@ class LoadIndex:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        _indexes.add(self)
         self._entries: dict[str, _Entry] = {}  # by server: names are unique in a snapshot
         self._classes: dict[float, _Class] = {}
+        self._heap: list[tuple[float, int, _Class]] = []
+        self._lowest = math.inf  # the key of ``best``
+        self._orders = itertools.count()
+        self._tied: list[_Class] = []  # the classes whose least buckets ``best`` holds
         self.best: tuple[list[str], ...] = ()
         """The least bucket of each class whose key is the smallest."""
         self.single: list[str] | None = None
@@ -187,7 +244,7 @@ class LoadIndex:
             least = cls.least
             if load < least:
                 cls.least = load
-                self._rank()
+                self._moved(cls)
             elif old == least and not bucket:
                 # Loads rise one at a time, so the next bucket is at most a few steps up
                 # (racing changes), and there is one: the endpoint's own, at ``load``.
@@ -195,7 +252,7 @@ class LoadIndex:
                 while least not in buckets:
                     least += 1
                 cls.least = least
-                self._rank()
+                self._moved(cls)
         finally:
             lock.release()
 
@@ -297,8 +354,8 @@ class LoadIndex:
         ``previous`` must own the index, indexing ``old`` (endpoints and weights); else
         nothing changes. Endpoints that left are unindexed and their listener cleared (if
         still ours); those that came take our listener before their load is read, under the
-        lock, so no change of theirs is missed. O(changed servers), beyond C-level passes
-        (``_prefix``, ``_suffix``) over the snapshots.
+        lock, so no change of theirs is missed. O(servers between the first and the last
+        that changed), beyond C-level passes (``_prefix``, ``_suffix``) over the snapshots.
         """
         (old_endpoints, old_weights), (new_endpoints, new_weights) = old, new
         # Pairs (endpoint, weight) agree where both endpoints and weights do: outside
@@ -340,6 +397,7 @@ class LoadIndex:
                     cls.least = min(cls.buckets)
                 else:
                     del self._classes[cls.weight]
+                    cls.key = None  # its heap entries are stale from now on
             self._rank()
         _retire(displaced, self)
         return True
@@ -361,15 +419,16 @@ class LoadIndex:
         endpoint.listener = self.listener
         cls = self._classes.get(weight)
         if cls is None:
-            cls = self._classes[weight] = _Class(weight)
+            cls = self._classes[weight] = _Class(weight, next(self._orders))
         entry = _Entry(cls, endpoint)
         name = endpoint.server
         self._entries[name] = entry
-        # Put in its bucket: swap-removed by _remove, or moved by update.
-        bucket = cls.buckets.get(endpoint.load)
-        entry.load = endpoint.load
+        # Put in its bucket: swap-removed by _remove, or moved by update. The load is read
+        # once: a lease may change it meanwhile (its update then waits for this lock).
+        entry.load = load = endpoint.load
+        bucket = cls.buckets.get(load)
         if bucket is None:
-            cls.buckets[entry.load] = [name]
+            cls.buckets[load] = [name]
         else:
             entry.slot = len(bucket)
             bucket.append(name)
@@ -390,15 +449,54 @@ class LoadIndex:
         return entry.cls
 
     def _rank(self) -> None:
-        """Recompute ``best`` and ``single`` from each class's least bucket. O(distinct weights)."""
-        lowest = math.inf
-        best: list[list[str]] = []
+        """Rank every class afresh, then settle ``best``: O(distinct weights), for builds."""
+        heap = []
         for cls in self._classes.values():
-            key = (cls.least + 1) / cls.weight
-            if key < lowest:
-                lowest, best = key, [cls.buckets[cls.least]]
-            elif key == lowest:
-                best.append(cls.buckets[cls.least])
+            cls.key = key = (cls.least + 1) / cls.weight
+            heap.append((key, cls.order, cls))
+        heapify(heap)
+        self._heap = heap
+        self._settle()
+
+    def _moved(self, cls: _Class) -> None:
+        """``cls``'s least load changed: re-rank it. O(log distinct weights)."""
+        cls.key = key = (cls.least + 1) / cls.weight
+        heap = self._heap
+        if len(heap) > 4 * len(self._classes) + 64:
+            self._rank()  # stale entries pile up: start the heap afresh, amortised O(1)
+            return
+        heappush(heap, (key, cls.order, cls))
+        if cls.best or key <= self._lowest:
+            self._settle()
+        # Otherwise a class outside ``best`` rose, or fell but stays above it: no change.
+
+    def _settle(self) -> None:
+        """Set ``best`` and ``single`` to the least buckets of the classes with the least key.
+
+        Stale heap entries on top are dropped; the tied ones are taken off and put back.
+        O(tied classes x log distinct weights).
+        """
+        heap = self._heap
+        for cls in self._tied:
+            cls.best = False
+        while heap and heap[0][0] != heap[0][2].key:
+            heappop(heap)
+        if not heap:
+            self._lowest, self.best, self.single, self._tied = math.inf, (), None, []
+            return
+        lowest = heap[0][0]
+        tied: list[tuple[float, int, _Class]] = []
+        while heap and heap[0][0] == lowest:
+            entry = heappop(heap)
+            cls = entry[2]
+            if cls.key == lowest and not cls.best:  # current, and not a duplicate entry
+                cls.best = True
+                tied.append(entry)
+        for entry in tied:
+            heappush(heap, entry)
+        self._lowest = lowest
+        self._tied = [cls for _, _, cls in tied]
+        best = [cls.buckets[cls.least] for cls in self._tied]
         self.best = tuple(best)
         self.single = best[0] if len(best) == 1 else None
 
