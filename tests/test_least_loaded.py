@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
+from typing import Any
 
 import pytest
 
 from loadbalancer import (
-    Endpoint,
     Lease,
     LeastConnectionsStrategy,
     LoadBalancer,
@@ -18,7 +18,6 @@ from loadbalancer import (
     Snapshot,
     Strategy,
 )
-from loadbalancer.strategies._draw import draw_width
 
 from .fakes import FakeClock
 
@@ -219,57 +218,113 @@ def test_two_choices_pairs_are_uniform_above_the_pair_table(
     assert chi_square_of(counts, expected) < CHI2_98
 
 
-def old_pair(rng: random.Random, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, Endpoint]:
-    """The pair draw as it was before inlining (draw_width's bits, then arithmetic)."""
-    size = len(endpoints)
-    space = size * (size - 1)
-    width, limit = draw_width(space)
-    draw = rng.getrandbits(width)
-    while draw >= limit:
-        draw = rng.getrandbits(width)
-    draw %= space
-    first, second = draw % size, draw // size
-    return endpoints[first], endpoints[second + (second >= first)]
-
-
-@pytest.mark.parametrize("size", [65, 300, 2048])
-def test_two_choices_picks_are_the_same_for_the_same_seed_as_before(size: int) -> None:
-    lb = pool(
-        PowerOfTwoChoicesStrategy(rng=random.Random(9)), None, **{f"s{i}": 1 for i in range(size)}
-    )
-    rng = random.Random(9)
-    endpoints = tuple(lb._view.endpoints.values())
-    for endpoint in endpoints:
-        for _ in range(rng.randrange(3)):
-            endpoint.begin()
-    rng = random.Random(9)
-    expected = []
-    for _ in range(500):
-        first, second = old_pair(rng, endpoints)
-        expected.append((second if second.load < first.load else first).server)
-    assert [lb.get() for _ in range(500)] == expected
-
-
-@pytest.mark.parametrize("size", [2, 10, 100])
-def test_peak_ewma_inlined_costs_match_the_retry_comparison(size: int) -> None:
-    clock = FakeClock()
-    strategy = PeakEWMAStrategy(rng=random.Random(5))
-    weights = {f"s{i}": 1 + i % 3 for i in range(size)}
-    lb = pool(strategy, clock, **weights)
-    rng = random.Random(6)
+def random_loads(lb: LoadBalancer, clock: FakeClock, seed: int) -> None:
+    """Loads of 0-3 and, for most servers, a latency sampled at a moment of its own."""
+    rng = random.Random(seed)
     for server in lb.servers:
         if rng.random() < 0.8:
             lb.done(server, latency=rng.random())
         clock.advance(rng.random())
         hold(lb, server, rng.randrange(4))
-    picker = lb.picker
-    twin = strategy.build(Snapshot.of(tuple(lb._view.endpoints.values()), clock))
-    # Same seed for both: the twin draws its pairs with _PairDraw.pair and compares with
-    # _cheaper, which pick inlines.
-    strategy._rng.seed(11)
-    picks = [picker.pick() for _ in range(300)]
-    strategy._rng.seed(11)
-    assert picks == [twin._cheaper(*twin._draw.pair()) for _ in range(300)]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("size", [2, 10, 64, 65, 300, 5000])  # pair table up to 64
+@pytest.mark.parametrize(
+    ("strategy", "weighted", "pickers"),
+    [
+        (PowerOfTwoChoicesStrategy(rng=random.Random(5)), False, ("_PairTable", "_TwoDraw")),
+        (
+            PowerOfTwoChoicesStrategy(rng=random.Random(5)),
+            True,
+            ("_WeightedPairTable", "_WeightedTwoDraw"),
+        ),
+        (
+            PowerOfTwoChoicesStrategy(active_request_bias=0.5, rng=random.Random(5)),
+            True,
+            ("_WeightedPairTable", "_WeightedTwoDraw"),
+        ),
+        (
+            PeakEWMAStrategy(rng=random.Random(5)),
+            False,
+            ("_PeakEWMAPairTable", "_PeakEWMATwoDraw"),
+        ),
+        (
+            PeakEWMAStrategy(rng=random.Random(5)),
+            True,
+            ("_WeightedPeakEWMAPairTable", "_WeightedPeakEWMATwoDraw"),
+        ),
+    ],
+)
+def test_two_choices_inlined_picks_match_the_retry_draw_and_comparison(
+    size: int, strategy: Strategy, weighted: bool, pickers: tuple[str, str]
+) -> None:
+    clock = FakeClock()
+    lb = pool(strategy, clock, **{f"s{i}": 1 + weighted * (i % 3) for i in range(size)})
+    random_loads(lb, clock, 6)
+    built = lb.picker
+    assert type(built).__name__ == pickers[size > 64] + "Picker"
+    twin: Any = strategy.build(Snapshot.of(tuple(lb._view.endpoints.values()), clock))
+    # Same seed for both: the twin draws its pairs with pair() and compares them with the
+    # retries' comparison, which pick inlines; ties (equal loads, unmeasured) included.
+    if isinstance(strategy, PeakEWMAStrategy):
+        compare = twin._cheaper
+    else:
+        compare = lambda first, second: twin._best((first, second))  # noqa: E731
+    rng: random.Random = strategy._rng  # type: ignore[attr-defined]
+    rng.seed(11)
+    picks = [built.pick() for _ in range(2000)]
+    rng.seed(11)
+    assert picks == [compare(*twin._draw.pair()) for _ in range(2000)]
+
+
+@pytest.mark.parametrize("size", [3, 64, 65, 90])
+def test_pair_draws_are_uniform_over_ordered_pairs(size: int) -> None:
+    weights = {f"s{i}": 1 for i in range(size)}
+    lb = pool(PowerOfTwoChoicesStrategy(rng=random.Random(8)), None, **weights)
+    draw: Any = lb.picker._draw  # type: ignore[attr-defined]
+    assert type(draw).__name__ == ("_PairTableDraw" if size <= 64 else "_TwoDraws")
+    pairs, each = size * (size - 1), 40
+    counts = Counter((a.server, b.server) for a, b in (draw.pair() for _ in range(each * pairs)))
+    assert all(a != b for a, b in counts)
+    assert len(counts) == pairs
+    chi2 = sum((n - each) ** 2 / each for n in counts.values())
+    # Wilson-Hilferty: the 99.9th percentile of chi-square with pairs - 1 degrees of freedom.
+    k = pairs - 1
+    assert chi2 < k * (1 - 2 / (9 * k) + 3.09 * (2 / (9 * k)) ** 0.5) ** 3
+
+
+@pytest.mark.parametrize("factory", [PowerOfTwoChoicesStrategy, PeakEWMAStrategy])
+@pytest.mark.parametrize("size", [10, 300])
+def test_two_choices_ties_go_to_the_first_drawn(factory: type[Strategy], size: int) -> None:
+    rng = random.Random(4)
+    lb = pool(factory(rng=rng), None, **{f"s{i}": 1 for i in range(size)})  # type: ignore[call-arg]
+    draw: Any = lb.picker._draw  # type: ignore[attr-defined]
+    rng.seed(2)
+    picks = [lb.get() for _ in range(500)]
+    rng.seed(2)
+    assert picks == [draw.pair()[0].server for _ in range(500)]  # all idle: all tied
+
+
+@pytest.mark.parametrize("size", [10, 300])
+@pytest.mark.parametrize(("bias", "s0"), [(1.0, "ties"), (0.0, "wins"), (2.0, "loses")])
+def test_two_choices_weights_and_bias_decide_the_pair(size: int, bias: float, s0: str) -> None:
+    strategy = PowerOfTwoChoicesStrategy(active_request_bias=bias, rng=random.Random(1))
+    lb = pool(strategy, None, **{f"s{i}": 4 if i == 0 else 1 for i in range(size)})
+    hold(lb, "s0", 3)  # 4 / 4**bias against 1 / 1 for every other server
+    picks = 200 * size
+    won = Counter(lb.get() for _ in range(picks))["s0"]
+    # s0 is drawn in 2 / size of the pairs, first in half of those: the first drawn wins ties.
+    expected = {"ties": picks / size, "wins": 2 * picks / size, "loses": 0}[s0]
+    assert abs(won - expected) <= 5 * expected**0.5
+
+
+def test_a_single_server_picker_returns_it() -> None:
+    for strategy in (PowerOfTwoChoicesStrategy(rng=random.Random(1)), PeakEWMAStrategy()):
+        lb = pool(strategy, None, only=1)
+        assert type(lb.picker).__name__ == "_OneServerPicker"
+        assert lb.get() == lb.get("key") == lb.get(exclude=["only"]) == "only"
+        with pytest.raises(TypeError, match="key"):
+            lb.get(3)  # type: ignore[arg-type]
 
 
 def test_p2c_bias_zero_ignores_load() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence, Set
 from math import exp
 from operator import attrgetter
@@ -12,7 +13,7 @@ from typing import final
 from .._snapshot import Endpoint, Snapshot
 from .._validation import check_key, check_number, check_positive_int
 from ._base import Key, Picker, Strategy
-from ._draw import draw_width, repeated_table, resolve_rng, table_width
+from ._draw import repeated_table, resolve_rng, table_width
 from ._exclude import REDRAWS
 from ._load_index import SMALLEST_WEIGHT, LoadIndex
 
@@ -238,67 +239,26 @@ class LeastConnectionsStrategy(Strategy):
         return _IndexedLeastConnectionsPicker(snapshot, self._rng, previous)
 
 
-def _pair_width(space: int) -> tuple[int, int]:
-    """Bits and rejection limit for drawing one of ``space`` ordered pairs.
-
-    30 bits (getrandbits' cheapest path, one-digit ints after it) while at most one draw in
-    eight is rejected, up to 11,585 servers; ``draw_width`` beyond (and below 2,049 servers,
-    where both agree).
-    """
-    if space <= 1 << 27:
-        return 30, (1 << 30) // space * space
-    return draw_width(space)
+_Bits = Callable[[int], int]
+"""``random.Random.getrandbits``, as the pair draws call it."""
 
 
-class _PairDraw:
-    """Draws two distinct endpoints uniformly, without replacement: the P2C candidates.
+class _PairDraw(ABC):
+    """Draws the P2C candidates from two or more endpoints, without replacement.
 
-    For pools of up to 64 servers every ordered pair sits in a one-draw table (see
-    ``repeated_table``); larger pools draw one number encoding an ordered pair. The pickers
-    inline ``pair`` in their ``pick`` (one Python frame per pick), from ``table`` or from
-    ``state``; it stays here for retries.
+    The pickers inline ``pair`` in their ``pick`` (one Python frame per pick) from the
+    subclass's ``state``, a tuple read with one attribute load; it stays here for retries.
     """
 
-    __slots__ = (
-        "_bits",
-        "_limit",
-        "_rng",
-        "_width",
-        "endpoints",
-        "size",
-        "space",
-        "state",
-        "table",
-    )
+    __slots__ = ("_rng", "endpoints")
 
     def __init__(self, endpoints: tuple[Endpoint, ...], rng: random.Random) -> None:
         self.endpoints = endpoints
-        self.size = size = len(endpoints)
         self._rng = rng
-        self._bits = rng.getrandbits
-        self.space = max(size * (size - 1), 1)
-        width = table_width(self.space)
-        self.table: tuple[tuple[Endpoint, Endpoint], ...] | None = None
-        if width is not None and size > 1:
-            ordered = [(a, b) for a in endpoints for b in endpoints if a is not b]
-            self.table = repeated_table(ordered, [1] * len(ordered), width)
-            self._width, self._limit = width, len(self.table)
-        else:
-            self._width, self._limit = _pair_width(self.space)
-        self.state = (self._bits, self._width, self._limit, self.space, size, endpoints)
-        """What ``pair`` reads, in one tuple: one attribute read for an inlined draw."""
 
+    @abstractmethod
     def pair(self) -> tuple[Endpoint, Endpoint]:
         """Two distinct endpoints, every ordered pair equally likely."""
-        draw = self._bits(self._width)
-        while draw >= self._limit:
-            draw = self._bits(self._width)
-        if self.table is not None:
-            return self.table[draw]
-        draw %= self.space
-        first, second = draw % self.size, draw // self.size
-        # second ranges over size - 1 values: skipping first makes it distinct from it.
-        return self.endpoints[first], self.endpoints[second + (second >= first)]
 
     def sample(self, count: int) -> list[Endpoint]:
         """``count`` distinct endpoints, for choice counts above two."""
@@ -329,72 +289,136 @@ class _PairDraw:
         return self._rng.sample(remaining, count)
 
 
+@final
+class _PairTableDraw(_PairDraw):
+    """Up to 64 servers: every ordered pair in a one-draw table (see ``repeated_table``)."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, endpoints: tuple[Endpoint, ...], rng: random.Random, width: int) -> None:
+        super().__init__(endpoints, rng)
+        ordered = [(a, b) for a in endpoints for b in endpoints if a is not b]
+        table = repeated_table(ordered, [1] * len(ordered), width)
+        self.state: tuple[_Bits, int, int, tuple[tuple[Endpoint, Endpoint], ...]] = (
+            rng.getrandbits,
+            width,
+            len(table),
+            table,
+        )
+        """getrandbits, bits per draw, the table's length (a draw at or above it is drawn
+        again) and the table."""
+
+    def pair(self) -> tuple[Endpoint, Endpoint]:
+        """Two distinct endpoints, every ordered pair equally likely: one table entry."""
+        bits, width, limit, table = self.state
+        draw = bits(width)
+        while draw >= limit:
+            draw = bits(width)
+        return table[draw]
+
+
+@final
+class _TwoDraws(_PairDraw):
+    """Larger pools: each candidate drawn alone, both again when they are the same endpoint.
+
+    Two independent uniform draws, kept only when they differ, are uniform over the ordered
+    pairs of distinct endpoints; they coincide in one pick in n. Two getrandbits calls cost less
+    than splitting one draw into a pair: ``%`` and ``//`` are generic operators in CPython,
+    each allocating an int, where indexing a tuple is not.
+    """
+
+    __slots__ = ("state",)
+
+    def __init__(self, endpoints: tuple[Endpoint, ...], rng: random.Random) -> None:
+        super().__init__(endpoints, rng)
+        size = len(endpoints)
+        # The endpoints repeated, so that few draws fall past the table and are drawn again:
+        # fewer than one in eight while the table holds at most 2**15 references (4,096
+        # servers), fewer than one in five beyond, the table under eight times the pool.
+        width = table_width(size) or (size - 1).bit_length() + 2
+        table = endpoints * ((1 << width) // size)
+        self.state: tuple[_Bits, int, int, tuple[Endpoint, ...]] = (
+            rng.getrandbits,
+            width,
+            len(table),
+            table,
+        )
+        """getrandbits, bits per draw, the table's length (a draw at or above it is drawn
+        again) and the table."""
+
+    def pair(self) -> tuple[Endpoint, Endpoint]:
+        """Two distinct endpoints, every ordered pair equally likely: two table entries."""
+        bits, width, limit, table = self.state
+        while True:
+            at = bits(width)
+            while at >= limit:
+                at = bits(width)
+            to = bits(width)
+            while to >= limit:
+                to = bits(width)
+            first, second = table[at], table[to]
+            if first is not second:
+                return first, second
+
+
+def _pair_draw(endpoints: tuple[Endpoint, ...], rng: random.Random) -> _PairTableDraw | _TwoDraws:
+    """The cheaper exact pair draw for two or more endpoints: a pair table while it is small."""
+    size = len(endpoints)
+    width = table_width(size * (size - 1))
+    return _TwoDraws(endpoints, rng) if width is None else _PairTableDraw(endpoints, rng, width)
+
+
+@final
+class _OneServerPicker(Picker):
+    """A pool of one server, for P2C and peak EWMA: nothing to compare, and no other to retry."""
+
+    __slots__ = ("_server",)
+
+    def __init__(self, server: str) -> None:
+        self._server = server
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return the only server."""
+        if key is not None:
+            check_key(key)
+        return self._server
+
+    def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
+        """Return the only server, tried or not."""
+        return self.pick(key)
+
+
 def _envoy_score(endpoint: Endpoint, weight: float, bias: float) -> float:
     """Envoy's least_request with unequal weights: weight / (load + 1) ** bias."""
     load = endpoint.load + 1
     return weight / load if bias == 1.0 else weight / load**bias
 
 
-@final
 class _TwoChoicesPicker(Picker):
-    __slots__ = (
-        "_bias",
-        "_choices",
-        "_draw",
-        "_pair",
-        "_table",
-        "_weights",
-    )
+    """P2C over three or more choices; the base of the two-choice pickers, for retries.
 
-    def __init__(self, snapshot: Snapshot, choices: int, bias: float, rng: random.Random) -> None:
-        self._weights = _weights_if_unequal(snapshot)
+    The two-choice pickers are specialised at build, by weights (equal or not) and by pair
+    draw (table or two draws), so that a pick runs no test it does not need.
+    """
+
+    __slots__ = ("_bias", "_choices", "_draw", "_weights")
+
+    def __init__(
+        self,
+        draw: _PairDraw,
+        choices: int,
+        bias: float,
+        weights: dict[Endpoint, float] | None,
+    ) -> None:
+        self._draw = draw
+        self._choices = choices
         self._bias = bias
-        self._choices = min(choices, len(snapshot.endpoints))
-        self._draw = draw = _PairDraw(snapshot.endpoints, rng)
-        # The pair draw is inlined in pick for two choices: one Python call per pick.
-        self._pair = draw.state if self._choices == 2 else None
-        self._table = draw.table
+        self._weights = weights
 
     def pick(self, key: Key | None = None) -> str:
-        """Return the less loaded of two servers sampled without replacement.
-
-        O(1): one draw (two over a rejection, rarely), two loads compared; no lock.
-        """
+        """Return the best of ``choices`` servers sampled without replacement: O(choices)."""
         if key is not None:
             check_key(key)
-        pair = self._pair
-        if pair is None:
-            return self._pick_general()
-        # _PairDraw.pair, inlined: the same draws give the same pairs.
-        bits, width, limit, space, size, pool = pair
-        draw = bits(width)
-        while draw >= limit:
-            draw = bits(width)
-        table = self._table
-        if table is not None:
-            first, second = table[draw]
-        else:
-            draw %= space
-            at = draw % size
-            other = draw // size
-            first, second = pool[at], pool[other + (other >= at)]
-        weights = self._weights
-        if weights is None:
-            return (second if second.load < first.load else first).server
-        bias = self._bias
-        if bias == 1.0:  # weight / (load + 1), compared without dividing
-            if weights[second] * (first.load + 1) > weights[first] * (second.load + 1):
-                return second.server
-            return first.server
-        # _envoy_score, inlined; the first drawn wins a tie, as max() would give it.
-        if weights[second] / (second.load + 1) ** bias > weights[first] / (first.load + 1) ** bias:
-            return second.server
-        return first.server
-
-    def _pick_general(self) -> str:
-        """More than two choices, or a single server."""
-        if self._choices == 1:
-            return self._draw.endpoints[0].server
         return self._best(self._draw.sample(self._choices))
 
     def _best(self, candidates: Sequence[Endpoint]) -> str:
@@ -420,6 +444,134 @@ class _TwoChoicesPicker(Picker):
             check_key(key)
         candidates = self._draw.excluding(self._choices, exclude)
         return self._best(candidates) if candidates else self.pick(key)
+
+
+@final
+class _PairTablePicker(_TwoChoicesPicker):
+    """Two choices, equal weights, up to 64 servers."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, draw: _PairTableDraw, bias: float) -> None:
+        super().__init__(draw, 2, bias, None)
+        self._pairs = draw.state
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return the less loaded of two servers sampled without replacement.
+
+        Ties go to the first drawn. O(1): one draw (two over a rejection, rarely), two loads
+        compared; no lock.
+        """
+        if key is not None:
+            check_key(key)
+        # _PairTableDraw.pair, inlined: the same draws give the same pairs.
+        bits, width, limit, pairs = self._pairs
+        draw = bits(width)
+        while draw >= limit:
+            draw = bits(width)
+        first, second = pairs[draw]
+        return (second if second.load < first.load else first).server
+
+
+@final
+class _TwoDrawPicker(_TwoChoicesPicker):
+    """Two choices, equal weights, more than 64 servers."""
+
+    __slots__ = ("_singles",)
+
+    def __init__(self, draw: _TwoDraws, bias: float) -> None:
+        super().__init__(draw, 2, bias, None)
+        self._singles = draw.state
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return the less loaded of two servers sampled without replacement.
+
+        Ties go to the first drawn. O(1): two draws (more over a rejection, rarely), two
+        loads compared; no lock.
+        """
+        if key is not None:
+            check_key(key)
+        # _TwoDraws.pair, inlined: the same draws give the same pairs.
+        bits, width, limit, table = self._singles
+        at = bits(width)
+        while at >= limit:
+            at = bits(width)
+        to = bits(width)
+        while to >= limit:
+            to = bits(width)
+        first, second = table[at], table[to]
+        if first is second:  # once in n: both drawn again, as pair() goes on to do
+            first, second = self._draw.pair()
+        return (second if second.load < first.load else first).server
+
+
+@final
+class _WeightedPairTablePicker(_TwoChoicesPicker):
+    """Two choices, unequal weights, up to 64 servers."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, draw: _PairTableDraw, bias: float, weights: dict[Endpoint, float]) -> None:
+        super().__init__(draw, 2, bias, weights)
+        self._pairs = (*draw.state, weights, bias)
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return the higher ``weight / (load + 1) ** bias`` of two servers sampled.
+
+        Sampled without replacement; ties go to the first drawn. O(1), no lock.
+        """
+        if key is not None:
+            check_key(key)
+        bits, width, limit, pairs, weights, bias = self._pairs
+        draw = bits(width)
+        while draw >= limit:
+            draw = bits(width)
+        first, second = pairs[draw]
+        if bias == 1.0:  # weight / (load + 1), compared without dividing
+            if weights[second] * (first.load + 1) > weights[first] * (second.load + 1):
+                return second.server
+            return first.server
+        # _envoy_score, inlined; the first drawn wins a tie, as max() would give it.
+        if weights[second] / (second.load + 1) ** bias > weights[first] / (first.load + 1) ** bias:
+            return second.server
+        return first.server
+
+
+@final
+class _WeightedTwoDrawPicker(_TwoChoicesPicker):
+    """Two choices, unequal weights, more than 64 servers."""
+
+    __slots__ = ("_singles",)
+
+    def __init__(self, draw: _TwoDraws, bias: float, weights: dict[Endpoint, float]) -> None:
+        super().__init__(draw, 2, bias, weights)
+        self._singles = (*draw.state, weights, bias)
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return the higher ``weight / (load + 1) ** bias`` of two servers sampled.
+
+        Sampled without replacement; ties go to the first drawn. O(1), no lock.
+        """
+        if key is not None:
+            check_key(key)
+        bits, width, limit, table, weights, bias = self._singles
+        at = bits(width)
+        while at >= limit:
+            at = bits(width)
+        to = bits(width)
+        while to >= limit:
+            to = bits(width)
+        first, second = table[at], table[to]
+        if first is second:  # once in n: both drawn again, as pair() goes on to do
+            first, second = self._draw.pair()
+        if bias == 1.0:  # weight / (load + 1), compared without dividing
+            if weights[second] * (first.load + 1) > weights[first] * (second.load + 1):
+                return second.server
+            return first.server
+        # _envoy_score, inlined; the first drawn wins a tie, as max() would give it.
+        if weights[second] / (second.load + 1) ** bias > weights[first] / (first.load + 1) ** bias:
+            return second.server
+        return first.server
 
 
 @final
@@ -450,8 +602,22 @@ class PowerOfTwoChoicesStrategy(Strategy):
         self._rng = resolve_rng(rng)
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
-        """Return a picker comparing sampled servers' loads."""
-        return _TwoChoicesPicker(snapshot, self._choices, self._bias, self._rng)
+        """Return a picker comparing sampled servers' loads, specialised to the snapshot."""
+        endpoints = snapshot.endpoints
+        if len(endpoints) == 1:
+            return _OneServerPicker(snapshot.servers[0])
+        draw = _pair_draw(endpoints, self._rng)
+        weights = _weights_if_unequal(snapshot)
+        choices = min(self._choices, len(endpoints))
+        if choices > 2:
+            return _TwoChoicesPicker(draw, choices, self._bias, weights)
+        if isinstance(draw, _PairTableDraw):
+            if weights is None:
+                return _PairTablePicker(draw, self._bias)
+            return _WeightedPairTablePicker(draw, self._bias, weights)
+        if weights is None:
+            return _TwoDrawPicker(draw, self._bias)
+        return _WeightedTwoDrawPicker(draw, self._bias, weights)
 
     def __repr__(self) -> str:
         args = [f"choices={self._choices}"] if self._choices != 2 else []
@@ -460,75 +626,28 @@ class PowerOfTwoChoicesStrategy(Strategy):
         return f"PowerOfTwoChoicesStrategy({', '.join(args)})"
 
 
-@final
 class _PeakEWMAPicker(Picker):
-    __slots__ = (
-        "_clock",
-        "_decay",
-        "_default",
-        "_draw",
-        "_pair",
-        "_single",
-        "_table",
-        "_weights",
-    )
+    """Peak EWMA's retries and costs; the base of its pickers, specialised at build.
+
+    By weights (equal or not) and pair draw (table or two draws), so that a pick runs no
+    test it does not need.
+    """
+
+    __slots__ = ("_clock", "_decay", "_default", "_draw", "_weights")
 
     def __init__(
-        self, snapshot: Snapshot, decay: float, default: float, rng: random.Random
+        self,
+        snapshot: Snapshot,
+        draw: _PairDraw,
+        decay: float,
+        default: float,
+        weights: dict[Endpoint, float] | None,
     ) -> None:
-        self._weights = _weights_if_unequal(snapshot)
-        self._single = snapshot.servers[0] if len(snapshot.servers) == 1 else None
         self._clock: Callable[[], float] = snapshot.clock
+        self._draw = draw
         self._decay = decay
         self._default = default
-        self._draw = draw = _PairDraw(snapshot.endpoints, rng)
-        # The pair draw is inlined in pick: one Python call per pick.
-        self._pair = draw.state
-        self._table = draw.table
-
-    def pick(self, key: Key | None = None) -> str:
-        """Return the cheaper of two servers sampled without replacement.
-
-        Cost is the expected latency of one more request: the peak-EWMA latency (the default
-        before any sample), decayed by the idle time since its last sample, times the load
-        plus one. O(1), no lock.
-        """
-        if key is not None:
-            check_key(key)
-        if self._single is not None:
-            return self._single
-        # _PairDraw.pair and _cheaper, inlined: a pick stays one Python call, and the same
-        # draws give the same pairs.
-        bits, width, limit, space, size, pool = self._pair
-        draw = bits(width)
-        while draw >= limit:
-            draw = bits(width)
-        table = self._table
-        if table is not None:
-            first, second = table[draw]
-        else:
-            draw %= space
-            at = draw % size
-            other = draw // size
-            first, second = pool[at], pool[other + (other >= at)]
-        if first.latency is None and second.latency is None:
-            # Neither measured yet: their costs differ only by age, so compare loads alone.
-            first_cost: float = first.load + 1
-            second_cost: float = second.load + 1
-        else:
-            # _cost, inlined for both.
-            now = self._clock()
-            decay, default = self._decay, self._default
-            age = first.latency_at - now
-            latency = default if first.latency is None else first.latency
-            first_cost = latency * exp((0.0 if age > 0.0 else age) / decay) * (first.load + 1)
-            age = second.latency_at - now
-            latency = default if second.latency is None else second.latency
-            second_cost = latency * exp((0.0 if age > 0.0 else age) / decay) * (second.load + 1)
-        if self._weights is not None:
-            first_cost /= self._weights[first]
-            second_cost /= self._weights[second]
-        return (second if second_cost < first_cost else first).server
+        self._weights = weights
 
     def pick_excluding(self, key: Key | None, exclude: Set[str]) -> str:
         """The cheaper of two servers sampled without replacement among those not excluded.
@@ -537,7 +656,7 @@ class _PeakEWMAPicker(Picker):
         """
         if key is not None:
             check_key(key)
-        candidates = self._draw.excluding(2 if self._single is None else 1, exclude)
+        candidates = self._draw.excluding(2, exclude)
         if len(candidates) == 2:
             return self._cheaper(candidates[0], candidates[1])
         return candidates[0].server if candidates else self.pick(key)
@@ -563,6 +682,190 @@ class _PeakEWMAPicker(Picker):
         # has not been tried yet, is tried now and then, and regains traffic once it is fast.
         decay = exp(min(endpoint.latency_at - now, 0.0) / self._decay)
         return latency * decay * (endpoint.load + 1)
+
+
+@final
+class _PeakEWMAPairTablePicker(_PeakEWMAPicker):
+    """Equal weights, up to 64 servers."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(
+        self, snapshot: Snapshot, draw: _PairTableDraw, decay: float, default: float
+    ) -> None:
+        super().__init__(snapshot, draw, decay, default, None)
+        self._pairs = draw.state
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return the cheaper of two servers sampled without replacement.
+
+        Cost is the expected latency of one more request: the peak-EWMA latency (the default
+        before any sample), decayed by the idle time since its last sample, times the load
+        plus one. O(1), no lock.
+        """
+        if key is not None:
+            check_key(key)
+        # _PairTableDraw.pair and _cheaper, inlined: a pick stays one Python call, and the
+        # same draws give the same pairs.
+        bits, width, limit, pairs = self._pairs
+        draw = bits(width)
+        while draw >= limit:
+            draw = bits(width)
+        first, second = pairs[draw]
+        if first.latency is None and second.latency is None:
+            # Neither measured yet: their costs differ only by age, so compare loads alone.
+            return (second if second.load < first.load else first).server
+        # _cost, inlined for both.
+        now = self._clock()
+        decay, default = self._decay, self._default
+        age = first.latency_at - now
+        latency = default if first.latency is None else first.latency
+        first_cost = latency * exp((0.0 if age > 0.0 else age) / decay) * (first.load + 1)
+        age = second.latency_at - now
+        latency = default if second.latency is None else second.latency
+        second_cost = latency * exp((0.0 if age > 0.0 else age) / decay) * (second.load + 1)
+        return (second if second_cost < first_cost else first).server
+
+
+@final
+class _PeakEWMATwoDrawPicker(_PeakEWMAPicker):
+    """Equal weights, more than 64 servers."""
+
+    __slots__ = ("_singles",)
+
+    def __init__(self, snapshot: Snapshot, draw: _TwoDraws, decay: float, default: float) -> None:
+        super().__init__(snapshot, draw, decay, default, None)
+        self._singles = draw.state
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return the cheaper of two servers sampled without replacement.
+
+        Cost as for ``_PeakEWMAPairTablePicker.pick``. O(1), no lock.
+        """
+        if key is not None:
+            check_key(key)
+        # _TwoDraws.pair and _cheaper, inlined: a pick stays one Python call, and the same
+        # draws give the same pairs.
+        bits, width, limit, table = self._singles
+        at = bits(width)
+        while at >= limit:
+            at = bits(width)
+        to = bits(width)
+        while to >= limit:
+            to = bits(width)
+        first, second = table[at], table[to]
+        if first is second:  # once in n: both drawn again, as pair() goes on to do
+            first, second = self._draw.pair()
+        if first.latency is None and second.latency is None:
+            # Neither measured yet: their costs differ only by age, so compare loads alone.
+            return (second if second.load < first.load else first).server
+        # _cost, inlined for both.
+        now = self._clock()
+        decay, default = self._decay, self._default
+        age = first.latency_at - now
+        latency = default if first.latency is None else first.latency
+        first_cost = latency * exp((0.0 if age > 0.0 else age) / decay) * (first.load + 1)
+        age = second.latency_at - now
+        latency = default if second.latency is None else second.latency
+        second_cost = latency * exp((0.0 if age > 0.0 else age) / decay) * (second.load + 1)
+        return (second if second_cost < first_cost else first).server
+
+
+@final
+class _WeightedPeakEWMAPairTablePicker(_PeakEWMAPicker):
+    """Unequal weights, up to 64 servers."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        draw: _PairTableDraw,
+        decay: float,
+        default: float,
+        weights: dict[Endpoint, float],
+    ) -> None:
+        super().__init__(snapshot, draw, decay, default, weights)
+        self._pairs = (*draw.state, weights)
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return the cheaper of two servers sampled without replacement, per unit of weight.
+
+        Cost as for ``_PeakEWMAPairTablePicker.pick``, divided by the weight. O(1), no lock.
+        """
+        if key is not None:
+            check_key(key)
+        bits, width, limit, pairs, weights = self._pairs
+        draw = bits(width)
+        while draw >= limit:
+            draw = bits(width)
+        first, second = pairs[draw]
+        if first.latency is None and second.latency is None:
+            first_cost: float = first.load + 1
+            second_cost: float = second.load + 1
+        else:
+            now = self._clock()
+            decay, default = self._decay, self._default
+            age = first.latency_at - now
+            latency = default if first.latency is None else first.latency
+            first_cost = latency * exp((0.0 if age > 0.0 else age) / decay) * (first.load + 1)
+            age = second.latency_at - now
+            latency = default if second.latency is None else second.latency
+            second_cost = latency * exp((0.0 if age > 0.0 else age) / decay) * (second.load + 1)
+        first_cost /= weights[first]
+        second_cost /= weights[second]
+        return (second if second_cost < first_cost else first).server
+
+
+@final
+class _WeightedPeakEWMATwoDrawPicker(_PeakEWMAPicker):
+    """Unequal weights, more than 64 servers."""
+
+    __slots__ = ("_singles",)
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        draw: _TwoDraws,
+        decay: float,
+        default: float,
+        weights: dict[Endpoint, float],
+    ) -> None:
+        super().__init__(snapshot, draw, decay, default, weights)
+        self._singles = (*draw.state, weights)
+
+    def pick(self, key: Key | None = None) -> str:
+        """Return the cheaper of two servers sampled without replacement, per unit of weight.
+
+        Cost as for ``_PeakEWMAPairTablePicker.pick``, divided by the weight. O(1), no lock.
+        """
+        if key is not None:
+            check_key(key)
+        bits, width, limit, table, weights = self._singles
+        at = bits(width)
+        while at >= limit:
+            at = bits(width)
+        to = bits(width)
+        while to >= limit:
+            to = bits(width)
+        first, second = table[at], table[to]
+        if first is second:  # once in n: both drawn again, as pair() goes on to do
+            first, second = self._draw.pair()
+        if first.latency is None and second.latency is None:
+            first_cost: float = first.load + 1
+            second_cost: float = second.load + 1
+        else:
+            now = self._clock()
+            decay, default = self._decay, self._default
+            age = first.latency_at - now
+            latency = default if first.latency is None else first.latency
+            first_cost = latency * exp((0.0 if age > 0.0 else age) / decay) * (first.load + 1)
+            age = second.latency_at - now
+            latency = default if second.latency is None else second.latency
+            second_cost = latency * exp((0.0 if age > 0.0 else age) / decay) * (second.load + 1)
+        first_cost /= weights[first]
+        second_cost /= weights[second]
+        return (second if second_cost < first_cost else first).server
 
 
 @final
@@ -608,8 +911,20 @@ class PeakEWMAStrategy(Strategy):
         return self._failure_latency
 
     def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
-        """Return a picker comparing two sampled servers' latency cost."""
-        return _PeakEWMAPicker(snapshot, self._decay, self._default, self._rng)
+        """Return a picker comparing two sampled servers' latency cost, specialised to it."""
+        endpoints = snapshot.endpoints
+        if len(endpoints) == 1:
+            return _OneServerPicker(snapshot.servers[0])
+        draw = _pair_draw(endpoints, self._rng)
+        weights = _weights_if_unequal(snapshot)
+        decay, default = self._decay, self._default
+        if isinstance(draw, _PairTableDraw):
+            if weights is None:
+                return _PeakEWMAPairTablePicker(snapshot, draw, decay, default)
+            return _WeightedPeakEWMAPairTablePicker(snapshot, draw, decay, default, weights)
+        if weights is None:
+            return _PeakEWMATwoDrawPicker(snapshot, draw, decay, default)
+        return _WeightedPeakEWMATwoDrawPicker(snapshot, draw, decay, default, weights)
 
     def __repr__(self) -> str:
         args = []
