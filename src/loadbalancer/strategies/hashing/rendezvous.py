@@ -109,11 +109,8 @@ class _RendezvousPicker(BoundedPicker):
         ``BoundedPicker.acquire`` does.
         """
         admission = self._admission
-        if admission is None:  # Picker.acquire, inlined: this is every unbounded lease
-            endpoint = endpoints[self.pick_excluding(key, exclude) if exclude else self.pick(key)]
-            endpoint.begin()
-            return endpoint
-        if exclude:
+        # Unbounded first attempts never get here: the balancer runs them (acquire_is_pick).
+        if admission is None or exclude:
             return super().acquire(key, endpoints, exclude)
         scores = self._scores_for(key)
         best = self._servers[scores.index(max(scores))]
