@@ -14,40 +14,18 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import random
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 
+from _revisions import module_at
 from loadbalancer import Snapshot
 from loadbalancer._snapshot import Endpoint
 from loadbalancer.strategies import weighted
 
 SIZES = (10, 100, 1_000, 10_000)
 _MODULE = "src/loadbalancer/strategies/weighted.py"
-
-
-def load_revision(rev: str) -> ModuleType:
-    """``weighted.py`` as of git revision ``rev``, imported as a module of the package."""
-    root = Path(__file__).resolve().parent.parent
-    source = subprocess.run(
-        ["git", "show", f"{rev}:{_MODULE}"], cwd=root, check=True, capture_output=True, text=True
-    ).stdout
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as file:
-        file.write(source)
-    name = "loadbalancer.strategies._weighted_baseline"
-    spec = importlib.util.spec_from_file_location(name, file.name)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def snapshot(size: int, kind: str) -> Snapshot:
@@ -85,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     modules = {"now": weighted}
     if args.baseline:
-        modules = {args.baseline: load_revision(args.baseline), "now": weighted}
+        modules = {args.baseline: module_at(args.baseline, _MODULE), "now": weighted}
     print(f"Python {sys.version.split()[0]}; best µs per rebuild (x: ratio to the pool copy)")
     header = f"  {'strategy':<14} {'weights':<7} {'servers':>7} {'pool copy':>10}"
     print(header + "".join(f" {name:>18}" for name in modules))

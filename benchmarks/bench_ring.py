@@ -18,16 +18,14 @@ Run: ``.venv/bin/python benchmarks/bench_ring.py [--before REV] [--sizes 10,100,
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import subprocess
 import sys
 import time
 import tracemalloc
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 
+from _revisions import module_at
 from _scale_refs import MinimalLease
 from _timing import best_ns_per_call
 from loadbalancer import Endpoint, LoadBalancer, Snapshot, Strategy
@@ -36,22 +34,6 @@ from loadbalancer.strategies.hashing._keys import md5, unpack_ketama, xxh64
 
 KEYS = [f"user:{i}:session" for i in range(10_000)]
 RING = "src/loadbalancer/strategies/hashing/ring.py"
-
-
-def ring_at(revision: str) -> ModuleType:
-    """``ring.py`` as at git ``revision``, importable beside the working tree's."""
-    root = Path(__file__).resolve().parent.parent
-    source = subprocess.run(
-        ["git", "show", f"{revision}:{RING}"], cwd=root, capture_output=True, check=True, text=True
-    ).stdout
-    name = "loadbalancer.strategies.hashing._ring_before"
-    spec = importlib.util.spec_from_loader(name, loader=None)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    module.__package__ = "loadbalancer.strategies.hashing"
-    sys.modules[name] = module
-    exec(compile(source, f"{revision}:{RING}", "exec"), module.__dict__)
-    return module
 
 
 class Floors:
@@ -128,7 +110,7 @@ def main() -> None:
     sizes = [int(size) for size in args.sizes.split(",")]
     versions: dict[str, ModuleType] = {"after": after_module}
     if args.before:
-        versions = {"before": ring_at(args.before), "after": after_module}
+        versions = {"before": module_at(args.before, RING), "after": after_module}
     print(f"Python {sys.version.split()[0]}; {len(KEYS):,} keys; default vnodes")
     for mode in ("xxh64", "ketama"):
         print(f"\nhash={mode}: get and lb.picker.pick ns per key (x keyed floor); rebuild ms;")
