@@ -215,7 +215,8 @@ def test_a_forked_child_catches_up_a_balancer_queued_before_the_fork(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     no_rebuild_thread(monkeypatch)
-    lb = balancer(Gated(), FakeClock(), Events())
+    events = Events()
+    lb = balancer(Gated(), FakeClock(), events)
     lb.done("a", ok=False)
     lb.done("a", ok=False)  # queued for a thread that will never serve it, in this process
     monkeypatch.undo()
@@ -226,13 +227,8 @@ def test_a_forked_child_catches_up_a_balancer_queued_before_the_fork(
         code = 1
         try:
             lb.done("a", ok=False)
-            ejected = threading.Event()
-            for _ in range(1000):
-                if lb.stats()["a"].ejected:
-                    ejected.set()
-                    break
-                ejected.wait(0.01)
-            code = 0 if ejected.is_set() else 1
+            ejected = events.wait_for(HealthEventKind.EJECTED)  # told by the child's thread
+            code = 0 if ejected.server == "a" and lb.stats()["a"].ejected else 1
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
