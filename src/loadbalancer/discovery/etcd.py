@@ -641,6 +641,13 @@ class _Registrar:
             log.info("%s: deregistered (lease %x revoked)", self.name, lease_id)
 
 
+def _registration_options(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A registration's keyword arguments from ``etcd://host[:port]/prefix/`` and ``options``."""
+    host, port, prefix, query = _parse_url(url)
+    timeout = _timeout_option(url, query, options.pop("timeout", 5.0))
+    return {"host": host, "port": port, "prefix": prefix, "timeout": timeout, **options}
+
+
 @final
 class AsyncEtcdRegistration:
     """Keeps ``server`` registered in etcd, in a task on the running event loop.
@@ -680,9 +687,7 @@ class AsyncEtcdRegistration:
     @classmethod
     def from_url(cls, url: str, server: str, **options: Any) -> AsyncEtcdRegistration:
         """Register ``server`` under the prefix of ``etcd://host[:port]/prefix/``."""
-        host, port, prefix, query = _parse_url(url)
-        timeout = _timeout_option(url, query, options.pop("timeout", 5.0))
-        return cls(server, host=host, port=port, prefix=prefix, timeout=timeout, **options)
+        return cls(server, **_registration_options(url, options))
 
     @property
     def key(self) -> str:
@@ -792,9 +797,7 @@ class EtcdRegistration:
     @classmethod
     def from_url(cls, url: str, server: str, **options: Any) -> EtcdRegistration:
         """Register ``server`` under the prefix of ``etcd://host[:port]/prefix/``."""
-        host, port, prefix, query = _parse_url(url)
-        timeout = _timeout_option(url, query, options.pop("timeout", 5.0))
-        return cls(server, host=host, port=port, prefix=prefix, timeout=timeout, **options)
+        return cls(server, **_registration_options(url, options))
 
     @property
     def key(self) -> str:
