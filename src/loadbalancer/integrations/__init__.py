@@ -8,9 +8,13 @@
   ``aiohttp.ClientSession`` (install ``loadbalancer[aiohttp]``; aiohttp 3.12 or later).
 * ``loadbalancer.integrations._http``: the client-independent layer they share (routing,
   server addresses, the Host header, sticky keys, and the retry rules).
+* ``loadbalancer.integrations._semconv``: the OpenTelemetry metrics they share, recorded when
+  an integration is given ``meter_provider=``: ``http.client.request.duration`` per attempt,
+  with the HTTP client semantic conventions' attributes (install ``loadbalancer[opentelemetry]``).
 
 Each is a thin adapter over ``LoadBalancer.call_held`` / ``acall_held``: the failover engine
 runs the attempts; the adapter addresses each one, maps its client's errors, and holds the
 answer's lease until its body is done. Importing this package imports no HTTP client: each
-adapter imports its own on import.
+adapter imports its own on import. None of them imports OpenTelemetry unless given a
+``meter_provider``.
 """

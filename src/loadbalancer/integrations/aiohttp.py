@@ -57,8 +57,8 @@ import asyncio
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Mapping
-from typing import Any, final
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, final
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
@@ -68,12 +68,14 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from loadbalancer import (
+    Attempt,
     AttemptTimeoutError,
     Held,
     Key,
     Lease,
     LoadBalancer,
     NoServersAvailableError,
+    Verdict,
 )
 
 from ._http import (
@@ -88,6 +90,10 @@ from ._http import (
     host_header,
     parse_server,
 )
+from ._semconv import HttpMetrics, http_metrics, protocol_version
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
 
 __all__ = [
     "IDEMPOTENT",
@@ -169,6 +175,12 @@ def _status(response: ClientResponse) -> int:
 
 def _retry_after(response: ClientResponse) -> str | None:
     return response.headers.get(hdrs.RETRY_AFTER)
+
+
+def _version(response: ClientResponse) -> str | None:
+    """``network.protocol.version`` of ``response`` (aiohttp's ``HttpVersion(1, 1)``: ``1.1``)."""
+    version = response.version
+    return None if version is None else protocol_version(version.major, version.minor)
 
 
 def _replayable(body: Payload | bytes) -> bool:
@@ -511,7 +523,10 @@ class BalancedMiddleware:
     ``policy.hedging`` hedges idempotent requests with replayable bodies. A request whose host
     no balancer routes, or whose balancer has no server, raises ``NoBackendAvailable``.
     ``close()`` ends the leases of bodies still open (``open_streams``) with no outcome; the
-    session, which the middleware does not own, is closed by its owner.
+    session, which the middleware does not own, is closed by its owner. ``meter_provider``
+    (an ``opentelemetry.metrics.MeterProvider``) records every attempt on
+    ``http.client.request.duration`` (see ``loadbalancer.integrations._semconv``); None, the
+    default, records nothing.
     """
 
     def __init__(
@@ -519,6 +534,7 @@ class BalancedMiddleware:
         balancers: LoadBalancer | Mapping[str, LoadBalancer],
         *,
         policy: HttpPolicy | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self._routes = Routes(balancers)
         self._policy = check_policy(policy)
@@ -526,6 +542,9 @@ class BalancedMiddleware:
         self._holds = _Holds()
         self._classifiers = classifiers_by_kind(
             self._policy.rules, status=_status, retry_after=_retry_after, kind=error_kind
+        )
+        self._metrics: HttpMetrics[ClientResponse] | None = http_metrics(
+            meter_provider, status=_status, version=_version
         )
 
     @property
@@ -551,14 +570,22 @@ class BalancedMiddleware:
         async def attempt(server: str) -> ClientResponse:
             return await handler(_attempt_request(request, server, policy))
 
+        run: Callable[[str], Awaitable[ClientResponse]] = attempt
+        judge: Callable[[Attempt[ClientResponse]], Verdict] = classify
+        metrics = self._metrics
+        recorder = None
+        if metrics is not None:
+            url = request.url
+            recorder = metrics.request(request.method, host, url.scheme, url.explicit_port)
+            run, judge = recorder.asynchronous(attempt), recorder.classify(classify)
         try:
             held = await lb.acall_held(
-                attempt,
+                run,
                 results=self._results,
                 key=key,
                 retry=policy.retry,
                 hedging=policy.hedging if idempotent and replayable else None,
-                classify=classify,
+                classify=judge,
             )
         except NoServersAvailableError as exc:
             raise NoBackendAvailable(
@@ -570,6 +597,9 @@ class BalancedMiddleware:
                 for note in getattr(exc, "__notes__", ()):
                     error.add_note(note)
             raise error from exc
+        finally:
+            if recorder is not None:
+                recorder.done()
         return self._held(held, request)
 
     def _held(self, held: Held[ClientResponse], request: ClientRequest) -> ClientResponse:

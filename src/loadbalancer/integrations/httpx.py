@@ -30,17 +30,19 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
-from typing import Any, TypeVar, final
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import httpx
 
 from loadbalancer import (
+    Attempt,
     AttemptTimeoutError,
     Held,
     Key,
     LoadBalancer,
     NoServersAvailableError,
+    Verdict,
 )
 
 from ._http import (
@@ -56,6 +58,10 @@ from ._http import (
     host_header,
     parse_server,
 )
+from ._semconv import HttpMetrics, http_metrics
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
 
 __all__ = [
     "IDEMPOTENT",
@@ -124,6 +130,12 @@ def _status(response: httpx.Response) -> int:
 def _retry_after(response: httpx.Response) -> str | None:
     value: str | None = response.headers.get("retry-after")
     return value
+
+
+def _version(response: httpx.Response) -> str | None:
+    """``network.protocol.version`` of ``response`` (``HTTP/1.1``: ``1.1``), if httpx knows it."""
+    version: str = response.http_version  # the "http_version" extension, or HTTP/1.1
+    return version.removeprefix("HTTP/") or None
 
 
 # -- leases held by response bodies ---------------------------------------------------------------
@@ -335,15 +347,21 @@ class _AsyncResults:
 class _Router:
     """A transport's routes and policy, and the classifiers its requests are judged by."""
 
-    __slots__ = ("_classifiers", "_routes", "policy")
+    __slots__ = ("_classifiers", "_routes", "metrics", "policy")
 
     def __init__(
-        self, balancers: LoadBalancer | Mapping[str, LoadBalancer], policy: object
+        self,
+        balancers: LoadBalancer | Mapping[str, LoadBalancer],
+        policy: object,
+        meter_provider: object,
     ) -> None:
         self._routes = Routes(balancers)
         self.policy = check_policy(policy)
         self._classifiers = classifiers_by_kind(
             self.policy.rules, status=_status, retry_after=_retry_after, kind=error_kind
+        )
+        self.metrics: HttpMetrics[httpx.Response] | None = http_metrics(
+            meter_provider, status=_status, version=_version
         )
 
     def route(
@@ -450,6 +468,9 @@ class BalancedTransport(httpx.BaseTransport):
     with the balancer's ``sleep``. ``policy.retry.per_try_timeout`` caps httpx's connect,
     read, write and pool timeouts of each attempt (a blocking attempt cannot be cut off as a
     whole). ``close()`` closes the inner transport and ends the leases of bodies still open.
+    ``meter_provider`` (an ``opentelemetry.metrics.MeterProvider``) records every attempt on
+    ``http.client.request.duration`` (see ``loadbalancer.integrations._semconv``); None, the
+    default, records nothing.
     """
 
     def __init__(
@@ -458,8 +479,9 @@ class BalancedTransport(httpx.BaseTransport):
         *,
         transport: httpx.BaseTransport | None = None,
         policy: HttpPolicy | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
-        self._router = _Router(balancers, policy)
+        self._router = _Router(balancers, policy, meter_provider)
         self._transport = (
             httpx.HTTPTransport()
             if transport is None
@@ -482,9 +504,14 @@ class BalancedTransport(httpx.BaseTransport):
         def attempt(server: str) -> httpx.Response:
             return send(_attempt_request(request, server, policy, per_try))
 
+        run: Callable[[str], httpx.Response] = attempt
+        metrics = self._router.metrics
+        if metrics is not None:
+            url = request.url
+            run = metrics.request(request.method, url.host, url.scheme, url.port).sync(attempt)
         try:
             held = lb.call_held(
-                attempt, results=_SYNC_RESULTS, key=key, retry=policy.retry, classify=classify
+                run, results=_SYNC_RESULTS, key=key, retry=policy.retry, classify=classify
             )
         except NoServersAvailableError as exc:
             raise _no_backend(request, exc) from exc
@@ -520,7 +547,8 @@ class AsyncBalancedTransport(httpx.AsyncBaseTransport):
     last raises ``PerTryTimeout``); httpx's own read timeout bounds each read of the body.
     ``policy.hedging`` hedges idempotent requests with replayable bodies (off by default).
     Cancelling the request cancels every attempt, each with no outcome. ``aclose()`` closes
-    the inner transport and ends the leases of bodies still open.
+    the inner transport and ends the leases of bodies still open. ``meter_provider``: as
+    ``BalancedTransport``'s.
     """
 
     def __init__(
@@ -529,8 +557,9 @@ class AsyncBalancedTransport(httpx.AsyncBaseTransport):
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         policy: HttpPolicy | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
-        self._router = _Router(balancers, policy)
+        self._router = _Router(balancers, policy, meter_provider)
         self._transport = (
             httpx.AsyncHTTPTransport()
             if transport is None
@@ -553,14 +582,22 @@ class AsyncBalancedTransport(httpx.AsyncBaseTransport):
         def attempt(server: str) -> Awaitable[httpx.Response]:
             return send(_attempt_request(request, server, policy, None))
 
+        run: Callable[[str], Awaitable[httpx.Response]] = attempt
+        judge: Callable[[Attempt[httpx.Response]], Verdict] = classify
+        metrics = self._router.metrics
+        recorder = None
+        if metrics is not None:
+            url = request.url
+            recorder = metrics.request(request.method, url.host, url.scheme, url.port)
+            run, judge = recorder.asynchronous(attempt), recorder.classify(classify)
         try:
             held = await lb.acall_held(
-                attempt,
+                run,
                 results=self._results,
                 key=key,
                 retry=policy.retry,
                 hedging=policy.hedging if twice else None,
-                classify=classify,
+                classify=judge,
             )
         except NoServersAvailableError as exc:
             raise _no_backend(request, exc) from exc
@@ -570,6 +607,9 @@ class AsyncBalancedTransport(httpx.AsyncBaseTransport):
                 for note in getattr(exc, "__notes__", ()):
                     error.add_note(note)
             raise error from exc
+        finally:
+            if recorder is not None:
+                recorder.done()
         response = held.result
         if held.lease is None or response.is_closed:
             held.release()  # nothing left to read: see BalancedTransport.handle_request

@@ -47,8 +47,8 @@ from __future__ import annotations
 import http.client
 import ssl
 import threading
-from collections.abc import Generator, Mapping
-from typing import Any, Final, final
+from collections.abc import Callable, Generator, Mapping
+from typing import TYPE_CHECKING, Any, Final, final
 from urllib.parse import urlsplit
 
 import requests
@@ -80,6 +80,10 @@ from ._http import (
     host_header,
     parse_server,
 )
+from ._semconv import HttpMetrics, http_metrics, protocol_version
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
 
 __all__ = [
     "IDEMPOTENT",
@@ -191,6 +195,14 @@ def _retry_after(response: requests.Response) -> str | None:
     return response.headers.get("retry-after")
 
 
+def _version(response: requests.Response) -> str | None:
+    """``network.protocol.version`` of ``response``: urllib3 gives it as 10, 11 or 20."""
+    version = getattr(response.raw, "version", None)
+    if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
+        return None  # not urllib3's response, or a version it could not read
+    return protocol_version(*divmod(version, 10))
+
+
 def _marked(request: PreparedRequest) -> bool | None:
     """The request's ``IDEMPOTENT`` header as a bool (None: absent)."""
     value = request.headers.get(IDEMPOTENT)
@@ -268,14 +280,14 @@ class _Plan:
         "_as_is",
         "_by_name",
         "_host_header",
-        "_port",
-        "_scheme",
         "_target",
         "classify",
         "host",
         "key",
         "lb",
+        "port",
         "request",
+        "scheme",
         "timeout",
     )
 
@@ -302,8 +314,8 @@ class _Plan:
         sticky: StickyKey | None = policy.sticky
         self.key: Key | None = None if sticky is None else sticky.key(request, request.headers.get)
         self.timeout = _capped_timeout(timeout, policy.retry.per_try_timeout)
-        self._scheme = scheme = url.scheme
-        self._port = port = url.port
+        self.scheme = scheme = url.scheme
+        self.port = port = url.port
         self._target = f"{url.path or '/'}?{url.query}" if url.query else (url.path or "/")
         # The Host header the request would carry without the balancer (None: it has one).
         self._host_header = None if "Host" in request.headers else _logical_host(host, port, scheme)
@@ -313,8 +325,8 @@ class _Plan:
     def attempt_request(self, server: str, host_mode: str) -> PreparedRequest:
         """The request addressed to ``server``: its scheme, host and port; path and query kept."""
         backend = parse_server(server)  # cached: parsed once per server
-        scheme = backend.scheme or self._scheme
-        port = backend.port if backend.port is not None else self._port
+        scheme = backend.scheme or self.scheme
+        port = backend.port if backend.port is not None else self.port
         host = backend.host
         if ":" in host:  # IPv6; a zone id (fe80::1%eth0) is written %25 in a URL (RFC 6874)
             host = f"[{host.replace('%', '%25')}]"
@@ -564,7 +576,10 @@ class BalancedAdapter(HTTPAdapter):
     retries are the balancer's, on other servers. ``policy.retry.per_try_timeout`` caps each
     attempt's connect and read timeouts (a blocking attempt cannot be cut off as a whole);
     ``policy.hedging`` is for async clients, and not used here. ``close()`` (or closing the
-    session) closes the pools and ends the leases of bodies still open.
+    session) closes the pools and ends the leases of bodies still open. ``meter_provider``
+    (an ``opentelemetry.metrics.MeterProvider``) records every attempt on
+    ``http.client.request.duration`` (see ``loadbalancer.integrations._semconv``); None, the
+    default, records nothing.
     """
 
     def __init__(
@@ -576,11 +591,15 @@ class BalancedAdapter(HTTPAdapter):
         pool_maxsize: int = 10,
         pool_block: bool = False,
         max_retries: int = 0,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self._routes = Routes(balancers)
         self._policy = check_policy(policy)
         self._classifiers: _Classifiers = classifiers_by_kind(
             self._policy.rules, status=_status, retry_after=_retry_after, kind=error_kind
+        )
+        self._metrics: HttpMetrics[requests.Response] | None = http_metrics(
+            meter_provider, status=_status, version=_version
         )
         _check_count(pool_connections, "pool_connections")
         _check_count(pool_maxsize, "pool_maxsize")
@@ -625,9 +644,14 @@ class BalancedAdapter(HTTPAdapter):
                 proxies=proxies,
             )
 
+        run: Callable[[str], requests.Response] = attempt
+        metrics = self._metrics
+        if metrics is not None:
+            method = request.method or "GET"
+            run = metrics.request(method, plan.host, plan.scheme, plan.port).sync(attempt)
         try:
             held = plan.lb.call_held(
-                attempt,
+                run,
                 results=_RESULTS,
                 key=plan.key,
                 retry=policy.retry,
