@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -30,12 +30,16 @@ class AiohttpClient:
     name = "aiohttp"
     timeout_error: type[BaseException] = aiohttp.ServerTimeoutError  # PerTryTimeout is one
     no_backend_error: type[BaseException] = NoBackendAvailable
+    refused_error_type = "aiohttp.ClientConnectorError"
+    timeout_error_type = "loadbalancer.AttemptTimeoutError"  # the engine cancels the attempt
 
-    def __init__(self, lb: LoadBalancer, policy: HttpPolicy | None) -> None:
+    def __init__(
+        self, lb: LoadBalancer, policy: HttpPolicy | None, *, meter_provider: Any = None
+    ) -> None:
         from .http_clients import LoopThread
 
+        self.middleware = BalancedMiddleware(lb, policy=policy, meter_provider=meter_provider)
         self._loop = LoopThread()
-        self.middleware = BalancedMiddleware(lb, policy=policy)
 
         async def session() -> aiohttp.ClientSession:  # a session belongs to its loop
             return aiohttp.ClientSession(middlewares=(self.middleware,))
@@ -75,6 +79,9 @@ class AiohttpClient:
                 await response.read()
 
         self._loop.cancel_when(get(), arrived)
+
+    def settle(self) -> None:
+        self._loop.settle()
 
     def close(self) -> None:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -31,9 +31,13 @@ class RequestsClient:
     name = "requests"
     timeout_error: type[BaseException] = requests.Timeout
     no_backend_error: type[BaseException] = NoBackendAvailable
+    refused_error_type = "requests.ConnectionError"
+    timeout_error_type = "requests.ReadTimeout"  # the per-try timeout caps requests' own
 
-    def __init__(self, lb: LoadBalancer, policy: HttpPolicy | None) -> None:
-        self.adapter = BalancedAdapter(lb, policy=policy)
+    def __init__(
+        self, lb: LoadBalancer, policy: HttpPolicy | None, *, meter_provider: Any = None
+    ) -> None:
+        self.adapter = BalancedAdapter(lb, policy=policy, meter_provider=meter_provider)
         self._http = requests.Session()
         self._http.mount("http://", self.adapter)
         self._http.mount("https://", self.adapter)
@@ -62,6 +66,9 @@ class RequestsClient:
         with contextlib.suppress(Interrupted), interrupt_main(arrived):
             self._http.get(url)
             raise AssertionError("the request was not interrupted")
+
+    def settle(self) -> None:
+        pass  # a blocking request leaves nothing running
 
     def close(self) -> None:
         self._http.close()

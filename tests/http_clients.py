@@ -60,6 +60,8 @@ class Client(Protocol):
     name: str
     timeout_error: type[BaseException]  # what an exhausted per-try timeout raises
     no_backend_error: type[BaseException]  # what "no server available" raises
+    refused_error_type: str  # the error.type of an attempt whose connection was refused
+    timeout_error_type: str  # the error.type of an attempt cut off by the per-try timeout
 
     def get(self, url: str, headers: Mapping[str, str] | None = None) -> Reply:
         """GET ``url`` and read the whole body."""
@@ -80,12 +82,23 @@ class Client(Protocol):
         the request) returns; return when the cancellation has unwound."""
         ...
 
+    def settle(self) -> None:
+        """Wait until what the client left running is done (async: abandoned attempts, such
+        as a hedge that lost, still unwinding); blocking clients leave nothing."""
+        ...
+
     def close(self) -> None:
         """Close the client and its integration."""
         ...
 
 
-ClientFactory = Callable[[LoadBalancer, HttpPolicy | None], Client]
+class ClientFactory(Protocol):
+    """Builds a ``Client`` over ``lb``; ``meter_provider`` goes to the integration as is (Any:
+    the tests give bad values too)."""
+
+    def __call__(
+        self, lb: LoadBalancer, policy: HttpPolicy | None, *, meter_provider: Any = None
+    ) -> Client: ...
 
 
 # -- helpers the drivers share --------------------------------------------------------------------
@@ -115,6 +128,16 @@ class LoopThread:
         with contextlib.suppress(BaseException):
             future.result(timeout=5)
         self.run(asyncio.sleep(0))  # let the task's own callbacks run
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Wait until every task on the loop, but the one waiting, is done."""
+
+        async def settle() -> None:
+            others = asyncio.all_tasks() - {asyncio.current_task()}
+            if others:
+                await asyncio.wait(others, timeout=timeout)
+
+        self.run(settle())
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -171,9 +194,14 @@ class HttpxClient:
     name = "httpx"
     timeout_error: type[BaseException] = httpx.TimeoutException
     no_backend_error: type[BaseException] = NoBackendAvailable
+    refused_error_type = "httpx.ConnectError"
+    timeout_error_type = "httpx.ReadTimeout"  # the per-try timeout caps httpx's own
 
-    def __init__(self, lb: LoadBalancer, policy: HttpPolicy | None) -> None:
-        self._http = httpx.Client(transport=BalancedTransport(lb, policy=policy))
+    def __init__(
+        self, lb: LoadBalancer, policy: HttpPolicy | None, *, meter_provider: Any = None
+    ) -> None:
+        transport = BalancedTransport(lb, policy=policy, meter_provider=meter_provider)
+        self._http = httpx.Client(transport=transport)
 
     def get(self, url: str, headers: Mapping[str, str] | None = None) -> Reply:
         return _reply(self._http.get(url, headers=headers))
@@ -196,6 +224,9 @@ class HttpxClient:
             self._http.get(url)
             raise AssertionError("the request was not interrupted")
 
+    def settle(self) -> None:
+        pass  # a blocking request leaves nothing running
+
     def close(self) -> None:
         self._http.close()
 
@@ -206,10 +237,14 @@ class AsyncHttpxClient:
     name = "httpx-async"
     timeout_error: type[BaseException] = httpx.TimeoutException
     no_backend_error: type[BaseException] = NoBackendAvailable
+    refused_error_type = "httpx.ConnectError"
+    timeout_error_type = "loadbalancer.AttemptTimeoutError"  # the engine cancels the attempt
 
-    def __init__(self, lb: LoadBalancer, policy: HttpPolicy | None) -> None:
+    def __init__(
+        self, lb: LoadBalancer, policy: HttpPolicy | None, *, meter_provider: Any = None
+    ) -> None:
+        transport = AsyncBalancedTransport(lb, policy=policy, meter_provider=meter_provider)
         self._loop = LoopThread()
-        transport = AsyncBalancedTransport(lb, policy=policy)
         self._http = httpx.AsyncClient(transport=transport)
 
     def get(self, url: str, headers: Mapping[str, str] | None = None) -> Reply:
@@ -239,6 +274,9 @@ class AsyncHttpxClient:
 
     def cancelled_get(self, url: str, arrived: Callable[[], None]) -> None:
         self._loop.cancel_when(self._http.get(url), arrived)
+
+    def settle(self) -> None:
+        self._loop.settle()
 
     def close(self) -> None:
         self._loop.run(self._http.aclose())

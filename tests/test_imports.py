@@ -136,3 +136,26 @@ def test_no_client_library_loads_until_its_integration_is_imported(statement: st
         f"print(json.dumps([n for n in {CLIENT_LIBRARIES!r} if n in sys.modules]))\n"
     )
     assert json.loads(run_python(code)) == []
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import loadbalancer.integrations._semconv",
+        "import loadbalancer.integrations.httpx",
+        "import loadbalancer.integrations.requests",
+        "import loadbalancer.integrations.aiohttp",
+        "from loadbalancer.integrations.httpx import BalancedTransport\n"
+        "BalancedTransport(loadbalancer.LoadBalancer(), meter_provider=None).close()",
+    ],
+)
+def test_the_http_integrations_import_opentelemetry_only_for_a_meter_provider(
+    statement: str,
+) -> None:
+    code = (
+        "import json, sys\n"
+        "import loadbalancer\n"
+        f"{statement}\n"
+        "print(json.dumps(sorted(n for n in sys.modules if n.startswith('opentelemetry'))))\n"
+    )
+    assert json.loads(run_python(code)) == []
