@@ -234,6 +234,7 @@ def test_a_with_block_records_what_release_records(
     via_with, via_release = (LoadBalancer(clock=clock) for clock in clocks)
     for lb in via_with, via_release:
         lb.register("a")
+        lb.enable_latency_histogram((0.5, 1.0, 5.0))  # the inlined exit records it too
     for ok, duration, pause in steps:
         lease = via_release.acquire()
         with contextlib.suppress(ValueError, asyncio.CancelledError), via_with.lease() as server:
@@ -251,3 +252,8 @@ def test_a_with_block_records_what_release_records(
     assert {name: getattr(ours, name) for name in _ENDPOINT_STATE} == {
         name: getattr(theirs, name) for name in _ENDPOINT_STATE
     }
+    assert ours.histogram is not None and theirs.histogram is not None
+    assert (ours.histogram.counts, ours.histogram.sum) == (
+        theirs.histogram.counts,
+        theirs.histogram.sum,
+    )

@@ -6,11 +6,15 @@ import typing
 from ._balancer import LoadBalancer as LoadBalancer
 from ._errors import LoadBalancerError as LoadBalancerError
 from ._errors import NoServersAvailableError as NoServersAvailableError
+from ._events import EJECTION_REASONS as EJECTION_REASONS
 from ._events import HealthEvent as HealthEvent
 from ._events import HealthEventKind as HealthEventKind
 from ._lease import Lease as Lease
 from ._snapshot import Endpoint as Endpoint
 from ._snapshot import Snapshot as Snapshot
+from ._stats import DEFAULT_LATENCY_BUCKETS as DEFAULT_LATENCY_BUCKETS
+from ._stats import BalancerStats as BalancerStats
+from ._stats import LatencyHistogram as LatencyHistogram
 from ._stats import ServerStats as ServerStats
 from .failover import AsyncResults as AsyncResults
 from .failover import Attempt as Attempt
@@ -49,12 +53,15 @@ if typing.TYPE_CHECKING:  # for mypy and IDEs; at run time __getattr__ imports t
     from .checks import TcpProbe as TcpProbe
 
 __all__ = [
+    "DEFAULT_LATENCY_BUCKETS",
+    "EJECTION_REASONS",
     "AsyncHealthChecker",
     "AsyncHttpProbe",
     "AsyncResults",
     "AsyncTcpProbe",
     "Attempt",
     "AttemptTimeoutError",
+    "BalancerStats",
     "Endpoint",
     "HealthCheckStatus",
     "HealthChecker",
@@ -64,6 +71,7 @@ __all__ = [
     "Held",
     "HttpProbe",
     "Key",
+    "LatencyHistogram",
     "Lease",
     "LeastConnectionsStrategy",
     "LoadBalancer",

@@ -18,8 +18,16 @@ from ._lease import UNMARKED, Lease, Recorder, check_latency
 from ._locks import acquire_contended
 from ._rebuilds import CatchesUp, schedule
 from ._rebuilds import generation as rebuild_generation
-from ._snapshot import Endpoint, Snapshot
-from ._stats import ServerStats
+from ._snapshot import Endpoint, Histogram, Snapshot
+from ._stats import (
+    DEFAULT_LATENCY_BUCKETS,
+    BalancerStats,
+    DiscoveryReporter,
+    DiscoveryStatus,
+    ServerStats,
+    check_buckets,
+)
+from ._tally import Tally
 from ._validation import (
     check_bool,
     check_callable,
@@ -99,6 +107,22 @@ class _HealthRollback:
 
 
 _EMPTY_PLAN = Plan((), (), False, 0, math.inf)
+
+
+def _alive(ref: weakref.ref[DiscoveryReporter]) -> DiscoveryReporter | None:
+    return ref()
+
+
+def _discovery_status(runner: DiscoveryReporter) -> DiscoveryStatus:
+    """``runner``'s status, checked: a reporter that gives anything else is a bug to name."""
+    status = runner.status
+    if not isinstance(status, DiscoveryStatus):
+        raise TypeError(
+            f"{type(runner).__name__}.status must be a DiscoveryStatus, not {type(status).__name__}"
+        )
+    return status
+
+
 _UNSCHEDULED = -1  # not queued for the rebuild thread in any generation
 
 
@@ -223,6 +247,7 @@ class LoadBalancer:
     __slots__ = (
         "__weakref__",
         "_background",
+        "_buckets",
         "_clock",
         "_delivering",
         "_health",
@@ -232,12 +257,14 @@ class LoadBalancer:
         "_outbox",
         "_recorder",
         "_ref",
+        "_reporters",
         "_retry_at",
         "_retry_budget",
         "_scheduled",
         "_sleep",
         "_strategy",
         "_suspects",
+        "_tally",
         "_view",
     )
 
@@ -292,6 +319,9 @@ class LoadBalancer:
         self._outbox: deque[HealthEvent] = deque()  # events published, not yet delivered
         self._delivering = threading.RLock()
         self._ref: weakref.ref[CatchesUp] = weakref.ref(self)
+        self._tally = Tally()
+        self._buckets: tuple[float, ...] | None = None  # the latency histogram's, once enabled
+        self._reporters: list[weakref.ref[DiscoveryReporter]] = []
         self._now()  # a clock that returns nonsense is refused here, not at the first request
 
     def _now(self) -> float:
@@ -334,11 +364,11 @@ class LoadBalancer:
             if server in endpoints or len(endpoints) >= self._max_servers:
                 return False
             now = self._now()
-            endpoint = Endpoint(server, weight, now)
-            self._health.joined(endpoint, now)
+            endpoint = self._new_endpoint(server, weight, now)
             grown = endpoints.copy()  # copy() has a fast path that {**endpoints} lacks
             grown[server] = endpoint
             self._post(self._publish(grown, now))
+            self._tally.membership_changed(now)
         self._deliver()
         return True
 
@@ -357,6 +387,8 @@ class LoadBalancer:
             except BaseException:
                 endpoint.weight = previous
                 raise
+            if weight != previous:
+                self._tally.membership_changed(now)
         self._deliver()
         return True
 
@@ -369,7 +401,9 @@ class LoadBalancer:
                 return False
             remaining = endpoints.copy()
             del remaining[server]
-            self._post(self._publish(remaining, self._now()))
+            now = self._now()
+            self._post(self._publish(remaining, now))
+            self._tally.membership_changed(now)
         self._deliver()
         return True
 
@@ -408,8 +442,7 @@ class LoadBalancer:
                 if server in current:
                     endpoints[server] = current[server]
                 else:
-                    endpoints[server] = Endpoint(server, 1, now)
-                    self._health.joined(endpoints[server], now)
+                    endpoints[server] = self._new_endpoint(server, 1, now)
             changed = {
                 s: endpoints[s].weight
                 for s in weights
@@ -423,7 +456,17 @@ class LoadBalancer:
                 for server, weight in changed.items():
                     current[server].weight = weight
                 raise
+            if changed or list(endpoints) != list(current):
+                self._tally.membership_changed(now)
         self._deliver()
+
+    def _new_endpoint(self, server: str, weight: float, now: float) -> Endpoint:
+        """A joining server's endpoint, its slow start begun. Caller holds ``_lock``."""
+        endpoint = Endpoint(server, weight, now)
+        self._health.joined(endpoint, now)
+        if self._buckets is not None:
+            endpoint.histogram = Histogram(self._buckets)
+        return endpoint
 
     # -- health -------------------------------------------------------------------------------
 
@@ -617,7 +660,8 @@ class LoadBalancer:
             return []  # ejected and back since: those failures were judged then
         if failures < outlier.consecutive_failures:
             return []
-        return self._health.eject(endpoint, pool, failed_at, f"{failures} consecutive failures")
+        why = f"{failures} consecutive failures"
+        return self._health.eject(endpoint, pool, failed_at, why, "consecutive_failures")
 
     def _publish(self, endpoints: dict[str, Endpoint], now: float) -> list[HealthEvent]:
         """Build a picker for ``endpoints`` and make both current. Caller holds ``_lock``."""
@@ -651,8 +695,10 @@ class LoadBalancer:
         return self._health.adopt(plan, len(pool), now)
 
     def _post(self, events: list[HealthEvent]) -> None:
-        """Queue ``events`` for delivery. Caller holds ``_lock``, so the queue is in order."""
+        """Count ``events`` and queue them for delivery. Caller holds ``_lock``, so the queue
+        is in order, and the events' changes are published."""
         if events:
+            self._tally.count(events, self._view.endpoints)
             self._outbox.extend(events)
 
     def _deliver(self) -> None:
@@ -880,11 +926,84 @@ class LoadBalancer:
         """The budget every retry and hedge of ``call``/``acall`` draws on."""
         return self._retry_budget
 
-    def stats(self) -> dict[str, ServerStats]:
-        """Frozen per-server statistics, in registration order."""
+    def stats(self) -> BalancerStats:
+        """Frozen statistics: each server's (the result maps names to ``ServerStats``, in
+        registration order) and the pool's, such as panic, ejections, retries, discovery."""
+        try:
+            now = self._now()
+        except Exception:  # stats are how a broken clock gets diagnosed: never fail for it
+            now = self._view.floor + _STEP_BACK  # the latest publication's time
+        # No lock: a scrape must never wait for a rebuild, nor a rebuild for a scrape. Each
+        # figure is read whole (a copy of a dict whose keys never change, a reference read
+        # once); figures published at the same moment may be read a moment apart.
         view = self._view
+        tally = self._tally
+        ejections = tally.ejections.copy()
+        health_changes = tally.health_changes.copy()
+        panics, changes = tally.panics, tally.membership_changes
+        changed_at = tally.membership_changed_at
+        reporters = [r for r in map(_alive, self._reporters) if r is not None]
         effective = dict(zip(view.plan.eligible, view.plan.weights, strict=True))
-        return {name: ServerStats.of(e, effective.get(e)) for name, e in view.endpoints.items()}
+        servers = {
+            name: ServerStats.of(e, effective.get(e), now) for name, e in view.endpoints.items()
+        }
+        return BalancerStats(
+            servers=servers,
+            size=len(servers),
+            healthy=sum(1 for s in servers.values() if s.healthy and not s.ejected),
+            eligible=len(view.plan.eligible),
+            panic=view.plan.panic,
+            panics=panics,
+            ejections_active=sum(1 for s in servers.values() if s.ejected),
+            ejections_total=ejections,
+            health_changes=health_changes,
+            membership_changes=changes,
+            membership_change_age=None if changed_at is None else max(now - changed_at, 0.0),
+            retry_budget=self._retry_budget.stats(),
+            discovery=tuple(_discovery_status(r) for r in reporters),
+        )
+
+    def enable_latency_histogram(self, buckets: Iterable[float] = DEFAULT_LATENCY_BUCKETS) -> None:
+        """Count every server's lease latencies in ``buckets`` (upper bounds, in seconds), for
+        ``ServerStats.latency_histogram`` and the metrics exporters.
+
+        Off until called, since each lease then does a little more (see the README's
+        "Operating it"). Calling it again with the same buckets does nothing; other buckets
+        raise ``ValueError``: the histogram's meaning must not change under its readers.
+        """
+        bounds = check_buckets(buckets)
+        with self._lock:
+            if self._buckets is not None:
+                if self._buckets != bounds:
+                    raise ValueError(
+                        f"buckets: the latency histogram is already counted in "
+                        f"{list(self._buckets)}, not {list(bounds)}"
+                    )
+                return
+            self._buckets = bounds
+            for endpoint in self._view.endpoints.values():
+                endpoint.histogram = Histogram(bounds)
+
+    @property
+    def latency_buckets(self) -> tuple[float, ...] | None:
+        """The latency histogram's bucket bounds in seconds, or None until it is enabled."""
+        return self._buckets
+
+    def attach_discovery(self, runner: DiscoveryReporter) -> None:
+        """Include ``runner.status`` in ``stats().discovery`` for as long as ``runner`` lives.
+
+        ``Discovery`` and ``AsyncDiscovery`` attach themselves; attaching twice does nothing.
+        """
+        if not isinstance(getattr(runner, "status", None), DiscoveryStatus):
+            raise TypeError(
+                f"runner must have a status property giving a DiscoveryStatus, as Discovery "
+                f"has, not {type(runner).__name__}"
+            )
+        with self._lock:
+            live = [r for r in self._reporters if r() is not None]
+            if all(r() is not runner for r in live):
+                live.append(weakref.ref(runner))
+            self._reporters = live  # one assignment: stats() reads the list without the lock
 
     # -- introspection ----------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import final
 
-__all__ = ["HealthEvent", "HealthEventKind"]
+__all__ = ["EJECTION_REASONS", "HealthEvent", "HealthEventKind"]
 
 
 class HealthEventKind(enum.Enum):
@@ -26,10 +26,17 @@ class HealthEvent:
     """One change, at clock time ``at``; ``server`` is None for pool-wide (panic) events.
 
     ``detail`` says why: the failure count or percentage, the ejection time, the share of
-    healthy servers.
+    healthy servers. ``reason`` is the ejection's cause as a fixed name, for counting:
+    ``"consecutive_failures"`` or ``"failure_percentage"`` (one of ``EJECTION_REASONS``); None
+    for other events.
     """
 
     kind: HealthEventKind
     server: str | None
     at: float
     detail: str
+    reason: str | None = None
+
+
+EJECTION_REASONS = ("consecutive_failures", "failure_percentage")
+"""Why outlier detection ejects a server: the ``reason`` of an ``EJECTED`` event."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from bisect import bisect_left
 from collections.abc import Callable
 from math import exp
 from types import TracebackType
@@ -193,6 +194,10 @@ class Lease:
                     latency if latency >= decayed else decayed + latency * (1.0 - keep)
                 )
             endpoint.latency_at = now
+            histogram = endpoint.histogram
+            if histogram is not None:  # Histogram.observe, inlined for the same reason
+                histogram.counts[bisect_left(histogram.bounds, latency)] += 1
+                histogram.sum += latency
         finally:
             lock.release()
         listener = endpoint.listener

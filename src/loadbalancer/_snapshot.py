@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from math import exp
@@ -11,7 +12,7 @@ from typing import Protocol, final
 
 from ._locks import acquire_contended
 
-__all__ = ["Endpoint", "Snapshot"]
+__all__ = ["Endpoint", "Histogram", "Snapshot"]
 
 _server = attrgetter("server")
 _weight = attrgetter("weight")
@@ -19,6 +20,29 @@ _weight = attrgetter("weight")
 
 class _Releasable(Protocol):
     released: bool
+
+
+@final
+class Histogram:
+    """One server's latency samples, counted in buckets: the live side of ``LatencyHistogram``.
+
+    ``counts[i]`` is the number of samples at most ``bounds[i]`` and above the bound before
+    it; the last count is those above every bound. Written under the endpoint's lock.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, latency: float) -> None:
+        """Count one sample. Caller holds the endpoint's lock."""
+        # bisect_left: a sample equal to a bound belongs to that bound's bucket (Prometheus'
+        # buckets are "less than or equal").
+        self.counts[bisect_left(self.bounds, latency)] += 1
+        self.sum += latency
 
 
 @final
@@ -41,6 +65,10 @@ class Endpoint:
     * Health, written under the balancer's lock: ``healthy`` (the active checks' verdict),
       ``ejected_until`` (clock time, or None), ``ejections`` (how many times, for the next
       ejection's length), ``returned_at`` and ``ramp_from`` (when slow start began, or None).
+    * ``ejected_total``: every ejection since it was registered (``ejections`` is less what
+      probation forgave), written under the balancer's lock.
+    * ``histogram``: its latency samples in buckets, once the balancer's
+      ``enable_latency_histogram`` has been called (None before).
     * ``listener``: for pickers that index loads (least connections, bounded loads), so that
       a pick needs no scan. ``None``, or a callable the endpoint calls with itself after every
       change to ``in_flight`` or ``load``, outside the endpoint's lock. It reads the values it
@@ -53,10 +81,12 @@ class Endpoint:
         "_lock",
         "cancelled",
         "consecutive_failures",
+        "ejected_total",
         "ejected_until",
         "ejections",
         "failures",
         "healthy",
+        "histogram",
         "in_flight",
         "latency",
         "latency_at",
@@ -89,6 +119,8 @@ class Endpoint:
         self.healthy = True
         self.ejected_until: float | None = None
         self.ejections = 0
+        self.ejected_total = 0
+        self.histogram: Histogram | None = None
         self.returned_at = created_at
         self.ramp_from: float | None = None
         self.listener: Callable[[Endpoint], object] | None = None
@@ -159,6 +191,9 @@ class Endpoint:
             if ok is None:
                 self.cancelled += 1
                 return True
+            histogram = self.histogram
+            if histogram is not None and latency is not None:
+                histogram.observe(latency)  # as measured: the floor below is the estimate's
             if ok:
                 self.successes += 1
                 self.load -= self.consecutive_failures

@@ -1,13 +1,82 @@
-"""Frozen statistics returned by ``LoadBalancer.stats``."""
+"""Frozen statistics returned by ``LoadBalancer.stats``: per server, and for the pool."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import final
+from itertools import accumulate, pairwise
+from typing import Protocol, final
 
 from ._snapshot import Endpoint
+from ._validation import check_number
+from .failover._budget import RetryBudgetStats
 
-__all__ = ["ServerStats"]
+__all__ = [
+    "DEFAULT_LATENCY_BUCKETS",
+    "BalancerStats",
+    "DiscoveryReporter",
+    "DiscoveryStatus",
+    "LatencyHistogram",
+    "ServerStats",
+    "check_buckets",
+]
+
+DEFAULT_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1,
+    2.5,
+    5,
+    7.5,
+    10,
+)
+"""Latency histogram bounds in seconds: the ones OpenTelemetry's HTTP semantic conventions
+advise for ``http.client.request.duration``, so the two exports line up."""
+
+
+def check_buckets(buckets: object, name: str = "buckets") -> tuple[float, ...]:
+    """``buckets`` as a tuple of floats if it is a non-empty, increasing sequence of finite
+    positive numbers of seconds; otherwise raise ``TypeError``/``ValueError`` naming ``name``."""
+    if isinstance(buckets, (str, bytes)) or not isinstance(buckets, Iterable):
+        raise TypeError(f"{name} must be a sequence of numbers, not {type(buckets).__name__}")
+    bounds = tuple(check_number(b, f"{name}[]", above=0) for b in buckets)
+    if not bounds:
+        raise ValueError(f"{name} must hold at least one bound")
+    if any(a >= b for a, b in pairwise(bounds)):
+        raise ValueError(f"{name} must be strictly increasing, got {list(bounds)}")
+    return bounds
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LatencyHistogram:
+    """One server's latency samples in buckets, as Prometheus histograms count them.
+
+    ``counts[i]`` is the number of samples at most ``bounds[i]`` seconds and above the bound
+    before it; the last count is the samples above every bound. ``sum`` is their total in
+    seconds. Successes and failures are sampled as measured; no-outcome leases are not.
+    """
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float
+
+    @property
+    def count(self) -> int:
+        """The number of samples."""
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(upper bound, samples at most that)`` per bucket, ending with ``(inf, count)``."""
+        return list(zip((*self.bounds, math.inf), accumulate(self.counts), strict=True))
 
 
 @final
@@ -22,9 +91,13 @@ class ServerStats:
     before the first sample.
 
     Health: ``healthy`` is the active checks' verdict; ``ejected_until`` the clock time an
-    outlier ejection ends (None when not ejected); ``ejections`` how many times it has been
-    ejected, less what probation has forgiven; ``eligible`` whether picks may return it now;
+    outlier ejection ends (None when not ejected), and ``ejection_ends_in`` the seconds until
+    then; ``ejections`` how many times it has been ejected, less what probation has forgiven
+    (what the next ejection's length counts from), and ``ejections_total`` every ejection
+    since it was registered; ``eligible`` whether picks may return it now;
     ``effective_weight`` the weight picks use (lower during slow start), None if ineligible.
+    ``latency_histogram`` holds its latencies in buckets once
+    ``LoadBalancer.enable_latency_histogram`` has been called, else None.
     """
 
     server: str
@@ -41,6 +114,9 @@ class ServerStats:
     ejections: int
     eligible: bool
     effective_weight: float | None
+    ejection_ends_in: float | None = None
+    ejections_total: int = 0
+    latency_histogram: LatencyHistogram | None = None
 
     @property
     def ejected(self) -> bool:
@@ -48,9 +124,11 @@ class ServerStats:
         return self.ejected_until is not None
 
     @classmethod
-    def of(cls, endpoint: Endpoint, effective_weight: float | None) -> ServerStats:
-        """Read ``endpoint``'s counters consistently, under its lock."""
+    def of(cls, endpoint: Endpoint, effective_weight: float | None, now: float) -> ServerStats:
+        """Read ``endpoint``'s counters consistently, under its lock, at clock time ``now``."""
         with endpoint._lock:
+            until = endpoint.ejected_until
+            histogram = endpoint.histogram
             return cls(
                 endpoint.server,
                 endpoint.weight,
@@ -62,8 +140,97 @@ class ServerStats:
                 endpoint.latency,
                 endpoint.consecutive_failures,
                 endpoint.healthy,
-                endpoint.ejected_until,
+                until,
                 endpoint.ejections,
                 effective_weight is not None,
                 effective_weight,
+                None if until is None else max(until - now, 0.0),
+                endpoint.ejected_total,
+                None
+                if histogram is None
+                else LatencyHistogram(histogram.bounds, tuple(histogram.counts), histogram.sum),
             )
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class DiscoveryStatus:
+    """A discovery runner's state at one moment.
+
+    ``updates`` counts memberships applied, ``refused`` those refused (more servers than the
+    balancer holds), ``failures`` the watch failures in a row now (0 while the source is
+    healthy); ``last_update_age`` is the seconds since a membership was last applied (None
+    before the first), and ``last_error`` the latest failure, as text.
+    """
+
+    source: str
+    running: bool
+    servers: int
+    updates: int
+    refused: int
+    failures: int
+    last_update_age: float | None
+    last_error: str | None
+
+
+class DiscoveryReporter(Protocol):
+    """What ``LoadBalancer.attach_discovery`` takes: a runner that can say how it is doing."""
+
+    @property
+    def status(self) -> DiscoveryStatus:
+        """The runner's state now."""
+        ...
+
+
+@final
+@dataclass(frozen=True, slots=True, eq=False)
+class BalancerStats(Mapping[str, ServerStats]):
+    """What ``LoadBalancer.stats()`` returns: each server's ``ServerStats``, by name, in
+    registration order (it is a mapping, as it always was), and the pool's own figures.
+
+    * Membership: ``size`` servers registered, ``healthy`` of them passing active checks and
+      not ejected, ``eligible`` those picks may return now (all of them in panic);
+      ``membership_changes`` counts registrations, removals and weight changes, and
+      ``membership_change_age`` is the seconds since the last one (None before the first).
+    * Panic: ``panic`` whether the pool is in panic mode now, ``panics`` how many times it
+      entered it.
+    * Outlier detection: ``ejections_active`` servers ejected now; ``ejections_total`` every
+      ejection, by reason (each of ``EJECTION_REASONS``, 0 included).
+    * Active checks: ``health_changes`` counts verdicts that changed a server's health, by
+      the new verdict (``"healthy"``, ``"unhealthy"``).
+    * ``retry_budget``: the failover engine's requests, retries, hedges and rejections (a
+      budget shared by several balancers shows the same figures in each).
+    * ``discovery``: the status of each discovery runner feeding the balancer.
+
+    Only leases and reported outcomes are counted: a plain ``get()`` whose outcome is never
+    reported with ``done()`` appears nowhere.
+    """
+
+    servers: Mapping[str, ServerStats]
+    size: int
+    healthy: int
+    eligible: int
+    panic: bool
+    panics: int
+    ejections_active: int
+    ejections_total: Mapping[str, int]
+    health_changes: Mapping[str, int]
+    membership_changes: int
+    membership_change_age: float | None
+    retry_budget: RetryBudgetStats
+    discovery: tuple[DiscoveryStatus, ...]
+
+    def __getitem__(self, server: str) -> ServerStats:
+        return self.servers[server]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.servers)
+
+    def __len__(self) -> int:
+        return len(self.servers)
+
+    def __repr__(self) -> str:
+        return (
+            f"<BalancerStats {self.size} servers, {self.healthy} healthy, "
+            f"{self.ejections_active} ejected, panic={self.panic}>"
+        )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import typing
 
-from ._apply import DiscoveryStatus as DiscoveryStatus
+from .._stats import DiscoveryStatus as DiscoveryStatus
 from ._apply import MembershipChange as MembershipChange
 from ._file import FileSource as FileSource
 from ._file import MembershipFileError as MembershipFileError

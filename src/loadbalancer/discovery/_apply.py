@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import Any, final
 
 from .._balancer import LoadBalancer
+from .._stats import DiscoveryStatus
 from .._validation import MAX_WEIGHT
 from ._source import Membership, Source
 
-__all__ = ["Applier", "Backoff", "DiscoveryStatus", "MembershipChange"]
+__all__ = ["Applier", "Backoff", "MembershipChange"]
 
 log = logging.getLogger("loadbalancer.discovery")
 
@@ -33,27 +34,6 @@ class MembershipChange:
     reweighted: tuple[str, ...]
     size: int
     at: float
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class DiscoveryStatus:
-    """A runner's state at one moment.
-
-    ``updates`` counts memberships applied, ``refused`` those refused (more servers than the
-    balancer holds), ``failures`` the watch failures in a row now (0 while the source is
-    healthy); ``last_update_age`` is the seconds since a membership was last applied (None
-    before the first), and ``last_error`` the latest failure, as text.
-    """
-
-    source: str
-    running: bool
-    servers: int
-    updates: int
-    refused: int
-    failures: int
-    last_update_age: float | None
-    last_error: str | None
 
 
 def _usable(server: object, weight: object) -> str | None:

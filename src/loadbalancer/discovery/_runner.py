@@ -13,8 +13,9 @@ from types import TracebackType
 from typing import Any
 
 from .._balancer import LoadBalancer
+from .._stats import DiscoveryStatus
 from .._validation import check_callable, check_number
-from ._apply import Applier, Backoff, DiscoveryStatus, MembershipChange, log
+from ._apply import Applier, Backoff, MembershipChange, log
 from ._source import Source
 
 __all__ = ["AsyncDiscovery", "Discovery", "cancel_and_wait", "wait_set"]
@@ -115,6 +116,7 @@ class AsyncDiscovery:
         self._backoff = Backoff(backoff_base, backoff_max, rng)
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Event | None = None
+        lb.attach_discovery(self)  # its status shows in lb.stats().discovery
 
     def start(self) -> None:
         """Start following the source (in the running loop); a second start does nothing."""
@@ -187,6 +189,7 @@ class Discovery:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready = threading.Event()
+        lb.attach_discovery(self)  # its status shows in lb.stats().discovery
 
     def start(self) -> Discovery:
         """Start following the source in a thread; a second start does nothing.

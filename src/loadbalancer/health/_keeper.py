@@ -144,9 +144,12 @@ class HealthKeeper:
         return [HealthEvent(kind, None, now, detail)]
 
     def eject(
-        self, endpoint: Endpoint, pool: Sequence[Endpoint], now: float, why: str
+        self, endpoint: Endpoint, pool: Sequence[Endpoint], now: float, why: str, reason: str
     ) -> list[HealthEvent]:
-        """Eject ``endpoint`` unless the pool has already ejected all it may."""
+        """Eject ``endpoint`` unless the pool has already ejected all it may.
+
+        ``why`` is the event's detail, ``reason`` its cause from ``EJECTION_REASONS``.
+        """
         outlier = self._outlier
         if outlier is None or endpoint.ejected_until is not None:
             return []
@@ -159,7 +162,7 @@ class HealthKeeper:
         self._unwell.add(endpoint)
         self._resets.append(endpoint)
         detail = f"{why}; ejected for {duration:g} s (ejection {endpoint.ejections})"
-        return [HealthEvent(HealthEventKind.EJECTED, endpoint.server, now, detail)]
+        return [HealthEvent(HealthEventKind.EJECTED, endpoint.server, now, detail, reason)]
 
     def discard(self) -> None:
         """Forget the changes made for a plan that will not be adopted (its build failed)."""
@@ -207,7 +210,7 @@ class HealthKeeper:
                 requests, failures = endpoint._take_window()
                 if outlier.fails_percentage(requests, failures):
                     why = f"{failures} of {requests} requests failed in {outlier.interval:g} s"
-                    events += self.eject(endpoint, pool, now, why)
+                    events += self.eject(endpoint, pool, now, why, "failure_percentage")
         return events
 
     def set_healthy(self, endpoint: Endpoint, healthy: bool, now: float) -> list[HealthEvent]:
