@@ -7,6 +7,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -340,7 +341,12 @@ def test_status_records_times_from_the_clock(checker_for: CheckerFactory) -> Non
         checked_at=105.0,
         changed_at=105.0,
         last_failure="probe returned False",
+        checked_ago=0.0,
+        changed_ago=0.0,
     )
+    clock.advance(3)
+    status = checker.status()["a"]
+    assert (status.checked_ago, status.changed_ago) == (3.0, 3.0)  # seconds, ready to read
 
 
 def test_a_probe_past_its_timeout_fails_and_is_not_run_again_while_it_hangs(
@@ -613,3 +619,15 @@ def test_background_checks_on_a_real_balancer() -> None:
             assert unhealthy.wait(WAIT)
         assert not lb.stats()[down.address].healthy
         assert lb.stats()[up.address].healthy
+
+
+def test_status_without_a_working_clock_still_gives_the_verdicts(
+    checker_for: CheckerFactory,
+) -> None:
+    clock = FakeClock(100.0)
+    checker = checker_for(FakeBalancer("a"), Scripted(a=[False]), clock=clock, fall=1)
+    checker.check_now()
+    broken = mock.Mock(side_effect=OSError("the clock is gone"))
+    with mock.patch.object(checker._core, "clock", broken):
+        status = checker.status()["a"]
+    assert (status.healthy, status.checked_at, status.checked_ago) == (False, 100.0, None)

@@ -241,5 +241,10 @@ class Core:
         return {s: statuses[s].healthy for s in servers if s in statuses}
 
     def statuses(self) -> dict[str, HealthCheckStatus]:
-        """A copy of every followed server's status; safe from any thread."""
-        return dict(self.tracker.statuses)
+        """A copy of every followed server's status, with its ages; safe from any thread."""
+        statuses = self.tracker.statuses  # read once: a round may publish another meanwhile
+        try:
+            now = self.clock()
+        except Exception:  # a status is how a broken clock gets diagnosed: give it, ageless
+            return dict(statuses)
+        return {server: status.as_of(now) for server, status in statuses.items()}

@@ -17,7 +17,9 @@ class HealthCheckStatus:
     ``successes`` and ``failures`` count the current run of consecutive results (one of them
     is always 0 once a probe has finished); ``checked_at`` and ``changed_at`` are readings of
     the checker's clock when a result was last recorded and when the verdict last flipped
-    (None until then); ``last_failure`` says why the most recent failed probe failed.
+    (None until then), and ``checked_ago`` and ``changed_ago`` the seconds since, as of the
+    ``statuses()`` call that returned it; ``last_failure`` says why the most recent failed
+    probe failed.
     """
 
     healthy: bool
@@ -26,6 +28,16 @@ class HealthCheckStatus:
     checked_at: float | None = None
     changed_at: float | None = None
     last_failure: str | None = None
+    checked_ago: float | None = None
+    changed_ago: float | None = None
+
+    def as_of(self, now: float) -> HealthCheckStatus:
+        """This status with ``checked_ago`` and ``changed_ago`` worked out at clock time ``now``."""
+        return replace(
+            self,
+            checked_ago=None if self.checked_at is None else max(now - self.checked_at, 0.0),
+            changed_ago=None if self.changed_at is None else max(now - self.changed_at, 0.0),
+        )
 
     def after(
         self, ok: bool, now: float, rise: int, fall: int, failure: str | None = None
