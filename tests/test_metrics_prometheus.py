@@ -142,7 +142,7 @@ def test_the_panic_is_active_and_entered_once(scraped: Scrape) -> None:
 
 
 def test_the_membership_figures(scraped: Scrape) -> None:
-    assert scraped.value("loadbalancer_membership_total", balancer="api") == 5
+    assert scraped.value("loadbalancer_membership_size", balancer="api") == 5
     assert scraped.value("loadbalancer_membership_healthy", balancer="api") == 2
     assert scraped.value("loadbalancer_membership_eligible", balancer="api") == 5
     assert scraped.value("loadbalancer_membership_change_total", balancer="api") == 2
@@ -246,7 +246,7 @@ def test_two_balancers_export_side_by_side_without_clashing(
     for labels in scraped.series("loadbalancer_upstream_rq_total"):
         servers[dict(labels)["balancer"]].add(dict(labels)["server"])
     assert servers == {"api": set("abcde"), "cache": {"x", "y"}}
-    assert scraped.value("loadbalancer_membership_total", balancer="cache") == 2
+    assert scraped.value("loadbalancer_membership_size", balancer="cache") == 2
     assert scraped.value("loadbalancer_membership_healthy", balancer="cache") == 2
     assert scraped.value("loadbalancer_membership_change_total", balancer="cache") == 1
     completed = "loadbalancer_upstream_rq_completed_total"
@@ -314,7 +314,7 @@ def test_registering_uses_describe_not_a_scrape(registry: CollectorRegistry) -> 
     collector.collect = no_scrape  # type: ignore[method-assign,assignment]
     registry.register(collector)
     # The names describe() gave are held: another collector of the same metrics clashes.
-    with pytest.raises(ValueError, match="loadbalancer_membership_total"):
+    with pytest.raises(ValueError, match="loadbalancer_membership_size"):
         registry.register(LoadBalancerCollector())
 
 
@@ -334,8 +334,8 @@ def test_two_collectors_on_two_registries_export_only_their_own() -> None:
     one, two = Scrape(first), Scrape(second)
     assert one.balancers() == {"one"}
     assert two.balancers() == {"two"}
-    assert one.value("loadbalancer_membership_total", balancer="one") == 2
-    assert two.value("loadbalancer_membership_total", balancer="two") == 3
+    assert one.value("loadbalancer_membership_size", balancer="one") == 2
+    assert two.value("loadbalancer_membership_size", balancer="two") == 3
 
 
 def run_python(code: str) -> str:
@@ -524,11 +524,11 @@ def test_removal_stops_its_series(
     collector.remove("cache")
     scrape = Scrape(registry)
     assert scrape.balancers() == {"api"}
-    assert scrape.value("loadbalancer_membership_total", balancer="api") == 5
-    assert not scrape.series("loadbalancer_membership_total", balancer="cache")
+    assert scrape.value("loadbalancer_membership_size", balancer="api") == 5
+    assert not scrape.series("loadbalancer_membership_size", balancer="cache")
     # The name is free again, for the same balancer or another.
     collector.add("cache", scenario.balancers["cache"])
-    assert Scrape(registry).value("loadbalancer_membership_total", balancer="cache") == 2
+    assert Scrape(registry).value("loadbalancer_membership_size", balancer="cache") == 2
 
 
 class Reporter:
@@ -591,7 +591,7 @@ def test_a_balancer_whose_stats_fail_is_left_out_and_logged(
     with caplog.at_level(logging.ERROR, logger="loadbalancer.metrics"):
         scrape = Scrape(registry)
     assert scrape.balancers() == {"healthy"}  # left out whole, not from some families only
-    assert scrape.value("loadbalancer_membership_total", balancer="healthy") == 2
+    assert scrape.value("loadbalancer_membership_size", balancer="healthy") == 2
     assert [m.name for m in METRICS] == [
         f"{f.name}_total" if f.type == "counter" else f.name for f in scrape.families.values()
     ]

@@ -7,7 +7,9 @@ collection time, so counting costs requests nothing beyond what leases already c
 the optional latency histogram (``LoadBalancer.enable_latency_histogram``).
 """
 
+from ._catalog import LABEL_ATTRIBUTES as LABEL_ATTRIBUTES
 from ._catalog import METRICS as METRICS
 from ._catalog import Metric as Metric
+from ._catalog import Sample as Sample
 
-__all__ = ["METRICS", "Metric"]
+__all__ = ["LABEL_ATTRIBUTES", "METRICS", "Metric", "Sample"]

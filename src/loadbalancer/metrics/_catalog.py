@@ -177,7 +177,8 @@ METRICS: tuple[Metric, ...] = (
         "loadbalancer.upstream.latency_ewma",
         "gauge",
         "s",
-        "The server's peak-sensitive moving average of latency, as latency-aware picks see it.",
+        "The server's peak-sensitive moving average of latency, as latency-aware picks see it "
+        "(a failure counts as at least the strategy's failure_latency).",
         ("server",),
         _per_server(lambda s: s.latency_ewma),
     ),
@@ -238,7 +239,7 @@ METRICS: tuple[Metric, ...] = (
     ),
     # -- the pool --------------------------------------------------------------------------------
     Metric(
-        "loadbalancer_membership_total",
+        "loadbalancer_membership_size",
         "loadbalancer.membership.size",
         "updown",
         "{server}",
