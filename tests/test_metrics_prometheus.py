@@ -505,11 +505,12 @@ def test_a_bad_entry_in_balancers_is_refused_by_name() -> None:
         LoadBalancerCollector({"api": "not a balancer"})  # type: ignore[dict-item]
 
 
-def test_removing_an_unknown_name_is_refused() -> None:
+def test_removing_an_unknown_name_says_so_and_changes_nothing() -> None:
     collector = LoadBalancerCollector({"api": balancer("a")})
-    with pytest.raises(KeyError, match="'cache'"):
-        collector.remove("cache")
+    assert collector.remove("cache") is False  # as LoadBalancer.unregister answers
     assert balancers_of(collector) == {"api"}
+    assert collector.remove("api") is True
+    assert balancers_of(collector) == set()
 
 
 # -- removal, broken balancers, discovery -------------------------------------------------------
@@ -521,7 +522,7 @@ def test_removal_stops_its_series(
     collector = LoadBalancerCollector(scenario.balancers)
     registry.register(collector)
     metrics_scenario.run(scenario)
-    collector.remove("cache")
+    assert collector.remove("cache") is True
     scrape = Scrape(registry)
     assert scrape.balancers() == {"api"}
     assert scrape.value("loadbalancer_membership_size", balancer="api") == 5

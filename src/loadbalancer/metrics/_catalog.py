@@ -63,7 +63,7 @@ def _per_server(value: Callable[..., float | None]) -> Callable[[BalancerStats],
         for name, server in stats.items():
             number = value(server)
             if number is not None:
-                samples.append(((name,), float(number)))
+                samples.append(((name,), _number(number)))
         return samples
 
     return read
@@ -71,7 +71,7 @@ def _per_server(value: Callable[..., float | None]) -> Callable[[BalancerStats],
 
 def _outcomes(stats: BalancerStats) -> list[Sample]:
     return [
-        ((name, outcome), float(count))
+        ((name, outcome), count)
         for name, s in stats.items()
         for outcome, count in (
             ("success", s.successes),
@@ -96,7 +96,7 @@ def _pool(
 
     def read(stats: BalancerStats) -> list[Sample]:
         number = value(stats)
-        return [] if number is None else [((), float(number))]
+        return [] if number is None else [((), _number(number))]
 
     return read
 
@@ -107,7 +107,7 @@ def _by(
     """A reader of one count per key of a mapping (an ejection reason, a verdict)."""
 
     def read(stats: BalancerStats) -> list[Sample]:
-        return [((key,), float(n)) for key, n in counts(stats).items()]
+        return [((key,), n) for key, n in counts(stats).items()]
 
     return read
 
@@ -120,7 +120,7 @@ def _per_source(value: Callable[..., float | None]) -> Callable[[BalancerStats],
         for status in stats.discovery:
             number = value(status)
             if number is not None:
-                samples.append(((status.source,), float(number)))
+                samples.append(((status.source,), _number(number)))
         return samples
 
     return read
@@ -128,6 +128,11 @@ def _per_source(value: Callable[..., float | None]) -> Callable[[BalancerStats],
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def _number(value: float) -> float:
+    """``value`` as exported: a count stays an int (OpenTelemetry sends it as one), a flag 0/1."""
+    return int(value) if isinstance(value, bool) else value
 
 
 METRICS: tuple[Metric, ...] = (
@@ -188,7 +193,7 @@ METRICS: tuple[Metric, ...] = (
         "loadbalancer.upstream.healthy",
         "gauge",
         "1",
-        "1 if the server passes its active health checks, else 0.",
+        "1 if the server passes its active health checks, else 0 (ejected or not: see eligible).",
         ("server",),
         _per_server(lambda s: s.healthy),
     ),

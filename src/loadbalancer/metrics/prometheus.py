@@ -121,12 +121,11 @@ class LoadBalancerCollector(Collector):
                 lb.enable_latency_histogram(self._buckets)
             self._balancers[name] = lb
 
-    def remove(self, name: str) -> None:
-        """Stop exporting the balancer added as ``name``; its series vanish from the next scrape."""
+    def remove(self, name: str) -> bool:
+        """Stop exporting the balancer added as ``name`` (its series vanish from the next
+        scrape); False if there is none."""
         with self._lock:
-            if name not in self._balancers:
-                raise KeyError(f"name: no balancer named {name!r} is collected")
-            del self._balancers[name]
+            return self._balancers.pop(name, None) is not None
 
     def describe(self) -> Iterator[Family]:
         """One empty family per metric, so registering checks names without a scrape."""
