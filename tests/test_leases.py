@@ -252,7 +252,8 @@ def test_a_with_block_records_what_release_records(
     assert {name: getattr(ours, name) for name in _ENDPOINT_STATE} == {
         name: getattr(theirs, name) for name in _ENDPOINT_STATE
     }
-    assert ours.histogram is not None and theirs.histogram is not None
+    assert ours.histogram is not None
+    assert theirs.histogram is not None
     assert (ours.histogram.counts, ours.histogram.sum) == (
         theirs.histogram.counts,
         theirs.histogram.sum,
