@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import gc
+import pickle
 import threading
 from collections.abc import AsyncIterator, Mapping
 
@@ -17,10 +20,14 @@ from loadbalancer import (
     LatencyHistogram,
     LoadBalancer,
     OutlierDetection,
+    Picker,
     RetryBudgetStats,
+    RoundRobinStrategy,
     ServerStats,
+    Snapshot,
+    Strategy,
 )
-from loadbalancer.discovery import Discovery, DiscoveryStatus, Membership, Source
+from loadbalancer.discovery import AsyncDiscovery, Discovery, DiscoveryStatus, Membership, Source
 
 from .fakes import FakeClock
 
@@ -54,8 +61,22 @@ def test_stats_is_still_a_mapping_of_server_stats_in_registration_order() -> Non
     assert all(isinstance(s, ServerStats) for s in stats.values())
     assert stats["a"].server == "a"
     assert "z" not in stats
-    assert dict(stats) == dict(stats.servers)
-    assert repr(stats) == "<BalancerStats 3 servers, 3 healthy, 0 ejected, panic=False>"
+    assert isinstance(stats, dict)  # as stats() always returned: copy, |, json all work
+    assert stats.copy() == {name: stats[name] for name in ("c", "a", "b")}
+    assert repr(stats) == repr(dict(stats))
+    with pytest.raises(AttributeError, match="read-only"):
+        stats.size = 4
+    assert stats.size == 3
+
+
+def test_stats_survive_pickle_and_copy_whole() -> None:
+    lb = balancer("a", "b", outlier_detection=OutlierDetection())
+    fail(lb, "a", 5)
+    stats = lb.stats()
+    for clone in (pickle.loads(pickle.dumps(stats)), copy.copy(stats), copy.deepcopy(stats)):
+        assert clone == stats
+        assert (clone.ejections_active, clone.ejections_total) == (1, stats.ejections_total)
+        assert clone.retry_budget == stats.retry_budget
 
 
 def test_an_empty_pool_has_zeros_and_no_ages() -> None:
@@ -142,7 +163,8 @@ def test_membership_changes_count_real_changes_and_their_age_follows_the_clock()
     lb.set_weight("b", 1)  # the same weight: no change
     lb.set_weight("b", 2)
     lb.replace({"a": 1, "b": 2})  # the same pool: no change
-    lb.replace(["b", "a"])  # the order changed
+    lb.replace(["b", "a"])  # a new order alone: no change either
+    lb.replace(["b", "a", "c", "d"])  # two servers at once: one change
     clock.advance(7)
     lb.unregister("a")
     lb.unregister("a")
@@ -167,16 +189,19 @@ def test_the_retry_budget_s_counts_are_the_budget_s_own() -> None:
 
 
 def test_stats_survive_a_clock_that_has_started_to_fail() -> None:
-    readings = iter([1000.0, 1000.0, 1000.0])
+    readings = iter([1000.0, 1000.0])  # construction and register read it; stats() finds none
+    calls = []
 
     def clock() -> float:
-        return next(readings, None)  # type: ignore[return-value]
+        calls.append(1)
+        return next(readings)  # StopIteration: the clock has failed
 
     lb = LoadBalancer(clock=clock)
     lb.register("a")
-    stats = lb.stats()  # the clock now returns None, which the balancer refuses
+    stats = lb.stats()
+    assert len(calls) == 3  # stats() did ask the clock, and it failed
     assert stats["a"].server == "a"
-    assert stats.membership_change_age is not None
+    assert stats.membership_change_age == 0.0  # as of the latest publication
 
 
 # -- discovery -----------------------------------------------------------------------------------
@@ -213,23 +238,108 @@ def test_attach_discovery_refuses_what_has_no_status() -> None:
     assert lb.stats().discovery == ()
 
 
-def test_a_reporter_whose_status_goes_bad_is_named() -> None:
+def test_a_reporter_whose_status_goes_bad_is_reported_not_raised() -> None:
     class Reporter:
         def __init__(self) -> None:
-            self.good = True
+            self.state: object = DiscoveryStatus("x", True, 0, 0, 0, 0, None, None)
 
         @property
         def status(self) -> DiscoveryStatus:
-            if self.good:
-                return DiscoveryStatus("x", True, 0, 0, 0, 0, None, None)
-            return "nonsense"  # type: ignore[return-value]
+            if isinstance(self.state, Exception):
+                raise self.state
+            return self.state  # type: ignore[return-value]
 
-    lb = LoadBalancer()
+    lb = balancer("a", "b")
     reporter = Reporter()
     lb.attach_discovery(reporter)
-    reporter.good = False
-    with pytest.raises(TypeError, match=r"Reporter\.status must be a DiscoveryStatus"):
-        lb.stats()
+    reporter.state = "nonsense"
+    (status,) = lb.stats().discovery  # the balancer's figures are still there, and this says why
+    assert (status.source, status.running, status.servers) == ("Reporter", False, 2)
+    assert status.last_error == "status is str, not DiscoveryStatus (a bug)"
+    reporter.state = OSError("clock is gone")
+    (status,) = lb.stats().discovery
+    assert status.last_error == "status raised OSError: clock is gone (a bug)"
+    assert lb.stats().size == 2
+
+
+def test_a_runner_must_allow_weak_references() -> None:
+    class Slotted:
+        __slots__ = ()
+
+        @property
+        def status(self) -> DiscoveryStatus:
+            return DiscoveryStatus("x", True, 0, 0, 0, 0, None, None)
+
+    with pytest.raises(TypeError, match="runner must allow weak references"):
+        LoadBalancer().attach_discovery(Slotted())
+
+
+class _OneMembership(Source):
+    """Yields one membership, then waits for ever, as a registry with nothing new to say."""
+
+    @property
+    def name(self) -> str:
+        return "one"
+
+    async def watch(self) -> AsyncIterator[Membership]:
+        yield Membership({"a:1": 1, "b:1": 1})
+        await asyncio.Event().wait()
+
+
+def test_an_async_runner_nobody_holds_still_reports_while_it_runs() -> None:
+    lb = LoadBalancer()
+
+    async def main() -> tuple[DiscoveryStatus, ...]:
+        AsyncDiscovery(lb, _OneMembership()).start()  # no reference kept but the task's
+        for _ in range(200):  # bounded: the first membership is applied within a few turns
+            if lb.servers:
+                break
+            await asyncio.sleep(0)
+        gc.collect()
+        return lb.stats().discovery
+
+    (status,) = asyncio.run(main())  # asyncio.run cancels the runner's task at the end
+    assert lb.servers == ("a:1", "b:1")
+    assert (status.source, status.running, status.updates) == ("one", True, 1)
+
+
+def test_health_in_stats_is_the_published_picker_s_never_a_build_in_progress() -> None:
+    class SlowThenBroken(Strategy):
+        """Round-robin whose builds block while ``armed``, until released, and then raise."""
+
+        armed = False
+        entered = threading.Event()
+        release = threading.Event()
+
+        def build(self, snapshot: Snapshot, previous: Picker | None = None) -> Picker:
+            if self.armed:
+                self.entered.set()
+                assert self.release.wait(timeout=10)
+                raise RuntimeError("the build failed")
+            return RoundRobinStrategy().build(snapshot, previous)
+
+    strategy = SlowThenBroken()
+    lb = LoadBalancer(
+        strategy,
+        clock=FakeClock(),
+        outlier_detection=OutlierDetection(consecutive_failures=1),
+        rebuild_in_background=False,
+    )
+    lb.replace(["a", "b"])
+    strategy.armed = True
+    failing = threading.Thread(target=lb.done, args=("a",), kwargs={"ok": False})
+    failing.start()
+    try:
+        assert strategy.entered.wait(timeout=10)  # the ejection's build is under way
+        during = lb.stats()
+    finally:
+        strategy.release.set()
+        failing.join(timeout=10)
+    assert (during.ejections_active, during.healthy) == (0, 2)
+    assert not during["a"].ejected
+    assert during["a"].ejection_ends_in is None
+    after = lb.stats()  # the build failed: the ejection was rolled back
+    assert (after.ejections_active, after.ejections_total["consecutive_failures"]) == (0, 0)
 
 
 # -- the latency histogram ---------------------------------------------------------------------

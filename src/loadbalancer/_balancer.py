@@ -9,7 +9,7 @@ import time
 import weakref
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TypeVar, final
 
 from ._errors import NoServersAvailableError
@@ -113,14 +113,22 @@ def _alive(ref: weakref.ref[DiscoveryReporter]) -> DiscoveryReporter | None:
     return ref()
 
 
-def _discovery_status(runner: DiscoveryReporter) -> DiscoveryStatus:
-    """``runner``'s status, checked: a reporter that gives anything else is a bug to name."""
-    status = runner.status
-    if not isinstance(status, DiscoveryStatus):
-        raise TypeError(
-            f"{type(runner).__name__}.status must be a DiscoveryStatus, not {type(status).__name__}"
-        )
-    return status
+_WELL = (True, None)  # a server's health when it is not among the view's unwell
+
+
+def _discovery_status(runner: DiscoveryReporter, servers: int) -> DiscoveryStatus:
+    """``runner``'s status; if it fails to give one, a status that says so (in ``last_error``)
+    rather than an error: one broken runner must not hide the balancer's figures."""
+    try:
+        status = runner.status
+        if isinstance(status, DiscoveryStatus):
+            return status
+        problem = f"status is {type(status).__name__}, not DiscoveryStatus"
+    except Exception as error:
+        problem = f"status raised {type(error).__name__}: {error}"
+    name = getattr(runner, "name", None)
+    source = name if isinstance(name, str) else type(runner).__name__
+    return DiscoveryStatus(source, False, servers, 0, 0, 0, None, f"{problem} (a bug)")
 
 
 _UNSCHEDULED = -1  # not queued for the rebuild thread in any generation
@@ -142,13 +150,18 @@ class _View:
     # acquire is the default one (pick, then count), and its C-level keyless pick if it has one.
     plain: bool = False
     rotate: Callable[[], str] | None = None
+    # The verdict and ejection deadline of every unwell server, as published: stats() reads
+    # health from here, not from the endpoints, which a build in progress may have changed
+    # and may yet roll back. Servers not in it are healthy and not ejected.
+    unwell: Mapping[Endpoint, tuple[bool, float | None]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, endpoints: dict[str, Endpoint], picker: Picker, plan: Plan, floor: float) -> _View:
         """The view publishing ``picker`` over ``endpoints``, with its lease shortcuts."""
         plain = picker.acquire_is_pick()
         rotate = picker.next_server if plain else None
-        return cls(endpoints, picker, plan, plan.due, floor, plain, rotate)
+        unwell = {e: (e.healthy, e.ejected_until) for e in plan.unwell}
+        return cls(endpoints, picker, plan, plan.due, floor, plain, rotate, unwell)
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -456,7 +469,7 @@ class LoadBalancer:
                 for server, weight in changed.items():
                     current[server].weight = weight
                 raise
-            if changed or list(endpoints) != list(current):
+            if changed or endpoints.keys() != current.keys():  # a new order alone is no change
                 self._tally.membership_changed(now)
         self._deliver()
 
@@ -944,23 +957,22 @@ class LoadBalancer:
         changed_at = tally.membership_changed_at
         reporters = [r for r in map(_alive, self._reporters) if r is not None]
         effective = dict(zip(view.plan.eligible, view.plan.weights, strict=True))
+        unwell = view.unwell
         servers = {
-            name: ServerStats.of(e, effective.get(e), now) for name, e in view.endpoints.items()
+            name: ServerStats.of(e, effective.get(e), now, unwell.get(e, _WELL))
+            for name, e in view.endpoints.items()
         }
         return BalancerStats(
-            servers=servers,
-            size=len(servers),
-            healthy=sum(1 for s in servers.values() if s.healthy and not s.ejected),
+            servers,
             eligible=len(view.plan.eligible),
             panic=view.plan.panic,
             panics=panics,
-            ejections_active=sum(1 for s in servers.values() if s.ejected),
             ejections_total=ejections,
             health_changes=health_changes,
             membership_changes=changes,
             membership_change_age=None if changed_at is None else max(now - changed_at, 0.0),
             retry_budget=self._retry_budget.stats(),
-            discovery=tuple(_discovery_status(r) for r in reporters),
+            discovery=tuple(_discovery_status(r, len(servers)) for r in reporters),
         )
 
     def enable_latency_histogram(self, buckets: Iterable[float] = DEFAULT_LATENCY_BUCKETS) -> None:
@@ -999,10 +1011,17 @@ class LoadBalancer:
                 f"runner must have a status property giving a DiscoveryStatus, as Discovery "
                 f"has, not {type(runner).__name__}"
             )
+        try:
+            ref = weakref.ref(runner)
+        except TypeError:
+            raise TypeError(
+                f"runner must allow weak references (it is held only while it lives), "
+                f"and {type(runner).__name__} does not"
+            ) from None
         with self._lock:
             live = [r for r in self._reporters if r() is not None]
             if all(r() is not runner for r in live):
-                live.append(weakref.ref(runner))
+                live.append(ref)
             self._reporters = live  # one assignment: stats() reads the list without the lock
 
     # -- introspection ----------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import accumulate, pairwise
 from typing import Protocol, final
@@ -124,10 +124,17 @@ class ServerStats:
         return self.ejected_until is not None
 
     @classmethod
-    def of(cls, endpoint: Endpoint, effective_weight: float | None, now: float) -> ServerStats:
-        """Read ``endpoint``'s counters consistently, under its lock, at clock time ``now``."""
+    def of(
+        cls,
+        endpoint: Endpoint,
+        effective_weight: float | None,
+        now: float,
+        health: tuple[bool, float | None] = (True, None),
+    ) -> ServerStats:
+        """Read ``endpoint``'s counters consistently, under its lock, at clock time ``now``;
+        ``health`` is its verdict and ejection deadline as the published picker has them."""
+        healthy, until = health
         with endpoint._lock:
-            until = endpoint.ejected_until
             histogram = endpoint.histogram
             return cls(
                 endpoint.server,
@@ -139,7 +146,7 @@ class ServerStats:
                 endpoint.cancelled,
                 endpoint.latency,
                 endpoint.consecutive_failures,
-                endpoint.healthy,
+                healthy,
                 until,
                 endpoint.ejections,
                 effective_weight is not None,
@@ -183,15 +190,16 @@ class DiscoveryReporter(Protocol):
 
 
 @final
-@dataclass(frozen=True, slots=True, eq=False)
-class BalancerStats(Mapping[str, ServerStats]):
-    """What ``LoadBalancer.stats()`` returns: each server's ``ServerStats``, by name, in
-    registration order (it is a mapping, as it always was), and the pool's own figures.
+class BalancerStats(dict[str, ServerStats]):
+    """What ``LoadBalancer.stats()`` returns: a dict of each server's ``ServerStats`` by name,
+    in registration order, as it always was, with the pool's own figures as attributes.
 
     * Membership: ``size`` servers registered, ``healthy`` of them passing active checks and
       not ejected, ``eligible`` those picks may return now (all of them in panic);
-      ``membership_changes`` counts registrations, removals and weight changes, and
-      ``membership_change_age`` is the seconds since the last one (None before the first).
+      ``membership_changes`` counts the calls that changed the servers or their weights
+      (``register``, ``unregister``, ``set_weight``, and a ``replace`` that added, removed or
+      reweighted any: one change however many servers it touched; a new order alone is
+      none), and ``membership_change_age`` is the seconds since the last (None before one).
     * Panic: ``panic`` whether the pool is in panic mode now, ``panics`` how many times it
       entered it.
     * Outlier detection: ``ejections_active`` servers ejected now; ``ejections_total`` every
@@ -202,11 +210,27 @@ class BalancerStats(Mapping[str, ServerStats]):
       budget shared by several balancers shows the same figures in each).
     * ``discovery``: the status of each discovery runner feeding the balancer.
 
-    Only leases and reported outcomes are counted: a plain ``get()`` whose outcome is never
-    reported with ``done()`` appears nowhere.
+    Health figures are those of the published picker, so they agree with what picks do. Only
+    leases and reported outcomes are counted: a plain ``get()`` whose outcome is never
+    reported with ``done()`` appears nowhere. The attributes are read-only; equality, like a
+    dict's, compares the servers' stats only.
     """
 
-    servers: Mapping[str, ServerStats]
+    __slots__ = (
+        "discovery",
+        "ejections_active",
+        "ejections_total",
+        "eligible",
+        "health_changes",
+        "healthy",
+        "membership_change_age",
+        "membership_changes",
+        "panic",
+        "panics",
+        "retry_budget",
+        "size",
+    )
+
     size: int
     healthy: int
     eligible: int
@@ -220,17 +244,54 @@ class BalancerStats(Mapping[str, ServerStats]):
     retry_budget: RetryBudgetStats
     discovery: tuple[DiscoveryStatus, ...]
 
-    def __getitem__(self, server: str) -> ServerStats:
-        return self.servers[server]
+    def __init__(
+        self,
+        servers: Mapping[str, ServerStats],
+        *,
+        eligible: int,
+        panic: bool,
+        panics: int,
+        ejections_total: Mapping[str, int],
+        health_changes: Mapping[str, int],
+        membership_changes: int,
+        membership_change_age: float | None,
+        retry_budget: RetryBudgetStats,
+        discovery: tuple[DiscoveryStatus, ...],
+    ) -> None:
+        super().__init__(servers)
+        values = servers.values()
+        fields = {
+            "size": len(servers),
+            "healthy": sum(1 for s in values if s.healthy and s.ejected_until is None),
+            "eligible": eligible,
+            "panic": panic,
+            "panics": panics,
+            "ejections_active": sum(1 for s in values if s.ejected_until is not None),
+            "ejections_total": dict(ejections_total),  # copies: changing them changes nothing
+            "health_changes": dict(health_changes),
+            "membership_changes": membership_changes,
+            "membership_change_age": membership_change_age,
+            "retry_budget": retry_budget,
+            "discovery": discovery,
+        }
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.servers)
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"BalancerStats is read-only: {name} cannot be set")
 
-    def __len__(self) -> int:
-        return len(self.servers)
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"BalancerStats is read-only: {name} cannot be deleted")
 
-    def __repr__(self) -> str:
-        return (
-            f"<BalancerStats {self.size} servers, {self.healthy} healthy, "
-            f"{self.ejections_active} ejected, panic={self.panic}>"
-        )
+    def __reduce__(self) -> tuple[object, ...]:
+        # For pickle and copy, which would otherwise restore the attributes by setting them.
+        return (_restore, (dict(self), {name: getattr(self, name) for name in self.__slots__}))
+
+
+def _restore(servers: dict[str, ServerStats], fields: dict[str, object]) -> BalancerStats:
+    """A ``BalancerStats`` rebuilt from its parts, for ``BalancerStats.__reduce__``."""
+    stats = BalancerStats.__new__(BalancerStats)
+    dict.update(stats, servers)
+    for name, value in fields.items():
+        object.__setattr__(stats, name, value)
+    return stats
