@@ -180,6 +180,10 @@ class Applier:
 
     def status(self, running: bool) -> DiscoveryStatus:
         """The score now."""
+        try:
+            now: float | None = self._clock()
+        except Exception:  # a status is how a broken clock gets diagnosed: give it, ageless
+            now = None
         with self._lock:
             last = self.last_update
             return DiscoveryStatus(
@@ -189,6 +193,6 @@ class Applier:
                 updates=self.updates,
                 refused=self.refused,
                 failures=self.failures,
-                last_update_age=None if last is None else max(self._clock() - last, 0.0),
+                last_update_age=None if last is None or now is None else max(now - last, 0.0),
                 last_error=self.last_error,
             )

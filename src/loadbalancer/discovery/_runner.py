@@ -20,6 +20,9 @@ from ._source import Source
 
 __all__ = ["AsyncDiscovery", "Discovery", "cancel_and_wait", "wait_set"]
 
+# Every AsyncDiscovery task that has not finished, held strongly (see AsyncDiscovery.start).
+_RUNNING: set[asyncio.Task[None]] = set()
+
 
 class _SourceEndedError(Exception):
     """A source's watch() returned: it must run until cancelled, so it is restarted."""
@@ -123,10 +126,19 @@ class AsyncDiscovery:
         if self._task is not None and not self._task.done():
             return
         ready = self._ready = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(
-            _follow(self._applier, self._backoff, ready.set),
+        task = self._task = asyncio.get_running_loop().create_task(
+            self._follow(ready.set),
             name=f"loadbalancer discovery {self._applier.source.name}",
         )
+        # The event loop holds tasks only weakly: a runner its caller dropped would be
+        # collected mid-watch, and the balancer would silently stop following the registry.
+        _RUNNING.add(task)
+        task.add_done_callback(_RUNNING.discard)
+
+    async def _follow(self, ready: Callable[[], None]) -> None:
+        # A method, so that the running task holds the runner: the balancer keeps only a weak
+        # reference to it (for stats().discovery), and a runner nobody else holds must go on.
+        await _follow(self._applier, self._backoff, ready)
 
     async def stop(self) -> None:
         """Stop following: the source's watch is cancelled and has released what it held."""
