@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from loadbalancer import Lease, LoadBalancer, OutlierDetection, RingHashStrategy
+import pytest
+
+from loadbalancer import BalancerStats, Lease, LoadBalancer, OutlierDetection, RingHashStrategy
 
 from .fakes import FakeClock
 
@@ -91,3 +93,18 @@ def run(scenario: Scenario) -> None:
     scenario.held.append(api.acquire(exclude=["a", "b", "c", "e"]))
     assert scenario.held[0].server == "d"
     clock.advance(9.5)
+
+
+def break_stats(monkeypatch: pytest.MonkeyPatch, broken: LoadBalancer) -> None:
+    """Make ``broken.stats()`` raise ``RuntimeError`` (after reading, so reads still count),
+    as a balancer whose figures cannot be read would: ``LoadBalancer`` is ``@final``, so the
+    class's method is wrapped, for that one instance."""
+    stats = LoadBalancer.stats
+
+    def failing(lb: LoadBalancer) -> BalancerStats:
+        reading = stats(lb)
+        if lb is broken:
+            raise RuntimeError("stats() failed")
+        return reading
+
+    monkeypatch.setattr(LoadBalancer, "stats", failing)

@@ -99,7 +99,6 @@ class Reporter:
 
     source: str
     reads: int = 0
-    broken: bool = False  # status gives a str: stats() raises TypeError
     on_read: Callable[[], None] | None = None
 
     @property
@@ -107,8 +106,6 @@ class Reporter:
         self.reads += 1
         if self.on_read is not None:
             self.on_read()
-        if self.broken:
-            return "not a status"  # type: ignore[return-value]
         return DiscoveryStatus(self.source, True, 4, 3, 0, 0, 1.5, None)
 
 
@@ -374,14 +371,12 @@ def test_one_asynchronous_instrument_per_metric_on_the_library_meter() -> None:
     assert all(len(c.callbacks) == 1 for c in provider.created)
 
 
-def test_callbacks_yield_observations_and_never_raise() -> None:
+def test_callbacks_yield_observations_and_never_raise(monkeypatch: pytest.MonkeyPatch) -> None:
     provider = RecordingMeterProvider()
     solo, broken = LoadBalancer(), LoadBalancer()
     solo.replace(["s1"])
     broken.replace(["s2"])
-    reporter = Reporter("broken-source")
-    broken.attach_discovery(reporter)
-    reporter.broken = True
+    metrics_scenario.break_stats(monkeypatch, broken)
     LoadBalancerInstruments({"solo": solo, "broken": broken}, meter_provider=provider)
     observed = {c.name: list(c.callbacks[0](CallbackOptions())) for c in provider.created}
     assert set(observed) == {m.otel_name for m in EXPORTED}
@@ -455,10 +450,10 @@ def test_a_balancer_added_after_the_refresh_is_read_by_the_next_callback() -> No
 
 
 def test_a_balancer_whose_stats_raise_is_skipped_and_logged(
-    run: Run, caplog: pytest.LogCaptureFixture
+    run: Run, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run.reporters["api"].broken = True
-    with pytest.raises(TypeError):
+    metrics_scenario.break_stats(monkeypatch, run.scenario.balancers["api"])
+    with pytest.raises(RuntimeError):
         run.scenario.balancers["api"].stats()  # what the exporter meets
     run.reset()
     with caplog.at_level(logging.ERROR, logger="loadbalancer.metrics"):
@@ -472,9 +467,9 @@ def test_a_balancer_whose_stats_raise_is_skipped_and_logged(
     assert len(errors) == 1
     assert "'api'" in errors[0].getMessage()
     assert errors[0].exc_info is not None
-    assert errors[0].exc_info[0] is TypeError
+    assert errors[0].exc_info[0] is RuntimeError
 
-    run.reporters["api"].broken = False  # the next collection tries again
+    monkeypatch.undo()  # mended: the next collection tries again
     assert collect(run.reader)["loadbalancer.membership.size"].value(balancer="api") == 5.0
 
 

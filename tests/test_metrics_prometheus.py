@@ -580,14 +580,13 @@ def test_each_scrape_reads_each_balancer_once(registry: CollectorRegistry) -> No
 
 
 def test_a_balancer_whose_stats_fail_is_left_out_and_logged(
-    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    broken, healthy, reporter = balancer("a"), balancer("x", "y"), Reporter()
-    broken.attach_discovery(reporter)
+    broken, healthy = balancer("a"), balancer("x", "y")
     registry.register(LoadBalancerCollector({"broken": broken, "healthy": healthy}))
     assert Scrape(registry).balancers() == {"broken", "healthy"}
-    reporter.current = "not a status"  # stats() raises TypeError from now on
-    with pytest.raises(TypeError):
+    metrics_scenario.break_stats(monkeypatch, broken)
+    with pytest.raises(RuntimeError):
         broken.stats()
     with caplog.at_level(logging.ERROR, logger="loadbalancer.metrics"):
         scrape = Scrape(registry)
@@ -600,8 +599,8 @@ def test_a_balancer_whose_stats_fail_is_left_out_and_logged(
     assert record.name == "loadbalancer.metrics"
     assert "'broken'" in record.getMessage()
     assert record.exc_info is not None
-    assert record.exc_info[0] is TypeError
-    reporter.current = Reporter().current  # mended: back in the next scrape
+    assert record.exc_info[0] is RuntimeError
+    monkeypatch.undo()  # mended: back in the next scrape
     assert Scrape(registry).balancers() == {"broken", "healthy"}
 
 
