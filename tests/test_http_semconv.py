@@ -27,6 +27,7 @@ from loadbalancer.integrations._semconv import (
     BUCKETS,
     DURATION,
     KNOWN_METHODS,
+    HttpMetrics,
     error_type,
     known_methods,
     method_attribute,
@@ -297,3 +298,20 @@ def test_protocol_versions_are_written_as_the_conventions_do() -> None:
         "2",
         "3",
     ]
+
+
+def test_a_failing_meter_never_fails_the_request(caplog: pytest.LogCaptureFixture) -> None:
+    class BrokenHistogram:
+        def record(self, amount: float, attributes: dict[str, Any] | None = None) -> None:
+            raise RuntimeError("the exporter is gone")
+
+    metrics: HttpMetrics[int] = HttpMetrics(
+        BrokenHistogram(),  # type: ignore[arg-type]
+        KNOWN_METHODS,
+        status=lambda response: response,
+        version=lambda response: None,
+    )
+    attempt = metrics.request("GET", "inventory", "http", None).sync(lambda server: 200)
+    with caplog.at_level("ERROR", logger="loadbalancer.metrics"):
+        assert attempt("127.0.0.1:8080") == 200  # the response, not the meter's error
+    assert "recording http.client.request.duration failed" in caplog.text

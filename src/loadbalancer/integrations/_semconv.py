@@ -12,9 +12,10 @@ the wire) records its duration on the histogram ``http.client.request.duration``
 * unit ``s``, with the conventions' advised bucket boundaries (``BUCKETS``);
 * attributes: ``http.request.method`` (a method not in ``known_methods()`` is ``_OTHER``),
   ``server.address`` and ``server.port`` (the server the attempt went to, not the logical
-  host), ``url.scheme``, ``http.response.status_code`` and ``network.protocol.version`` (when a
-  response came), ``error.type`` (see ``status_error_type`` and ``error_type``), and
-  ``loadbalancer.service``: the logical host the request was routed by (``inventory``).
+  host: the conventions' newest text would name the Host header's, but a balancer's
+  operators need the replica; the logical host is ``loadbalancer.service``), ``url.scheme``,
+  ``http.response.status_code`` and ``network.protocol.version`` (when a response came), and
+  ``error.type`` (see ``status_error_type`` and ``error_type``).
 
 ``error.type`` is the status code (``"503"``) for a status of 400 or more, and otherwise the
 class of the exception that ended the attempt, named from its package when the package
@@ -27,6 +28,7 @@ until ``http_metrics`` is given a provider.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -57,6 +59,8 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+
+_log = logging.getLogger("loadbalancer.metrics")
 
 DURATION = "http.client.request.duration"
 """The histogram every attempt is recorded on (semantic conventions: HTTP client metrics)."""
@@ -222,7 +226,10 @@ class RequestMetrics(Generic[R]):
             "server.port": port,
             "url.scheme": scheme,
         }
-        self._metrics.record(attributes, seconds, response, error)
+        try:
+            self._metrics.record(attributes, seconds, response, error)
+        except Exception:  # a metric must never fail the request it measures
+            _log.exception("recording http.client.request.duration failed")
 
     def sync(self, attempt: Callable[[str], R]) -> Callable[[str], R]:
         """``attempt``, each call of which records its duration and outcome."""
