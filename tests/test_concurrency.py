@@ -126,6 +126,7 @@ def mixed_operations(lb: LoadBalancer, seconds: float) -> None:
     errors: list[BaseException] = []
     picked: set[str] = set()
     deadline = time.monotonic() + seconds
+    give_up = deadline + 30.0
     start = threading.Barrier(6)
 
     def mutate(i: int) -> None:
@@ -137,13 +138,17 @@ def mixed_operations(lb: LoadBalancer, seconds: float) -> None:
             lb.register(name)
             lb.unregister(names[(j * 7 + 3) % len(names)])
             if j % 50 == 0:
+                ever_registered.update(names[j % 3 : j % 3 + 3])  # before it can be picked
                 lb.replace(names[j % 3 : j % 3 + 3])
-                ever_registered.update(names[j % 3 : j % 3 + 3])
             j += 1
+        ever_registered.add(names[i])
+        lb.register(names[i])  # a pool left empty would leave nothing to pick
 
     def read(_: int) -> None:
         start.wait()
-        while time.monotonic() < deadline:
+        # Past the deadline until a pick has succeeded (the mutators stop then, so the pool
+        # settles), within a hard cap: a loaded machine may starve the first seconds.
+        while time.monotonic() < deadline or (not picked and time.monotonic() < give_up):
             try:
                 picked.add(lb.get())
                 assert len(lb) <= 5
