@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import discover
+from . import discover, serve
 from ._errors import CommandError
 from .simulate import command as simulate
 
@@ -27,9 +27,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Client-side load balancing for Python: tools around the library.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    # Each command adds its own subparser and handler; `serve` will sit beside `simulate`.
+    # Each command adds its own subparser and handler.
     simulate.add_parser(commands)
     discover.add_parser(commands)
+    serve.add_parser(commands)
     return parser
 
 

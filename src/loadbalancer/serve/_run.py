@@ -1,0 +1,505 @@
+"""Running ``loadbalancer serve``: one worker process, or a parent over ``--workers N``.
+
+A worker builds its pools (``Upstreams``), starts one ``ProxyServer`` per listener and the
+admin listener, writes the access log, and answers signals:
+
+* ``SIGTERM`` (and ``SIGINT``): graceful drain. Stop accepting, let in-flight requests finish
+  for up to ``timeouts.drain`` seconds, close, exit 0.
+* ``SIGHUP``: reload the configuration file. New requests use the new pools and routes;
+  connections are untouched; pools that stay keep their balancers (see ``Upstreams``). A bad
+  file is logged on one line and the old settings stay. Listeners, the admin address, the
+  access log and ``workers`` are fixed at start: a change to them is logged and ignored.
+
+With ``workers > 1`` the parent reserves each listening port (a socket bound with
+``SO_REUSEPORT`` but never listening, so the kernel gives it no connection) and starts that
+many worker processes, each listening on the same port with ``SO_REUSEPORT``: the kernel
+spreads connections across them. Each has its own balancers, as nginx workers without a
+shared zone: least connections, P2C and peak EWMA see only their own worker's requests, and
+outlier detection and health checks run in each. The parent forwards ``SIGTERM``, ``SIGINT``
+and ``SIGHUP`` to its workers and exits when they all have: 0 if they all exited 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, Any, Protocol, final
+
+from ._admin import AdminServer
+from ._config import ConfigError, ServeConfig, load_config
+from ._settings import AccessRecord, ProxySettings
+
+__all__ = ["AccessLogWriter", "reserve_ports", "run_parent", "run_worker"]
+
+_log = logging.getLogger("loadbalancer.serve")
+
+_PIPE_BUF = 4096  # writes up to this size to a pipe are atomic: workers' lines never mix
+_RECORD_FIELDS = (
+    "client",
+    "method",
+    "target",
+    "host",
+    "status",
+    "pool",
+    "upstream",
+    "attempts",
+    "upstream_time",
+    "total_time",
+    "bytes_sent",
+    "outcome",
+    "error",
+)
+
+
+class _Proxy(Protocol):
+    """The proxy engine's API (``loadbalancer.serve._server.ProxyServer``)."""
+
+    async def start(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
+        """Listen on ``host:port``, or on ``sock``."""
+
+    @property
+    def port(self) -> int:
+        """The port listened on."""
+
+    def reload(self, settings: ProxySettings) -> None:
+        """Serve new requests on ``settings``."""
+
+    async def drain(self, deadline: float) -> None:
+        """Stop accepting; wait for in-flight requests for up to ``deadline`` seconds."""
+
+    async def close(self) -> None:
+        """Close everything."""
+
+
+def _proxy_class() -> Callable[[ProxySettings], _Proxy]:
+    """The engine's ``ProxyServer``, imported when a worker starts."""
+    module = importlib.import_module("loadbalancer.serve._server")
+    factory: Callable[[ProxySettings], _Proxy] = module.ProxyServer
+    return factory
+
+
+# -- the access log -----------------------------------------------------------------------------
+
+
+@final
+class AccessLogWriter:
+    """Access records as JSON lines on a file descriptor, written after each loop iteration.
+
+    Each line is one ``AccessRecord`` with ``time`` (Unix seconds) first and ``pid`` (the
+    worker's process id) second. Lines are batched
+    within one pass of the event loop and written whole, in writes of at most ``PIPE_BUF``
+    bytes, so the lines of several workers sharing stdout never interleave.
+    """
+
+    __slots__ = ("_fd", "_file", "_lines", "_pid", "_scheduled")
+
+    def __init__(self, target: str) -> None:
+        self._file: IO[bytes] | None = None
+        if target == "stdout":
+            self._fd = sys.stdout.fileno()
+        else:
+            self._file = open(target, "ab")  # noqa: SIM115 - closed by close()
+            self._fd = self._file.fileno()
+        self._lines: list[bytes] = []
+        self._scheduled = False
+        self._pid = os.getpid()
+
+    def __call__(self, record: AccessRecord) -> None:
+        """Queue ``record``'s line; it is written once the loop's current callbacks are done."""
+        entry: dict[str, object] = {"time": round(time.time(), 6), "pid": self._pid}
+        for name in _RECORD_FIELDS:
+            entry[name] = getattr(record, name)
+        self._lines.append(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+        if not self._scheduled:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+                self._scheduled = True
+            except RuntimeError:  # no loop: write it now
+                self.flush()
+
+    def flush(self) -> None:
+        """Write every queued line."""
+        self._scheduled = False
+        lines, self._lines = self._lines, []
+        chunk = bytearray()
+        for line in lines:
+            if chunk and len(chunk) + len(line) > _PIPE_BUF:
+                self._write(bytes(chunk))
+                chunk.clear()
+            chunk += line
+        if chunk:
+            self._write(bytes(chunk))
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._fd, view)
+            except BlockingIOError:
+                select.select([], [self._fd], [], 1.0)
+                continue
+            except OSError as error:  # a closed stdout: the log is lost, not the proxy
+                _log.warning("access log: %s; lines dropped", error.strerror or error)
+                return
+            view = view[written:]
+
+    def close(self) -> None:
+        """Write what is queued and close a file target."""
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+
+
+# -- one worker ---------------------------------------------------------------------------------
+
+
+def _listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A TCP socket listening on ``host:port``, with ``SO_REUSEPORT`` if asked."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _raise_fd_limit() -> int:
+    """Raise the soft file-descriptor limit to the hard one; return the limit now in force."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft
+
+
+def _fixed(config: ServeConfig) -> tuple[object, ...]:
+    """What a reload cannot change."""
+    return (config.listen, config.admin, config.access_log, config.workers)
+
+
+@final
+class _Worker:
+    """One serving process: its pools, proxies, admin listener, access log and signals."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        *,
+        reuse_port: bool,
+        announce: Callable[[str], None],
+        reload_config: Callable[[], ServeConfig] | None,
+    ) -> None:
+        from ._config import Upstreams
+
+        self.config = config
+        self.reuse_port = reuse_port
+        self.announce = announce
+        self.reload_config = reload_config
+        self.access = (
+            None if config.access_log.target == "off" else AccessLogWriter(config.access_log.target)
+        )
+        self.admin: AdminServer | None = None
+        self.upstreams = Upstreams(on_access=self.access, on_pools=self._pools_changed)
+        self.proxies: list[_Proxy] = []
+        self.stopping: asyncio.Event | None = None
+        self.reloading: asyncio.Lock | None = None
+        self.tasks: set[asyncio.Task[bool]] = set()
+
+    def _pools_changed(self, added: Any, removed: Any) -> None:
+        if self.admin is not None:
+            self.admin.update(added, removed)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        self.reloading = asyncio.Lock()
+        settings = await self.upstreams.apply(self.config)
+        if self.config.admin is not None:
+            self.admin = AdminServer(self.upstreams.balancers, health=self.upstreams.health_status)
+        try:
+            proxy_class = _proxy_class()
+            where = []
+            for host, port in self.config.listen:
+                proxy = proxy_class(settings)
+                if self.reuse_port:
+                    sock = _listening_socket(host, port, reuse_port=True)
+                    await proxy.start(host, port, sock=sock)
+                else:
+                    await proxy.start(host, port)
+                self.proxies.append(proxy)
+                where.append(f"{_show(host)}:{proxy.port}")
+            admin_at = ""
+            if self.admin is not None and self.config.admin is not None:
+                host, port = self.config.admin
+                await self.admin.start(host, port)
+                admin_at = f"; admin on http://{_show(host)}:{self.admin.port}/status"
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.stopping.set)
+            loop.add_signal_handler(signal.SIGHUP, self._spawn_reload)
+            self.announce(
+                f"listening on {', '.join(where)}{admin_at} (pid {os.getpid()}, "
+                f"{type(loop).__module__.partition('.')[0]} loop)"
+            )
+            await self.stopping.wait()
+            drain = self.config.timeouts.drain
+            _log.info("draining for up to %g s", drain)
+            await asyncio.gather(*(proxy.drain(drain) for proxy in self.proxies))
+            return 0
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            for proxy in self.proxies:
+                await proxy.close()
+            if self.admin is not None:
+                await self.admin.close()
+            for task in list(self.tasks):
+                task.cancel()
+            await self.upstreams.close()
+            if self.access is not None:
+                self.access.close()
+
+    def _spawn_reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def reload(self) -> bool:
+        """Reload from the configuration file; log and keep the old settings on an error."""
+        if self.reload_config is None:
+            _log.warning("reload: nothing to reload (started without --config)")
+            return False
+        assert self.reloading is not None
+        async with self.reloading:
+            try:
+                config = self.reload_config()
+                settings = await self.upstreams.apply(config)
+            except ConfigError as error:
+                _log.error("reload failed, old settings kept: %s", error)
+                return False
+            except OSError as error:
+                _log.error("reload failed, old settings kept: %s", error.strerror or error)
+                return False
+            if _fixed(config) != _fixed(self.config):
+                _log.warning(
+                    "reload: listen, admin, log.access and workers need a restart; unchanged"
+                )
+            for proxy in self.proxies:
+                proxy.reload(settings)
+            self.config = config
+            _log.info(
+                "reloaded: pools %s, %d routes",
+                ", ".join(p.name for p in config.pools),
+                len(config.routes),
+            )
+            return True
+
+
+def _show(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _event_loop_factory(kind: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's loop for ``"uvloop"``, and for ``"auto"`` where it is installed; else asyncio's."""
+    if kind == "asyncio":
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:
+        if kind == "uvloop":
+            raise
+        return asyncio.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_worker(
+    config: ServeConfig,
+    *,
+    reuse_port: bool = False,
+    ready_fd: int | None = None,
+    announce: Callable[[str], None] | None = None,
+    loop: str = "auto",
+) -> int:
+    """Serve ``config`` in this process until SIGTERM; return the exit status.
+
+    ``loop``: ``"uvloop"``, ``"asyncio"``, or ``"auto"`` (uvloop where it is installed).
+    ``announce`` receives the line saying where it listens, once it does (default: stderr);
+    ``ready_fd``, a pipe to a parent, is written ``ready`` and closed then.
+    """
+    limit = _raise_fd_limit()
+
+    def ready(line: str) -> None:
+        (announce or _announce)(f"{line}; {limit} file descriptors" if limit > 0 else line)
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, b"ready\n")
+                os.close(ready_fd)
+
+    source = config.source
+    reload_config: Callable[[], ServeConfig] | None = None
+    if source is not None:
+        fixed = config
+
+        def reload_config() -> ServeConfig:
+            # The flags' overrides (listen, admin, workers, access log) stay as started.
+            fresh = load_config(source)
+            return fresh.replace(
+                listen=fixed.listen,
+                admin=fixed.admin,
+                access_log=fixed.access_log,
+                workers=fixed.workers,
+            )
+
+    worker = _Worker(config, reuse_port=reuse_port, announce=ready, reload_config=reload_config)
+    factory = _event_loop_factory(loop)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(worker.run())
+    event_loop = factory()  # pragma: no cover - Python 3.10
+    try:
+        asyncio.set_event_loop(event_loop)
+        return event_loop.run_until_complete(worker.run())
+    finally:
+        asyncio.set_event_loop(None)
+        event_loop.close()
+
+
+def _announce(line: str) -> None:
+    print(f"loadbalancer serve: {line}", file=sys.stderr, flush=True)
+
+
+# -- workers ------------------------------------------------------------------------------------
+
+
+def reserve_ports(listen: Sequence[tuple[str, int]]) -> list[socket.socket]:
+    """One socket per address, bound with ``SO_REUSEPORT`` but not listening: the port is
+    reserved (port 0 becomes a real one) and the kernel gives it no connection."""
+    sockets: list[socket.socket] = []
+    try:
+        for host, port in listen:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def run_parent(
+    config: ServeConfig,
+    worker_argv: Callable[[int, list[tuple[str, int]], tuple[str, int] | None, int], list[str]],
+    *,
+    ready_timeout: float = 30.0,
+) -> int:
+    """Start ``config.workers`` worker processes on shared ports and supervise them.
+
+    ``worker_argv(index, listen, admin, ready_fd)`` is the command line of worker ``index``:
+    it listens on ``listen`` (the reserved ports) with ``SO_REUSEPORT``, its admin listener
+    on ``admin`` (the configured port plus ``index``, or any free port for port 0), and
+    writes ``ready`` to ``ready_fd`` once it serves. Returns 0 if every worker exited 0.
+    """
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError("workers", "needs SO_REUSEPORT, which this platform lacks")
+    reserved = reserve_ports(config.listen)
+    listen = [
+        (host, sock.getsockname()[1])
+        for (host, _), sock in zip(config.listen, reserved, strict=True)
+    ]
+    children: dict[int, subprocess.Popen[bytes]] = {}
+    statuses: dict[int, int] = {}
+    stopping = False
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if signum != signal.SIGHUP:
+            stopping = True
+        for child in children.values():
+            if child.pid not in statuses:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signum)
+
+    previous = {
+        s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    }
+    try:
+        pipes = []
+        for index in range(config.workers):
+            admin = None
+            if config.admin is not None:
+                host, port = config.admin
+                admin = (host, port + index if port else 0)
+            read_end, write_end = os.pipe()
+            argv = worker_argv(index, listen, admin, write_end)
+            child = subprocess.Popen(argv, pass_fds=(write_end,))
+            os.close(write_end)
+            children[child.pid] = child
+            pipes.append(read_end)
+        deadline = time.monotonic() + ready_timeout
+        waiting = set(pipes)
+        while waiting and not stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                readable, _, _ = select.select(list(waiting), [], [], left)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries select
+                continue
+            for fd in readable:
+                os.read(fd, 64)  # "ready", or b"" if the worker died first
+                waiting.discard(fd)
+        for fd in pipes:
+            os.close(fd)
+        if waiting or any(child.poll() is not None for child in children.values()):
+            _log.error("a worker did not start: stopping the others")
+            forward(signal.SIGTERM, None)
+        else:
+            where = ", ".join(f"{_show(h)}:{p}" for h, p in listen)
+            _announce(f"{config.workers} workers listening on {where} (pid {os.getpid()})")
+        while len(statuses) < len(children):
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if pid not in children:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            statuses[pid] = code
+            children[pid].returncode = code
+            if not stopping:
+                _log.error("worker %d exited with status %d", pid, code)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for sock in reserved:
+            sock.close()
+    ok = len(statuses) == len(children) and all(code == 0 for code in statuses.values())
+    return 0 if ok else 1

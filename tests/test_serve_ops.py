@@ -1,0 +1,486 @@
+"""`loadbalancer serve` operations: the admin listener, the access log, and real `serve`
+processes (flags, SIGTERM drain under load, SIGHUP reload under load, --workers) against real
+backends on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from loadbalancer import LoadBalancer, OutlierDetection
+from loadbalancer.serve._admin import AdminServer, status_document
+from loadbalancer.serve._run import AccessLogWriter
+from loadbalancer.serve._settings import AccessRecord
+
+from .http_backends import Backend, backends
+
+# -- the admin listener -------------------------------------------------------------------------
+
+
+def _get(port: int, path: str, method: str = "GET") -> tuple[int, str, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read()
+
+
+def _pools() -> dict[str, LoadBalancer]:
+    api = LoadBalancer(outlier_detection=OutlierDetection(), rebuild_in_background=False)
+    api.replace({"10.0.0.1:80": 1, "10.0.0.2:80": 2, "10.0.0.3:80": 1})
+    for _ in range(5):
+        api.done("10.0.0.1:80", ok=False)  # ejected
+    held = api.acquire()  # one in flight
+    assert held.server != "10.0.0.1:80"
+    web = LoadBalancer()
+    web.replace(["10.0.1.1:80"])
+    return {"api": api, "web": web}
+
+
+def test_admin_serves_metrics_and_status() -> None:
+    pools = _pools()
+
+    async def scenario() -> list[tuple[int, str, bytes]]:
+        admin = AdminServer(pools)
+        await admin.start("127.0.0.1", 0)
+        try:
+            port = admin.port
+            return await asyncio.gather(
+                *(
+                    asyncio.to_thread(_get, port, path)
+                    for path in ("/metrics", "/status.json", "/status", "/nope")
+                )
+            )
+        finally:
+            await admin.close()
+
+    metrics, status_json, status_html, missing = asyncio.run(scenario())
+    assert metrics[0] == 200
+    assert metrics[1].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(metrics[2].decode())}
+    size = {s.labels["balancer"]: s.value for s in families["loadbalancer_membership_size"].samples}
+    assert size == {"api": 3, "web": 1}
+    ejected = families["loadbalancer_outlier_detection_ejections_active"].samples
+    assert {s.labels["balancer"]: s.value for s in ejected} == {"api": 1, "web": 0}
+
+    assert status_json[:2] == (200, "application/json")
+    document = json.loads(status_json[2])
+    api = document["pools"]["api"]
+    assert (api["size"], api["healthy"], api["ejections_active"]) == (3, 2, 1)
+    servers = {s["server"]: s for s in api["servers"]}
+    assert servers["10.0.0.2:80"]["weight"] == 2
+    assert not servers["10.0.0.1:80"]["eligible"]
+    assert servers["10.0.0.1:80"]["ejected"]
+    assert 0 < servers["10.0.0.1:80"]["ejection_ends_in"] <= 30
+    assert sum(s["in_flight"] for s in api["servers"]) == 1
+    assert document["pools"]["web"]["servers"][0]["server"] == "10.0.1.1:80"
+
+    assert status_html[0] == 200
+    page = status_html[2].decode()
+    assert "<h2>api</h2>" in page
+    assert "10.0.0.1:80" in page
+    assert missing[0] == 404
+
+
+def test_admin_follows_a_reload() -> None:
+    pools = _pools()
+    admin = AdminServer(pools)
+    replacement = LoadBalancer()
+    replacement.replace(["10.0.2.1:80"])
+    admin.update(
+        {"new": replacement, "api": pools["api"]}, {"web": pools["web"], "api": pools["api"]}
+    )
+    assert set(admin.balancers) == {"api", "new"}
+    assert set(status_document(admin.balancers)["pools"]) == {"api", "new"}
+    scrape = admin.respond("GET", "/metrics")[2].decode()
+    sizes = {
+        s.labels["balancer"]
+        for f in text_string_to_metric_families(scrape)
+        if f.name == "loadbalancer_membership_size"
+        for s in f.samples
+    }
+    assert sizes == {"api", "new"}
+    assert admin.respond("POST", "/metrics")[0] == 405
+
+
+def test_access_log_lines_are_json(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    writer = AccessLogWriter(str(path))
+    record = AccessRecord(
+        client="127.0.0.1:5000",
+        method="GET",
+        target="/items/1",
+        host="example.com",
+        status=200,
+        pool="api",
+        upstream="10.0.0.1:80",
+        attempts=2,
+        upstream_time=0.0125,
+        total_time=0.02,
+        bytes_sent=123,
+        outcome="success",
+    )
+    writer(record)
+    writer(record)
+    writer.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    entry = json.loads(lines[0])
+    assert entry["upstream"] == "10.0.0.1:80"
+    assert entry["attempts"] == 2
+    assert entry["upstream_time"] == 0.0125
+    assert entry["outcome"] == "success"
+    assert entry["error"] is None
+    assert abs(entry["time"] - time.time()) < 60
+
+
+# -- real `loadbalancer serve` processes --------------------------------------------------------
+
+HAVE_ENGINE = importlib.util.find_spec("loadbalancer.serve._server") is not None
+needs_engine = pytest.mark.skipif(
+    not HAVE_ENGINE, reason="the proxy engine (serve._server) is not here yet"
+)
+WAIT = 20.0  # the bound on any one wait for a process
+# The event loop of the processes under test: `auto` (uvloop where installed) unless this says.
+LOOP = ["--loop", os.environ.get("LOADBALANCER_TEST_SERVE_LOOP", "auto")]
+
+
+class Serve:
+    """A `loadbalancer serve` process this test started, in a session of its own."""
+
+    def __init__(self, args: list[str], *, cwd: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "loadbalancer.cli", "serve", *LOOP, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            start_new_session=True,  # its workers with it, so that teardown reaches them all
+        )
+        self.stderr_lines: list[str] = []
+        self.stdout_lines: list[str] = []
+        self._changed = threading.Condition()
+        self._readers = [
+            threading.Thread(
+                target=self._read, args=(self.process.stderr, self.stderr_lines), daemon=True
+            ),
+            threading.Thread(
+                target=self._read, args=(self.process.stdout, self.stdout_lines), daemon=True
+            ),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: IO[bytes] | None, lines: list[str]) -> None:
+        assert stream is not None
+        for raw in stream:
+            with self._changed:
+                lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_line(
+        self, needle: str, *, stream: str = "stderr", count: int = 1, timeout: float = WAIT
+    ) -> list[str]:
+        """Wait until ``count`` lines of ``stream`` contain ``needle``; return them."""
+        lines = self.stderr_lines if stream == "stderr" else self.stdout_lines
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = [line for line in lines if needle in line]
+                if len(found) >= count:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0 or (
+                    self.process.poll() is not None and not any(r.is_alive() for r in self._readers)
+                ):
+                    tail = self.stderr_lines[-20:]
+                    raise AssertionError(f"no {count} lines with {needle!r}; stderr: {tail}")
+                self._changed.wait(min(left, 0.5))
+
+    def ports(self) -> tuple[int, int | None]:
+        """The proxy's port and the admin's, from its `listening on` line."""
+        line = self.wait_line("listening on")[0]
+        proxy = re.search(r"listening on \S+?:(\d+)", line)
+        admin = re.search(r"admin on http://\S+?:(\d+)/", line)
+        assert proxy is not None, line
+        return int(proxy[1]), None if admin is None else int(admin[1])
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = WAIT) -> int:
+        code = self.process.wait(timeout)
+        for reader in self._readers:
+            reader.join(timeout)
+        return code
+
+    def stop(self) -> None:
+        """Kill what is left of it (the process and its workers, in its own session)."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(WAIT)
+        else:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    started: list[Serve] = []
+
+    def start(*args: str) -> Serve:
+        process = Serve(list(args), cwd=tmp_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def pool() -> Iterator[list[Backend]]:
+    with backends(3) as started:
+        yield started
+
+
+def _backend_of(response: httpx.Response) -> str:
+    return response.headers["x-backend"]
+
+
+@needs_engine
+def test_flags_form_proxies_requests(serve: Any, pool: list[Backend]) -> None:
+    a, b, _ = pool
+    proxy = serve(
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        a.address,
+        "--backend",
+        b.address,
+        "--strategy",
+        "rr",
+        "--admin",
+        "127.0.0.1:0",
+    )
+    port, admin = proxy.ports()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        seen = Counter(_backend_of(client.get(f"/items/{i}")) for i in range(10))
+    assert seen == {a.name: 5, b.name: 5}
+    assert admin is not None
+    status, _, body = _get(admin, "/status.json")
+    assert status == 200
+    servers = json.loads(body)["pools"]["default"]["servers"]
+    assert {s["server"]: s["requests"] for s in servers} == {a.address: 5, b.address: 5}
+    _, _, scrape = _get(admin, "/metrics")
+    families = {f.name for f in text_string_to_metric_families(scrape.decode())}
+    assert "loadbalancer_upstream_rq" in families or "loadbalancer_upstream_rq_total" in families
+    # The access log: one JSON object per request, on stdout.
+    lines = proxy.wait_line('"upstream"', stream="stdout", count=10)
+    entries = [json.loads(line) for line in lines]
+    assert {e["upstream"] for e in entries} == {a.address, b.address}
+    for entry in entries:
+        assert entry["status"] == 200
+        assert entry["attempts"] == 1
+        assert entry["outcome"] == "success"
+        assert entry["pool"] == "default"
+        assert entry["total_time"] >= entry["upstream_time"] >= 0
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait() == 0
+
+
+async def _load(
+    port: int, stop: asyncio.Event, clients: int, path: str = "/items/1"
+) -> list[httpx.Response | BaseException]:
+    """GETs from ``clients`` concurrent clients until ``stop``; every outcome."""
+    results: list[httpx.Response | BaseException] = []
+
+    async def one_client() -> None:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as client:
+            while not stop.is_set():
+                try:
+                    results.append(await client.get(path))
+                except httpx.HTTPError as error:
+                    results.append(error)
+                    return
+
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    return results
+
+
+@needs_engine
+def test_sigterm_under_load_cuts_no_request(serve: Any, pool: list[Backend]) -> None:
+    a, b, _ = pool
+    proxy = serve(
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        a.address,
+        "--backend",
+        b.address,
+        "--access-log",
+        "off",
+    )
+    port, _ = proxy.ports()
+
+    async def scenario() -> tuple[list[httpx.Response | BaseException], list[httpx.Response]]:
+        stop = asyncio.Event()
+        load = asyncio.create_task(_load(port, stop, clients=16))
+        # Slow requests in flight when the signal comes: each must still be answered.
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=20
+        ) as slow_client:
+            slow = [asyncio.create_task(slow_client.get("/slow?seconds=0.5")) for _ in range(8)]
+            await asyncio.to_thread(lambda: _wait_slow(pool, 8))
+            proxy.signal(signal.SIGTERM)
+            answered = await asyncio.gather(*slow)
+        stop.set()
+        return await load, answered
+
+    results, answered = asyncio.run(scenario())
+    assert [r.status_code for r in answered] == [200] * 8
+    # Requests started before the signal were all answered; after it, the listener is closed,
+    # so a new connection is refused (an error before any request was sent), never cut.
+    responses = [r for r in results if isinstance(r, httpx.Response)]
+    assert responses
+    assert all(r.status_code == 200 for r in responses)
+    for error in (r for r in results if not isinstance(r, httpx.Response)):
+        assert isinstance(error, (httpx.ConnectError, httpx.RemoteProtocolError)), repr(error)
+    assert proxy.wait() == 0
+
+
+def _wait_slow(pool: list[Backend], n: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while sum(1 for backend in pool for r in backend.in_flight() if r.path.startswith("/slow")) < n:
+        assert time.monotonic() < deadline, "the slow requests never arrived"
+        time.sleep(0.01)
+
+
+CONFIG = """\
+[pools.web]
+strategy = "round_robin"
+servers = [{servers}]
+"""
+
+
+def _write_config(path: Path, servers: list[Backend]) -> None:
+    path.write_text(CONFIG.format(servers=", ".join(f'"{b.address}"' for b in servers)))
+
+
+@needs_engine
+def test_sighup_adds_and_removes_backends_under_load(
+    serve: Any, pool: list[Backend], tmp_path: Path
+) -> None:
+    a, b, c = pool
+    config = tmp_path / "proxy.toml"
+    _write_config(config, [a, b])
+    proxy = serve(
+        "--config",
+        str(config),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--access-log",
+        "off",
+    )
+    port, admin = proxy.ports()
+
+    async def scenario() -> list[httpx.Response | BaseException]:
+        stop = asyncio.Event()
+        load = asyncio.create_task(_load(port, stop, clients=8))
+        await asyncio.to_thread(a.wait_requests, 20)
+        _write_config(config, [b, c])  # a goes, c comes
+        proxy.signal(signal.SIGHUP)
+        await asyncio.to_thread(proxy.wait_line, "reloaded")
+        a_after_reload = a.count()
+        await asyncio.to_thread(c.wait_requests, 20)
+        assert a.count() == a_after_reload  # nothing new reached the removed backend
+        stop.set()
+        return await load
+
+    results = asyncio.run(scenario())
+    errors = [r for r in results if not isinstance(r, httpx.Response)]
+    assert errors == []
+    assert all(r.status_code == 200 for r in results if isinstance(r, httpx.Response))
+    assert admin is not None
+    servers = json.loads(_get(admin, "/status.json")[2])["pools"]["web"]["servers"]
+    assert [s["server"] for s in servers] == [b.address, c.address]
+    assert servers[0]["requests"] > 0  # b stayed: its count went on from before the reload
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait() == 0
+
+
+@needs_engine
+def test_a_bad_reload_is_one_line_and_keeps_serving(
+    serve: Any, pool: list[Backend], tmp_path: Path
+) -> None:
+    a, _, _ = pool
+    config = tmp_path / "proxy.toml"
+    _write_config(config, [a])
+    proxy = serve("--config", str(config), "--listen", "127.0.0.1:0", "--access-log", "off")
+    port, _ = proxy.ports()
+    config.write_text(config.read_text().replace("round_robin", "fastest"))
+    proxy.signal(signal.SIGHUP)
+    (line,) = proxy.wait_line("reload failed")
+    assert 'pools.web.strategy: unknown strategy "fastest"' in line
+    with httpx.Client(timeout=10) as client:
+        assert client.get(f"http://127.0.0.1:{port}/items/1").headers["x-backend"] == a.name
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait() == 0
+
+
+def _worker_pids_seen(proxy: Serve) -> set[int]:
+    return {json.loads(line)["pid"] for line in proxy.stdout_lines if line.startswith("{")}
+
+
+@needs_engine
+def test_two_workers_serve_on_one_port(serve: Any, pool: list[Backend]) -> None:
+    a, _, _ = pool
+    proxy = serve("--listen", "127.0.0.1:0", "--backend", a.address, "--workers", "2")
+    line = proxy.wait_line("2 workers listening on")[0]
+    found = re.search(r"listening on \S+?:(\d+) \(pid (\d+)\)", line)
+    assert found is not None, line
+    port, parent = int(found[1]), int(found[2])
+    workers = {
+        int(pid)
+        for w in proxy.wait_line("listening on", count=3)  # the parent's line, and each worker's
+        for pid in re.findall(r"\(pid (\d+),", w)
+    }
+    assert len(workers) == 2
+    assert parent not in workers
+    # New connections spread across both workers (the kernel's SO_REUSEPORT hash): each
+    # request on a connection of its own, until both have answered (2**-40 to fail by chance).
+    with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        for i in range(40):
+            assert client.get(f"http://127.0.0.1:{port}/items/1").status_code == 200
+            proxy.wait_line('"pid"', stream="stdout", count=i + 1)
+            if len(_worker_pids_seen(proxy)) == 2:
+                break
+    assert _worker_pids_seen(proxy) == workers
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait() == 0
