@@ -1,0 +1,333 @@
+"""Header work for the proxy: what a request's head says about its framing and routing, the
+head forwarded to the upstream, and the head sent back to the client.
+
+Everything works on the raw ``(name, value)`` byte pairs llhttp hands over, in one pass per
+head, with no regular expression: this runs once per request. llhttp (strict by default)
+already refuses most framing attacks before these functions see a head (both Content-Length
+and Transfer-Encoding, duplicate or invalid Content-Length, bare CR or LF, obs-fold,
+whitespace before a colon, control characters, invalid chunk sizes); ``read_request`` adds
+the checks it leaves to the application.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import final
+
+from ._settings import Forwarding, Sticky
+
+__all__ = [
+    "HOP_BY_HOP",
+    "BadRequestError",
+    "RequestHead",
+    "cookie_value",
+    "error_response",
+    "read_request",
+    "reason",
+    "request_head",
+    "response_head",
+    "sticky_key",
+]
+
+Fields = Sequence[tuple[bytes, bytes]]
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+"""Fields that describe one connection, never forwarded (RFC 9110 7.6.1); ``Upgrade`` is
+put back for a tunnel, and the proxy frames each message itself."""
+
+# Names the forwarding rules rewrite: dropped from the incoming head, then set by the proxy.
+_FORWARDING = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"via"}
+)
+_REASONS = {
+    100: b"Continue",
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    417: b"Expectation Failed",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+
+@final
+class BadRequestError(Exception):
+    """A request refused before forwarding: the status to answer and the cause to name."""
+
+    def __init__(self, status: int, cause: str) -> None:
+        super().__init__(f"{status} {cause}")
+        self.status = status
+        self.cause = cause
+
+
+@final
+class RequestHead:
+    """What one request's head says: the fields kept, its framing, routing and stickiness."""
+
+    __slots__ = (
+        "chunked",
+        "close",
+        "content_length",
+        "expect_continue",
+        "fields",
+        "forwarded",
+        "forwarded_proto",
+        "host",
+        "host_port",
+        "upgrade",
+        "xff",
+        "xfh",
+    )
+
+    def __init__(self) -> None:
+        self.fields: list[bytes] = []  # "Name: value\r\n" lines kept for the upstream
+        self.host = ""  # lower-case, without the port
+        self.host_port = b""  # the Host field as given
+        self.content_length: int | None = None
+        self.chunked = False
+        self.close = False  # the client asked to close after this request
+        self.expect_continue = False
+        self.upgrade: bytes | None = None  # the Upgrade field of a tunnel request
+        self.xff: list[bytes] = []  # incoming X-Forwarded-For values, in order
+        self.forwarded: list[bytes] = []  # incoming Forwarded values
+        self.forwarded_proto: bytes | None = None
+        self.xfh: bytes | None = None
+
+
+def cookie_value(header: bytes, name: bytes) -> bytes | None:
+    """The value of cookie ``name`` in a Cookie field (``a=1; b=2``), or None."""
+    for part in header.split(b";"):
+        key, eq, value = part.strip().partition(b"=")
+        if eq and key == name:
+            return value.strip().strip(b'"')
+    return None
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+def read_request(fields: Fields, http11: bool) -> RequestHead:
+    """Read a request's fields (llhttp already checked their syntax); raise ``BadRequestError``
+    for what llhttp lets through that no proxy may forward."""
+    head = RequestHead()
+    kept = head.fields
+    connection: list[bytes] = []
+    upgrade: bytes | None = None
+    hosts = 0
+    for name, value in fields:
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            if lower == b"connection":
+                connection.extend(_tokens(value))
+            elif lower == b"transfer-encoding":
+                # llhttp accepts a final coding of chunked after others (``gzip, chunked``);
+                # re-framing would then drop the inner coding, so only plain chunked passes.
+                if head.chunked or _tokens(value) != [b"chunked"]:
+                    raise BadRequestError(400, "bad_transfer_encoding")
+                head.chunked = True
+            elif lower == b"upgrade":
+                upgrade = value
+            continue
+        if lower in _FORWARDING:
+            if lower == b"x-forwarded-for":
+                head.xff.append(value)
+            elif lower == b"forwarded":
+                head.forwarded.append(value)
+            elif lower == b"x-forwarded-proto":
+                head.forwarded_proto = value
+            elif lower == b"x-forwarded-host":
+                head.xfh = value
+            continue  # Via: the incoming chain is dropped, ours added if configured
+        if lower == b"host":
+            hosts += 1
+            head.host_port = value
+        elif lower == b"content-length":
+            head.content_length = int(value)  # llhttp checked: digits only, never twice
+            continue  # the proxy frames the body itself
+        elif lower == b"expect":
+            if value.strip().lower() != b"100-continue":
+                raise BadRequestError(417, "bad_expect")
+            head.expect_continue = True
+            continue  # answered by the proxy (nginx's way), never forwarded
+        kept.append(b"%s: %s\r\n" % (name, value))
+    if hosts > 1 or (http11 and hosts == 0):
+        raise BadRequestError(400, "bad_host")  # RFC 9112 3.2: exactly one Host in HTTP/1.1
+    if head.chunked and not http11:
+        raise BadRequestError(400, "bad_transfer_encoding")  # RFC 9112 6.1
+    host = head.host_port.strip()
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        head.host = host[: end + 1].decode("latin-1").lower()
+    else:
+        head.host = host.partition(b":")[0].decode("latin-1").lower()
+    for token in connection:
+        if token == b"close":
+            head.close = True
+        elif token == b"upgrade":
+            head.upgrade = upgrade
+        elif token != b"keep-alive":
+            # A field the Connection header names is hop-by-hop too: drop it.
+            drop = token + b":"
+            head.fields = kept = [f for f in kept if f[: len(drop)].lower() != drop]
+    if not http11 and b"keep-alive" not in connection:
+        head.close = True
+    return head
+
+
+def sticky_key(fields: Fields, sticky: Sticky) -> str | None:
+    """A request's sticky key: its ``sticky.header``, else its ``sticky.cookie``, else None."""
+    header = None if sticky.header is None else sticky.header.lower().encode()
+    cookie = None if sticky.cookie is None else sticky.cookie.encode()
+    from_cookie: bytes | None = None
+    for name, value in fields:
+        lower = name.lower()
+        if lower == header and value:
+            return value.decode("latin-1")
+        if lower == b"cookie" and cookie is not None and from_cookie is None:
+            from_cookie = cookie_value(value, cookie)
+    return from_cookie.decode("latin-1") if from_cookie else None
+
+
+def _forwarded_for(address: str) -> bytes:
+    if ":" in address:
+        return b'"[%s]"' % address.encode()  # RFC 7239 6: an IPv6 node is quoted, bracketed
+    return address.encode()
+
+
+def request_head(
+    method: bytes,
+    target: bytes,
+    head: RequestHead,
+    peer: str,
+    forwarding: Forwarding,
+    body: bool,
+) -> bytes:
+    """The head sent to the upstream: the kept fields, the forwarding ones, the framing."""
+    lines = [b"%s %s HTTP/1.1\r\n" % (method, target), *head.fields]
+    hops = forwarding.trusted_hops
+    proto = b"http"
+    host = head.host_port
+    if forwarding.style == "x-forwarded":
+        chain = [peer.encode()]
+        if hops and head.xff:
+            incoming = [a.strip() for v in head.xff for a in v.split(b",") if a.strip()]
+            chain = incoming[-hops:] + chain
+        lines.append(b"X-Forwarded-For: %s\r\n" % b", ".join(chain))
+        if hops and head.forwarded_proto is not None:
+            proto = head.forwarded_proto
+        if hops and head.xfh is not None:
+            host = head.xfh
+        lines.append(b"X-Forwarded-Proto: %s\r\n" % proto)
+        if host:
+            lines.append(b"X-Forwarded-Host: %s\r\n" % host)
+    else:
+        elements: list[bytes] = []
+        if hops and head.forwarded:
+            elements = [e.strip() for v in head.forwarded for e in v.split(b",") if e.strip()]
+            elements = elements[-hops:]
+        ours = b"for=%s;proto=http" % _forwarded_for(peer)
+        if host:
+            ours += b';host="%s"' % host.replace(b'"', b"")
+        elements.append(ours)
+        lines.append(b"Forwarded: %s\r\n" % b", ".join(elements))
+    if forwarding.via:
+        lines.append(b"Via: 1.1 %s\r\n" % forwarding.via_name.encode())
+    if head.upgrade is not None:
+        lines.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % head.upgrade)
+    if head.chunked:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    elif head.content_length is not None:
+        lines.append(b"Content-Length: %d\r\n" % head.content_length)
+    elif body:
+        lines.append(b"Content-Length: 0\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def response_head(
+    status: int,
+    reason: bytes,
+    fields: Fields,
+    *,
+    length: int | None,
+    chunked: bool,
+    close: bool,
+    tunnel: bool,
+) -> bytes:
+    """The head sent to the client: the upstream's status and end-to-end fields, framed by
+    the proxy (``length``, else ``chunked``, else until close)."""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    connection: list[bytes] = []
+    upgrade: bytes | None = None
+    for name, value in fields:
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            if lower == b"connection":
+                connection.extend(_tokens(value))
+            elif lower == b"upgrade":
+                upgrade = value
+            continue
+        if lower == b"content-length":
+            continue
+        lines.append(b"%s: %s\r\n" % (name, value))
+    if connection:
+        named = {t + b":" for t in connection if t not in (b"close", b"keep-alive", b"upgrade")}
+        if named:
+            lines = [line for line in lines if not any(line[: len(n)].lower() == n for n in named)]
+    if tunnel:
+        lines.append(b"Connection: upgrade\r\n")
+        if upgrade is not None:
+            lines.append(b"Upgrade: %s\r\n" % upgrade)
+    else:
+        if length is not None:
+            lines.append(b"Content-Length: %d\r\n" % length)
+        elif chunked:
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        if close:
+            lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def error_response(status: int, cause: str, *, close: bool, head_only: bool = False) -> bytes:
+    """A response the proxy makes itself, named by ``X-Loadbalancer-Error``."""
+    body = b"%d %s: %s\n" % (status, _REASONS.get(status, b"Error"), cause.encode())
+    head = (
+        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+        b"X-Loadbalancer-Error: %s\r\n%s\r\n"
+        % (
+            status,
+            _REASONS.get(status, b"Error"),
+            len(body),
+            cause.encode(),
+            b"Connection: close\r\n" if close else b"",
+        )
+    )
+    return head if head_only else head + body
+
+
+def reason(status: int) -> bytes:
+    """The reason phrase the proxy uses for ``status``."""
+    return _REASONS.get(status, b"")

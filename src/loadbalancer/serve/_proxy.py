@@ -1,0 +1,561 @@
+"""One proxied request, from its head to its response's last byte: routing, the failover
+engine's attempts, the lease held by the answer, and the body streamed both ways.
+
+An ``Exchange`` is made by the client connection when a request head is complete. Its
+attempts run through ``lb.acall_held``: each takes a pooled connection to the server the
+balancer picked (or opens one), writes the head and whatever body has arrived, and waits for
+the response head. The answer's lease is held while its body streams to the client and ends
+at its last byte, with the verdict's outcome; a client that leaves first ends it with no
+outcome, an upstream that breaks off with a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol, final
+
+from loadbalancer import (
+    Attempt,
+    AttemptTimeoutError,
+    Held,
+    NoServersAvailableError,
+    Verdict,
+)
+
+from ._headers import RequestHead, error_response, request_head, response_head, sticky_key
+from ._settings import AccessRecord, Pool, ProxySettings
+from ._upstream import (
+    Answer,
+    ConnectFailedError,
+    Connection,
+    UpstreamBrokenError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeoutError,
+)
+
+__all__ = ["IDEMPOTENT", "REPLAY_LIMIT", "Client", "Exchange", "route"]
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+"""Methods retried after they may have reached a server (RFC 9110 9.2.2)."""
+
+REPLAY_LIMIT = 64 * 1024
+"""Request bodies up to this size are kept whole, so a retry can send them again; a larger
+one streams through and is never retried once any of it was sent."""
+
+SET_ASIDE_LIMIT = 1024 * 1024
+"""A retried answer's body is read (to reuse its connection) up to this size."""
+
+_PAUSE_BODY = 256 * 1024  # unsent request body past which the client is read no more
+
+_SUCCESS, _FAILURE, _NO_OUTCOME = Verdict(True), Verdict(False), Verdict(None)
+_RETRY_FAILURE, _RETRY_SUCCESS = Verdict(False, retry=True), Verdict(True, retry=True)
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+class Client(Protocol):
+    """What an exchange needs from its client connection."""
+
+    peer: str
+    draining: bool
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the client."""
+
+    def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
+        """The response's last byte is written: on to the next request, or close."""
+
+    def abort(self) -> None:
+        """Close the client connection at once."""
+
+    def read_paused(self, paused: bool) -> None:
+        """Stop (or restart) reading the client: its body waits for the upstream."""
+
+    def start_tunnel(self, exchange: Exchange) -> None:
+        """From now on, the client's bytes go raw to ``exchange.tunnel_write``."""
+
+
+def route(routes: Sequence[tuple[str | None, bytes, Pool]], host: str, path: bytes) -> Pool | None:
+    """The pool of the first route matching ``host`` (lower-case, no port) and ``path``."""
+    for want, prefix, pool in routes:
+        if (want is None or want == host) and path.startswith(prefix):
+            return pool
+    return None
+
+
+@final
+class Exchange:
+    """One client request and its response."""
+
+    __slots__ = (
+        "_chunks",
+        "_task",
+        "answer",
+        "attempts",
+        "body_bytes",
+        "body_complete",
+        "body_intact",
+        "bytes_sent",
+        "chunked_out",
+        "client",
+        "close",
+        "done",
+        "error",
+        "error_status",
+        "fields",
+        "head",
+        "held",
+        "http11",
+        "idempotent",
+        "loop",
+        "method",
+        "outcome",
+        "pool",
+        "request_bytes",
+        "retain",
+        "server",
+        "settings",
+        "sink",
+        "started",
+        "status",
+        "target",
+        "upstream_started",
+        "upstreams",
+    )
+
+    def __init__(
+        self,
+        client: Client,
+        loop: asyncio.AbstractEventLoop,
+        upstreams: UpstreamPool,
+        settings: ProxySettings,
+        method: bytes,
+        target: bytes,
+        http11: bool,
+        started: float,
+    ) -> None:
+        self.client = client
+        self.loop = loop
+        self.upstreams = upstreams
+        self.settings = settings
+        self.method = method
+        self.target = target
+        self.http11 = http11
+        self.started = started
+        self.head: RequestHead | None = None
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.pool: Pool | None = None
+        self.idempotent = method in IDEMPOTENT
+        self.request_bytes = b""
+        self._chunks: list[bytes] = []
+        self.retain = True
+        self.body_bytes = 0
+        self.body_complete = False
+        self.body_intact = True
+        self.sink: Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.held: Held[Answer] | None = None
+        self.answer: Answer | None = None
+        self.attempts = 0
+        self.server: str | None = None
+        self.status = 0
+        self.bytes_sent = 0
+        self.chunked_out = False
+        self.close = False
+        self.done = False
+        self.error: str | None = None  # the cause of a response the proxy made
+        self.error_status = 0  # set before dispatch: answer this instead of proxying
+        self.outcome: str = "none"
+        self.upstream_started: float | None = None
+
+    # -- the request body, as the client sends it ---------------------------------------------
+
+    def request_body(self, data: bytes) -> None:
+        """A piece of the request body (decoded from its chunks, if chunked)."""
+        self.body_bytes += len(data)
+        head = self.head
+        framed = b"%x\r\n%b\r\n" % (len(data), data) if head is not None and head.chunked else data
+        self._add(framed)
+
+    def request_end(self) -> None:
+        """The request body (if any) is complete."""
+        self.body_complete = True
+        head = self.head
+        if head is not None and head.chunked:
+            self._add(_LAST_CHUNK)
+        sink = self.sink
+        if sink is not None:
+            self.upstreams.senders.pop(sink, None)
+
+    def _add(self, framed: bytes) -> None:
+        sink = self.sink
+        if self.retain:
+            self._chunks.append(framed)
+            if self.body_bytes > REPLAY_LIMIT:
+                self.retain = False  # too big to keep: a retry can no longer replay it
+                if sink is not None:
+                    self._chunks.clear()
+                    self.body_intact = False
+        elif sink is None:
+            self._chunks.append(framed)
+            if sum(map(len, self._chunks)) > _PAUSE_BODY:
+                self.client.read_paused(True)
+        else:
+            self.body_intact = False
+        if sink is not None:
+            sink.write(framed)
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Answer this request: it is the oldest one the client is waiting for."""
+        if self.error_status:
+            self.respond_error(self.error_status, self.error or "bad_request")
+            return
+        self._task = self.loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        pool = self.pool
+        head = self.head
+        assert pool is not None
+        assert head is not None
+        if head.expect_continue and not self.body_complete:
+            # nginx's way: the proxy itself invites the body, and sends it on as it comes.
+            self.client.write(_CONTINUE)
+        self.request_bytes = request_head(
+            self.method,
+            self.target,
+            head,
+            self.client.peer,
+            self.settings.forwarding,
+            self.body_bytes > 0 or head.chunked,
+        )
+        key = None if pool.sticky is None else sticky_key(self.fields, pool.sticky)
+        bodyless = not head.chunked and not head.content_length
+        hedging = pool.hedging if self.idempotent and bodyless and head.upgrade is None else None
+        try:
+            held = await pool.lb.acall_held(
+                self._attempt,
+                results=self,
+                key=key,
+                retry=pool.retry,
+                hedging=hedging,
+                classify=self._classify,
+            )
+        except NoServersAvailableError:
+            self.outcome = "none"
+            self.respond_error(503, "no_upstream")
+            return
+        except AttemptTimeoutError:
+            self.outcome = "failure"
+            self.respond_error(504, "upstream_timeout")
+            return
+        except UpstreamError as error:
+            self.outcome = "failure"
+            status = 504 if isinstance(error, UpstreamTimeoutError) else 502
+            self.respond_error(status, error.cause)
+            return
+        self._respond(held)
+
+    async def _attempt(self, server: str) -> Answer:
+        """One attempt on ``server``: a pooled connection (or a new one), the request sent,
+        the response head awaited."""
+        self.attempts += 1
+        self.server = server
+        upstreams = self.upstreams
+        timeouts = self.settings.timeouts
+        conn = upstreams.take(server)
+        if conn is None:
+            conn = await upstreams.connect(server, timeouts.upstream_connect)
+        try:
+            return await self._send(conn, timeouts.upstream_read)
+        except UpstreamBrokenError:
+            # A kept-alive connection the server closed as it was reused: nothing was
+            # answered, and the server most likely read nothing. An idempotent request
+            # goes again on a new connection to the same server, so that a stale
+            # connection is not counted as the server's failure.
+            if not (conn.reused and self.idempotent and self.body_intact):
+                raise
+        conn = await upstreams.connect(server, timeouts.upstream_connect)
+        return await self._send(conn, timeouts.upstream_read)
+
+    async def _send(self, conn: Connection, read_timeout: float) -> Answer:
+        chunks = self._chunks
+        data = self.request_bytes + b"".join(chunks) if chunks else self.request_bytes
+        if not self.retain and chunks:
+            chunks.clear()
+            self.body_intact = False
+        self.sink = conn
+        if not self.body_complete:
+            self.upstreams.senders[conn] = self
+            self.client.read_paused(False)
+        self.upstream_started = self.loop.time()
+        try:
+            return await conn.send(data, self.method == b"HEAD", read_timeout)
+        except BaseException:
+            if self.sink is conn:
+                self.sink = None
+            conn.abort()
+            raise
+
+    def _classify(self, attempt: Attempt[Answer]) -> Verdict:
+        """The verdict on one attempt, as the pool's statuses and the request's kind say."""
+        error = attempt.error
+        pool = self.pool
+        assert pool is not None
+        if error is None:
+            answer = attempt.result
+            assert answer is not None
+            status = answer.status
+            ok = status not in pool.failure_statuses
+            if status in pool.retry_statuses and self.body_intact and self._after_send():
+                return _RETRY_SUCCESS if ok else _RETRY_FAILURE
+            return _SUCCESS if ok else _FAILURE
+        if isinstance(error, ConnectFailedError):
+            return _RETRY_FAILURE if self.body_intact else _FAILURE
+        if isinstance(error, (UpstreamError, AttemptTimeoutError)):
+            retry = self.body_intact and self._after_send()
+            return _RETRY_FAILURE if retry else _FAILURE
+        return _NO_OUTCOME
+
+    def _after_send(self) -> bool:
+        pool = self.pool
+        return self.idempotent or (pool is not None and pool.retry_non_idempotent)
+
+    # -- AsyncResults: answers that are retried or lose a hedge --------------------------------
+
+    async def set_aside(self, result: Answer) -> Answer:
+        """Read a retried answer's body, so that its connection goes back to the pool."""
+        if self.sink is result.conn:
+            self.sink = None
+        return await result.buffer(SET_ASIDE_LIMIT, 1.0)
+
+    def discard(self, result: Answer) -> None:
+        """An answer that will never be sent: its connection is closed."""
+        if self.sink is not None and self.sink is result.conn:
+            self.sink = None
+        result.abort()
+
+    # -- the response -----------------------------------------------------------------------
+
+    def _respond(self, held: Held[Answer]) -> None:
+        answer = held.result
+        self.held = held
+        self.answer = answer
+        self.status = answer.status
+        head = self.head
+        assert head is not None
+        close = head.close or self.client.draining
+        tunnel = answer.tunnel and head.upgrade is not None
+        length = answer.length
+        chunked = False
+        if tunnel:
+            close = False
+        elif answer.no_body or self.method == b"HEAD":
+            pass  # the upstream's Content-Length (of a HEAD) goes back unchanged
+        elif length is None:
+            if self.http11:
+                chunked = True
+            else:
+                close = True  # an HTTP/1.0 client reads to the close
+        if head.upgrade is not None and not tunnel:
+            close = True  # a refused upgrade: the client may already be sending frames
+        self.chunked_out = chunked
+        self.close = close
+        self.client.write(
+            response_head(
+                answer.status,
+                answer.reason,
+                answer.fields,
+                length=length,
+                chunked=chunked,
+                close=close,
+                tunnel=tunnel,
+            )
+        )
+        if tunnel:
+            self.client.start_tunnel(self)
+        answer.attach(self)
+
+    def response_body(self, data: bytes) -> None:
+        """A piece of the response body: forwarded at once (re-chunked when chunked)."""
+        if self.done:
+            return
+        self.bytes_sent += len(data)
+        if self.chunked_out:
+            self.client.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.client.write(data)
+
+    def response_end(self) -> None:
+        """The response's last byte: the lease ends, the connection goes back."""
+        if self.done:
+            return
+        if self.chunked_out:
+            self.client.write(_LAST_CHUNK)
+        held = self.held
+        answer = self.answer
+        if answer is not None and answer.tunnel:
+            self._tunnel_closed()
+            return
+        self.done = True
+        if held is not None:
+            self.outcome = "success" if held.ok else ("failure" if held.ok is False else "none")
+            held.release()
+        if answer is not None and answer.conn is not None:
+            answer.conn.finished(answer, self.body_complete)
+        self._record()
+        self.client.exchange_done(self, not self.close and self.body_complete)
+
+    def response_lost(self, error: Exception) -> None:
+        """The upstream broke off mid-body: the server's failure; the client is cut off."""
+        if self.done:
+            return
+        held = self.held
+        answer = self.answer
+        if answer is not None and answer.tunnel:
+            self._tunnel_closed()
+            return
+        self.done = True
+        if held is not None:
+            held.ok = False
+            self.outcome = "failure"
+            held.release()
+        self.error = getattr(error, "cause", "upstream_reset")
+        self._record()
+        self.client.abort()
+
+    def upstream_paused(self, paused: bool) -> None:
+        """The upstream reads the body slower than the client sends it: slow the client."""
+        self.client.read_paused(paused)
+
+    def client_paused(self, paused: bool) -> None:
+        """The client reads slower than the upstream answers: slow the upstream."""
+        answer = self.answer
+        if answer is not None and answer.conn is not None:
+            answer.conn.pause_reading(paused)
+
+    # -- tunnels (Upgrade) --------------------------------------------------------------------
+
+    def tunnel_data(self, data: bytes) -> None:
+        """Raw bytes from the upstream: straight to the client."""
+        self.bytes_sent += len(data)
+        self.client.write(data)
+
+    def tunnel_write(self, data: bytes) -> None:
+        """Raw bytes from the client: straight to the upstream."""
+        answer = self.answer
+        if answer is not None and answer.conn is not None:
+            answer.conn.tunnel_write(data)
+
+    def _tunnel_closed(self) -> None:
+        """Either side of a tunnel closed: both go, and the lease ends (a success: the
+        tunnel worked for as long as it lasted)."""
+        if self.done:
+            return
+        self.done = True
+        held = self.held
+        if held is not None:
+            self.outcome = "success" if held.ok else "failure"
+            held.release()
+        answer = self.answer
+        if answer is not None:
+            answer.abort()
+        self._record()
+        self.client.abort()
+
+    # -- the client going away, and answers the proxy makes ---------------------------------
+
+    def cancel(self) -> None:
+        """The client left (or the connection is being closed): nothing learnt about the
+        server; the upstream connection is closed, never reused."""
+        if self.done:
+            return
+        self.done = True
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()  # the engine ends the attempt's lease with no outcome
+        held = self.held
+        answer = self.answer
+        if answer is not None and answer.tunnel:
+            self.outcome = "success" if held is not None and held.ok else "failure"
+            if held is not None:
+                held.release()
+        elif held is not None:
+            held.ok = None
+            self.outcome = "none"
+            held.release()
+        if answer is not None:
+            answer.abort()
+        sink = self.sink
+        if sink is not None and not self.body_complete:
+            sink.abort()  # the upstream would wait for the rest of a body that never comes
+        if self._task is not None or self.held is not None:
+            self._record()
+
+    def refuse(self, status: int, cause: str) -> None:
+        """The request itself turned out bad (its body, its timing) before any answer: the
+        attempt in flight is dropped with no outcome, and the proxy answers ``status``."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+        sink = self.sink
+        if sink is not None:
+            sink.abort()
+            self.sink = None
+        self.respond_error(status, cause, close=True)
+
+    def respond_error(self, status: int, cause: str, *, close: bool = False) -> None:
+        """Answer with a response of the proxy's own, naming ``cause``."""
+        if self.done:
+            return
+        self.done = True
+        self.status = status
+        self.error = cause
+        head = self.head
+        close = (
+            close
+            or self.close
+            or head is None
+            or head.close
+            or head.upgrade is not None
+            or not self.body_complete
+            or self.client.draining
+        )
+        self.close = close
+        body = error_response(status, cause, close=close, head_only=self.method == b"HEAD")
+        self.bytes_sent = len(body)
+        self.client.write(body)
+        sink = self.sink
+        if sink is not None:
+            sink.abort()
+        self._record()
+        self.client.exchange_done(self, not close)
+
+    def _record(self) -> None:
+        on_access = self.settings.on_access
+        if on_access is None:
+            return
+        now = self.loop.time()
+        head = self.head
+        started = self.upstream_started
+        record = AccessRecord(
+            client=self.client.peer,
+            method=self.method.decode("latin-1"),
+            target=self.target.decode("latin-1"),
+            host=head.host if head is not None else "",
+            status=self.status,
+            pool=None if self.pool is None else self.pool.name,
+            upstream=self.server if self.held is not None else None,
+            attempts=self.attempts,
+            upstream_time=None if started is None or self.held is None else now - started,
+            total_time=now - self.started,
+            bytes_sent=self.bytes_sent,
+            outcome="success"
+            if self.outcome == "success"
+            else ("failure" if self.outcome == "failure" else "none"),
+            error=self.error,
+        )
+        on_access(record)

@@ -1,0 +1,565 @@
+"""Connections to the upstream servers: one ``asyncio.Protocol`` per connection, parsing
+responses with llhttp, kept alive and pooled per server.
+
+A connection carries one request at a time (no upstream pipelining: a response that goes
+wrong would take the others with it). Its answer is an ``Answer``: the response head, and
+the body as it arrives, handed to whoever ``attach``es to it (the client's exchange), or
+buffered until then. A connection goes back to its server's idle list only when its last
+response ended cleanly, on a keep-alive connection, with the whole request sent: any doubt
+about its framing closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+from collections.abc import Callable
+from typing import Protocol, final
+
+import httptools
+
+__all__ = [
+    "Answer",
+    "ConnectFailedError",
+    "Consumer",
+    "UpstreamBrokenError",
+    "UpstreamError",
+    "UpstreamInvalidError",
+    "UpstreamPool",
+    "UpstreamTimeoutError",
+    "address_of",
+]
+
+MAX_IDLE_PER_SERVER = 64
+"""Idle keep-alive connections kept per upstream server; more are closed when they finish."""
+
+IDLE_SECONDS = 30.0
+"""An idle upstream connection older than this is closed (below most servers' own limits,
+uvicorn's 5 s aside, whose closing is seen at once)."""
+
+
+class UpstreamError(Exception):
+    """An attempt on an upstream failed; ``cause`` is the name the proxy gives it."""
+
+    cause = "upstream_error"
+
+
+@final
+class ConnectFailedError(UpstreamError):
+    """No connection could be made: nothing of the request was sent."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+@final
+class UpstreamBrokenError(UpstreamError):
+    """The connection closed or reset before the response head was complete."""
+
+    cause = "upstream_reset"
+
+
+@final
+class UpstreamInvalidError(UpstreamError):
+    """The upstream's response could not be parsed."""
+
+    cause = "upstream_invalid"
+
+
+@final
+class UpstreamTimeoutError(UpstreamError):
+    """No byte came from the upstream within the read timeout."""
+
+    cause = "upstream_timeout"
+
+
+class Consumer(Protocol):
+    """Who receives an answer's body: the client's exchange."""
+
+    def response_body(self, data: bytes) -> None:
+        """A piece of the decoded body."""
+
+    def response_end(self) -> None:
+        """The body's last byte has arrived."""
+
+    def response_lost(self, error: Exception) -> None:
+        """The body broke off: the connection closed, stalled or sent garbage."""
+
+    def tunnel_data(self, data: bytes) -> None:
+        """Raw bytes from the upstream of an upgraded (101) connection."""
+
+    def upstream_paused(self, paused: bool) -> None:
+        """The upstream's send buffer filled (True) or drained (False)."""
+
+
+@functools.lru_cache(maxsize=1024)
+def address_of(server: str) -> tuple[str, int]:
+    """The host and port of a server name: ``host:port``, ``[v6]:port``, ``http://host:port``."""
+    rest = server.split("://", 1)[1] if "://" in server else server
+    rest = rest.rstrip("/")
+    if rest.startswith("["):
+        host, _, port = rest[1:].partition("]")
+        return host, int(port[1:]) if port.startswith(":") else 80
+    host, colon, port = rest.rpartition(":")
+    if not colon:
+        return rest, 80
+    return host, int(port)
+
+
+@final
+class Answer:
+    """An upstream's response: its head at once, its body as it arrives.
+
+    ``conn`` is the connection it arrives on (None once the body is buffered whole and the
+    connection given back). ``length`` the Content-Length, ``chunked`` whether the upstream
+    chunked it, ``until_close`` whether it ends only when the connection does.
+    """
+
+    __slots__ = (
+        "body",
+        "chunked",
+        "complete",
+        "conn",
+        "consumer",
+        "ended",
+        "fields",
+        "length",
+        "no_body",
+        "reason",
+        "status",
+        "tunnel",
+        "until_close",
+    )
+
+    def __init__(self, conn: Connection, status: int, reason: bytes) -> None:
+        self.conn: Connection | None = conn
+        self.status = status
+        self.reason = reason
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.length: int | None = None
+        self.chunked = False
+        self.until_close = False
+        self.no_body = False
+        self.tunnel = False
+        self.body: list[bytes] = []  # arrived before a consumer attached
+        self.complete = False
+        self.consumer: Consumer | None = None
+        self.ended: asyncio.Future[None] | None = None  # set_aside waits on it
+
+    def attach(self, consumer: Consumer) -> None:
+        """Hand the body to ``consumer``: what has arrived at once, the rest as it comes."""
+        self.consumer = consumer
+        body, self.body = self.body, []
+        for piece in body:
+            consumer.response_body(piece)
+        if self.complete:
+            consumer.response_end()
+
+    def abort(self) -> None:
+        """Drop this answer: its connection (if still in use) is closed, never reused."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+
+    async def buffer(self, limit: int, timeout: float) -> Answer:
+        """Read the whole body (a retried answer's), so its connection can go back; past
+        ``limit`` bytes or ``timeout`` seconds the connection is closed and the body dropped."""
+        if not self.complete and self.conn is not None:
+            self.ended = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self.ended), timeout)
+            except (asyncio.TimeoutError, UpstreamError):
+                self.body = []
+            except BaseException:
+                self.abort()
+                raise
+        if sum(map(len, self.body)) > limit or not self.complete:
+            self.body = []
+            self.abort()
+        conn = self.conn
+        if conn is not None:
+            conn.finished(self)
+        return self
+
+
+@final
+class Connection(asyncio.Protocol):
+    """One keep-alive connection to an upstream server."""
+
+    __slots__ = (
+        "_answer",
+        "_fields",
+        "_head_request",
+        "_keep_alive",
+        "_last_read",
+        "_loop",
+        "_name",
+        "_parser",
+        "_pool",
+        "_timer",
+        "_waiter",
+        "closed",
+        "idle_since",
+        "paused",
+        "read_timeout",
+        "reused",
+        "sent_at",
+        "server",
+        "transport",
+    )
+
+    def __init__(self, pool: UpstreamPool, server: str) -> None:
+        self._pool = pool
+        self.server = server
+        self._loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._answer: Answer | None = None
+        self._waiter: asyncio.Future[Answer] | None = None
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._head_request = False
+        self._keep_alive = True
+        self._last_read = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.read_timeout = 60.0
+        self.closed = False
+        self.reused = False
+        self.paused = False
+        self.idle_since = 0.0
+        self.sent_at = 0.0
+        self._name = b""
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport; Nagle off, so a small response head is not held back."""
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # not TCP
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser; bytes on an idle connection make it unusable."""
+        self._last_read = self._loop.time()
+        answer = self._answer
+        if answer is not None and answer.tunnel:
+            consumer = answer.consumer
+            if consumer is not None:
+                consumer.tunnel_data(data)
+            else:
+                answer.body.append(data)
+            return
+        if self._waiter is None and (answer is None or answer.complete):
+            self.abort()  # unasked-for bytes: the framing is in doubt
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            rest = data[upgrade.args[0] :]
+            answer = self._answer
+            if answer is not None and answer.status == 101 and rest:
+                if answer.consumer is not None:
+                    answer.consumer.tunnel_data(rest)
+                else:
+                    answer.body.append(rest)
+        except httptools.HttpParserError as error:
+            self._fail(UpstreamInvalidError(f"invalid response from {self.server}: {error}"))
+
+    def eof_received(self) -> bool | None:
+        """The upstream closed its side: a close-delimited body ends here."""
+        answer = self._answer
+        if answer is not None and answer.until_close and not answer.complete:
+            self._keep_alive = False
+            self.on_message_complete()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Whatever is waiting on this connection learns that it broke."""
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._pool.forget(self)
+        answer = self._answer
+        if answer is not None and answer.until_close and not answer.complete:
+            self._keep_alive = False
+            self.on_message_complete()
+            return
+        self._fail(UpstreamBrokenError(f"connection to {self.server} lost: {exc or 'closed'}"))
+
+    def pause_writing(self) -> None:
+        """The upstream reads the request body slower than the client sends it."""
+        self.paused = True
+        answer = self._answer
+        consumer = self._pool.senders.get(self)
+        if consumer is not None:
+            consumer.upstream_paused(True)
+        del answer
+
+    def resume_writing(self) -> None:
+        """The upstream caught up."""
+        self.paused = False
+        consumer = self._pool.senders.get(self)
+        if consumer is not None:
+            consumer.upstream_paused(False)
+
+    # -- llhttp callbacks -------------------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        """The reason phrase (llhttp may deliver it in pieces)."""
+        self._name += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """One response field."""
+        self._fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        """The head is in: make the answer, framed as the fields say."""
+        status = self._parser.get_status_code()
+        fields, self._fields = self._fields, []
+        reason, self._name = self._name, b""
+        if 100 <= status < 200 and status != 101:
+            return  # interim (100 Continue): the final response follows
+        answer = Answer(self, status, reason)
+        answer.fields = fields
+        chunked = False
+        for name, value in fields:
+            lower = name.lower()
+            if lower == b"content-length":
+                answer.length = int(value)
+            elif lower == b"transfer-encoding":
+                chunked = True
+            elif lower == b"connection" and b"close" in value.lower():
+                self._keep_alive = False
+        answer.chunked = chunked
+        if status == 101:
+            answer.tunnel = True
+            self._keep_alive = False
+        elif self._head_request or status in (204, 304):
+            answer.no_body = True
+        elif not chunked and answer.length is None:
+            answer.until_close = True
+            self._keep_alive = False
+        if self._parser.get_http_version() != "1.1":
+            self._keep_alive = False
+        self._answer = answer
+        waiter, self._waiter = self._waiter, None
+        if self._head_request:
+            # llhttp cannot be told the request was HEAD: it would wait for Content-Length
+            # bytes that never come. The answer ends here, on a parser of its own next time.
+            self._parser = httptools.HttpResponseParser(self)
+            self._complete(answer)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
+
+    def on_body(self, body: bytes) -> None:
+        """A piece of the body, decoded from its chunks."""
+        answer = self._answer
+        if answer is None:
+            return
+        consumer = answer.consumer
+        if consumer is not None:
+            consumer.response_body(body)
+        else:
+            answer.body.append(body)
+
+    def on_message_complete(self) -> None:
+        """The response ended (an interim one is not the end)."""
+        answer = self._answer
+        if answer is None or answer.complete or answer.tunnel:
+            return
+        self._complete(answer)
+
+    # -- the connection's work ----------------------------------------------------------------
+
+    def _complete(self, answer: Answer) -> None:
+        answer.complete = True
+        ended = answer.ended
+        if ended is not None and not ended.done():
+            ended.set_result(None)
+        consumer = answer.consumer
+        if consumer is not None:
+            consumer.response_end()
+
+    def _fail(self, error: UpstreamError) -> None:
+        """Tell whoever waits (a head or a body) that this connection failed, and close it."""
+        waiter, self._waiter = self._waiter, None
+        answer, self._answer = self._answer, None
+        self._keep_alive = False
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        if answer is not None and not answer.complete:
+            answer.conn = None
+            ended = answer.ended
+            if ended is not None and not ended.done():
+                ended.set_exception(error)
+            if answer.consumer is not None:
+                answer.consumer.response_lost(error)
+
+    def send(self, data: bytes, head_request: bool, read_timeout: float) -> asyncio.Future[Answer]:
+        """Write a request head (and what body there is); the future gets the answer's head."""
+        assert self.transport is not None
+        self._answer = None
+        self._head_request = head_request
+        self.read_timeout = read_timeout
+        waiter = self._waiter = self._loop.create_future()
+        self.transport.write(data)
+        now = self.sent_at = self._last_read = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(now + read_timeout, self._check_read)
+        return waiter
+
+    def write(self, data: bytes) -> None:
+        """More of the request body."""
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def _check_read(self) -> None:
+        """The read timeout: lazy, so a request costs no timer of its own."""
+        self._timer = None
+        if self.closed or (
+            self._waiter is None and (self._answer is None or self._answer.complete)
+        ):
+            return  # idle: the pool's own age limit applies
+        if self._answer is not None and self._answer.tunnel:
+            return  # a tunnel has no read timeout: either side may stay quiet
+        deadline = self._last_read + self.read_timeout
+        now = self._loop.time()
+        if now < deadline:
+            self._timer = self._loop.call_at(deadline, self._check_read)
+            return
+        self._fail(UpstreamTimeoutError(f"no answer from {self.server} in {self.read_timeout:g} s"))
+
+    def pause_reading(self, paused: bool) -> None:
+        """Stop (or restart) reading the response: the client reads slower than it comes."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def finished(self, answer: Answer, request_complete: bool = True) -> None:
+        """The answer ended: back to the idle list if nothing about it is in doubt."""
+        if answer.conn is self:
+            answer.conn = None
+        self._pool.senders.pop(self, None)
+        if (
+            self._keep_alive
+            and request_complete
+            and answer.complete
+            and not self.closed
+            and self._answer is answer
+            and self._waiter is None
+        ):
+            self._answer = None
+            self._pool.put(self)
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close at once; never reused."""
+        self._keep_alive = False
+        self._pool.senders.pop(self, None)
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+
+    def tunnel_write(self, data: bytes) -> None:
+        """Raw bytes from the client, for an upgraded connection."""
+        self.write(data)
+
+
+@final
+class UpstreamPool:
+    """Idle keep-alive connections, per server: taken last-in first-out (the warmest)."""
+
+    __slots__ = ("_idle", "_sweeper", "connections", "loop", "max_idle", "senders")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_idle: int = MAX_IDLE_PER_SERVER):
+        self.loop = loop
+        self.max_idle = max_idle
+        self._idle: dict[str, list[Connection]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.connections = 0  # ever opened: tests and stats count reuse with it
+        self.senders: dict[Connection, Consumer] = {}  # whose request body each one carries
+
+    def take(self, server: str) -> Connection | None:
+        """An idle connection to ``server``, or None."""
+        idle = self._idle.get(server)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                return conn
+        return None
+
+    def put(self, conn: Connection) -> None:
+        """Keep ``conn`` for the next request to its server, unless enough are kept."""
+        idle = self._idle.setdefault(conn.server, [])
+        if len(idle) >= self.max_idle:
+            conn.abort()
+            return
+        conn.idle_since = self.loop.time()
+        idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(IDLE_SECONDS / 2, self._sweep)
+
+    def forget(self, conn: Connection) -> None:
+        """``conn`` closed: off its idle list."""
+        idle = self._idle.get(conn.server)
+        if idle and conn in idle:
+            idle.remove(conn)
+        self.senders.pop(conn, None)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        cutoff = self.loop.time() - IDLE_SECONDS
+        for idle in self._idle.values():
+            for conn in [c for c in idle if c.idle_since < cutoff]:
+                conn.abort()
+        if any(self._idle.values()):
+            self._sweeper = self.loop.call_later(IDLE_SECONDS / 2, self._sweep)
+
+    async def connect(self, server: str, timeout: float) -> Connection:
+        """A new connection to ``server``; ``ConnectFailedError`` if refused or too slow."""
+        host, port = address_of(server)
+        factory: Callable[[], Connection] = functools.partial(Connection, self, server)
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(factory, host, port), timeout
+            )
+        except asyncio.TimeoutError:
+            raise ConnectFailedError(
+                f"connecting to {server} took over {timeout:g} s", "upstream_connect_timeout"
+            ) from None
+        except OSError as error:
+            raise ConnectFailedError(
+                f"connecting to {server}: {error}", "upstream_refused"
+            ) from None
+        self.connections += 1
+        return conn
+
+    def idle(self, server: str) -> int:
+        """How many idle connections to ``server`` are kept."""
+        return sum(1 for c in self._idle.get(server, ()) if not c.closed)
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.abort()

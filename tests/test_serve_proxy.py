@@ -1,0 +1,612 @@
+"""The proxy engine, end to end: real backends, real clients, a real ``ProxyServer`` on
+127.0.0.1, all on the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+
+from loadbalancer import LoadBalancer, OutlierDetection, RetryBudget, RetryPolicy
+from loadbalancer.serve._server import ProxyServer
+from loadbalancer.serve._settings import (
+    AccessRecord,
+    Forwarding,
+    Pool,
+    ProxySettings,
+    Route,
+    Sticky,
+    Timeouts,
+)
+from loadbalancer.strategies.registry import STRATEGIES
+
+from .serve_backends import AsyncBackend, RawClient, free_port, run, started
+
+
+def settings(lb: LoadBalancer, **kwargs: Any) -> ProxySettings:
+    """One pool ``p`` with ``lb``, every request routed to it; ``kwargs`` go to the pool,
+    except the ``ProxySettings`` fields."""
+    own = {
+        k: kwargs.pop(k) for k in ("timeouts", "limits", "forwarding", "on_access") if k in kwargs
+    }
+    return ProxySettings(pools={"p": Pool("p", lb, **kwargs)}, routes=(Route("p"),), **own)
+
+
+@asynccontextmanager
+async def proxying(proxy_settings: ProxySettings) -> AsyncIterator[ProxyServer]:
+    """A started ``ProxyServer`` on a free port, closed after."""
+    server = ProxyServer(proxy_settings)
+    await server.start("127.0.0.1", 0)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def balancer(backends: list[AsyncBackend], **kwargs: Any) -> LoadBalancer:
+    """A balancer over ``backends``."""
+    lb = LoadBalancer(**kwargs)
+    lb.replace([b.address for b in backends])
+    return lb
+
+
+def url(server: ProxyServer, path: str) -> str:
+    """The proxy's URL for ``path``."""
+    return f"http://127.0.0.1:{server.port}{path}"
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll the loop until ``predicate()`` holds (state changed by callbacks, not sleeps)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+def in_flight(lb: LoadBalancer) -> int:
+    """Requests in flight on every server of ``lb``."""
+    return sum(s.in_flight for s in lb.stats().values())
+
+
+# -- core proxying --------------------------------------------------------------------------
+
+
+def test_get_keeps_alive_on_both_sides() -> None:
+    async def main() -> None:
+        backends = await started(2)
+        lb = balancer(backends)
+        async with proxying(settings(lb)) as proxy, httpx.AsyncClient() as client:
+            answers = [(await client.get(url(proxy, f"/echo/{i}?q=1"))) for i in range(20)]
+            assert [a.status_code for a in answers] == [200] * 20
+            assert {a.json()["backend"] for a in answers} == {"b0", "b1"}
+            assert answers[3].json()["target"] == "/echo/3?q=1"
+            # one client connection, one upstream connection per backend: both reused
+            assert proxy.connections == 1
+            assert proxy.upstream_connections == 2
+            assert [b.connections for b in backends] == [1, 1]
+            assert sum(s.successes for s in lb.stats().values()) == 20
+            assert in_flight(lb) == 0
+
+    run(main)
+
+
+def test_request_bodies_content_length_and_chunked_arrive_whole() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        async with proxying(settings(balancer([backend]))) as proxy, httpx.AsyncClient() as client:
+            small = await client.post(url(proxy, "/echo"), content=b"hello")
+            assert small.json()["body"] == "hello"
+
+            async def parts() -> AsyncIterator[bytes]:
+                for i in range(50):
+                    yield bytes([65 + i % 26]) * 5000
+
+            big = await client.post(url(proxy, "/echo"), content=parts())
+            assert big.json()["body_length"] == 250_000
+            assert backend.requests[-1].body == b"".join(
+                bytes([65 + i % 26]) * 5000 for i in range(50)
+            )
+            assert backend.requests[-1].header("transfer-encoding") == "chunked"
+
+    run(main)
+
+
+def test_chunked_response_is_forwarded_as_chunks_intact() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        async with proxying(settings(balancer([backend]))) as proxy:
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(b"GET /chunks?n=5&size=7 HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, fields, body = await raw.response()
+            assert status == 200
+            assert fields["transfer-encoding"] == "chunked"
+            assert body == b"aaaaaaabbbbbbbcccccccdddddddeeeeeee"
+            raw.close()
+
+    run(main)
+
+
+def test_pipelined_requests_are_answered_in_order() -> None:
+    async def main() -> None:
+        backends = await started(3)
+        async with proxying(settings(balancer(backends))) as proxy:
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(
+                b"".join(b"GET /echo/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(10))
+                + b"POST /echo/p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+            )
+            targets = []
+            for _ in range(11):
+                status, _, body = await raw.response()
+                assert status == 200
+                targets.append(json.loads(body)["target"])
+            assert targets == [f"/echo/{i}" for i in range(10)] + ["/echo/p"]
+            raw.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_proxies(name: str) -> None:
+    async def main() -> None:
+        backends = await started(2)
+        lb = LoadBalancer(STRATEGIES[name]())
+        lb.replace([b.address for b in backends])
+        async with proxying(settings(lb)) as proxy, httpx.AsyncClient() as client:
+            for _ in range(4):
+                answer = await client.get(url(proxy, "/echo/s"), headers={"user": "u1"})
+                assert answer.status_code == 200
+            assert sum(s.successes for s in lb.stats().values()) == 4
+
+    run(main)
+
+
+def test_head_and_204_have_no_body_and_the_connection_stays_usable() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        async with proxying(settings(balancer([backend]))) as proxy:
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(b"HEAD /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200")
+            assert b"Content-Length: " in head  # the GET's length, kept for a HEAD
+            await raw.send(b"GET /status/204 HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body = await raw.response()
+            assert (status, body) == (204, b"")
+            await raw.send(b"GET /echo/after HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body = await raw.response()
+            assert status == 200
+            assert json.loads(body)["target"] == "/echo/after"
+            assert backend.connections == 1
+            raw.close()
+
+    run(main)
+
+
+def test_routes_by_host_without_port_or_case_and_by_path_prefix() -> None:
+    async def main() -> None:
+        a, b, c = await started(3)
+        proxy_settings = ProxySettings(
+            pools={
+                "api": Pool("api", balancer([a])),
+                "www": Pool("www", balancer([b])),
+                "rest": Pool("rest", balancer([c])),
+            },
+            routes=(
+                Route("api", host="api.example", path_prefix="/echo/v1"),
+                Route("www", host="www.example"),
+                Route("rest", path_prefix="/echo"),
+            ),
+        )
+        async with proxying(proxy_settings) as proxy, httpx.AsyncClient() as client:
+
+            async def served(host: str, path: str) -> str | int:
+                answer = await client.get(url(proxy, path), headers={"Host": host})
+                if answer.status_code != 200:
+                    return answer.status_code
+                return str(answer.json()["backend"])
+
+            assert await served("API.Example:8080", "/echo/v1/x") == "b0"
+            assert await served("api.example", "/echo/v2") == "b2"  # falls through to "rest"
+            assert await served("www.example", "/echo/v1") == "b1"
+            assert await served("other", "/echo") == "b2"
+            missing = await client.get(url(proxy, "/nowhere"), headers={"Host": "other"})
+            assert missing.status_code == 404
+            assert missing.headers["x-loadbalancer-error"] == "no_route"
+
+    run(main)
+
+
+def test_no_server_answers_503_named() -> None:
+    async def main() -> None:
+        lb = LoadBalancer()
+        async with proxying(settings(lb)) as proxy, httpx.AsyncClient() as client:
+            answer = await client.get(url(proxy, "/echo"))
+            assert answer.status_code == 503
+            assert answer.headers["x-loadbalancer-error"] == "no_upstream"
+
+    run(main)
+
+
+def test_refused_connection_is_a_failure_retried_elsewhere_even_for_post() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        down = f"127.0.0.1:{free_port()}"
+        lb = LoadBalancer()
+        lb.replace([down, backend.address])
+        async with proxying(settings(lb, retry=RetryPolicy(attempts=2, backoff_base=0))) as proxy:
+            async with httpx.AsyncClient() as client:
+                for _ in range(4):
+                    answer = await client.post(url(proxy, "/echo"), content=b"x")
+                    assert answer.status_code == 200
+            assert lb.stats()[down].failures >= 1
+            assert lb.stats()[down].successes == 0
+
+    run(main)
+
+
+def test_every_server_refusing_is_502_named() -> None:
+    async def main() -> None:
+        lb = LoadBalancer()
+        lb.replace([f"127.0.0.1:{free_port()}"])
+        async with proxying(settings(lb)) as proxy, httpx.AsyncClient() as client:
+            answer = await client.get(url(proxy, "/echo"))
+            assert answer.status_code == 502
+            assert answer.headers["x-loadbalancer-error"] == "upstream_refused"
+            assert sum(s.failures for s in lb.stats().values()) == 1
+
+    run(main)
+
+
+def test_failure_statuses_are_failures_and_retried_for_idempotent_requests() -> None:
+    async def main() -> None:
+        bad, good = await started(2)
+        bad.mode = "fail503"
+        lb = balancer([bad, good])
+        retry = RetryPolicy(attempts=2, backoff_base=0)
+        async with proxying(settings(lb, retry=retry)) as proxy, httpx.AsyncClient() as client:
+            for _ in range(4):
+                answer = await client.get(url(proxy, "/echo"))
+                assert answer.status_code == 200
+            post = await client.post(url(proxy, "/status/503"), content=b"x")
+            assert post.status_code == 503  # a POST that reached a server is not retried
+            assert "x-loadbalancer-error" not in post.headers  # the backend's own answer
+            four = await client.get(url(proxy, "/status/404"))
+            assert four.status_code == 404  # the server working: a success
+        stats = lb.stats()
+        assert stats[bad.address].failures >= 2
+        assert stats[bad.address].successes == 0
+        assert stats[good.address].successes >= 5
+
+    run(main)
+
+
+# -- streaming and leases -------------------------------------------------------------------
+
+
+def test_sse_events_arrive_before_the_backend_produces_the_next_and_the_lease_spans_it() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        lb = balancer([backend])
+        async with proxying(settings(lb)) as proxy, aiohttp.ClientSession() as session:
+            async with session.get(url(proxy, "/sse?n=3")) as response:
+                assert response.headers["content-type"] == "text/event-stream"
+                first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 5)
+                assert first == b"data: 0\n\n"
+                assert backend.sse_sent == 1  # the next is not produced yet: not buffered
+                assert in_flight(lb) == 1  # the lease is held while the stream is open
+                backend.gate.set()
+                second = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 5)
+                assert second == b"data: 1\n\n"
+                assert backend.sse_sent == 2
+                backend.gate.set()
+                rest = await asyncio.wait_for(response.content.read(), 5)
+                assert rest == b"data: 2\n\n"
+            await wait_for(lambda: in_flight(lb) == 0)
+            assert sum(s.successes for s in lb.stats().values()) == 1
+
+    run(main)
+
+
+def test_client_leaving_mid_stream_ends_the_lease_with_no_outcome() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        lb = balancer([backend])
+        async with proxying(settings(lb)) as proxy:
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(b"GET /sse?n=3 HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.wait_for(raw.reader.readuntil(b"data: 0\n\n"), 5)
+            assert in_flight(lb) == 1
+            raw.close()
+            await wait_for(lambda: in_flight(lb) == 0)
+            stats = lb.stats()[backend.address]
+            assert (stats.successes, stats.failures, stats.cancelled) == (0, 0, 1)
+            # the upstream connection was closed, not put back half-read: the next request
+            # opens another
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(url(proxy, "/echo"))).status_code == 200
+            assert backend.connections == 2
+
+    run(main)
+
+
+def test_access_records_name_the_upstream_attempts_and_outcome() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        records: list[AccessRecord] = []
+        lb = balancer([backend])
+        proxy_settings = settings(lb, on_access=records.append)
+        async with proxying(proxy_settings) as proxy, httpx.AsyncClient() as client:
+            await client.get(url(proxy, "/echo/1"), headers={"Host": "Svc"})
+            await client.get(url(proxy, "/nowhere/1"))
+        assert len(records) == 2
+        ok = records[0]
+        assert (ok.method, ok.target, ok.host, ok.status) == ("GET", "/echo/1", "svc", 200)
+        assert (ok.pool, ok.upstream, ok.attempts, ok.outcome) == (
+            "p",
+            backend.address,
+            1,
+            "success",
+        )
+        assert ok.upstream_time is not None
+        assert ok.total_time >= ok.upstream_time
+        assert ok.bytes_sent > 0
+        assert ok.client == "127.0.0.1"
+        assert records[1].status == 200  # the nowhere path is still routed by prefix "/"
+
+    run(main)
+
+
+def test_reload_routes_new_requests_at_once() -> None:
+    async def main() -> None:
+        a, b = await started(2)
+        async with proxying(settings(balancer([a]))) as proxy, httpx.AsyncClient() as client:
+            assert (await client.get(url(proxy, "/echo"))).json()["backend"] == "b0"
+            proxy.reload(settings(balancer([b])))
+            assert (await client.get(url(proxy, "/echo"))).json()["backend"] == "b1"
+            assert proxy.connections == 1  # the client's connection was kept
+
+    run(main)
+
+
+def test_sticky_header_pins_a_key_to_one_server() -> None:
+    async def main() -> None:
+        from loadbalancer import RendezvousStrategy
+
+        backends = await started(3)
+        lb = LoadBalancer(RendezvousStrategy())
+        lb.replace([b.address for b in backends])
+        proxy_settings = settings(lb, sticky=Sticky(header="X-User", cookie="sid"))
+        async with proxying(proxy_settings) as proxy, httpx.AsyncClient() as client:
+            for user in ("alice", "bob", "carol"):
+                seen = {
+                    (await client.get(url(proxy, "/echo"), headers={"X-User": user})).json()[
+                        "backend"
+                    ]
+                    for _ in range(5)
+                }
+                assert len(seen) == 1
+            by_cookie = {
+                (await client.get(url(proxy, "/echo"), headers={"Cookie": "a=1; sid=zed"})).json()[
+                    "backend"
+                ]
+                for _ in range(5)
+            }
+            assert len(by_cookie) == 1
+
+    run(main)
+
+
+def test_forwarding_headers_replace_an_untrusted_chain() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        async with proxying(settings(balancer([backend]))) as proxy, httpx.AsyncClient() as client:
+            echo = await client.get(
+                url(proxy, "/echo"),
+                headers={"X-Forwarded-For": "6.6.6.6", "Host": "svc.example"},
+            )
+            headers = dict(echo.json()["headers"])
+            assert headers["x-forwarded-for"] == "127.0.0.1"
+            assert headers["x-forwarded-proto"] == "http"
+            assert headers["x-forwarded-host"] == "svc.example"
+            assert headers["host"] == "svc.example"
+
+    run(main)
+
+
+def test_forwarding_trusts_the_configured_hops_and_adds_via() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        forwarding = Forwarding(trusted_hops=1, via=True)
+        proxy_settings = settings(balancer([backend]), forwarding=forwarding)
+        async with proxying(proxy_settings) as proxy, httpx.AsyncClient() as client:
+            echo = await client.get(
+                url(proxy, "/echo"), headers={"X-Forwarded-For": "6.6.6.6, 10.0.0.9"}
+            )
+            headers = dict(echo.json()["headers"])
+            assert headers["x-forwarded-for"] == "10.0.0.9, 127.0.0.1"
+            assert headers["via"] == "1.1 loadbalancer"
+
+    run(main)
+
+
+def test_rfc7239_forwarded_style() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        proxy_settings = settings(balancer([backend]), forwarding=Forwarding(style="forwarded"))
+        async with proxying(proxy_settings) as proxy, httpx.AsyncClient() as client:
+            echo = await client.get(url(proxy, "/echo"), headers={"Forwarded": "for=6.6.6.6"})
+            headers = dict(echo.json()["headers"])
+            assert headers["forwarded"] == f'for=127.0.0.1;proto=http;host="127.0.0.1:{proxy.port}"'
+            assert "x-forwarded-for" not in headers
+
+    run(main)
+
+
+def test_hop_by_hop_fields_are_removed_both_ways() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        async with proxying(settings(balancer([backend]))) as proxy:
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(
+                b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Secret\r\n"
+                b"X-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n"
+                b"TE: trailers\r\nTrailer: X-T\r\nUpgrade: h2c\r\nX-Kept: yes\r\n\r\n"
+            )
+            status, _, body = await raw.response()
+            assert status == 200
+            names = {k for k, _ in json.loads(body)["headers"]}
+            for gone in ("x-secret", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"):
+                assert gone not in names
+            assert "x-kept" in names
+            raw.close()
+
+    run(main)
+
+
+# -- failover under trouble -----------------------------------------------------------------
+
+
+def test_killed_backend_during_concurrent_gets_gives_no_errors() -> None:
+    async def main() -> None:
+        backends = await started(3)
+        # The budget's reserve covers the burst of retries at the kill: every request in
+        # flight on the killed backend at once.
+        lb = balancer(
+            backends,
+            outlier_detection=OutlierDetection(consecutive_failures=2),
+            retry_budget=RetryBudget(ratio=0.2, reserve=50),
+        )
+        retry = RetryPolicy(attempts=3, backoff_base=0.001)
+        async with proxying(settings(lb, retry=retry)) as proxy:
+            statuses: list[int] = []
+            async with httpx.AsyncClient(limits=httpx.Limits(max_connections=20)) as client:
+
+                async def worker(n: int) -> None:
+                    for i in range(15):
+                        if n == 0 and i == 5:
+                            await backends[0].kill()
+                        answer = await client.get(url(proxy, f"/echo/{n}/{i}"))
+                        statuses.append(answer.status_code)
+
+                await asyncio.gather(*(worker(n) for n in range(20)))
+            assert len(statuses) == 300
+            assert [s for s in statuses if s != 200] == []
+
+    run(main)
+
+
+def test_hung_backend_trips_the_read_timeout_is_retried_and_counted_a_failure() -> None:
+    async def main() -> None:
+        hung, good = await started(2)
+        hung.mode = "hang"
+        lb = balancer([hung, good], outlier_detection=OutlierDetection(consecutive_failures=1))
+        timeouts = Timeouts(upstream_read=0.2)
+        retry = RetryPolicy(attempts=2, backoff_base=0)
+        proxy_settings = settings(lb, timeouts=timeouts, retry=retry)
+        async with proxying(proxy_settings) as proxy, httpx.AsyncClient() as client:
+            answers = [await client.get(url(proxy, "/echo")) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200] * 3
+        assert {a.json()["backend"] for a in answers} == {"b1"}
+        stats = lb.stats()[hung.address]
+        assert stats.failures == 1
+        assert stats.ejections == 1  # outlier detection ejected the hung server
+
+    run(main)
+
+
+def test_hung_backend_alone_is_504_named() -> None:
+    async def main() -> None:
+        (hung,) = await started(1)
+        hung.mode = "hang"
+        lb = balancer([hung])
+        timeouts = Timeouts(upstream_read=0.2)
+        async with (
+            proxying(settings(lb, timeouts=timeouts)) as proxy,
+            httpx.AsyncClient() as client,
+        ):
+            answer = await client.get(url(proxy, "/echo"))
+            assert answer.status_code == 504
+            assert answer.headers["x-loadbalancer-error"] == "upstream_timeout"
+            assert lb.stats()[hung.address].failures == 1
+
+    run(main)
+
+
+def test_a_large_streamed_post_is_not_retried_once_sent() -> None:
+    async def main() -> None:
+        (hung, good) = await started(2)
+        hung.mode = "hang"
+        lb = LoadBalancer()
+        lb.replace([hung.address, good.address])
+        timeouts = Timeouts(upstream_read=0.3)
+        retry = RetryPolicy(attempts=2, backoff_base=0)
+        proxy_settings = settings(lb, timeouts=timeouts, retry=retry, retry_non_idempotent=True)
+        async with proxying(proxy_settings) as proxy, httpx.AsyncClient() as client:
+            small = await client.put(url(proxy, "/echo"), content=b"x" * 1000)
+            assert small.status_code == 200  # small: kept whole, replayed on b1
+            assert small.json()["body_length"] == 1000
+            big = await client.put(url(proxy, "/echo"), content=b"x" * 200_000)
+            # too big to keep: either it went to b1 at once, or it hung on b0 and was not
+            # sent twice
+            assert big.status_code in (200, 504)
+            assert (
+                len([r for r in good.requests if r.body == b"x" * 200_000])
+                + len([r for r in hung.requests if len(r.body) == 200_000])
+                == 1
+            )
+
+    run(main)
+
+
+def test_drain_lets_a_request_in_flight_finish_and_refuses_new_connections() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        lb = balancer([backend])
+        server = ProxyServer(settings(lb))
+        await server.start("127.0.0.1", 0)
+        port = server.port
+        raw = await RawClient.connect(port)
+        await raw.send(b"GET /sse?n=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(raw.reader.readuntil(b"data: 0\n\n"), 5)
+        draining = asyncio.ensure_future(server.drain(5.0))
+        await asyncio.sleep(0)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+        backend.gate.set()
+        rest = await asyncio.wait_for(raw.reader.read(), 5)
+        raw.close()
+        assert rest.endswith(b"data: 1\n\n\r\n0\r\n\r\n")
+        await asyncio.wait_for(draining, 5)
+        assert in_flight(lb) == 0
+        assert lb.stats()[backend.address].successes == 1
+
+    run(main)
+
+
+def test_start_on_a_given_socket() -> None:
+    async def main() -> None:
+        import socket
+
+        (backend,) = await started(1)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        server = ProxyServer(settings(balancer([backend])))
+        await server.start("ignored", 0, sock=sock)
+        try:
+            assert server.port == sock.getsockname()[1]
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(url(server, "/echo"))).status_code == 200
+        finally:
+            await server.close()
+
+    run(main)
