@@ -610,3 +610,48 @@ def test_start_on_a_given_socket() -> None:
             await server.close()
 
     run(main)
+
+
+def test_the_engine_runs_on_uvloop_too() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        backends = await started(2)
+        lb = balancer(backends)
+        async with proxying(settings(lb)) as proxy, httpx.AsyncClient() as client:
+            for i in range(6):
+                answer = await client.post(url(proxy, f"/echo/{i}"), content=b"abc")
+                assert answer.json()["body"] == "abc"
+            sse = await client.get(url(proxy, "/chunks?n=4&size=3"))
+            assert sse.text == "aaabbbcccddd"
+            assert proxy.upstream_connections == 2
+
+    async def bounded() -> None:
+        await asyncio.wait_for(main(), 20)
+        from . import serve_backends
+
+        for backend in list(serve_backends._LIVE):
+            await backend.kill()
+        serve_backends._LIVE.clear()
+
+    uvloop.run(bounded())
+
+
+def test_hedging_asks_another_server_when_the_first_is_slow() -> None:
+    async def main() -> None:
+        from loadbalancer import HedgingPolicy
+
+        hung, good = await started(2)
+        hung.mode = "hang"
+        lb = LoadBalancer()
+        lb.replace([hung.address, good.address])
+        hedging = HedgingPolicy(delay=0.05)
+        async with proxying(settings(lb, hedging=hedging)) as proxy, httpx.AsyncClient() as client:
+            answers = [await client.get(url(proxy, "/echo")) for _ in range(4)]
+            assert [a.json()["backend"] for a in answers] == ["b1"] * 4
+            assert len(hung.requests) >= 1  # asked first, then hedged away from
+            stats = lb.stats()[hung.address]
+            assert stats.failures == 0  # a lost hedge is no outcome
+            await wait_for(lambda: in_flight(lb) == 0)
+
+    run(main)

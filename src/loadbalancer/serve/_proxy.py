@@ -254,7 +254,8 @@ class Exchange:
             return
         except UpstreamError as error:
             self.outcome = "failure"
-            status = 504 if isinstance(error, UpstreamTimeoutError) else 502
+            timed_out = isinstance(error, UpstreamTimeoutError) or error.cause.endswith("timeout")
+            status = 504 if timed_out else 502  # nginx: a connect timeout is a 504 too
             self.respond_error(status, error.cause)
             return
         self._respond(held)

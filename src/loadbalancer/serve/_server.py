@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import socket
 from collections import deque
-from typing import final
+from typing import cast, final
 
 import httptools
 
@@ -54,6 +54,7 @@ class _ClientConnection(asyncio.Protocol):
         "_server",
         "_since",
         "_state",
+        "_stopped",
         "_target",
         "_timer",
         "_tunnel",
@@ -85,6 +86,7 @@ class _ClientConnection(asyncio.Protocol):
         self._read_paused = False
         self._write_paused = False
         self._paused = False
+        self._stopped = False  # refused or closing: no byte more is read
         self.closed = False
         self.draining = server._draining
         self.peer = "-"
@@ -93,8 +95,8 @@ class _ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the keep-alive clock: a connection that never speaks is closed."""
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
         self.peer = _peer(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -110,7 +112,7 @@ class _ClientConnection(asyncio.Protocol):
         if tunnel is not None:
             tunnel.tunnel_write(data)
             return
-        if self.closed:
+        if self._stopped:
             return
         self._since = self._loop.time()
         if self._state == _IDLE:
@@ -365,6 +367,7 @@ class _ClientConnection(asyncio.Protocol):
         self.closed = True
 
     def _close_after_write(self) -> None:
+        self._stopped = True
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()  # flushes what is written first
 
@@ -387,6 +390,7 @@ class _ClientConnection(asyncio.Protocol):
         # closes (a pipelined request that cannot be read is never answered out of order).
         for exchange in queue:
             exchange.close = True
+        self._stopped = True
         self.read_paused(True)
 
     def _record_refused(self, status: int, cause: str) -> None:

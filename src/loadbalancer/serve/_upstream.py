@@ -16,7 +16,7 @@ import contextlib
 import functools
 import socket
 from collections.abc import Callable
-from typing import Protocol, final
+from typing import Protocol, cast, final
 
 import httptools
 
@@ -236,8 +236,8 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport; Nagle off, so a small response head is not held back."""
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):  # not TCP

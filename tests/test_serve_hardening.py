@@ -1,0 +1,435 @@
+"""The proxy's hardening (issue 14), each case with raw sockets against a real ``ProxyServer``
+on 127.0.0.1: framing errors get 400 and a closed connection and never reach a backend;
+limits get 414, 431 and 413; slow clients and upstreams time out; CONNECT, foreign
+absolute-form targets and unknown versions are refused; ``Expect: 100-continue`` and
+``Upgrade`` tunnels work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from loadbalancer import LoadBalancer
+from loadbalancer.serve._server import ProxyServer
+from loadbalancer.serve._settings import Limits, Pool, ProxySettings, Route, Timeouts
+
+from .serve_backends import AsyncBackend, RawClient, run, started
+
+
+@asynccontextmanager
+async def proxy_for(
+    backend: AsyncBackend, *, limits: Limits | None = None, timeouts: Timeouts | None = None
+) -> AsyncIterator[tuple[ProxyServer, LoadBalancer]]:
+    """A proxy in front of ``backend``."""
+    lb = LoadBalancer()
+    lb.replace([backend.address])
+    proxy_settings = ProxySettings(
+        pools={"p": Pool("p", lb)},
+        routes=(Route("p"),),
+        limits=limits or Limits(),
+        timeouts=timeouts or Timeouts(),
+    )
+    server = ProxyServer(proxy_settings)
+    await server.start("127.0.0.1", 0)
+    try:
+        yield server, lb
+    finally:
+        await server.close()
+
+
+async def refused(
+    request: bytes,
+    status: int = 400,
+    *,
+    limits: Limits | None = None,
+    split: bool = False,
+) -> dict[str, str]:
+    """Send ``request``; assert it is answered ``status`` by the proxy itself, the connection
+    is closed, and the backend saw nothing. Returns the response's fields."""
+    (backend,) = await started(1)
+    async with proxy_for(backend, limits=limits) as (proxy, lb):
+        raw = await RawClient.connect(proxy.port)
+        try:
+            if split:  # the head first, then the rest: the request may already be forwarded
+                head, _, rest = request.partition(b"\r\n\r\n")
+                await raw.send(head + b"\r\n\r\n")
+                await asyncio.sleep(0.05)
+                await raw.send(rest)
+            else:
+                await raw.send(request)
+            got, fields, _ = await raw.response()
+            assert got == status
+            assert "x-loadbalancer-error" in fields
+            assert await raw.closed()
+        finally:
+            raw.close()
+        if not split:
+            assert backend.requests == []
+        else:  # forwarded head, never a whole request: the backend answered nothing
+            assert all(r.body == b"" or r.method != "POST" for r in backend.requests)
+        assert sum(s.in_flight for s in lb.stats().values()) == 0
+        assert sum(s.failures for s in lb.stats().values()) == 0
+    return fields
+
+
+CASES = {
+    "content-length and transfer-encoding": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\n"
+    ),
+    "differing content-lengths": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"
+    ),
+    "content-length list": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\nabcd",
+    "invalid content-length": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3x\r\n\r\nabc",
+    "negative content-length": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    "final coding not chunked": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n"
+    ),
+    "only coding not chunked": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nab",
+    "coding before chunked": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "transfer-encoding twice": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "transfer-encoding in http/1.0": (
+        b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "whitespace before colon": b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+    "obs-fold": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\r\n  c\r\n\r\n",
+    "bare LF after request line": b"GET / HTTP/1.1\nHost: x\r\n\r\n",
+    "bare LF after field": b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n",
+    "bare LF ending head": b"GET / HTTP/1.1\r\nHost: x\r\n\n",
+    "bare CR after request line": b"GET / HTTP/1.1\rHost: x\r\n\r\n",
+    "bare CR in field": b"GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n",
+    "invalid chunk size": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+    ),
+    "chunk size overflow": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"fffffffffffffffffff\r\nabc\r\n0\r\n\r\n"
+    ),
+    "chunk size with whitespace": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n"
+    ),
+    "chunk data longer than its size": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n"
+    ),
+    "chunk size with bare LF": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n"
+    ),
+    "NUL in a field value": b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",
+    "control character in a field value": b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n",
+    "DEL in a field value": b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x7fb\r\n\r\n",
+    "NUL in a field name": b"GET / HTTP/1.1\r\nHost: x\r\nX\x00Y: ab\r\n\r\n",
+    "space in the target": b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+    "no host in http/1.1": b"GET / HTTP/1.1\r\nX: y\r\n\r\n",
+    "two hosts": b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+    "absolute-form naming another host": b"GET http://evil.example/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    "a target that is no path": b"GET evil.example HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_framing_errors_are_400_and_close(name: str) -> None:
+    run(lambda: refused(CASES[name]))
+
+
+def test_an_invalid_chunk_arriving_after_the_head_was_forwarded_is_400_and_close() -> None:
+    request = (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n"
+    )
+    run(lambda: refused(request, split=True))
+
+
+def test_connect_is_refused_405() -> None:
+    fields = run(
+        lambda: refused(b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", 405)
+    )
+    assert fields["x-loadbalancer-error"] == "connect_refused"
+
+
+def test_unknown_http_version_is_505() -> None:
+    run(lambda: refused(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505))
+
+
+def test_unknown_expectation_is_417() -> None:
+    run(lambda: refused(b"GET / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n", 417))
+
+
+def test_absolute_form_naming_the_host_itself_is_served_in_origin_form() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        async with proxy_for(backend) as (proxy, _):
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(b"GET http://X:80/echo?a=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, _ = await raw.response()
+            raw.close()
+            assert status == 200
+            assert backend.requests[0].target == "/echo?a=1"
+
+    run(main)
+
+
+# -- limits --------------------------------------------------------------------------------
+
+
+def test_a_long_request_line_is_414() -> None:
+    limits = Limits(max_request_line=100)
+    request = b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    run(lambda: refused(request, 414, limits=limits))
+
+
+def test_a_huge_request_line_arriving_in_pieces_is_414_before_it_ends() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        async with proxy_for(backend, limits=Limits(max_request_line=1000)) as (proxy, _):
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(b"GET /")
+            for _ in range(10):
+                await raw.send(b"a" * 500)
+            status, _, _ = await raw.response()
+            assert status == 414
+            assert await raw.closed()
+            raw.close()
+
+    run(main)
+
+
+def test_too_many_header_bytes_is_431() -> None:
+    limits = Limits(max_header_bytes=1000)
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 2000 + b"\r\n\r\n"
+    run(lambda: refused(request, 431, limits=limits))
+
+
+def test_one_endless_field_is_431_before_it_ends() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        limits = Limits(max_request_line=100, max_header_bytes=1000)
+        async with proxy_for(backend, limits=limits) as (proxy, _):
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            status = 0
+            for _ in range(20):
+                try:
+                    await raw.send(b"v" * 1000)
+                except ConnectionError:
+                    break
+            status, _, _ = await raw.response()
+            assert status == 431
+            raw.close()
+
+    run(main)
+
+
+def test_too_many_fields_is_431() -> None:
+    limits = Limits(max_headers=10)
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(20))
+    run(lambda: refused(request + b"\r\n", 431, limits=limits))
+
+
+def test_a_declared_body_past_the_limit_is_413() -> None:
+    limits = Limits(max_body=100)
+    request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n" + b"a" * 101
+    run(lambda: refused(request, 413, limits=limits))
+
+
+def test_a_chunked_body_past_the_limit_is_413() -> None:
+    limits = Limits(max_body=100)
+    request = (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"40\r\n"
+        + b"a" * 64
+        + b"\r\n"
+        + b"40\r\n"
+        + b"a" * 64
+        + b"\r\n0\r\n\r\n"
+    )
+    run(lambda: refused(request, 413, limits=limits))
+
+
+def test_a_declared_body_past_the_limit_is_413_before_any_100_continue() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        async with proxy_for(backend, limits=Limits(max_body=100)) as (proxy, _):
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            status, _, _ = await raw.response()
+            raw.close()
+            assert status == 413
+
+    run(main)
+
+
+# -- timeouts ------------------------------------------------------------------------------
+
+
+def test_a_slow_head_is_408_and_closed_slowloris() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        timeouts = Timeouts(client_header=0.3)
+        async with proxy_for(backend, timeouts=timeouts) as (proxy, _):
+            raw = await RawClient.connect(proxy.port)
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            await raw.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            for _ in range(3):  # a field now and then: each read must not reset the clock
+                await asyncio.sleep(0.1)
+                await raw.send(b"X-A: b\r\n")
+            status, fields, _ = await raw.response()
+            assert status == 408
+            assert fields["x-loadbalancer-error"] == "client_header_timeout"
+            assert await raw.closed()
+            assert loop.time() - began < 2.0
+            raw.close()
+            assert backend.requests == []
+
+    run(main)
+
+
+def test_many_slowloris_connections_do_not_stop_a_normal_client() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        async with proxy_for(backend, timeouts=Timeouts(client_header=30)) as (proxy, _):
+            slow = [await RawClient.connect(proxy.port) for _ in range(200)]
+            for raw in slow:
+                await raw.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            normal = await RawClient.connect(proxy.port)
+            await normal.send(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, _ = await normal.response(timeout=2.0)
+            assert status == 200
+            for raw in [*slow, normal]:
+                raw.close()
+
+    run(main)
+
+
+def test_a_stalled_body_is_408_and_the_attempt_has_no_outcome() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        timeouts = Timeouts(client_body=0.3)
+        async with proxy_for(backend, timeouts=timeouts) as (proxy, lb):
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+            status, fields, _ = await raw.response()
+            assert status == 408
+            assert fields["x-loadbalancer-error"] == "client_body_timeout"
+            assert await raw.closed()
+            raw.close()
+            stats = lb.stats()[backend.address]
+            assert (stats.in_flight, stats.failures, stats.successes) == (0, 0, 0)
+
+    run(main)
+
+
+def test_an_idle_keep_alive_connection_is_closed() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        async with proxy_for(backend, timeouts=Timeouts(keepalive=0.3)) as (proxy, _):
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, _ = await raw.response()
+            assert status == 200
+            assert await raw.closed(timeout=3.0)
+            raw.close()
+
+    run(main)
+
+
+def test_an_upstream_that_never_accepts_is_a_connect_timeout_and_a_failure() -> None:
+    async def main() -> None:
+        # A listener whose accept queue is full drops further SYNs: connecting hangs.
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        fillers = []
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(listener.getsockname())
+            fillers.append(filler)
+        lb = LoadBalancer()
+        lb.replace([address])
+        proxy_settings = ProxySettings(
+            pools={"p": Pool("p", lb)},
+            routes=(Route("p"),),
+            timeouts=Timeouts(upstream_connect=0.2),
+        )
+        server = ProxyServer(proxy_settings)
+        await server.start("127.0.0.1", 0)
+        try:
+            raw = await RawClient.connect(server.port)
+            await raw.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, fields, _ = await raw.response()
+            raw.close()
+            assert status == 504
+            assert fields["x-loadbalancer-error"] == "upstream_connect_timeout"
+            assert lb.stats()[address].failures == 1
+        finally:
+            await server.close()
+            for sock in (*fillers, listener):
+                sock.close()
+
+    run(main)
+
+
+# -- Expect and Upgrade ------------------------------------------------------------------
+
+
+def test_expect_100_continue_is_answered_by_the_proxy_and_the_body_forwarded() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        async with proxy_for(backend) as (proxy, _):
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            status, _, _ = await raw.response()
+            assert status == 100
+            await raw.send(b"hello")
+            status, _, body = await raw.response()
+            raw.close()
+            assert status == 200
+            assert b'"body": "hello"' in body
+            assert backend.requests[0].header("expect") is None  # not forwarded
+
+    run(main)
+
+
+def test_upgrade_is_tunnelled_and_the_lease_spans_the_tunnel() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        async with proxy_for(backend) as (proxy, lb):
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nfirst"
+            )
+            status, fields, _ = await raw.response()
+            assert status == 101
+            assert fields["upgrade"] == "echo"
+            assert await asyncio.wait_for(raw.reader.readexactly(5), 5) == b"first"
+            await raw.send(b"\x00\x01raw bytes\r\n\r\n")
+            echoed = await asyncio.wait_for(raw.reader.readexactly(15), 5)
+            assert echoed == b"\x00\x01raw bytes\r\n\r\n"
+            assert sum(s.in_flight for s in lb.stats().values()) == 1
+            raw.close()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while sum(s.in_flight for s in lb.stats().values()) and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            assert sum(s.in_flight for s in lb.stats().values()) == 0
+
+    run(main)
