@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -313,19 +313,29 @@ def test_flags_form_proxies_requests(serve: Any, pool: list[Backend]) -> None:
     assert proxy.wait() == 0
 
 
+Outcome = tuple[float, "httpx.Response | httpx.HTTPError"]
+
+
 async def _load(
-    port: int, stop: asyncio.Event, clients: int, path: str = "/items/1"
-) -> list[httpx.Response | BaseException]:
-    """GETs from ``clients`` concurrent clients until ``stop``; every outcome."""
-    results: list[httpx.Response | BaseException] = []
+    port: int,
+    stop: asyncio.Event,
+    clients: int,
+    results: list[Outcome] | None = None,
+    path: str = "/items/1",
+) -> list[Outcome]:
+    """GETs from ``clients`` concurrent keep-alive clients until ``stop``: each request's start
+    (``time.monotonic()``) and its response or error, appended to ``results`` as they come.
+    A client stops at its first error."""
+    results = [] if results is None else results
 
     async def one_client() -> None:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as client:
             while not stop.is_set():
+                started = time.monotonic()
                 try:
-                    results.append(await client.get(path))
+                    results.append((started, await client.get(path)))
                 except httpx.HTTPError as error:
-                    results.append(error)
+                    results.append((started, error))
                     return
 
     await asyncio.gather(*(one_client() for _ in range(clients)))
@@ -347,30 +357,76 @@ def test_sigterm_under_load_cuts_no_request(serve: Any, pool: list[Backend]) -> 
     )
     port, _ = proxy.ports()
 
-    async def scenario() -> tuple[list[httpx.Response | BaseException], list[httpx.Response]]:
+    async def scenario() -> tuple[list[Outcome], list[httpx.Response], float]:
         stop = asyncio.Event()
-        load = asyncio.create_task(_load(port, stop, clients=16))
+        so_far: list[Outcome] = []
+        load = asyncio.create_task(_load(port, stop, clients=16, results=so_far))
+        await _until(lambda: len(so_far) >= 200)
         # Slow requests in flight when the signal comes: each must still be answered.
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", timeout=20
         ) as slow_client:
             slow = [asyncio.create_task(slow_client.get("/slow?seconds=0.5")) for _ in range(8)]
             await asyncio.to_thread(lambda: _wait_slow(pool, 8))
+            signalled = time.monotonic()
             proxy.signal(signal.SIGTERM)
             answered = await asyncio.gather(*slow)
         stop.set()
-        return await load, answered
+        return await load, answered, signalled
 
-    results, answered = asyncio.run(scenario())
+    results, answered, signalled = asyncio.run(scenario())
     assert [r.status_code for r in answered] == [200] * 8
-    # Requests started before the signal were all answered; after it, the listener is closed,
-    # so a new connection is refused (an error before any request was sent), never cut.
-    responses = [r for r in results if isinstance(r, httpx.Response)]
-    assert responses
+    before = [outcome for started, outcome in results if started < signalled]
+    assert len(before) >= 200
+    responses = [o for _, o in results if isinstance(o, httpx.Response)]
     assert all(r.status_code == 200 for r in responses)
-    for error in (r for r in results if not isinstance(r, httpx.Response)):
-        assert isinstance(error, (httpx.ConnectError, httpx.RemoteProtocolError)), repr(error)
+    # No request the proxy had started was cut: every request that reached a backend was
+    # answered to its client (the 8 slow ones included).
+    assert sum(backend.count() for backend in pool) == len(responses) + len(answered)
+    # What failed, before the signal or after, failed without a response: a new connection
+    # refused, or a keep-alive connection closed as idle before the proxy read the request on
+    # it (the race every keep-alive server has; see test_sigterm_lets_no_request_sent_...).
+    for _, outcome in results:
+        if not isinstance(outcome, httpx.Response):
+            assert isinstance(
+                outcome, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)
+            )
     assert proxy.wait() == 0
+
+
+@needs_engine
+@pytest.mark.xfail(
+    strict=False,
+    reason="the engine's drain closes keep-alive connections that look idle at once, so a "
+    "request written just before SIGTERM but not yet read by the proxy sees the connection close",
+)
+def test_sigterm_answers_every_request_sent_before_it(serve: Any, pool: list[Backend]) -> None:
+    a, _, _ = pool
+    proxy = serve("--listen", "127.0.0.1:0", "--backend", a.address, "--access-log", "off")
+    port, _ = proxy.ports()
+
+    async def scenario() -> tuple[list[Outcome], float]:
+        stop = asyncio.Event()
+        so_far: list[Outcome] = []
+        load = asyncio.create_task(_load(port, stop, clients=16, results=so_far))
+        await _until(lambda: len(so_far) >= 200)
+        signalled = time.monotonic()
+        proxy.signal(signal.SIGTERM)
+        await asyncio.to_thread(proxy.wait, WAIT)
+        stop.set()
+        return await load, signalled
+
+    results, signalled = asyncio.run(scenario())
+    before = [outcome for started, outcome in results if started < signalled]
+    assert [o for o in before if not isinstance(o, httpx.Response)] == []
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+    """Wait, polling the loop, until ``predicate()``; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
 
 
 def _wait_slow(pool: list[Backend], n: int) -> None:
@@ -410,23 +466,26 @@ def test_sighup_adds_and_removes_backends_under_load(
     )
     port, admin = proxy.ports()
 
-    async def scenario() -> list[httpx.Response | BaseException]:
+    async def scenario() -> list[Outcome]:
         stop = asyncio.Event()
         load = asyncio.create_task(_load(port, stop, clients=8))
         await asyncio.to_thread(a.wait_requests, 20)
         _write_config(config, [b, c])  # a goes, c comes
         proxy.signal(signal.SIGHUP)
         await asyncio.to_thread(proxy.wait_line, "reloaded")
-        a_after_reload = a.count()
+        # Requests picked before the reload may still arrive; once c has served some, a's
+        # count stops for good: it gets nothing more however long the load goes on.
         await asyncio.to_thread(c.wait_requests, 20)
-        assert a.count() == a_after_reload  # nothing new reached the removed backend
+        await asyncio.to_thread(a.wait_until, lambda: not a.in_flight())
+        a_after_reload = a.count()
+        served = c.count()
+        await asyncio.to_thread(c.wait_requests, served + 100)
+        assert a.count() == a_after_reload
         stop.set()
         return await load
 
-    results = asyncio.run(scenario())
-    errors = [r for r in results if not isinstance(r, httpx.Response)]
-    assert errors == []
-    assert all(r.status_code == 200 for r in results if isinstance(r, httpx.Response))
+    results = [outcome for _, outcome in asyncio.run(scenario())]
+    assert [r for r in results if not isinstance(r, httpx.Response) or r.status_code != 200] == []
     assert admin is not None
     servers = json.loads(_get(admin, "/status.json")[2])["pools"]["web"]["servers"]
     assert [s["server"] for s in servers] == [b.address, c.address]
