@@ -26,6 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadbalancer import LoadBalancer, OutlierDetection
+from loadbalancer.cli import main
 from loadbalancer.serve._admin import AdminServer, status_document
 from loadbalancer.serve._run import AccessLogWriter
 from loadbalancer.serve._settings import AccessRecord
@@ -543,3 +544,123 @@ def test_two_workers_serve_on_one_port(serve: Any, pool: list[Backend]) -> None:
     assert _worker_pids_seen(proxy) == workers
     proxy.signal(signal.SIGTERM)
     assert proxy.wait() == 0
+
+
+ROUTED = """\
+[admin]
+listen = "127.0.0.1:0"
+
+[log]
+access = "{log}"
+
+[pools.api]
+strategy = "p2c"
+servers = ["{a}", "{b}"]
+[pools.api.health]
+type = "http"
+path = "/items/health"
+interval = 0.1
+timeout = 0.1
+rise = 1
+fall = 1
+
+[pools.sessions]
+strategy = {{ name = "ring_hash", hash = "ketama" }}
+servers = ["{c}"]
+sticky = {{ header = "X-User" }}
+
+[[routes]]
+host = "sessions.test"
+pool = "sessions"
+[[routes]]
+pool = "api"
+"""
+
+
+@needs_engine
+def test_a_config_file_routes_checks_health_and_logs_to_a_file(
+    serve: Any, pool: list[Backend], tmp_path: Path
+) -> None:
+    a, b, c = pool
+    log = tmp_path / "access.log"
+    config = tmp_path / "proxy.toml"
+    config.write_text(ROUTED.format(a=a.address, b=b.address, c=c.address, log=log))
+    proxy = serve("--config", str(config), "--listen", "127.0.0.1:0")
+    port, admin = proxy.ports()
+    assert admin is not None
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        routed = client.get("/items/1", headers={"Host": "sessions.test", "X-User": "42"})
+        assert _backend_of(routed) == c.name
+        assert _backend_of(client.get("/items/1")) in {a.name, b.name}
+        b.kill()  # its health checks fail (fall = 1): out of the pool
+        deadline = time.monotonic() + WAIT
+        while True:
+            document = json.loads(_get(admin, "/status.json")[2])
+            servers = {s["server"]: s for s in document["pools"]["api"]["servers"]}
+            if not servers[b.address]["healthy"]:
+                break
+            assert time.monotonic() < deadline, "b never became unhealthy"
+            time.sleep(0.05)
+        assert servers[b.address]["last_check_failure"] == "connection refused"
+        assert document["pools"]["api"]["healthy"] == 1
+        assert {_backend_of(client.get(f"/items/{i}")) for i in range(20)} == {a.name}
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait() == 0
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(entries) == 22
+    assert entries[0]["pool"] == "sessions"
+    assert entries[0]["host"] == "sessions.test"
+    assert {e["pool"] for e in entries[1:]} == {"api"}
+    for entry in entries:
+        assert set(entry) >= {
+            "time",
+            "pid",
+            "upstream",
+            "attempts",
+            "upstream_time",
+            "total_time",
+            "outcome",
+            "status",
+            "error",
+        }
+
+
+@needs_engine
+def test_workers_reload_on_sighup_and_drain_on_sigterm(
+    serve: Any, pool: list[Backend], tmp_path: Path
+) -> None:
+    a, b, _ = pool
+    config = tmp_path / "proxy.toml"
+    _write_config(config, [a])
+    proxy = serve(
+        "--config", str(config), "--listen", "127.0.0.1:0", "--workers", "2", "--access-log", "off"
+    )
+    line = proxy.wait_line("2 workers listening on")[0]
+    found = re.search(r"listening on \S+?:(\d+)", line)
+    assert found is not None
+    port = int(found[1])
+    _write_config(config, [b])
+    proxy.signal(signal.SIGHUP)  # to the parent, which forwards it to each worker
+    assert len(proxy.wait_line("reloaded", count=2)) == 2
+    with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        assert {_backend_of(client.get(f"http://127.0.0.1:{port}/items/1")) for _ in range(20)} == {
+            b.name
+        }
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait() == 0
+    assert len(proxy.wait_line("draining", count=2)) == 2
+
+
+def test_a_missing_serve_dependency_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, package: str | None = None) -> Any:
+        return None if name == "httptools" else real(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert main(["serve", "--backend", "127.0.0.1:9001"]) == 1
+    _, err = capsys.readouterr()
+    extra = "pip install 'loadbalancer[serve]'"
+    assert err == f"loadbalancer serve: error: the proxy needs httptools: {extra}\n"

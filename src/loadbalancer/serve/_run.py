@@ -44,6 +44,7 @@ __all__ = ["AccessLogWriter", "reserve_ports", "run_parent", "run_worker"]
 
 _log = logging.getLogger("loadbalancer.serve")
 
+_DISCOVERY_WAIT = 5.0  # seconds a worker waits at start for each discovery source's first answer
 _PIPE_BUF = 4096  # writes up to this size to a pipe are atomic: workers' lines never mix
 _RECORD_FIELDS = (
     "client",
@@ -238,6 +239,11 @@ class _Worker:
         self.stopping = asyncio.Event()
         self.reloading = asyncio.Lock()
         settings = await self.upstreams.apply(self.config)
+        if not await self.upstreams.wait_ready(_DISCOVERY_WAIT):
+            _log.warning(
+                "a discovery source gave no membership within %g s: its pool starts empty",
+                _DISCOVERY_WAIT,
+            )
         if self.config.admin is not None:
             self.admin = AdminServer(self.upstreams.balancers, health=self.upstreams.health_status)
         try:
