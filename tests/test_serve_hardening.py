@@ -433,3 +433,21 @@ def test_upgrade_is_tunnelled_and_the_lease_spans_the_tunnel() -> None:
             assert sum(s.in_flight for s in lb.stats().values()) == 0
 
     run(main)
+
+
+def test_connections_past_the_limit_wait_until_one_closes() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        async with proxy_for(backend, limits=Limits(max_connections=1)) as (proxy, _):
+            first = await RawClient.connect(proxy.port)
+            await first.send(b"GET /echo/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await first.response())[0] == 200
+            second = await RawClient.connect(proxy.port)
+            await second.send(b"GET /echo/2 HTTP/1.1\r\nHost: x\r\n\r\n")
+            with pytest.raises(asyncio.TimeoutError):
+                await second.response(timeout=0.3)  # held, unread, while the first is open
+            first.close()
+            assert (await second.response())[0] == 200
+            second.close()
+
+    run(main)

@@ -517,7 +517,9 @@ def test_hung_backend_trips_the_read_timeout_is_retried_and_counted_a_failure() 
         assert [a.status_code for a in answers] == [200] * 3
         assert {a.json()["backend"] for a in answers} == {"b1"}
         stats = lb.stats()[hung.address]
-        assert stats.failures == 1
+        # (a second pick may come before the background rebuild publishes the ejection)
+        assert stats.failures >= 1
+        assert stats.successes == 0
         assert stats.ejections == 1  # outlier detection ejected the hung server
 
     run(main)

@@ -275,6 +275,7 @@ def response_head(
     chunked: bool,
     close: bool,
     tunnel: bool,
+    keep_alive: bool = False,
 ) -> bytes:
     """The head sent to the client: the upstream's status and end-to-end fields, framed by
     the proxy (``length``, else ``chunked``, else until close)."""
@@ -307,6 +308,8 @@ def response_head(
             lines.append(b"Transfer-Encoding: chunked\r\n")
         if close:
             lines.append(b"Connection: close\r\n")
+        elif keep_alive:  # an HTTP/1.0 client that asked for it is told it has it
+            lines.append(b"Connection: keep-alive\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
 

@@ -348,7 +348,7 @@ class Exchange:
         self.status = answer.status
         head = self.head
         assert head is not None
-        close = head.close or self.client.draining
+        close = self.close or head.close or self.client.draining
         tunnel = answer.tunnel and head.upgrade is not None
         length = answer.length
         chunked = False
@@ -365,17 +365,24 @@ class Exchange:
             close = True  # a refused upgrade: the client may already be sending frames
         self.chunked_out = chunked
         self.close = close
-        self.client.write(
-            response_head(
-                answer.status,
-                answer.reason,
-                answer.fields,
-                length=length,
-                chunked=chunked,
-                close=close,
-                tunnel=tunnel,
-            )
+        out = response_head(
+            answer.status,
+            answer.reason,
+            answer.fields,
+            length=length,
+            chunked=chunked,
+            close=close,
+            tunnel=tunnel,
+            keep_alive=not close and not self.http11,
         )
+        body = answer.body
+        if body and not tunnel:
+            # What has arrived goes out with the head, in one write: one system call less.
+            answer.body = []
+            for piece in body:
+                self.bytes_sent += len(piece)
+                out += b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece
+        self.client.write(out)
         if tunnel:
             self.client.start_tunnel(self)
         answer.attach(self)

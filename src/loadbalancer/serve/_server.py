@@ -102,9 +102,24 @@ class _ClientConnection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):  # not TCP
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._server._connections.add(self)
+        server = self._server
+        server._connections.add(self)
         self._since = self._loop.time()
         self._arm()
+        if (
+            len(server._connections) - len(server._waiting)
+            > server._settings.limits.max_connections
+        ):
+            # Over the limit: held unread (it costs a descriptor, no work) until one closes.
+            server._waiting.append(self)
+            self._state = _BUSY
+            self.read_paused(True)
+
+    def admit(self) -> None:
+        """A connection closed: this one, held back by the limit, is served now."""
+        self._state = _IDLE
+        self._since = self._loop.time()
+        self.read_paused(False)
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser (or the tunnel); refuse what llhttp or the limits refuse."""
@@ -149,7 +164,7 @@ class _ClientConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._server._connections.discard(self)
+        self._server._connection_closed(self)
         queue, self._queue = self._queue, deque()
         for exchange in queue:
             exchange.cancel()
@@ -158,7 +173,6 @@ class _ClientConnection(asyncio.Protocol):
         current = self._current
         if current is not None and current not in queue:
             current.cancel()
-        self._server._connection_closed()
 
     def pause_writing(self) -> None:
         """The client reads slower than the upstream answers: stop reading the upstream."""
@@ -470,6 +484,7 @@ class ProxyServer:
         self._compile(settings)
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[_ClientConnection] = set()
+        self._waiting: deque[_ClientConnection] = deque()  # past max_connections
         self._draining = False
         self._all_closed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set in start
@@ -542,7 +557,17 @@ class ProxyServer:
                 await asyncio.wait_for(self._all_closed.wait(), deadline)
         await self.close()
 
-    def _connection_closed(self) -> None:
+    def _connection_closed(self, conn: _ClientConnection) -> None:
+        self._connections.discard(conn)
+        waiting = self._waiting
+        if conn in waiting:
+            waiting.remove(conn)
+        else:
+            while waiting:
+                admitted = waiting.popleft()
+                if not admitted.closed:
+                    admitted.admit()
+                    break
         if self._all_closed is not None and not self._connections:
             self._all_closed.set()
 

@@ -295,11 +295,9 @@ class Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         """The upstream reads the request body slower than the client sends it."""
         self.paused = True
-        answer = self._answer
         consumer = self._pool.senders.get(self)
         if consumer is not None:
             consumer.upstream_paused(True)
-        del answer
 
     def resume_writing(self) -> None:
         """The upstream caught up."""
