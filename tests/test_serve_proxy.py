@@ -657,3 +657,110 @@ def test_hedging_asks_another_server_when_the_first_is_slow() -> None:
             await wait_for(lambda: in_flight(lb) == 0)
 
     run(main)
+
+
+async def raw_backend(answer: bytes, *, close: bool = True) -> tuple[asyncio.AbstractServer, str]:
+    """A backend that reads one request head and writes ``answer`` (then closes)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+            if not close:
+                await reader.read()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.transport.abort()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def test_an_unparsable_upstream_answer_is_502_upstream_invalid_and_a_failure() -> None:
+    async def main() -> None:
+        server, address = await raw_backend(b"HTTP/1.1 2x0 What\r\n\r\n")
+        lb = LoadBalancer()
+        lb.replace([address])
+        try:
+            async with proxying(settings(lb)) as proxy, httpx.AsyncClient() as client:
+                answer = await client.get(url(proxy, "/"))
+                assert answer.status_code == 502
+                assert answer.headers["x-loadbalancer-error"] == "upstream_invalid"
+                assert lb.stats()[address].failures == 1
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main)
+
+
+def test_an_upstream_cut_off_mid_body_is_a_failure_and_the_client_is_cut_off_too() -> None:
+    async def main() -> None:
+        server, address = await raw_backend(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b"
+        )
+        lb = LoadBalancer()
+        lb.replace([address])
+        records: list[AccessRecord] = []
+        try:
+            async with proxying(settings(lb, on_access=records.append)) as proxy:
+                raw = await RawClient.connect(proxy.port)
+                await raw.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
+                assert b"Content-Length: 100" in head
+                rest = await asyncio.wait_for(raw.reader.read(), 5)
+                assert rest == b"only ten b"  # then the close: the client sees it short
+                raw.close()
+                await wait_for(lambda: in_flight(lb) == 0)
+                stats = lb.stats()[address]
+                assert (stats.successes, stats.failures) == (0, 1)
+                await wait_for(lambda: len(records) == 1)
+                assert records[0].outcome == "failure"
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main)
+
+
+def test_a_close_delimited_upstream_body_is_rechunked_for_the_client() -> None:
+    async def main() -> None:
+        server, address = await raw_backend(b"HTTP/1.1 200 OK\r\nX-A: b\r\n\r\nto the end")
+        lb = LoadBalancer()
+        lb.replace([address])
+        try:
+            async with proxying(settings(lb)) as proxy:
+                raw = await RawClient.connect(proxy.port)
+                await raw.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                status, fields, body = await raw.response()
+                assert (status, body) == (200, b"to the end")
+                assert fields["transfer-encoding"] == "chunked"
+                assert lb.stats()[address].successes == 1
+                raw.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main)
+
+
+def test_a_client_leaving_before_the_answer_ends_the_attempt_with_no_outcome() -> None:
+    async def main() -> None:
+        (hung,) = await started(1)
+        hung.mode = "hang"
+        lb = balancer([hung])
+        records: list[AccessRecord] = []
+        async with proxying(settings(lb, on_access=records.append)) as proxy:
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.wait_for(hung.arrived.wait(), 5)
+            assert in_flight(lb) == 1
+            raw.close()
+            await wait_for(lambda: in_flight(lb) == 0)
+            stats = lb.stats()[hung.address]
+            assert (stats.successes, stats.failures, stats.cancelled) == (0, 0, 1)
+            assert [r.outcome for r in records] == ["none"]
+
+    run(main)

@@ -70,6 +70,9 @@ class Client(Protocol):
     def abort(self) -> None:
         """Close the client connection at once."""
 
+    def finish(self) -> None:
+        """Close the client connection once what is written has gone out."""
+
     def read_paused(self, paused: bool) -> None:
         """Stop (or restart) reading the client: its body waits for the upstream."""
 
@@ -472,7 +475,7 @@ class Exchange:
         if answer is not None:
             answer.abort()
         self._record()
-        self.client.abort()
+        self.client.finish()  # what the upstream sent last still reaches the client
 
     # -- the client going away, and answers the proxy makes ---------------------------------
 
@@ -542,6 +545,12 @@ class Exchange:
         self._record()
         self.client.exchange_done(self, not close)
 
+    def _answered_by(self) -> str | None:
+        held = self.held
+        if held is None:
+            return None
+        return self.server if held.lease is None else held.lease.server
+
     def _record(self) -> None:
         on_access = self.settings.on_access
         if on_access is None:
@@ -556,7 +565,7 @@ class Exchange:
             host=head.host if head is not None else "",
             status=self.status,
             pool=None if self.pool is None else self.pool.name,
-            upstream=self.server if self.held is not None else None,
+            upstream=self._answered_by(),
             attempts=self.attempts,
             upstream_time=None if started is None or self.held is None else now - started,
             total_time=now - self.started,

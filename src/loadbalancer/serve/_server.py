@@ -141,7 +141,10 @@ class _ClientConnection(asyncio.Protocol):
             cause = error.__context__
             if isinstance(cause, BadRequestError):
                 self._refuse(cause.status, cause.cause)
-            elif not isinstance(cause, _StopError):
+            elif isinstance(cause, _StopError):
+                self._stopped = True  # the parser is spent: its refusal is queued
+                self.read_paused(True)
+            else:
                 raise
         except httptools.HttpParserError:
             self._refuse(400, "bad_request")
@@ -288,7 +291,7 @@ class _ClientConnection(asyncio.Protocol):
                     return
                 target = exchange.target = slash + path if slash else b"/"
             elif target == b"*" and exchange.method == b"OPTIONS":
-                target = b"/"
+                target = b"/"  # routed as the root; forwarded as asked, asterisk-form
             else:
                 exchange.error_status, exchange.error = 400, "bad_target"
                 return
@@ -379,6 +382,10 @@ class _ClientConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.abort()
         self.closed = True
+
+    def finish(self) -> None:
+        """Close once what is written has gone out."""
+        self._close_after_write()
 
     def _close_after_write(self) -> None:
         self._stopped = True

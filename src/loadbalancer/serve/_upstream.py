@@ -335,6 +335,8 @@ class Connection(asyncio.Protocol):
             elif lower == b"connection" and b"close" in value.lower():
                 self._keep_alive = False
         answer.chunked = chunked
+        if chunked:
+            answer.length = None  # the chunks frame it (llhttp refuses both, besides)
         if status == 101:
             answer.tunnel = True
             self._keep_alive = False
