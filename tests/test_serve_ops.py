@@ -398,8 +398,10 @@ def test_sigterm_under_load_cuts_no_request(serve: Any, pool: list[Backend]) -> 
 @needs_engine
 @pytest.mark.xfail(
     strict=False,
-    reason="the engine's drain closes keep-alive connections that look idle at once, so a "
-    "request written just before SIGTERM but not yet read by the proxy sees the connection close",
+    reason="the keep-alive close race (RFC 9112 9.3.1): the engine's drain closes idle "
+    "keep-alive connections at once (as nginx does), and closes one after a response whose "
+    "head went out without Connection: close, so a request sent on it just then gets no "
+    "response; clients retry idempotent requests for that, httpx does not",
 )
 def test_sigterm_answers_every_request_sent_before_it(serve: Any, pool: list[Backend]) -> None:
     a, _, _ = pool

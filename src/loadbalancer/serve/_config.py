@@ -786,8 +786,10 @@ class Upstreams:
     async def apply(self, config: ServeConfig) -> ProxySettings:
         """Make the live pools those of ``config``; return the settings to run on.
 
-        Everything that can fail (a membership the balancer refuses) is done before anything
-        changes: on an exception, the pools are as they were.
+        A new balancer is given its servers before anything else changes, so a membership it
+        refuses leaves the pools as they were. Feeders that go or change are stopped before a
+        kept balancer is given its new static membership, so no late discovery update lands
+        over it.
         """
         old = self._pools
         new: dict[str, _LivePool] = {}
@@ -799,44 +801,36 @@ class Upstreams:
             else:
                 live = _LivePool(spec, spec.build_balancer())
             new[spec.name] = live
-        for live in new.values():
-            if live.spec.discovery is None:
-                try:
-                    live.lb.replace(dict(live.spec.servers))
-                except (TypeError, ValueError) as error:
-                    raise ConfigError(f"pools.{live.spec.name}.servers", str(error)) from None
-        # Feeders: keep the ones whose settings and balancer are unchanged; restart the others.
-        stopping: list[Any] = []
+        kept = {name for name, live in new.items() if name in old and old[name].lb is live.lb}
         for name, live in new.items():
-            previous = old.get(name)
-            kept_lb = previous is not None and previous.lb is live.lb
-            same_health = (
-                kept_lb and previous is not None and previous.spec.health == live.spec.health
-            )
-            same_source = (
-                kept_lb and previous is not None and previous.spec.discovery == live.spec.discovery
-            )
-            if not same_health:
-                if previous is not None and previous.checker is not None:
-                    stopping.append(previous.checker.aclose())
-                live.checker = None
-                if live.spec.health is not None:
-                    live.checker = _health_checker(live.spec.health, live.lb)
-                    await live.checker.start()
-            if not same_source:
-                if previous is not None and previous.discovery is not None:
-                    stopping.append(previous.discovery.stop())
-                live.discovery = None
-                if live.spec.discovery is not None:
-                    live.discovery = _start_discovery(live.spec.discovery, live.lb, name)
+            if name not in kept:
+                _replace(live)
+        # Feeders: keep the ones whose settings and balancer are unchanged; stop the others.
+        stopping: list[Any] = []
         for name, previous in old.items():
-            if name not in new:
-                if previous.checker is not None:
-                    stopping.append(previous.checker.aclose())
-                if previous.discovery is not None:
-                    stopping.append(previous.discovery.stop())
+            staying = new[name] if name in kept else None  # None: a new balancer, or none
+            if previous.checker is not None and (
+                staying is None or staying.spec.health != previous.spec.health
+            ):
+                stopping.append(previous.checker.aclose())
+                if staying is not None:
+                    staying.checker = None
+            if previous.discovery is not None and (
+                staying is None or staying.spec.discovery != previous.spec.discovery
+            ):
+                stopping.append(previous.discovery.stop())
+                if staying is not None:
+                    staying.discovery = None
         if stopping:
             await asyncio.gather(*stopping)
+        for name in kept:
+            _replace(new[name])
+        for name, live in new.items():
+            if live.spec.health is not None and live.checker is None:
+                live.checker = _health_checker(live.spec.health, live.lb)
+                await live.checker.start()
+            if live.spec.discovery is not None and live.discovery is None:
+                live.discovery = _start_discovery(live.spec.discovery, live.lb, name)
         self._pools = new
         if self._on_pools is not None:
             added = {n: p.lb for n, p in new.items() if n not in old or old[n].lb is not p.lb}
@@ -883,6 +877,16 @@ class Upstreams:
             if live.discovery is not None:
                 stopping.append(live.discovery.stop())
         await asyncio.gather(*stopping)
+
+
+def _replace(live: _LivePool) -> None:
+    """Give a pool with a static membership its servers (a discovered one is left alone)."""
+    if live.spec.discovery is not None:
+        return
+    try:
+        live.lb.replace(dict(live.spec.servers))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"pools.{live.spec.name}.servers", str(error)) from None
 
 
 def _start_discovery(url: str, lb: LoadBalancer, pool: str) -> Any:
