@@ -20,7 +20,9 @@ records every request (method, target, fields, body), and serves:
 ``/ws``
     An upgrade: 101, then echoes raw bytes back until the client closes.
 
-``mode``: ``"ok"``; ``"hang"`` (every path hangs); ``"fail503"`` (every path answers 503).
+``mode``: ``"ok"``; ``"hang"`` (every path hangs); ``"fail503"`` (every path answers 503);
+``"once"`` (a connection's second request is met with a reset, unanswered: a kept-alive
+connection the server dropped just as it was reused).
 ``kill()`` closes the listener and aborts every connection, like a crash.
 """
 
@@ -68,6 +70,7 @@ class AsyncBackend:
         self.requests: list[Recorded] = []
         self.gate = asyncio.Event()
         self.sse_sent = 0
+        self.dropped = 0  # requests met with a reset in mode "once"
         self.arrived = asyncio.Event()  # set on every request's arrival
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -101,11 +104,16 @@ class AsyncBackend:
         self.connections += 1
         self._writers.add(writer)
         conn = h11.Connection(h11.SERVER)
+        served = 0
         try:
             while True:
                 request, body = await self._read(conn, reader)
                 if request is None:
                     return
+                served += 1
+                if self.mode == "once" and served > 1:
+                    self.dropped += 1
+                    return  # aborted, unanswered, unrecorded
                 recorded = Recorded(
                     request.method.decode(),
                     request.target.decode(),

@@ -764,3 +764,23 @@ def test_a_client_leaving_before_the_answer_ends_the_attempt_with_no_outcome() -
             assert [r.outcome for r in records] == ["none"]
 
     run(main)
+
+
+def test_a_stale_kept_alive_connection_is_retried_on_a_new_one_not_counted_a_failure() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        backend.mode = "once"
+        lb = balancer([backend])
+        async with proxying(settings(lb)) as proxy, httpx.AsyncClient() as client:
+            for i in range(3):
+                answer = await client.get(url(proxy, f"/echo/{i}"))
+                assert answer.status_code == 200
+            assert backend.dropped == 2  # the second and third went out on stale connections
+            stats = lb.stats()[backend.address]
+            assert (stats.successes, stats.failures) == (3, 0)
+            # a POST is never sent twice: a stale connection is its failure
+            post = await client.post(url(proxy, "/echo"), content=b"x")
+            assert post.status_code == 502
+            assert post.headers["x-loadbalancer-error"] == "upstream_reset"
+
+    run(main)

@@ -12,6 +12,7 @@ outcome, an upstream that breaks off with a failure.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Protocol, final
 
@@ -36,6 +37,8 @@ from ._upstream import (
 )
 
 __all__ = ["IDEMPOTENT", "REPLAY_LIMIT", "Client", "Exchange", "route"]
+
+_log = logging.getLogger("loadbalancer.serve")
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 """Methods retried after they may have reached a server (RFC 9110 9.2.2)."""
@@ -261,7 +264,20 @@ class Exchange:
             status = 504 if timed_out else 502  # nginx: a connect timeout is a 504 too
             self.respond_error(status, error.cause)
             return
-        self._respond(held)
+        except Exception:
+            # A bug of the proxy's, not the server's: answered, logged, never left hanging.
+            _log.exception("proxying %r failed", self.target)
+            self.outcome = "none"
+            self.respond_error(502, "proxy_error")
+            return
+        try:
+            self._respond(held)
+        except Exception:
+            _log.exception("answering %r failed", self.target)
+            held.ok = None
+            held.release()
+            self.done = True
+            self.client.abort()
 
     async def _attempt(self, server: str) -> Answer:
         """One attempt on ``server``: a pooled connection (or a new one), the request sent,
@@ -575,4 +591,7 @@ class Exchange:
             else ("failure" if self.outcome == "failure" else "none"),
             error=self.error,
         )
-        on_access(record)
+        try:
+            on_access(record)
+        except Exception:  # the access log's failure must not break the proxying
+            _log.exception("on_access failed for %r", record)

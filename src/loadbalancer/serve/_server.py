@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections import deque
 from typing import cast, final
@@ -420,23 +421,25 @@ class _ClientConnection(asyncio.Protocol):
             return
         from ._settings import AccessRecord
 
-        on_access(
-            AccessRecord(
-                client=self.peer,
-                method="",
-                target=self._target.decode("latin-1"),
-                host="",
-                status=status,
-                pool=None,
-                upstream=None,
-                attempts=0,
-                upstream_time=None,
-                total_time=self._loop.time() - self._since,
-                bytes_sent=0,
-                outcome="none",
-                error=cause,
-            )
+        record = AccessRecord(
+            client=self.peer,
+            method="",
+            target=self._target.decode("latin-1"),
+            host="",
+            status=status,
+            pool=None,
+            upstream=None,
+            attempts=0,
+            upstream_time=None,
+            total_time=self._loop.time() - self._since,
+            bytes_sent=0,
+            outcome="none",
+            error=cause,
         )
+        try:
+            on_access(record)
+        except Exception:  # the access log's failure must not break the proxying
+            logging.getLogger("loadbalancer.serve").exception("on_access failed")
 
     # -- timeouts ---------------------------------------------------------------------------
 
