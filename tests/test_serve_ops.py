@@ -666,3 +666,27 @@ def test_a_missing_serve_dependency_names_the_extra(
     _, err = capsys.readouterr()
     extra = "pip install 'loadbalancer[serve]'"
     assert err == f"loadbalancer serve: error: the proxy needs httptools: {extra}\n"
+
+
+@needs_engine
+def test_a_worker_that_dies_is_restarted_on_the_same_port(serve: Any, pool: list[Backend]) -> None:
+    a, _, _ = pool
+    proxy = serve("--listen", "127.0.0.1:0", "--backend", a.address, "--workers", "2")
+    line = proxy.wait_line("2 workers listening on")[0]
+    found = re.search(r"listening on \S+?:(\d+)", line)
+    assert found is not None
+    port = int(found[1])
+    first = {
+        int(p) for w in proxy.wait_line("(pid ", count=3) for p in re.findall(r"\(pid (\d+),", w)
+    }
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)  # a worker this test's process started crashes
+    proxy.wait_line(f"(pid {victim}) exited with status -9: restarting it")
+    lines = proxy.wait_line(" loop)", count=3)  # each worker's line says its event loop
+    now = {int(p) for w in lines for p in re.findall(r"\(pid (\d+),", w)}
+    assert len(now - first) == 1
+    with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        for _ in range(20):
+            assert client.get(f"http://127.0.0.1:{port}/items/1").status_code == 200
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait() == 0  # the replacement exited 0: the crash is history

@@ -16,7 +16,9 @@ many worker processes, each listening on the same port with ``SO_REUSEPORT``: th
 spreads connections across them. Each has its own balancers, as nginx workers without a
 shared zone: least connections, P2C and peak EWMA see only their own worker's requests, and
 outlier detection and health checks run in each. The parent forwards ``SIGTERM``, ``SIGINT``
-and ``SIGHUP`` to its workers and exits when they all have: 0 if they all exited 0.
+and ``SIGHUP`` to its workers and exits when they all have: 0 if they all exited 0. A worker
+that exits otherwise is restarted on the same port (at most 5 restarts a minute), as nginx's
+master does.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ __all__ = ["AccessLogWriter", "reserve_ports", "run_parent", "run_worker"]
 _log = logging.getLogger("loadbalancer.serve")
 
 _DISCOVERY_WAIT = 5.0  # seconds a worker waits at start for each discovery source's first answer
+_MAX_RESTARTS = 5  # a --workers parent restarts at most this many workers
+_RESTART_WINDOW = 60.0  # within this many seconds: past it, a crashing worker stays down
 _PIPE_BUF = 4096  # writes up to this size to a pipe are atomic: workers' lines never mix
 _RECORD_FIELDS = (
     "client",
@@ -440,72 +444,98 @@ def run_parent(
         (host, sock.getsockname()[1])
         for (host, _), sock in zip(config.listen, reserved, strict=True)
     ]
-    children: dict[int, subprocess.Popen[bytes]] = {}
-    statuses: dict[int, int] = {}
+    children: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}  # pid: (index, process)
+    exits: dict[int, int] = {}  # worker index: the exit status of its last process
+    restarts: list[float] = []  # when workers were restarted, for the limit
     stopping = False
 
     def forward(signum: int, frame: object) -> None:
         nonlocal stopping
         if signum != signal.SIGHUP:
             stopping = True
-        for child in children.values():
-            if child.pid not in statuses:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signum)
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def spawn(index: int) -> int:
+        """Start worker ``index``; return the read end of its readiness pipe."""
+        admin = None
+        if config.admin is not None:
+            host, port = config.admin
+            admin = (host, port + index if port else 0)
+        read_end, write_end = os.pipe()
+        try:
+            child = subprocess.Popen(
+                worker_argv(index, listen, admin, write_end), pass_fds=(write_end,)
+            )
+        finally:
+            os.close(write_end)
+        children[child.pid] = (index, child)
+        return read_end
 
     previous = {
         s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     }
     try:
-        pipes = []
-        for index in range(config.workers):
-            admin = None
-            if config.admin is not None:
-                host, port = config.admin
-                admin = (host, port + index if port else 0)
-            read_end, write_end = os.pipe()
-            argv = worker_argv(index, listen, admin, write_end)
-            child = subprocess.Popen(argv, pass_fds=(write_end,))
-            os.close(write_end)
-            children[child.pid] = child
-            pipes.append(read_end)
+        pipes = [spawn(index) for index in range(config.workers)]
         deadline = time.monotonic() + ready_timeout
         waiting = set(pipes)
-        while waiting and not stopping:
+        failed = False
+        while waiting and not stopping and not failed:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            try:
-                readable, _, _ = select.select(list(waiting), [], [], left)
-            except InterruptedError:  # pragma: no cover - PEP 475 retries select
-                continue
+            readable, _, _ = select.select(list(waiting), [], [], left)
             for fd in readable:
-                os.read(fd, 64)  # "ready", or b"" if the worker died first
+                if not os.read(fd, 64):  # b"": the worker exited before it was ready
+                    failed = True
                 waiting.discard(fd)
         for fd in pipes:
             os.close(fd)
-        if waiting or any(child.poll() is not None for child in children.values()):
-            _log.error("a worker did not start: stopping the others")
+        if waiting or stopping or failed:
+            if failed:
+                _log.error("a worker exited before it was ready: stopping the others")
+            elif not stopping:
+                _log.error("a worker did not start within %g s: stopping", ready_timeout)
             forward(signal.SIGTERM, None)
         else:
             where = ", ".join(f"{_show(h)}:{p}" for h, p in listen)
             _announce(f"{config.workers} workers listening on {where} (pid {os.getpid()})")
-        while len(statuses) < len(children):
+        while children:
             try:
                 pid, status = os.waitpid(-1, 0)
-            except ChildProcessError:
+            except ChildProcessError:  # pragma: no cover - every child already reaped
                 break
             if pid not in children:
                 continue
-            code = os.waitstatus_to_exitcode(status)
-            statuses[pid] = code
-            children[pid].returncode = code
-            if not stopping:
-                _log.error("worker %d exited with status %d", pid, code)
+            index, child = children.pop(pid)
+            code = child.returncode = os.waitstatus_to_exitcode(status)
+            exits[index] = code
+            if stopping:
+                continue
+            now = time.monotonic()
+            restarts[:] = [t for t in restarts if now - t < _RESTART_WINDOW]
+            if len(restarts) >= _MAX_RESTARTS:
+                _log.error(
+                    "worker %d (pid %d) exited with status %d; not restarted: %d restarts in %g s",
+                    index,
+                    pid,
+                    code,
+                    len(restarts),
+                    _RESTART_WINDOW,
+                )
+                continue
+            restarts.append(now)
+            _log.error("worker %d (pid %d) exited with status %d: restarting it", index, pid, code)
+            os.close(spawn(index))  # it serves as soon as it listens; nobody waits for it
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         for sock in reserved:
             sock.close()
-    ok = len(statuses) == len(children) and all(code == 0 for code in statuses.values())
+        for pid, (_, child) in children.items():  # only after an error in this function
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            child.wait()
+    ok = not failed and len(exits) == config.workers and all(c == 0 for c in exits.values())
     return 0 if ok else 1
