@@ -784,3 +784,51 @@ def test_a_stale_kept_alive_connection_is_retried_on_a_new_one_not_counted_a_fai
             assert post.headers["x-loadbalancer-error"] == "upstream_reset"
 
     run(main)
+
+
+def test_large_bodies_stream_intact_both_ways_with_a_slow_reader() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        lb = balancer([backend])
+        async with proxying(settings(lb)) as proxy:
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(b"GET /chunks?n=300&size=10000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
+            assert in_flight(lb) == 1
+            await asyncio.sleep(0.2)  # a reader slow to start: the proxy must hold back, not fail
+            body = b""
+            while True:
+                size = int((await asyncio.wait_for(raw.reader.readline(), 5)).strip(), 16)
+                chunk = await asyncio.wait_for(raw.reader.readexactly(size + 2), 5)
+                if size == 0:
+                    break
+                body += chunk[:-2]
+            assert body == b"".join(bytes([97 + i % 26]) * 10000 for i in range(300))
+            raw.close()
+        async with proxying(settings(lb)) as proxy, httpx.AsyncClient() as client:
+            upload = bytes(range(256)) * 20000  # 5 MB, with a Content-Length
+            answer = await client.put(url(proxy, "/echo"), content=upload)
+            assert answer.json()["body_length"] == len(upload)
+            assert backend.requests[-1].body == upload
+
+    run(main)
+
+
+def test_the_per_try_timeout_cancels_an_attempt_and_retries_it_elsewhere() -> None:
+    async def main() -> None:
+        hung, good = await started(2)
+        hung.mode = "hang"
+        lb = balancer([hung, good])
+        retry = RetryPolicy(attempts=2, backoff_base=0, per_try_timeout=0.2)
+        async with proxying(settings(lb, retry=retry)) as proxy, httpx.AsyncClient() as client:
+            answers = [await client.get(url(proxy, "/echo")) for _ in range(2)]
+            assert [a.json()["backend"] for a in answers] == ["b1", "b1"]
+            hung_stats = lb.stats()[hung.address]
+            assert hung_stats.failures >= 1  # each cancelled attempt is the hung one's failure
+            assert hung_stats.cancelled == 0
+            lb.replace([hung.address])
+            alone = await client.get(url(proxy, "/echo"))
+            assert alone.status_code == 504
+            assert alone.headers["x-loadbalancer-error"] == "upstream_timeout"
+
+    run(main)

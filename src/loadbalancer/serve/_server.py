@@ -45,6 +45,7 @@ class _ClientConnection(asyncio.Protocol):
         "_current",
         "_fields",
         "_head_bytes",
+        "_head_started",
         "_header_size",
         "_headers_done",
         "_loop",
@@ -78,7 +79,8 @@ class _ClientConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._headers_done = False
         self._state = _IDLE
-        self._since = 0.0
+        self._since = 0.0  # the last read (the body and keep-alive clocks run from it)
+        self._head_started = 0.0  # the current head's first byte (the header clock's start)
         self._timer: asyncio.TimerHandle | None = None
         self._tunnel: Exchange | None = None
         self._tunnel_pending = b""
@@ -130,10 +132,11 @@ class _ClientConnection(asyncio.Protocol):
             return
         if self._stopped:
             return
-        self._since = self._loop.time()
+        now = self._since = self._loop.time()
         if self._state == _IDLE:
             self._state = _HEAD
             self._head_bytes = 0
+            self._head_started = now
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -201,6 +204,7 @@ class _ClientConnection(asyncio.Protocol):
         if self._state != _HEAD:
             self._state = _HEAD
             self._head_bytes = 0
+            self._head_started = self._since
 
     def on_url(self, url: bytes) -> None:
         """The request target (perhaps in pieces)."""
@@ -240,7 +244,7 @@ class _ClientConnection(asyncio.Protocol):
             method,
             self._target,
             http11,
-            self._since,
+            self._head_started,
         )
         exchange.fields = fields = self._fields
         self._current = exchange
@@ -431,7 +435,7 @@ class _ClientConnection(asyncio.Protocol):
             upstream=None,
             attempts=0,
             upstream_time=None,
-            total_time=self._loop.time() - self._since,
+            total_time=self._loop.time() - self._head_started,
             bytes_sent=0,
             outcome="none",
             error=cause,
@@ -467,7 +471,9 @@ class _ClientConnection(asyncio.Protocol):
             if state == _HEAD
             else timeouts.client_body
         )
-        deadline = self._since + limit
+        # The whole head must come within its timeout, however it trickles in (slowloris);
+        # the body and an idle connection, within theirs of the last read.
+        deadline = (self._head_started if state == _HEAD else self._since) + limit
         if now < deadline:
             self._timer = self._loop.call_at(min(deadline, now + step), self._check_timeout)
             return
