@@ -55,6 +55,7 @@ __all__ = [
     "DEFAULT_LISTEN",
     "DEFAULT_MAX_SERVERS",
     "AccessLog",
+    "BudgetSpec",
     "ConfigError",
     "HealthSpec",
     "PoolSpec",
