@@ -832,3 +832,47 @@ def test_the_per_try_timeout_cancels_an_attempt_and_retries_it_elsewhere() -> No
             assert alone.headers["x-loadbalancer-error"] == "upstream_timeout"
 
     run(main)
+
+
+def test_a_404_of_the_proxy_keeps_the_connection_alive() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        proxy_settings = ProxySettings(
+            pools={"p": Pool("p", balancer([backend]))}, routes=(Route("p", host="svc"),)
+        )
+        async with proxying(proxy_settings) as proxy:
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(b"GET /echo HTTP/1.1\r\nHost: other\r\n\r\n")
+            status, fields, _ = await raw.response()
+            assert (status, fields["x-loadbalancer-error"]) == (404, "no_route")
+            assert "connection" not in fields
+            await raw.send(b"GET /echo HTTP/1.1\r\nHost: svc\r\n\r\n")
+            status, _, _ = await raw.response()
+            assert status == 200
+            raw.close()
+            assert proxy.connections <= 1
+
+    run(main)
+
+
+def test_a_retried_status_honours_retry_after_up_to_the_policy_cap() -> None:
+    async def main() -> None:
+        raw_answer = b"HTTP/1.1 503 Busy\r\nRetry-After: 3600\r\nContent-Length: 4\r\n\r\nbusy"
+        server, address = await raw_backend(raw_answer, close=False)
+        (good,) = await started(1)
+        lb = LoadBalancer()
+        lb.replace([address, good.address])
+        retry = RetryPolicy(attempts=2, backoff_base=0, max_retry_after=1.0)
+        try:
+            async with proxying(settings(lb, retry=retry)) as proxy, httpx.AsyncClient() as client:
+                answers = [await client.get(url(proxy, "/echo")) for _ in range(2)]
+                # an hour's pushback is past the cap: no retry, the 503 itself is the answer
+                assert sorted(a.status_code for a in answers) == [200, 503]
+                busy = next(a for a in answers if a.status_code == 503)
+                assert busy.text == "busy"
+                assert "x-loadbalancer-error" not in busy.headers
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main)

@@ -83,6 +83,17 @@ class Client(Protocol):
         """From now on, the client's bytes go raw to ``exchange.tunnel_write``."""
 
 
+def _retry_after(fields: Sequence[tuple[bytes, bytes]]) -> float | None:
+    """A ``Retry-After`` in delay-seconds, or None (an HTTP date is left to the backoff)."""
+    for name, value in fields:
+        if len(name) == 11 and name.lower() == b"retry-after":
+            value = value.strip()
+            if value.isdigit() and len(value) <= 10:
+                return float(value)
+            return None
+    return None
+
+
 def route(routes: Sequence[tuple[str | None, bytes, Pool]], host: str, path: bytes) -> Pool | None:
     """The pool of the first route matching ``host`` (lower-case, no port) and ``path``."""
     for want, prefix, pool in routes:
@@ -331,6 +342,9 @@ class Exchange:
             status = answer.status
             ok = status not in pool.failure_statuses
             if status in pool.retry_statuses and self.body_intact and self._after_send():
+                pushback = _retry_after(answer.fields)
+                if pushback is not None:  # the server's own wait replaces the backoff
+                    return Verdict(ok, retry=True, retry_after=pushback)
                 return _RETRY_SUCCESS if ok else _RETRY_FAILURE
             return _SUCCESS if ok else _FAILURE
         if isinstance(error, ConnectFailedError):

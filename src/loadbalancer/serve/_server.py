@@ -267,8 +267,8 @@ class _ClientConnection(asyncio.Protocol):
         if exchange.error_status and exchange.error_status != 404:
             exchange.close = True
         self._queue.append(exchange)
-        if len(self._queue) == 1:
-            exchange.start()
+        if len(self._queue) == 1 and not (exchange.error_status and not exchange.close):
+            exchange.start()  # a refusal that keeps the connection waits for the body's end
         elif len(self._queue) > _MAX_QUEUE:
             self.read_paused(True)
         if exchange.close and exchange.error_status:
@@ -324,6 +324,9 @@ class _ClientConnection(asyncio.Protocol):
         self._state = _BUSY if self._queue else _IDLE
         if exchange is not None:
             exchange.request_end()
+            queue = self._queue
+            if exchange.error_status and queue and queue[0] is exchange and not exchange.done:
+                exchange.start()
 
     # -- what the exchanges ask of the connection ---------------------------------------------
 
