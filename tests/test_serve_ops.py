@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -690,3 +691,60 @@ def test_a_worker_that_dies_is_restarted_on_the_same_port(serve: Any, pool: list
             assert client.get(f"http://127.0.0.1:{port}/items/1").status_code == 200
     proxy.signal(signal.SIGTERM)
     assert proxy.wait() == 0  # the replacement exited 0: the crash is history
+
+
+def _run_serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "loadbalancer.cli", "serve", *LOOP, *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+
+
+@needs_engine
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_one_line_and_status_1(workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run_serve(
+            "--listen", f"127.0.0.1:{port}", "--backend", "127.0.0.1:9", "--workers", workers
+        )
+    assert done.returncode == 1
+    assert done.stderr.startswith("loadbalancer serve: error: cannot listen: ")
+    assert done.stderr.count("\n") == 1
+
+
+@needs_engine
+def test_an_access_log_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "access.log"
+    done = _run_serve(
+        "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:9", "--access-log", str(missing)
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"loadbalancer serve: error: log.access: cannot open {missing}: No such file or directory\n"
+    )
+
+
+@needs_engine
+def test_a_pool_follows_its_discovery_file(serve: Any, pool: list[Backend], tmp_path: Path) -> None:
+    a, b, _ = pool
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps([a.address]))
+    config = tmp_path / "proxy.toml"
+    config.write_text(f'[pools.web]\ndiscovery = "{inventory.as_uri()}"\n')
+    proxy = serve("--config", str(config), "--listen", "127.0.0.1:0", "--access-log", "off")
+    port, _ = proxy.ports()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        assert _backend_of(client.get("/items/1")) == a.name
+        inventory.write_text(json.dumps([b.address]))  # no SIGHUP: the source sees it
+        deadline = time.monotonic() + WAIT
+        while _backend_of(client.get("/items/1")) != b.name:
+            assert time.monotonic() < deadline, "the new membership never arrived"
+        assert {_backend_of(client.get("/items/1")) for _ in range(10)} == {b.name}
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait() == 0

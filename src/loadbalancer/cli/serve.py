@@ -151,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from ..serve import _run
+    from ..serve._config import ConfigError
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("loadbalancer serve: %(levelname)s %(message)s"))
@@ -166,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
             ready_fd=args.worker_ready_fd,
             loop=args.loop,
         )
+    except ConfigError as error:  # found only when it runs (the access log's file)
+        raise CommandError(str(error)) from None
     except ImportError as error:  # the engine, or one of its dependencies
         raise CommandError(f"{error}: {_EXTRA}") from None
     except OSError as error:

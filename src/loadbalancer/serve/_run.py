@@ -114,7 +114,10 @@ class AccessLogWriter:
         if target == "stdout":
             self._fd = sys.stdout.fileno()
         else:
-            self._file = open(target, "ab")  # noqa: SIM115 - closed by close()
+            try:
+                self._file = open(target, "ab")  # noqa: SIM115 - closed by close()
+            except OSError as error:
+                raise ConfigError("log.access", f"cannot open {target}: {error.strerror}") from None
             self._fd = self._file.fileno()
         self._lines: list[bytes] = []
         self._scheduled = False
