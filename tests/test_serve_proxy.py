@@ -876,3 +876,26 @@ def test_a_retried_status_honours_retry_after_up_to_the_policy_cap() -> None:
             await server.wait_closed()
 
     run(main)
+
+
+def test_a_retried_answer_whose_body_stalls_is_still_answered_whole() -> None:
+    async def main() -> None:
+        # Alone in its pool, a 503 is set aside for a retry that finds no other server, and
+        # is then the answer: its body never ends, so it goes out empty, framed as such.
+        server, address = await raw_backend(
+            b"HTTP/1.1 503 Busy\r\nContent-Length: 10\r\n\r\nabcd", close=False
+        )
+        lb = LoadBalancer()
+        lb.replace([address])
+        try:
+            async with proxying(settings(lb)) as proxy, httpx.AsyncClient() as client:
+                answer = await client.get(url(proxy, "/"), timeout=5)
+                assert answer.status_code == 503
+                assert answer.content == b""
+                assert lb.stats()[address].failures == 1
+                assert in_flight(lb) == 0
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main)

@@ -364,7 +364,7 @@ class Exchange:
         """Read a retried answer's body, so that its connection goes back to the pool."""
         if self.sink is result.conn:
             self.sink = None
-        return await result.buffer(SET_ASIDE_LIMIT, 1.0)
+        return await result.buffer(SET_ASIDE_LIMIT, 1.0, self.body_complete)
 
     def discard(self, result: Answer) -> None:
         """An answer that will never be sent: its connection is closed."""

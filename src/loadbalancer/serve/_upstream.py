@@ -164,24 +164,28 @@ class Answer:
         if conn is not None:
             conn.abort()
 
-    async def buffer(self, limit: int, timeout: float) -> Answer:
+    async def buffer(self, limit: int, timeout: float, request_complete: bool = True) -> Answer:
         """Read the whole body (a retried answer's), so its connection can go back; past
-        ``limit`` bytes or ``timeout`` seconds the connection is closed and the body dropped."""
+        ``limit`` bytes or ``timeout`` seconds the connection is closed and the body dropped
+        (should this answer still be sent, it goes with an empty body)."""
         if not self.complete and self.conn is not None:
             self.ended = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait_for(asyncio.shield(self.ended), timeout)
             except (asyncio.TimeoutError, UpstreamError):
-                self.body = []
+                pass
             except BaseException:
                 self.abort()
                 raise
-        if sum(map(len, self.body)) > limit or not self.complete:
-            self.body = []
+        if not self.complete or sum(map(len, self.body)) > limit:
             self.abort()
+            self.body = []
+            self.complete = True
+            self.length = 0  # framed as what is kept: nothing
+            self.chunked = self.until_close = False
         conn = self.conn
         if conn is not None:
-            conn.finished(self)
+            conn.finished(self, request_complete)
         return self
 
 
