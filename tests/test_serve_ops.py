@@ -748,3 +748,26 @@ def test_a_pool_follows_its_discovery_file(serve: Any, pool: list[Backend], tmp_
         assert {_backend_of(client.get("/items/1")) for _ in range(10)} == {b.name}
     proxy.signal(signal.SIGTERM)
     assert proxy.wait() == 0
+
+
+@needs_engine
+def test_every_listener_serves_every_route(serve: Any, pool: list[Backend]) -> None:
+    a, _, _ = pool
+    proxy = serve(
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        a.address,
+        "--access-log",
+        "off",
+    )
+    line = proxy.wait_line("listening on")[0]
+    ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", line)]
+    assert len(set(ports)) == 2
+    with httpx.Client(timeout=10) as client:
+        for port in ports:
+            assert _backend_of(client.get(f"http://127.0.0.1:{port}/items/1")) == a.name
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait() == 0
