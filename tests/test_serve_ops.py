@@ -524,27 +524,45 @@ def _worker_pids_seen(proxy: Serve) -> set[int]:
 @needs_engine
 def test_two_workers_serve_on_one_port(serve: Any, pool: list[Backend]) -> None:
     a, _, _ = pool
-    proxy = serve("--listen", "127.0.0.1:0", "--backend", a.address, "--workers", "2")
+    proxy = serve(
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        a.address,
+        "--workers",
+        "2",
+        "--admin",
+        "127.0.0.1:0",
+    )
     line = proxy.wait_line("2 workers listening on")[0]
     found = re.search(r"listening on \S+?:(\d+) \(pid (\d+)\)", line)
     assert found is not None, line
     port, parent = int(found[1]), int(found[2])
-    workers = {
-        int(pid)
-        for w in proxy.wait_line("listening on", count=3)  # the parent's line, and each worker's
-        for pid in re.findall(r"\(pid (\d+),", w)
-    }
+    lines = [w for w in proxy.wait_line("listening on", count=3) if "(pid " in w and " loop)" in w]
+    workers = {int(pid) for w in lines for pid in re.findall(r"\(pid (\d+),", w)}
+    admins = [int(p) for w in lines for p in re.findall(r"admin on http://127\.0\.0\.1:(\d+)/", w)]
     assert len(workers) == 2
     assert parent not in workers
+    assert len(set(admins)) == 2  # one admin listener per worker
     # New connections spread across both workers (the kernel's SO_REUSEPORT hash): each
     # request on a connection of its own, until both have answered (2**-40 to fail by chance).
+    sent = 0
     with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as client:
         for i in range(40):
             assert client.get(f"http://127.0.0.1:{port}/items/1").status_code == 200
+            sent += 1
             proxy.wait_line('"pid"', stream="stdout", count=i + 1)
             if len(_worker_pids_seen(proxy)) == 2:
                 break
     assert _worker_pids_seen(proxy) == workers
+    # Each worker has its own balancer: each counts only the requests it served.
+    counts = []
+    for admin in admins:
+        document = json.loads(_get(admin, "/status.json")[2])
+        (server,) = document["pools"]["default"]["servers"]
+        counts.append(server["requests"])
+    assert sum(counts) == sent
+    assert min(counts) >= 1
     proxy.signal(signal.SIGTERM)
     assert proxy.wait() == 0
 
