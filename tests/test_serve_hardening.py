@@ -466,3 +466,28 @@ def test_connections_past_the_limit_wait_until_one_closes() -> None:
             second.close()
 
     run(main)
+
+
+def test_a_client_that_stops_reading_is_cut_off_with_no_outcome_for_the_server() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        # The upstream read timeout is shorter than the client's: a server held back by a
+        # client that does not read must not time out for it.
+        timeouts = Timeouts(client_body=1.0, upstream_read=0.3)
+        async with proxy_for(backend, timeouts=timeouts) as (proxy, lb):
+            raw = await RawClient.connect(proxy.port)
+            raw.writer.transport.pause_reading()  # never read: the proxy's buffer fills
+            sock = raw.writer.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await raw.send(b"GET /chunks?n=2000&size=10000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 8
+            while sum(s.in_flight for s in lb.stats().values()) == 0 and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            while sum(s.in_flight for s in lb.stats().values()) and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            stats = lb.stats()[backend.address]
+            assert (stats.in_flight, stats.failures, stats.cancelled) == (0, 0, 1)
+            raw.close()
+
+    run(main)

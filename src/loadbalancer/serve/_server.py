@@ -62,6 +62,7 @@ class _ClientConnection(asyncio.Protocol):
         "_tunnel",
         "_tunnel_pending",
         "_write_paused",
+        "_write_paused_at",
         "closed",
         "draining",
         "peer",
@@ -88,6 +89,7 @@ class _ClientConnection(asyncio.Protocol):
         self._header_size = 0
         self._read_paused = False
         self._write_paused = False
+        self._write_paused_at = 0.0
         self._paused = False
         self._stopped = False  # refused or closing: no byte more is read
         self.closed = False
@@ -184,6 +186,7 @@ class _ClientConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         """The client reads slower than the upstream answers: stop reading the upstream."""
         self._write_paused = True
+        self._write_paused_at = self._loop.time()
         if self._queue:
             self._queue[0].client_paused(True)
 
@@ -465,6 +468,15 @@ class _ClientConnection(asyncio.Protocol):
         now = self._loop.time()
         step = min(timeouts.client_header, timeouts.client_body, timeouts.keepalive)
         if self._tunnel is not None or state == _BUSY:
+            if self._write_paused:
+                # A client that stops reading its answer (nginx's send_timeout): the body
+                # timeout bounds how long it may hold the upstream back.
+                stalled = self._write_paused_at + timeouts.client_body
+                if now >= stalled:
+                    self.abort()
+                    return
+                self._timer = self._loop.call_at(min(stalled, now + step), self._check_timeout)
+                return
             self._timer = self._loop.call_at(now + step, self._check_timeout)
             return
         limit = (

@@ -197,6 +197,7 @@ class Connection(asyncio.Protocol):
         "_answer",
         "_fields",
         "_head_request",
+        "_held_back",
         "_keep_alive",
         "_last_read",
         "_loop",
@@ -225,6 +226,7 @@ class Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[Answer] | None = None
         self._fields: list[tuple[bytes, bytes]] = []
         self._head_request = False
+        self._held_back = False  # reading paused for a slow client: no read timeout then
         self._keep_alive = True
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -435,8 +437,12 @@ class Connection(asyncio.Protocol):
             return  # idle: the pool's own age limit applies
         if self._answer is not None and self._answer.tunnel:
             return  # a tunnel has no read timeout: either side may stay quiet
-        deadline = self._last_read + self.read_timeout
         now = self._loop.time()
+        if self._held_back:
+            # Not reading is the slow client's doing, not the server's: no timeout for it.
+            self._timer = self._loop.call_at(now + self.read_timeout, self._check_read)
+            return
+        deadline = self._last_read + self.read_timeout
         if now < deadline:
             self._timer = self._loop.call_at(deadline, self._check_read)
             return
@@ -445,11 +451,13 @@ class Connection(asyncio.Protocol):
     def pause_reading(self, paused: bool) -> None:
         """Stop (or restart) reading the response: the client reads slower than it comes."""
         transport = self.transport
-        if transport is None or self.closed:
+        if transport is None or self.closed or paused == self._held_back:
             return
+        self._held_back = paused
         if paused:
             transport.pause_reading()
         else:
+            self._last_read = self._loop.time()  # the read clock restarts with reading
             transport.resume_reading()
 
     def finished(self, answer: Answer, request_complete: bool = True) -> None:
