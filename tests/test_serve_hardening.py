@@ -476,7 +476,9 @@ def test_a_client_that_stops_reading_is_cut_off_with_no_outcome_for_the_server()
         timeouts = Timeouts(client_body=1.0, upstream_read=0.3)
         async with proxy_for(backend, timeouts=timeouts) as (proxy, lb):
             raw = await RawClient.connect(proxy.port)
-            raw.writer.transport.pause_reading()  # never read: the proxy's buffer fills
+            transport = raw.writer.transport
+            assert isinstance(transport, asyncio.Transport)  # the default loop's, here
+            transport.pause_reading()  # never read: the proxy's buffer fills
             sock = raw.writer.transport.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             await raw.send(b"GET /chunks?n=2000&size=10000 HTTP/1.1\r\nHost: x\r\n\r\n")
