@@ -406,6 +406,11 @@ BAD = [
         "pools.web.hedging.delay: missing",
     ),
     (
+        '[pools.web]\nservers = ["a:1"]\nsticky = { header = "X-User" }\n',
+        "pools.web.sticky: applies only to the hashing strategies (ring_hash, maglev, rendezvous), "
+        "not round_robin",
+    ),
+    (
         '[pools.web]\nservers = ["a:1"]\nsticky = {}\n',
         "pools.web.sticky: set header or cookie",
     ),

@@ -303,6 +303,7 @@ _POOL_KEYS = (
     "sticky",
     "strategy",
 )
+_HASHING = ("ring_hash", "maglev", "rendezvous")  # the strategies a sticky key means anything to
 _RETRY_FIELDS = ("attempts", "backoff_base", "backoff_max", "max_retry_after", "per_try_timeout")
 _HEALTH_KEYS = (
     "expect",
@@ -471,6 +472,12 @@ def _pool(name: str, value: object, path: str) -> PoolSpec:
             table.path("slow_start"),
             f"does not apply to {strategy.name}: it ignores weights or pins keys to servers",
         )
+    sticky = table.get("sticky", _sticky, None)
+    if sticky is not None and strategy.name not in _HASHING:
+        raise ConfigError(
+            table.path("sticky"),
+            f"applies only to the hashing strategies ({', '.join(_HASHING)}), not {strategy.name}",
+        )
     retry, retry_statuses, non_idempotent = table.get(
         "retry", _retry, (RetryPolicy(), frozenset({502, 503, 504}), False)
     )
@@ -491,7 +498,7 @@ def _pool(name: str, value: object, path: str) -> PoolSpec:
         failure_statuses=table.get("failure_statuses", _as_statuses, frozenset(range(500, 600))),
         retry_non_idempotent=non_idempotent,
         hedging=table.get("hedging", _hedging, None),
-        sticky=table.get("sticky", _sticky, None),
+        sticky=sticky,
         health=table.get("health", _health, None),
     )
 

@@ -8,7 +8,8 @@ admin listener, writes the access log, and answers signals:
 * ``SIGHUP``: reload the configuration file. New requests use the new pools and routes;
   connections are untouched; pools that stay keep their balancers (see ``Upstreams``). A bad
   file is logged on one line and the old settings stay. Listeners, the admin address, the
-  access log and ``workers`` are fixed at start: a change to them is logged and ignored.
+  access log and ``workers`` are fixed at start: a change to them is logged and ignored
+  (``log.level`` does change).
 
 With ``workers > 1`` the parent reserves each listening port (a socket bound with
 ``SO_REUSEPORT`` but never listening, so the kernel gives it no connection) and starts that
@@ -322,6 +323,7 @@ class _Worker:
                 )
             for proxy in self.proxies:
                 proxy.reload(settings)
+            logging.getLogger("loadbalancer").setLevel(config.log_level.upper())
             self.config = config
             _log.info(
                 "reloaded: pools %s, %d routes",
