@@ -151,6 +151,8 @@ class AccessLogWriter:
             self._write(bytes(chunk))
 
     def _write(self, data: bytes) -> None:
+        if self._fd < 0:
+            return
         view = memoryview(data)
         while view:
             try:
@@ -159,7 +161,8 @@ class AccessLogWriter:
                 select.select([], [self._fd], [], 1.0)
                 continue
             except OSError as error:  # a closed stdout: the log is lost, not the proxy
-                _log.warning("access log: %s; lines dropped", error.strerror or error)
+                _log.error("access log: %s; no more lines are written", error.strerror or error)
+                self._fd = -1
                 return
             view = view[written:]
 
