@@ -899,3 +899,35 @@ def test_a_retried_answer_whose_body_stalls_is_still_answered_whole() -> None:
             await server.wait_closed()
 
     run(main)
+
+
+def test_drain_answers_every_pipelined_request_already_read_the_last_closing() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        lb = balancer([backend])
+        server = ProxyServer(settings(lb))
+        await server.start("127.0.0.1", 0)
+        raw = await RawClient.connect(server.port)
+        idle = await RawClient.connect(server.port)
+        await raw.send(
+            b"GET /sse?n=2 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /echo/2 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /echo/3 HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        await asyncio.wait_for(raw.reader.readuntil(b"data: 0\n\n"), 5)
+        draining = asyncio.ensure_future(server.drain(5.0))
+        assert await idle.closed()  # an idle keep-alive connection is closed at once
+        backend.gate.set()
+        await asyncio.wait_for(raw.reader.readuntil(b"0\r\n\r\n"), 5)  # the stream's end
+        second = await raw.response()
+        third = await raw.response()
+        assert (second[0], third[0]) == (200, 200)
+        assert "connection" not in second[1]
+        assert third[1]["connection"] == "close"
+        assert await raw.closed()
+        raw.close()
+        idle.close()
+        await asyncio.wait_for(draining, 5)
+        assert lb.stats()[backend.address].successes == 3
+
+    run(main)

@@ -67,6 +67,9 @@ class Client(Protocol):
     def write(self, data: bytes) -> None:
         """Send bytes to the client."""
 
+    def last(self, exchange: Exchange) -> bool:
+        """True if no request is queued or being read behind ``exchange``."""
+
     def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
         """The response's last byte is written: on to the next request, or close."""
 
@@ -381,7 +384,9 @@ class Exchange:
         self.status = answer.status
         head = self.head
         assert head is not None
-        close = self.close or head.close or self.client.draining
+        client = self.client
+        # Draining: the requests already read are answered, and the last one closes.
+        close = self.close or head.close or (client.draining and client.last(self))
         tunnel = answer.tunnel and head.upgrade is not None
         length = answer.length
         chunked = False
@@ -563,7 +568,7 @@ class Exchange:
             or head.close
             or head.upgrade is not None
             or not self.body_complete
-            or self.client.draining
+            or (self.client.draining and self.client.last(self))
         )
         self.close = close
         body = error_response(status, cause, close=close, head_only=self.method == b"HEAD")

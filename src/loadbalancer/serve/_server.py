@@ -339,12 +339,21 @@ class _ClientConnection(asyncio.Protocol):
         if transport is not None and not self.closed:
             transport.write(data)
 
+    def last(self, exchange: Exchange) -> bool:
+        """True if no request is queued or being read behind ``exchange``."""
+        queue = self._queue
+        return (not queue or queue[-1] is exchange) and self._current in (None, exchange)
+
     def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
         """The oldest request is answered: the next one goes, or the connection closes."""
         queue = self._queue
         if queue and queue[0] is exchange:
             queue.popleft()
-        if not keep_alive or exchange.close or self.draining:
+        if (
+            not keep_alive
+            or exchange.close
+            or (self.draining and not queue and self._current is None and self._state != _HEAD)
+        ):
             self._close_after_write()
             return
         if self._read_paused and len(queue) <= _MAX_QUEUE:
@@ -580,7 +589,10 @@ class ProxyServer:
             self._server.close()
         for conn in list(self._connections):
             conn.draining = True
-            if not conn._queue and conn._current is None and conn._tunnel is None:
+            # Idle (or never read, past the limit): closed now. A head half read is a
+            # request begun: it is answered first, bounded by the header timeout.
+            idle = conn._state == _IDLE and not conn._queue and conn._current is None
+            if conn in self._waiting or (idle and conn._tunnel is None):
                 conn._close_after_write()
         if self._connections:
             self._all_closed = asyncio.Event()
