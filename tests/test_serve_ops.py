@@ -789,3 +789,55 @@ def test_every_listener_serves_every_route(serve: Any, pool: list[Backend]) -> N
             assert _backend_of(client.get(f"http://127.0.0.1:{port}/items/1")) == a.name
     proxy.signal(signal.SIGTERM)
     assert proxy.wait() == 0
+
+
+def _balancers_in_metrics(admin: int) -> set[str]:
+    scrape = _get(admin, "/metrics")[2].decode()
+    return {
+        s.labels["balancer"]
+        for f in text_string_to_metric_families(scrape)
+        if f.name == "loadbalancer_membership_size"
+        for s in f.samples
+    }
+
+
+@needs_engine
+def test_the_admin_listener_follows_pools_across_reloads(
+    serve: Any, pool: list[Backend], tmp_path: Path
+) -> None:
+    a, b, _ = pool
+    config = tmp_path / "proxy.toml"
+    _write_config(config, [a])
+    proxy = serve(
+        "--config",
+        str(config),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--access-log",
+        "off",
+    )
+    port, admin = proxy.ports()
+    assert admin is not None
+    assert _balancers_in_metrics(admin) == {"web"}
+    two_pools = (
+        config.read_text()
+        + f'[pools.extra]\nservers = ["{b.address}"]\n'
+        + '[[routes]]\npath_prefix = "/items/9"\npool = "extra"\n[[routes]]\npool = "web"\n'
+    )
+    config.write_text(two_pools)
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_line("reloaded: pools web, extra")
+    assert _balancers_in_metrics(admin) == {"web", "extra"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        assert _backend_of(client.get("/items/9")) == b.name
+        assert _backend_of(client.get("/items/1")) == a.name
+    status = json.loads(_get(admin, "/status.json")[2])["pools"]
+    assert status["extra"]["servers"][0]["requests"] == 1
+    config.write_text(f'[pools.extra]\nservers = ["{b.address}"]\n')
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_line("reloaded: pools extra,")
+    assert _balancers_in_metrics(admin) == {"extra"}
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait() == 0
