@@ -17,6 +17,8 @@ records every request (method, target, fields, body), and serves:
     ``backend.sse_sent`` counts the events written.
 ``/hang``
     Reads the request, never answers.
+``/slow?ms=M``
+    Answers like ``/echo`` after M milliseconds (a slow server, not a synchronisation).
 ``/ws``
     An upgrade: 101, then echoes raw bytes back until the client closes.
 
@@ -172,6 +174,8 @@ class AsyncBackend:
         if self.mode == "hang" or path == "/hang":
             await reader.read()  # until the proxy gives up and closes
             return False
+        if path == "/slow":
+            await asyncio.sleep(int(params.get("ms", "100")) / 1000)
         if self.mode == "fail503":
             body = b"overloaded"
             send(h11.Response(status_code=503, headers=[*head, ("Content-Length", "10")]))

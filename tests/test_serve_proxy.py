@@ -931,3 +931,46 @@ def test_drain_answers_every_pipelined_request_already_read_the_last_closing() -
         assert lb.stats()[backend.address].successes == 3
 
     run(main)
+
+
+def test_idle_upstream_connections_are_capped_per_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loadbalancer.serve import _upstream
+
+    monkeypatch.setattr(_upstream, "MAX_IDLE_PER_SERVER", 2)
+
+    async def main() -> None:
+        (backend,) = await started(1)
+        async with proxying(settings(balancer([backend]))) as proxy:
+            async with httpx.AsyncClient(limits=httpx.Limits(max_connections=6)) as client:
+
+                async def burst() -> None:
+                    answers = await asyncio.gather(
+                        *(client.get(url(proxy, f"/slow?ms=200&i={i}")) for i in range(6))
+                    )
+                    assert [a.status_code for a in answers] == [200] * 6
+
+                await burst()
+                assert backend.connections == 6  # six at once: six connections
+                await burst()
+                # two were kept idle and reused; the other four closed, so four are new
+                assert backend.connections == 10
+
+    run(main)
+
+
+def test_an_endless_upstream_head_is_502_upstream_invalid() -> None:
+    async def main() -> None:
+        fields = b"".join(b"X-%d: v\r\n" % i for i in range(300))
+        server, address = await raw_backend(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n")
+        lb = LoadBalancer()
+        lb.replace([address])
+        try:
+            async with proxying(settings(lb)) as proxy, httpx.AsyncClient() as client:
+                answer = await client.get(url(proxy, "/"))
+                assert answer.status_code == 502
+                assert answer.headers["x-loadbalancer-error"] == "upstream_invalid"
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main)

@@ -35,6 +35,12 @@ __all__ = [
 MAX_IDLE_PER_SERVER = 64
 """Idle keep-alive connections kept per upstream server; more are closed when they finish."""
 
+MAX_RESPONSE_HEAD = 1024 * 1024
+"""Bytes an upstream may send before its response head is complete."""
+
+MAX_RESPONSE_FIELDS = 256
+"""Fields an upstream's response head may have: a server is trusted, not without bound."""
+
 IDLE_SECONDS = 30.0
 """An idle upstream connection older than this is closed (below most servers' own limits,
 uvicorn's 5 s aside, whose closing is seen at once)."""
@@ -196,6 +202,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "_answer",
         "_fields",
+        "_head_bytes",
         "_head_request",
         "_held_back",
         "_keep_alive",
@@ -226,6 +233,7 @@ class Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[Answer] | None = None
         self._fields: list[tuple[bytes, bytes]] = []
         self._head_request = False
+        self._head_bytes = 0
         self._held_back = False  # reading paused for a slow client: no read timeout then
         self._keep_alive = True
         self._last_read = 0.0
@@ -260,9 +268,15 @@ class Connection(asyncio.Protocol):
             else:
                 answer.body.append(data)
             return
-        if self._waiter is None and (answer is None or answer.complete):
-            self.abort()  # unasked-for bytes: the framing is in doubt
-            return
+        if self._waiter is None:
+            if answer is None or answer.complete:
+                self.abort()  # unasked-for bytes: the framing is in doubt
+                return
+        else:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_RESPONSE_HEAD:  # llhttp would buffer a field whole
+                self._fail(UpstreamInvalidError(f"{self.server} sent an endless head"))
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -319,8 +333,11 @@ class Connection(asyncio.Protocol):
         self._name += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """One response field."""
-        self._fields.append((name, value))
+        """One response field (a head past ``MAX_RESPONSE_FIELDS`` is refused)."""
+        fields = self._fields
+        fields.append((name, value))
+        if len(fields) > MAX_RESPONSE_FIELDS:
+            raise UpstreamInvalidError(f"{self.server} sent over {MAX_RESPONSE_FIELDS} fields")
 
     def on_headers_complete(self) -> None:
         """The head is in: make the answer, framed as the fields say."""
@@ -414,6 +431,7 @@ class Connection(asyncio.Protocol):
         """Write a request head (and what body there is); the future gets the answer's head."""
         assert self.transport is not None
         self._answer = None
+        self._head_bytes = 0
         self._head_request = head_request
         self.read_timeout = read_timeout
         waiter = self._waiter = self._loop.create_future()
@@ -498,9 +516,9 @@ class UpstreamPool:
 
     __slots__ = ("_idle", "_sweeper", "connections", "loop", "max_idle", "senders")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_idle: int = MAX_IDLE_PER_SERVER):
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_idle: int | None = None) -> None:
         self.loop = loop
-        self.max_idle = max_idle
+        self.max_idle = MAX_IDLE_PER_SERVER if max_idle is None else max_idle
         self._idle: dict[str, list[Connection]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self.connections = 0  # ever opened: tests and stats count reuse with it
