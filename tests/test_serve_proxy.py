@@ -940,20 +940,21 @@ def test_idle_upstream_connections_are_capped_per_server(monkeypatch: pytest.Mon
 
     async def main() -> None:
         (backend,) = await started(1)
-        async with proxying(settings(balancer([backend]))) as proxy:
-            async with httpx.AsyncClient(limits=httpx.Limits(max_connections=6)) as client:
+        limits = httpx.Limits(max_connections=6)
+        proxied = proxying(settings(balancer([backend])))
+        async with proxied as proxy, httpx.AsyncClient(limits=limits) as client:
 
-                async def burst() -> None:
-                    answers = await asyncio.gather(
-                        *(client.get(url(proxy, f"/slow?ms=200&i={i}")) for i in range(6))
-                    )
-                    assert [a.status_code for a in answers] == [200] * 6
+            async def burst() -> None:
+                answers = await asyncio.gather(
+                    *(client.get(url(proxy, f"/slow?ms=200&i={i}")) for i in range(6))
+                )
+                assert [a.status_code for a in answers] == [200] * 6
 
-                await burst()
-                assert backend.connections == 6  # six at once: six connections
-                await burst()
-                # two were kept idle and reused; the other four closed, so four are new
-                assert backend.connections == 10
+            await burst()
+            assert backend.connections == 6  # six at once: six connections
+            await burst()
+            # two were kept idle and reused; the other four closed, so four are new
+            assert backend.connections == 10
 
     run(main)
 
