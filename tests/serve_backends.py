@@ -73,6 +73,7 @@ class AsyncBackend:
         self.gate = asyncio.Event()
         self.sse_sent = 0
         self.dropped = 0  # requests met with a reset in mode "once"
+        self._closing = False
         self.arrived = asyncio.Event()  # set on every request's arrival
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -93,6 +94,9 @@ class AsyncBackend:
     async def kill(self) -> None:
         """Stop at once: the listener closes, every connection is aborted."""
         server, self._server = self._server, None
+        self._closing = True
+        self.gate.set()  # a stream waiting for its next event ends (never cancelled: 3.11's
+        # start_server logs an error for every handler task cancelled at shutdown)
         if server is not None:
             server.close()
         for writer in list(self._writers):
@@ -213,6 +217,8 @@ class AsyncBackend:
             for i in range(n):
                 if i:
                     await self.gate.wait()
+                    if self._closing:
+                        return False
                     self.gate.clear()
                 send(h11.Data(data=b"data: %d\n\n" % i))
                 await writer.drain()

@@ -975,3 +975,50 @@ def test_an_endless_upstream_head_is_502_upstream_invalid() -> None:
             await server.wait_closed()
 
     run(main)
+
+
+def test_a_mixed_load_leaves_nothing_in_flight_and_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        backends = await started(3)
+        lb = balancer(backends, retry_budget=RetryBudget(ratio=0.5, reserve=100))
+        proxy_settings = settings(lb, retry=RetryPolicy(attempts=3, backoff_base=0.001))
+        async with proxying(proxy_settings) as proxy:
+            statuses: list[int] = []
+            connector = aiohttp.TCPConnector(limit=30)
+            async with aiohttp.ClientSession(connector=connector) as session:
+
+                async def one(i: int) -> None:
+                    kind = i % 5
+                    if kind == 0:
+                        async with session.get(url(proxy, f"/echo/{i}")) as r:
+                            await r.read()
+                            statuses.append(r.status)
+                    elif kind == 1:
+                        async with session.post(url(proxy, "/echo"), data=b"x" * (i * 97)) as r:
+                            assert (await r.json())["body_length"] == i * 97
+                            statuses.append(r.status)
+                    elif kind == 2:
+                        async with session.get(url(proxy, "/chunks?n=20&size=500")) as r:
+                            assert len(await r.read()) == 10_000
+                            statuses.append(r.status)
+                    elif kind == 3:
+                        async with session.get(url(proxy, "/status/404")) as r:
+                            statuses.append(r.status)
+                    else:  # a client that leaves mid-stream
+                        raw = await RawClient.connect(proxy.port)
+                        await raw.send(b"GET /sse?n=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+                        await asyncio.wait_for(raw.reader.readuntil(b"data: 0\n\n"), 5)
+                        raw.close()
+
+                await asyncio.gather(*(one(i) for i in range(400)))
+            assert statuses.count(200) + statuses.count(404) == len(statuses) == 320
+            await wait_for(lambda: in_flight(lb) == 0)
+            stats = lb.stats().values()
+            assert sum(s.failures for s in stats) == 0
+            assert sum(s.cancelled for s in stats) == 80  # the streams left mid-way
+
+    run(main)
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert errors == []
