@@ -1022,3 +1022,24 @@ def test_a_mixed_load_leaves_nothing_in_flight_and_logs_no_error(
     run(main)
     errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
     assert errors == []
+
+
+def test_drain_answers_a_request_sent_on_an_idle_connection_just_as_it_begins() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        lb = balancer([backend])
+        server = ProxyServer(settings(lb))
+        await server.start("127.0.0.1", 0)
+        raw = await RawClient.connect(server.port)
+        await raw.send(b"GET /echo/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await raw.response())[0] == 200  # no Connection: close: the client may go on
+        draining = asyncio.ensure_future(server.drain(5.0))
+        await asyncio.sleep(0)  # the drain has begun
+        await raw.send(b"GET /echo/2 HTTP/1.1\r\nHost: x\r\n\r\n")  # the close race
+        status, fields, _ = await raw.response()
+        assert (status, fields["connection"]) == (200, "close")
+        assert await raw.closed()
+        raw.close()
+        await asyncio.wait_for(draining, 5)
+
+    run(main)

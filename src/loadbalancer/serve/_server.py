@@ -29,6 +29,9 @@ __all__ = ["ProxyServer"]
 _IDLE, _HEAD, _BODY, _BUSY = 0, 1, 2, 3  # what a client connection is waiting for
 _MAX_QUEUE = 64  # pipelined requests waiting past which reading stops
 
+DRAIN_IDLE_GRACE = 0.5
+"""Seconds an idle connection stays open once a drain begins, for a request already sent."""
+
 
 def _peer(transport: asyncio.BaseTransport) -> str:
     peer = transport.get_extra_info("peername")
@@ -349,12 +352,8 @@ class _ClientConnection(asyncio.Protocol):
         queue = self._queue
         if queue and queue[0] is exchange:
             queue.popleft()
-        if (
-            not keep_alive
-            or exchange.close
-            or (self.draining and not queue and self._current is None and self._state != _HEAD)
-        ):
-            self._close_after_write()
+        if not keep_alive or exchange.close:
+            self._close_after_write()  # the client was told (Connection: close), or must be
             return
         if self._read_paused and len(queue) <= _MAX_QUEUE:
             self.read_paused(False)
@@ -363,6 +362,17 @@ class _ClientConnection(asyncio.Protocol):
         elif self._current is None:
             self._state = _IDLE
             self._since = self._loop.time()
+            if self.draining:
+                self.drain_idle()
+
+    def drain_idle(self) -> None:
+        """Draining, and idle: closed after ``DRAIN_IDLE_GRACE`` with no request. Not at
+        once: a client told nothing (its last response went out before the drain began)
+        may be sending its next request just now (RFC 9112 9.3.1's close race); that one is
+        answered, with Connection: close."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(self._since + DRAIN_IDLE_GRACE, self._check_timeout)
 
     def read_paused(self, paused: bool) -> None:
         """Stop (or restart) reading the client."""
@@ -489,7 +499,7 @@ class _ClientConnection(asyncio.Protocol):
             self._timer = self._loop.call_at(now + step, self._check_timeout)
             return
         limit = (
-            timeouts.keepalive
+            (min(timeouts.keepalive, DRAIN_IDLE_GRACE) if self.draining else timeouts.keepalive)
             if state == _IDLE
             else timeouts.client_header
             if state == _HEAD
@@ -589,11 +599,14 @@ class ProxyServer:
             self._server.close()
         for conn in list(self._connections):
             conn.draining = True
-            # Idle (or never read, past the limit): closed now. A head half read is a
-            # request begun: it is answered first, bounded by the header timeout.
+            # Never read (past the limit): closed now. Idle: closed after a short grace
+            # with no request. A head half read is a request begun: it is answered first.
             idle = conn._state == _IDLE and not conn._queue and conn._current is None
-            if conn in self._waiting or (idle and conn._tunnel is None):
+            if conn in self._waiting:
                 conn._close_after_write()
+            elif idle and conn._tunnel is None:
+                conn._since = self._loop.time()  # the grace runs from the drain's start
+                conn.drain_idle()
         if self._connections:
             self._all_closed = asyncio.Event()
             with contextlib.suppress(asyncio.TimeoutError):
