@@ -1043,3 +1043,27 @@ def test_drain_answers_a_request_sent_on_an_idle_connection_just_as_it_begins() 
         await asyncio.wait_for(draining, 5)
 
     run(main)
+
+
+def test_http10_clients_keep_alive_only_when_they_ask() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        async with proxying(settings(balancer([backend]))) as proxy:
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(b"GET /echo/1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            status, fields, _ = await raw.response()
+            assert (status, fields["connection"]) == (200, "keep-alive")
+            assert backend.requests[0].header("host") == "p"  # HTTP/1.1 upstream: the pool's
+            await raw.send(b"GET /chunks?n=2&size=3 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            status, fields, body = await raw.response()  # no length: read to the close
+            assert (status, body) == (200, b"aaabbb")
+            assert "transfer-encoding" not in fields  # HTTP/1.0 has no chunks
+            raw.close()
+            plain = await RawClient.connect(proxy.port)
+            await plain.send(b"GET /echo/2 HTTP/1.0\r\n\r\n")
+            status, fields, _ = await plain.response()
+            assert (status, fields["connection"]) == (200, "close")
+            assert await plain.closed()
+            plain.close()
+
+    run(main)

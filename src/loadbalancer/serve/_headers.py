@@ -223,9 +223,14 @@ def request_head(
     peer: str,
     forwarding: Forwarding,
     body: bool,
+    default_host: bytes = b"",
 ) -> bytes:
-    """The head sent to the upstream: the kept fields, the forwarding ones, the framing."""
+    """The head sent to the upstream: the kept fields, the forwarding ones, the framing.
+    ``default_host`` is the Host of a request that had none (HTTP/1.0), as HTTP/1.1 needs
+    one (nginx sends its upstream group's name; this sends the pool's)."""
     lines = [b"%s %s HTTP/1.1\r\n" % (method, target), *head.fields]
+    if not head.host_port and default_host:
+        lines.append(b"Host: %s\r\n" % default_host)
     hops = forwarding.trusted_hops
     proto = b"http"
     host = head.host_port
@@ -314,8 +319,11 @@ def response_head(
     return b"".join(lines)
 
 
-def error_response(status: int, cause: str, *, close: bool, head_only: bool = False) -> bytes:
-    """A response the proxy makes itself, named by ``X-Loadbalancer-Error``."""
+def error_response(
+    status: int, cause: str, *, close: bool, head_only: bool = False, keep_alive: bool = False
+) -> bytes:
+    """A response the proxy makes itself, named by ``X-Loadbalancer-Error``; ``keep_alive``
+    says so to an HTTP/1.0 client that asked for it."""
     body = b"%d %s: %s\n" % (status, _REASONS.get(status, b"Error"), cause.encode())
     head = (
         b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
@@ -325,7 +333,9 @@ def error_response(status: int, cause: str, *, close: bool, head_only: bool = Fa
             _REASONS.get(status, b"Error"),
             len(body),
             cause.encode(),
-            b"Connection: close\r\n" if close else b"",
+            b"Connection: close\r\n"
+            if close
+            else (b"Connection: keep-alive\r\n" if keep_alive else b""),
         )
     )
     return head if head_only else head + body

@@ -251,6 +251,7 @@ class Exchange:
             self.client.peer,
             self.settings.forwarding,
             self.body_bytes > 0 or head.chunked,
+            pool.name.encode("latin-1", "replace"),
         )
         key = None if pool.sticky is None else sticky_key(self.fields, pool.sticky)
         bodyless = not head.chunked and not head.content_length
@@ -571,7 +572,13 @@ class Exchange:
             or (self.client.draining and self.client.last(self))
         )
         self.close = close
-        body = error_response(status, cause, close=close, head_only=self.method == b"HEAD")
+        body = error_response(
+            status,
+            cause,
+            close=close,
+            head_only=self.method == b"HEAD",
+            keep_alive=not self.http11,
+        )
         self.bytes_sent = len(body)
         self.client.write(body)
         sink = self.sink
