@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -271,7 +272,8 @@ async def started(n: int) -> list[AsyncBackend]:
 
 
 def run(make: Callable[[], Awaitable[T]], timeout: float = 20.0) -> T:
-    """Run a test's coroutine on a fresh loop, failing it past ``timeout`` seconds."""
+    """Run a test's coroutine on a fresh loop, failing it past ``timeout`` seconds (on
+    uvloop's loop when ``SERVE_TESTS_LOOP=uvloop``)."""
 
     async def bounded() -> T:
         try:
@@ -282,6 +284,10 @@ def run(make: Callable[[], Awaitable[T]], timeout: float = 20.0) -> T:
             for backend in live:
                 await backend.kill()
 
+    if os.environ.get("SERVE_TESTS_LOOP") == "uvloop":  # the whole suite on uvloop, on demand
+        import uvloop
+
+        return uvloop.run(bounded())
     return asyncio.run(bounded())
 
 

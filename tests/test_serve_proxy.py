@@ -794,7 +794,6 @@ def test_large_bodies_stream_intact_both_ways_with_a_slow_reader() -> None:
             raw = await RawClient.connect(proxy.port)
             await raw.send(b"GET /chunks?n=300&size=10000 HTTP/1.1\r\nHost: x\r\n\r\n")
             await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
-            assert in_flight(lb) == 1
             await asyncio.sleep(0.2)  # a reader slow to start: the proxy must hold back, not fail
             body = b""
             while True:

@@ -51,6 +51,7 @@ class _ClientConnection(asyncio.Protocol):
         "_head_started",
         "_header_size",
         "_headers_done",
+        "_held",
         "_loop",
         "_parser",
         "_paused",
@@ -95,6 +96,7 @@ class _ClientConnection(asyncio.Protocol):
         self._write_paused_at = 0.0
         self._paused = False
         self._stopped = False  # refused or closing: no byte more is read
+        self._held: list[bytes] | None = None  # bytes of a connection past the limit
         self.closed = False
         self.draining = server._draining
         self.peer = "-"
@@ -121,13 +123,17 @@ class _ClientConnection(asyncio.Protocol):
             # Over the limit: held unread (it costs a descriptor, no work) until one closes.
             server._waiting.append(self)
             self._state = _BUSY
+            self._held = []
             self.read_paused(True)
 
     def admit(self) -> None:
         """A connection closed: this one, held back by the limit, is served now."""
         self._state = _IDLE
         self._since = self._loop.time()
+        held, self._held = self._held, None
         self.read_paused(False)
+        for data in held or ():
+            self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser (or the tunnel); refuse what llhttp or the limits refuse."""
@@ -136,6 +142,11 @@ class _ClientConnection(asyncio.Protocol):
             tunnel.tunnel_write(data)
             return
         if self._stopped:
+            return
+        held = self._held
+        if held is not None:
+            # Waiting for a slot (uvloop may deliver bytes read before the pause took).
+            held.append(data)
             return
         now = self._since = self._loop.time()
         if self._state == _IDLE:
