@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -141,18 +142,27 @@ def test_access_log_lines_are_json(tmp_path: Path) -> None:
         bytes_sent=123,
         outcome="success",
     )
+    odd = dataclasses.replace(
+        record,
+        target='/q?"\\\u00e9\x01',
+        pool=None,
+        upstream=None,
+        upstream_time=None,
+        status=502,
+        outcome="failure",
+        error="no_upstream",
+    )
     writer(record)
-    writer(record)
+    writer(odd)
     writer.close()
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="ascii").splitlines()
     assert len(lines) == 2
-    entry = json.loads(lines[0])
-    assert entry["upstream"] == "10.0.0.1:80"
-    assert entry["attempts"] == 2
-    assert entry["upstream_time"] == 0.0125
-    assert entry["outcome"] == "success"
-    assert entry["error"] is None
-    assert abs(entry["time"] - time.time()) < 60
+    entries = [json.loads(line) for line in lines]
+    for entry, expected in zip(entries, (record, odd), strict=True):
+        assert abs(entry.pop("time") - time.time()) < 60
+        assert entry.pop("pid") == os.getpid()
+        assert entry == dataclasses.asdict(expected)
+    assert list(json.loads(lines[0]))[:3] == ["time", "pid", "client"]
 
 
 # -- real `loadbalancer serve` processes --------------------------------------------------------
