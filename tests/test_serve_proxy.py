@@ -1066,3 +1066,52 @@ def test_http10_clients_keep_alive_only_when_they_ask() -> None:
             plain.close()
 
     run(main)
+
+
+def test_pipelined_bodies_stay_with_their_requests() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        async with proxying(settings(balancer([backend]))) as proxy:
+            raw = await RawClient.connect(proxy.port)
+            await raw.send(
+                b"POST /echo/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nfirst"
+                b"POST /echo/2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\nsec\r\n3\r\nond\r\n0\r\n\r\n"
+                b"GET /echo/3 HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"POST /echo/4 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nlast"
+            )
+            bodies = []
+            for _ in range(4):
+                status, _, body = await raw.response()
+                assert status == 200
+                answer = json.loads(body)
+                bodies.append((answer["target"], answer["body"]))
+            assert bodies == [
+                ("/echo/1", "first"),
+                ("/echo/2", "second"),
+                ("/echo/3", ""),
+                ("/echo/4", "last"),
+            ]
+            raw.close()
+
+    run(main)
+
+
+def test_an_upstream_answer_framed_two_ways_is_502_never_forwarded() -> None:
+    async def main() -> None:
+        server, address = await raw_backend(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsmuggl"
+        )
+        lb = LoadBalancer()
+        lb.replace([address])
+        try:
+            async with proxying(settings(lb)) as proxy, httpx.AsyncClient() as client:
+                answer = await client.get(url(proxy, "/"))
+                assert answer.status_code == 502
+                assert answer.headers["x-loadbalancer-error"] == "upstream_invalid"
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main)
