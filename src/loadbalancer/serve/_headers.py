@@ -51,6 +51,8 @@ put back for a tunnel, and the proxy frames each message itself."""
 _FORWARDING = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"via"}
 )
+# Every field read_request looks at; the others pass through untouched.
+_SPECIAL = HOP_BY_HOP | _FORWARDING | {b"host", b"content-length", b"expect"}
 _REASONS = {
     100: b"Continue",
     200: b"OK",
@@ -138,6 +140,9 @@ def read_request(fields: Fields, http11: bool) -> RequestHead:
     hosts = 0
     for name, value in fields:
         lower = name.lower()
+        if lower not in _SPECIAL:  # most fields: one set lookup, kept as they came
+            kept.append(b"%s: %s\r\n" % (name, value))
+            continue
         if lower in HOP_BY_HOP:
             if lower == b"connection":
                 connection.extend(_tokens(value))
