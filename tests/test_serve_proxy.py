@@ -1115,3 +1115,43 @@ def test_an_upstream_answer_framed_two_ways_is_502_never_forwarded() -> None:
             await server.wait_closed()
 
     run(main)
+
+
+def test_an_upstream_trailer_is_dropped_and_never_leaks_into_the_next_answer() -> None:
+    async def main() -> None:
+        answers = (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nhi\r\n0\r\nX-Trailer: leaked\r\n\r\n"
+        )
+        count = 0
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal count
+            try:
+                while True:
+                    await reader.readuntil(b"\r\n\r\n")
+                    count += 1
+                    writer.write(
+                        answers if count == 1 else b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    )
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.transport.abort()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        lb = LoadBalancer()
+        lb.replace([f"127.0.0.1:{server.sockets[0].getsockname()[1]}"])
+        try:
+            async with proxying(settings(lb)) as proxy, httpx.AsyncClient() as client:
+                first = await client.get(url(proxy, "/"))
+                second = await client.get(url(proxy, "/"))
+                assert (first.text, second.text) == ("hi", "ok")
+                assert "x-trailer" not in first.headers
+                assert "x-trailer" not in second.headers
+                assert proxy.upstream_connections == 1  # the same connection, reused
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main)

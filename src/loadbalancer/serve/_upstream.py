@@ -328,6 +328,11 @@ class Connection(asyncio.Protocol):
 
     # -- llhttp callbacks -------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        """A response starts: the fields gathered so far (a trailer's) are not its own."""
+        self._fields = []
+        self._name = b""
+
     def on_status(self, status: bytes) -> None:
         """The reason phrase (llhttp may deliver it in pieces)."""
         self._name += status
