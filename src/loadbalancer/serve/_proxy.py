@@ -63,6 +63,7 @@ class Client(Protocol):
 
     peer: str
     draining: bool
+    write_paused: bool  # the client's send buffer is full
 
     def write(self, data: bytes) -> None:
         """Send bytes to the client."""
@@ -431,8 +432,13 @@ class Exchange:
                 self.bytes_sent += len(piece)
                 out += b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece
         self.client.write(out)
+        conn = answer.conn
         if tunnel:
             self.client.start_tunnel(self)
+            if conn is not None:  # a client that floods a slow upstream is slowed down
+                self.upstreams.senders[conn] = self
+        if conn is not None and self.client.write_paused:
+            conn.pause_reading(True)  # the client is still slow from the previous answer
         answer.attach(self)
 
     def response_body(self, data: bytes) -> None:

@@ -65,12 +65,12 @@ class _ClientConnection(asyncio.Protocol):
         "_timer",
         "_tunnel",
         "_tunnel_pending",
-        "_write_paused",
         "_write_paused_at",
         "closed",
         "draining",
         "peer",
         "transport",
+        "write_paused",
     )
 
     def __init__(self, server: ProxyServer) -> None:
@@ -92,7 +92,7 @@ class _ClientConnection(asyncio.Protocol):
         self._fields: list[tuple[bytes, bytes]] = []
         self._header_size = 0
         self._read_paused = False
-        self._write_paused = False
+        self.write_paused = False
         self._write_paused_at = 0.0
         self._paused = False
         self._stopped = False  # refused or closing: no byte more is read
@@ -199,14 +199,14 @@ class _ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The client reads slower than the upstream answers: stop reading the upstream."""
-        self._write_paused = True
+        self.write_paused = True
         self._write_paused_at = self._loop.time()
         if self._queue:
             self._queue[0].client_paused(True)
 
     def resume_writing(self) -> None:
         """The client caught up."""
-        self._write_paused = False
+        self.write_paused = False
         if self._queue:
             self._queue[0].client_paused(False)
 
@@ -498,7 +498,7 @@ class _ClientConnection(asyncio.Protocol):
         now = self._loop.time()
         step = min(timeouts.client_header, timeouts.client_body, timeouts.keepalive)
         if self._tunnel is not None or state == _BUSY:
-            if self._write_paused:
+            if self.write_paused:
                 # A client that stops reading its answer (nginx's send_timeout): the body
                 # timeout bounds how long it may hold the upstream back.
                 stalled = self._write_paused_at + timeouts.client_body

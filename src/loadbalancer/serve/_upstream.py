@@ -497,6 +497,8 @@ class Connection(asyncio.Protocol):
             and self._waiter is None
         ):
             self._answer = None
+            if self._held_back:  # paused for the last client: the next one reads it afresh
+                self.pause_reading(False)
             self._pool.put(self)
         else:
             self.abort()
