@@ -1155,3 +1155,22 @@ def test_an_upstream_trailer_is_dropped_and_never_leaks_into_the_next_answer() -
             await server.wait_closed()
 
     run(main)
+
+
+def test_a_failing_on_access_is_logged_and_the_proxying_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(record: AccessRecord) -> None:
+        raise RuntimeError("the log is full")
+
+    async def main() -> None:
+        (backend,) = await started(1)
+        lb = balancer([backend])
+        async with proxying(settings(lb, on_access=broken)) as proxy, httpx.AsyncClient() as client:
+            for _ in range(3):
+                assert (await client.get(url(proxy, "/echo"))).status_code == 200
+            assert lb.stats()[backend.address].successes == 3
+
+    run(main)
+    failed = [r for r in caplog.records if r.getMessage().startswith("on_access failed")]
+    assert len(failed) == 3

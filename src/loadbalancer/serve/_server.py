@@ -26,6 +26,8 @@ from ._upstream import UpstreamPool
 
 __all__ = ["ProxyServer"]
 
+_log = logging.getLogger("loadbalancer.serve")
+
 _IDLE, _HEAD, _BODY, _BUSY = 0, 1, 2, 3  # what a client connection is waiting for
 _MAX_QUEUE = 64  # pipelined requests waiting past which reading stops
 
@@ -164,8 +166,9 @@ class _ClientConnection(asyncio.Protocol):
             elif isinstance(cause, _StopError):
                 self._stopped = True  # the parser is spent: its refusal is queued
                 self.read_paused(True)
-            else:
-                raise
+            else:  # a bug of the proxy's: logged, and this connection (only) is dropped
+                _log.error("a client connection failed", exc_info=cause)
+                self.abort()
         except httptools.HttpParserError:
             self._refuse(400, "bad_request")
         else:
@@ -479,7 +482,7 @@ class _ClientConnection(asyncio.Protocol):
         try:
             on_access(record)
         except Exception:  # the access log's failure must not break the proxying
-            logging.getLogger("loadbalancer.serve").exception("on_access failed")
+            _log.exception("on_access failed")
 
     # -- timeouts ---------------------------------------------------------------------------
 
