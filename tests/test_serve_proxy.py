@@ -1174,3 +1174,31 @@ def test_a_failing_on_access_is_logged_and_the_proxying_goes_on(
     run(main)
     failed = [r for r in caplog.records if r.getMessage().startswith("on_access failed")]
     assert len(failed) == 3
+
+
+def test_https_upstreams_are_verified_and_an_untrusted_one_is_502_upstream_tls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from loadbalancer.serve import _upstream
+
+    from .health_servers import client_tls
+    from .http_backends import backends
+
+    with backends(1, tls=True) as (tls_backend,):
+        server = f"https://127.0.0.1:{tls_backend.port}"
+
+        async def main() -> tuple[int, str, int, str]:
+            lb = LoadBalancer()
+            lb.replace([server])
+            async with proxying(settings(lb)) as proxy, httpx.AsyncClient() as client:
+                untrusted = await client.get(url(proxy, "/items/1"))  # the system's CAs only
+                monkeypatch.setattr(_upstream, "TLS_CONTEXT", client_tls())
+                trusted = await client.get(url(proxy, "/items/1"))
+                return (
+                    untrusted.status_code,
+                    untrusted.headers.get("x-loadbalancer-error", ""),
+                    trusted.status_code,
+                    trusted.json()["backend"],
+                )
+
+        assert run(main) == (502, "upstream_tls", 200, tls_backend.name)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Protocol, cast, final
 
@@ -30,6 +31,7 @@ __all__ = [
     "UpstreamPool",
     "UpstreamTimeoutError",
     "address_of",
+    "tls_context",
 ]
 
 MAX_IDLE_PER_SERVER = 64
@@ -102,17 +104,38 @@ class Consumer(Protocol):
 
 
 @functools.lru_cache(maxsize=1024)
-def address_of(server: str) -> tuple[str, int]:
-    """The host and port of a server name: ``host:port``, ``[v6]:port``, ``http://host:port``."""
+def address_of(server: str) -> tuple[str, int, bool]:
+    """The host, port and TLS of a server name: ``host:port``, ``[v6]:port``,
+    ``http://host:port``, ``https://host:port`` (TLS; port 443 by default)."""
+    tls = server[:8].lower() == "https://"
     rest = server.split("://", 1)[1] if "://" in server else server
     rest = rest.rstrip("/")
+    default = 443 if tls else 80
     if rest.startswith("["):
         host, _, port = rest[1:].partition("]")
-        return host, int(port[1:]) if port.startswith(":") else 80
+        return host, int(port[1:]) if port.startswith(":") else default, tls
     host, colon, port = rest.rpartition(":")
     if not colon:
-        return rest, 80
-    return host, int(port)
+        return rest, default, tls
+    return host, int(port), tls
+
+
+_tls_context: ssl.SSLContext | None = None
+
+
+def tls_context() -> ssl.SSLContext:
+    """The TLS context of ``https://`` upstreams: the system's trusted CAs, hostnames
+    verified (made once; ``TLS_CONTEXT`` replaces it when set)."""
+    global _tls_context
+    if TLS_CONTEXT is not None:
+        return TLS_CONTEXT
+    if _tls_context is None:
+        _tls_context = ssl.create_default_context()
+    return _tls_context
+
+
+TLS_CONTEXT: ssl.SSLContext | None = None
+"""Set to use another TLS context for ``https://`` upstreams (a private CA)."""
 
 
 @final
@@ -570,16 +593,22 @@ class UpstreamPool:
 
     async def connect(self, server: str, timeout: float) -> Connection:
         """A new connection to ``server``; ``ConnectFailedError`` if refused or too slow."""
-        host, port = address_of(server)
+        host, port, tls = address_of(server)
         factory: Callable[[], Connection] = functools.partial(Connection, self, server)
         try:
-            _, conn = await asyncio.wait_for(
-                self.loop.create_connection(factory, host, port), timeout
-            )
+            if tls:  # the TLS handshake is part of connecting: nothing was sent before it
+                connecting = self.loop.create_connection(
+                    factory, host, port, ssl=tls_context(), server_hostname=host
+                )
+            else:
+                connecting = self.loop.create_connection(factory, host, port)
+            _, conn = await asyncio.wait_for(connecting, timeout)
         except asyncio.TimeoutError:
             raise ConnectFailedError(
                 f"connecting to {server} took over {timeout:g} s", "upstream_connect_timeout"
             ) from None
+        except ssl.SSLError as error:
+            raise ConnectFailedError(f"TLS to {server}: {error}", "upstream_tls") from None
         except OSError as error:
             raise ConnectFailedError(
                 f"connecting to {server}: {error}", "upstream_refused"
