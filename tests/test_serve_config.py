@@ -4,6 +4,7 @@ one line naming the field, and reloads that keep each pool's balancer and its se
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -118,91 +119,12 @@ pool = "inventory"
 pool = "api"
 """
 
-README_EXAMPLE = """\
-# loadbalancer serve --config proxy.toml
-listen = ["127.0.0.1:8080"]          # or one string; each listener serves every route
-workers = 1                          # processes sharing the port with SO_REUSEPORT
-
-[admin]
-listen = "127.0.0.1:9901"            # GET /metrics, /status, /status.json
-
-[log]
-access = "stdout"                    # "stdout", "off", or a file path (appended to)
-level = "info"                       # the proxy's own messages, on stderr
-
-[limits]
-max_request_line = 8192              # 414 past it
-max_header_bytes = 32768             # 431 past it
-max_headers = 100                    # 431 past it
-max_body = 10485760                  # 413 past it
-max_connections = 10000
-
-[timeouts]
-client_header = 10.0
-client_body = 60.0
-keepalive = 75.0
-upstream_connect = 5.0
-upstream_read = 60.0
-drain = 30.0                         # SIGTERM: how long in-flight requests may still run
-
-[forwarding]
-trusted_hops = 0                     # incoming X-Forwarded-For believed from this many hops
-style = "x-forwarded"                # or "forwarded" (RFC 7239)
-via = false
-
-[pools.api]
-strategy = "peak_ewma"               # any strategy name or alias
-servers = { "127.0.0.1:9001" = 1, "127.0.0.1:9002" = 2 }   # or a list: weight 1 each
-failure_statuses = [500, 502, 503, 504]
-
-[pools.api.health]
-type = "http"                        # or "tcp"
-path = "/health"
-interval = 2.0
-timeout = 1.0
-rise = 2
-fall = 3
-
-[pools.api.outlier_detection]
-consecutive_failures = 5
-base_ejection_time = 30.0
-max_ejection_percent = 10.0
-
-[pools.api.retry]
-attempts = 2
-backoff_base = 0.025
-per_try_timeout = 5.0
-statuses = [502, 503, 504]
-non_idempotent = false
-
-[pools.api.retry_budget]
-ratio = 0.2
-reserve = 10
-
-[pools.api.hedging]
-delay = 0.05
-attempts = 2
-
-[pools.sessions]
-strategy = { name = "ring_hash", hash = "ketama" }
-servers = ["127.0.0.1:9101", "127.0.0.1:9102"]
-sticky = { header = "X-User", cookie = "session" }
-
-[pools.inventory]
-strategy = "p2c"
-discovery = "file:///etc/lb/inventory.toml"   # or dns://NAME:PORT, dns+srv://..., etcd://HOST:PORT/PREFIX/
-
-[[routes]]
-host = "sessions.example.com"
-pool = "sessions"
-
-[[routes]]
-path_prefix = "/inventory/"
-pool = "inventory"
-
-[[routes]]
-pool = "api"                         # the rest: first match wins, in this order
-"""
+# The README's example configuration, read from the README itself: the one copy there is.
+README_EXAMPLE = re.search(
+    r"## Running it as a proxy.*?```toml\n(.*?)```",
+    (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8"),
+    re.S,
+).group(1)  # type: ignore[union-attr]
 
 MINIMAL = """\
 [pools.web]

@@ -35,10 +35,10 @@ from ..cli.simulate.fields import (
     items,
     join,
     kind,
+    library_error,
     one_of,
 )
 from ..cli.simulate.registry import known_names, resolve, strategy_options
-from ..cli.simulate.scenario import _library_error
 from ..strategies.registry import strategy_class
 from ._settings import (
     AccessRecord,
@@ -267,7 +267,7 @@ def _library(cls: type[_T], table: Table, path: str, names: tuple[str, ...], **f
     try:
         return cls(**options, **fixed)
     except (TypeError, ValueError) as error:
-        raise _library_error(error, path, names) from None
+        raise library_error(error, path, names) from None
 
 
 def _settings_table(value: object, path: str, cls: type[_T]) -> _T | None:
@@ -343,7 +343,7 @@ def _strategy(value: object, path: str) -> StrategySpec:
     try:  # build one now, so that a bad option fails here rather than at start
         spec.build()
     except (TypeError, ValueError) as error:
-        raise _library_error(error, path, accepted) from None
+        raise library_error(error, path, accepted) from None
     return spec
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "items",
     "join",
     "kind",
+    "library_error",
     "one_of",
 ]
 
@@ -214,3 +215,13 @@ def items(table: Table, key: str) -> Iterator[tuple[object, str]]:
         path = table.path(key)
         for index, item in enumerate(as_array(table.raw(key), path)):
             yield item, f"{path}[{index}]"
+
+
+def library_error(error: Exception, path: str, names: tuple[str, ...]) -> ScenarioError:
+    """``error`` from a library constructor, with the argument it names moved into the path:
+    ``ValueError("weight must be ...")`` at ``servers[2]`` is ``servers[2].weight: must be ...``."""
+    message = str(error)
+    for name in sorted(names, key=len, reverse=True):
+        if message.startswith(f"{name} "):
+            return ScenarioError(join(path, name), message[len(name) + 1 :])
+    return ScenarioError(path, message)

@@ -34,6 +34,7 @@ from .fields import (
     items,
     join,
     kind,
+    library_error,
     one_of,
 )
 from .registry import DEFAULT_STRATEGIES, build_strategy, known_names, resolve, strategy_options
@@ -306,16 +307,7 @@ def _library_settings(value: object, path: str, cls: type[_Settings]) -> _Settin
     try:
         return cls(**options)
     except (TypeError, ValueError) as error:
-        raise _library_error(error, path, names) from None
-
-
-def _library_error(error: Exception, path: str, names: tuple[str, ...]) -> ScenarioError:
-    """``error`` from a library constructor, with the argument it names moved into the path."""
-    message = str(error)
-    for name in sorted(names, key=len, reverse=True):
-        if message.startswith(f"{name} "):
-            return ScenarioError(join(path, name), message[len(name) + 1 :])
-    return ScenarioError(path, message)
+        raise library_error(error, path, names) from None
 
 
 def _strategy(item: object, path: str) -> StrategySpec:
@@ -352,7 +344,7 @@ def _strategy(item: object, path: str) -> StrategySpec:
     try:  # build one now, so a bad option fails here rather than mid-run
         build_strategy(name, options, random.Random(0))
     except (TypeError, ValueError) as error:
-        raise _library_error(error, path, accepted) from None
+        raise library_error(error, path, accepted) from None
     return StrategySpec(name, label, tuple(sorted(options.items())))
 
 
