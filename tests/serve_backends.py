@@ -360,3 +360,72 @@ def free_port() -> int:
 def chunks(items: Iterator[bytes]) -> Iterator[bytes]:
     """``items`` unchanged: an iterator body makes httpx send chunked."""
     yield from items
+
+
+class ScriptedBackend:
+    """A raw upstream on the running loop, for answers no real server should send: it reads
+    each request (head, and a Content-Length body) and writes what ``answer(head, n)`` returns
+    for the connection's ``n``-th request (None: nothing; ``b"CLOSE"``: closes it; a 101:
+    the connection is read no more, a tunnel whose far end is stuck)."""
+
+    def __init__(self, answer: Callable[[bytes, int], bytes | None]) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.heads: list[bytes] = []  # every request head received, in order
+        self.received: list[bytearray] = []  # every connection's raw bytes, in order
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._stop = asyncio.Event()
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT``."""
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> ScriptedBackend:
+        """Listen on a free port."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        """Stop listening, abort every connection."""
+        server, self._server = self._server, None
+        self._stop.set()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+        await asyncio.sleep(0)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        raw = bytearray()
+        self.received.append(raw)
+        n = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                raw += head
+                self.heads.append(head)
+                for line in head.lower().split(b"\r\n"):
+                    if line.startswith(b"content-length:"):
+                        raw += await reader.readexactly(int(line.split(b":")[1]))
+                n += 1
+                out = self.answer(head, n)
+                if out == b"CLOSE":
+                    return
+                if out:
+                    writer.write(out)
+                    await writer.drain()
+                    if out.startswith(b"HTTP/1.1 101"):  # a tunnel whose end never reads
+                        await self._stop.wait()
+                        return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.transport.abort()

@@ -9,17 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import cast
 
 import pytest
 
-from loadbalancer import LoadBalancer
+from loadbalancer import LoadBalancer, RetryPolicy
 from loadbalancer.serve._server import ProxyServer
 from loadbalancer.serve._settings import Limits, Pool, ProxySettings, Route, Timeouts
 
-from .serve_backends import AsyncBackend, RawClient, run, started
+from .serve_backends import AsyncBackend, RawClient, ScriptedBackend, run, started
 
 
 @asynccontextmanager
@@ -491,5 +491,124 @@ def test_a_client_that_stops_reading_is_cut_off_with_no_outcome_for_the_server()
             stats = lb.stats()[backend.address]
             assert (stats.in_flight, stats.failures, stats.cancelled) == (0, 0, 1)
             raw.close()
+
+    run(main)
+
+
+# -- upstreams that misbehave (raw scripted answers) ---------------------------------------
+
+
+@asynccontextmanager
+async def scripted(
+    answer: Callable[[bytes, int], bytes | None],
+    *,
+    timeouts: Timeouts | None = None,
+    attempts: int = 1,
+    servers: int = 1,
+) -> AsyncIterator[tuple[ProxyServer, LoadBalancer, ScriptedBackend]]:
+    """A proxy in front of ``servers`` ``ScriptedBackend``s answering with ``answer`` (the
+    first one yielded)."""
+    backends = [await ScriptedBackend(answer).start() for _ in range(servers)]
+    backend = backends[0]
+    lb = LoadBalancer()
+    lb.replace([b.address for b in backends])
+    proxy_settings = ProxySettings(
+        pools={"p": Pool("p", lb, retry=RetryPolicy(attempts=attempts))},
+        routes=(Route("p"),),
+        timeouts=timeouts or Timeouts(),
+    )
+    server = ProxyServer(proxy_settings)
+    await server.start("127.0.0.1", 0)
+    try:
+        yield server, lb, backend
+    finally:
+        await server.close()
+        for b in backends:
+            await b.close()
+
+
+def _stats(lb: LoadBalancer) -> tuple[int, int, int]:
+    stats = list(lb.stats().values())
+    return (
+        sum(s.in_flight for s in stats),
+        sum(s.successes for s in stats),
+        sum(s.failures for s in stats),
+    )
+
+
+async def _exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    raw = await RawClient.connect(port)
+    try:
+        await raw.send(request)
+        return await raw.response()
+    finally:
+        raw.close()
+
+
+_GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"
+
+
+def test_an_upstream_connection_paused_for_a_slow_client_is_read_again_when_reused() -> None:
+    chunks = b"".join(b"%x\r\n%s\r\n" % (40000, bytes([65 + i]) * 40000) for i in range(4))
+
+    def answer(head: bytes, n: int) -> bytes:
+        if head.startswith(b"GET /chunks"):
+            return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+        return _OK
+
+    async def main() -> None:
+        timeouts = Timeouts(upstream_read=2.0)
+        async with scripted(answer, timeouts=timeouts) as (proxy, _lb, _backend):
+            slow = await RawClient.connect(proxy.port)
+            try:
+                transport = cast(asyncio.Transport, slow.writer.transport)
+                transport.pause_reading()  # never read: the proxy's buffer fills
+                sock = slow.writer.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                await asyncio.sleep(0.05)
+                for conn in proxy._connections:
+                    conn_sock = conn.transport.get_extra_info("socket") if conn.transport else None
+                    if conn_sock is not None:
+                        conn_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                await slow.send(b"GET /chunks HTTP/1.1\r\nHost: x\r\n\r\n")
+                await asyncio.sleep(0.5)
+                # Another client, on the connection the slow one's answer came on if it went
+                # back to the pool (uvloop reads it whole at once): answered, never stuck.
+                status, _, body = await _exchange(proxy.port, _GET)
+                assert (status, body) == (200, b"next")
+            finally:
+                slow.close()
+
+    run(main)
+
+
+def test_a_tunnel_slows_a_client_that_floods_a_stuck_upstream() -> None:
+    switch = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+    )
+
+    async def main() -> None:
+        async with scripted(lambda head, n: switch) as (proxy, _lb, _backend):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(
+                    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n"
+                    b"Upgrade: websocket\r\n\r\n"
+                )
+                status, _, _ = await raw.response()
+                assert status == 101
+                blob = b"w" * 65536
+                for _ in range(512):  # 32 MiB the upstream never reads
+                    raw.writer.write(blob)
+                    await asyncio.sleep(0)
+                await asyncio.sleep(0.5)
+                conns = list(proxy._upstreams.senders)
+                assert conns  # the tunnel's upstream connection
+                for conn in conns:
+                    assert conn.transport is not None
+                    assert conn.transport.get_write_buffer_size() < 4 * 1024 * 1024
+            finally:
+                raw.close()
 
     run(main)
