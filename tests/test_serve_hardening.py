@@ -549,6 +549,206 @@ _GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"
 
 
+def test_a_body_sent_with_a_head_answer_is_dropped_and_never_poisons_the_next_request() -> None:
+    forged = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nforged!"
+
+    def answer(head: bytes, n: int) -> bytes:
+        if head.startswith(b"HEAD"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(forged), forged)
+        return _OK
+
+    async def main() -> None:
+        async with scripted(answer) as (proxy, _lb, backend):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n" + _GET)
+                head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 200")
+                assert b"Content-Length: %d\r\n" % len(forged) in head
+                status, _, body = await raw.response()
+                assert (status, body) == (200, b"next")
+            finally:
+                raw.close()
+            assert backend.connections == 2  # the HEAD's connection was never reused
+
+    run(main)
+
+
+def test_a_head_answer_that_announces_a_body_closes_its_connection() -> None:
+    def answer(head: bytes, n: int) -> bytes:
+        if head.startswith(b"HEAD"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 38\r\n\r\n"  # its body may follow
+        return _OK
+
+    async def main() -> None:
+        async with scripted(answer) as (proxy, _lb, backend):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
+                assert b"Content-Length: 38\r\n" in head
+            finally:
+                raw.close()
+            status, _, body = await _exchange(proxy.port, _GET)
+            assert (status, body) == (200, b"next")
+            assert backend.connections == 2
+            chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            backend.answer = lambda head, n: chunked if head.startswith(b"HEAD") else _OK
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+                await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
+            finally:
+                raw.close()
+            status, _, body = await _exchange(proxy.port, _GET)
+            assert (status, body) == (200, b"next")
+            assert backend.connections == 3  # the HEAD took the GET's; closed after
+
+    run(main)
+
+
+def test_a_retried_answers_body_past_the_set_aside_limit_is_dropped_at_once() -> None:
+    from loadbalancer.serve._proxy import SET_ASIDE_LIMIT
+
+    served = 0
+
+    def answer(head: bytes, n: int) -> bytes:
+        nonlocal served
+        served += 1
+        if served == 1:  # a 503 with an endless body, retried on the other server
+            size = 64 * SET_ASIDE_LIMIT
+            return b"HTTP/1.1 503 Busy\r\nContent-Length: %d\r\n\r\n%s" % (
+                size,
+                b"z" * (2 * SET_ASIDE_LIMIT),
+            )
+        return _OK
+
+    async def main() -> None:
+        async with scripted(answer, attempts=2, servers=2) as (proxy, lb, _backend):
+            loop = asyncio.get_running_loop()
+            started_at = loop.time()
+            status, _, body = await _exchange(proxy.port, _GET)
+            elapsed = loop.time() - started_at
+            assert (status, body) == (200, b"next")
+            assert elapsed < 0.8  # not buffered for the whole second the set-aside allows
+            assert _stats(lb)[0] == 0
+
+    run(main)
+
+
+def test_an_unsolicited_101_is_502_and_a_failure() -> None:
+    switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\nRAW"
+
+    async def main() -> None:
+        async with scripted(lambda head, n: switch) as (proxy, lb, _backend):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(_GET)
+                status, fields, _ = await raw.response()
+                assert status == 502
+                assert fields["x-loadbalancer-error"] == "upstream_invalid"
+            finally:
+                raw.close()
+            assert _stats(lb) == (0, 0, 1)
+
+    run(main)
+
+
+def test_a_client_sending_its_body_slowly_is_no_failure_of_the_server() -> None:
+    async def main() -> None:
+        timeouts = Timeouts(client_body=2.0, upstream_read=0.3)
+        async with scripted(lambda head, n: _OK, timeouts=timeouts) as (proxy, lb, _backend):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n")
+                for _ in range(6):  # 0.9 s in all, past the upstream's read timeout
+                    await asyncio.sleep(0.15)
+                    await raw.send(b"a")
+                status, _, body = await raw.response()
+                assert (status, body) == (200, b"next")
+            finally:
+                raw.close()
+            assert _stats(lb) == (0, 1, 0)
+
+    run(main)
+
+
+def test_a_client_body_that_stalls_is_408_with_no_outcome_even_past_the_read_timeout() -> None:
+    async def main() -> None:
+        timeouts = Timeouts(client_body=0.6, upstream_read=0.2)
+        async with scripted(lambda head, n: _OK, timeouts=timeouts) as (proxy, lb, _backend):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nab")
+                status, _fields, _ = await raw.response()
+                assert status == 408
+                assert await raw.closed()
+            finally:
+                raw.close()
+            assert _stats(lb) == (0, 0, 0)
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    "coding", [b"gzip", b"gzip, chunked", b"chunked, chunked", b"identity"], ids=repr
+)
+def test_an_upstream_transfer_coding_other_than_chunked_is_502(coding: bytes) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %s\r\n\r\n5\r\nhello\r\n0\r\n\r\n" % coding
+
+    async def main() -> None:
+        async with scripted(lambda head, n: answer) as (proxy, lb, _backend):
+            status, fields, _ = await _exchange(proxy.port, _GET)
+            assert status == 502
+            assert fields["x-loadbalancer-error"] == "upstream_invalid"
+            assert _stats(lb) == (0, 0, 1)
+
+    run(main)
+
+
+@pytest.mark.parametrize("status", [b"099", b"600", b"999"])
+def test_an_upstream_status_out_of_range_is_502(status: bytes) -> None:
+    answer = b"HTTP/1.1 %s Weird\r\nContent-Length: 2\r\n\r\nok" % status
+
+    async def main() -> None:
+        async with scripted(lambda head, n: answer) as (proxy, _lb, _backend):
+            got, fields, _ = await _exchange(proxy.port, _GET)
+            assert got == 502
+            assert fields["x-loadbalancer-error"] == "upstream_invalid"
+
+    run(main)
+
+
+def test_a_204_with_content_length_is_sent_without_it_and_a_304_keeps_it() -> None:
+    def answer(head: bytes, n: int) -> bytes:
+        if head.startswith(b"GET /204"):
+            return b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"
+        if head.startswith(b"GET /304"):
+            return b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"
+        return _OK
+
+    async def main() -> None:
+        async with scripted(answer) as (proxy, _lb, _backend):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(b"GET /204 HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 204")
+                assert b"content-length" not in head.lower()
+                assert b"transfer-encoding" not in head.lower()
+                await raw.send(b"GET /304 HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 304")
+                assert b"Content-Length: 5\r\n" in head  # metadata: no body follows
+                await raw.send(_GET)
+                status, _, body = await raw.response()
+                assert (status, body) == (200, b"next")
+            finally:
+                raw.close()
+
+    run(main)
+
+
 def test_an_upstream_connection_paused_for_a_slow_client_is_read_again_when_reused() -> None:
     chunks = b"".join(b"%x\r\n%s\r\n" % (40000, bytes([65 + i]) * 40000) for i in range(4))
 

@@ -209,6 +209,7 @@ class Exchange:
         sink = self.sink
         if sink is not None:
             self.upstreams.senders.pop(sink, None)
+            sink.request_sent()
 
     def _add(self, framed: bytes) -> None:
         sink = self.sink
@@ -343,7 +344,9 @@ class Exchange:
             self.upstreams.senders[conn] = self
             self.client.read_paused(False)
         self.upstream_started = self.loop.time()
-        return conn.send(data, self.method == b"HEAD", read_timeout)
+        head = self.head
+        upgrade = head is not None and head.upgrade is not None
+        return conn.send(data, self.method == b"HEAD", read_timeout, self.body_complete, upgrade)
 
     def _classify(self, attempt: Attempt[Answer]) -> Verdict:
         """The verdict on one attempt, as the pool's statuses and the request's kind say."""

@@ -148,7 +148,9 @@ class Answer:
     """
 
     __slots__ = (
+        "aside_limit",
         "body",
+        "buffered",
         "chunked",
         "complete",
         "conn",
@@ -174,6 +176,8 @@ class Answer:
         self.no_body = False
         self.tunnel = False
         self.body: list[bytes] = []  # arrived before a consumer attached
+        self.buffered = 0  # bytes in ``body``
+        self.aside_limit: int | None = None  # set aside: bytes past this close the connection
         self.complete = False
         self.consumer: Consumer | None = None
         self.ended: asyncio.Future[None] | None = None  # set_aside waits on it
@@ -184,6 +188,7 @@ class Answer:
         body, self.body = self.body, []
         for piece in body:
             consumer.response_body(piece)
+        self.buffered = 0
         if self.complete:
             consumer.response_end()
 
@@ -197,6 +202,9 @@ class Answer:
         """Read the whole body (a retried answer's), so its connection can go back; past
         ``limit`` bytes or ``timeout`` seconds the connection is closed and the body dropped
         (should this answer still be sent, it goes with an empty body)."""
+        self.aside_limit = limit
+        if self.buffered > limit:
+            self.abort()  # already past it: dropped below, the connection closed at once
         if not self.complete and self.conn is not None:
             self.ended = asyncio.get_running_loop().create_future()
             try:
@@ -206,7 +214,7 @@ class Answer:
             except BaseException:
                 self.abort()
                 raise
-        if not self.complete or sum(map(len, self.body)) > limit:
+        if not self.complete or self.buffered > limit:
             self.abort()
             self.body = []
             self.complete = True
@@ -226,6 +234,7 @@ class Connection(asyncio.Protocol):
         "_answer",
         "_fields",
         "_head_bytes",
+        "_head_ended",
         "_head_request",
         "_held_back",
         "_keep_alive",
@@ -234,7 +243,9 @@ class Connection(asyncio.Protocol):
         "_name",
         "_parser",
         "_pool",
+        "_sending",
         "_timer",
+        "_upgrade",
         "_waiter",
         "closed",
         "idle_since",
@@ -256,6 +267,9 @@ class Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[Answer] | None = None
         self._fields: list[tuple[bytes, bytes]] = []
         self._head_request = False
+        self._head_ended = False  # a HEAD's answer is in: any byte more is a forgery
+        self._upgrade = False  # the request asked for an upgrade: a 101 may answer it
+        self._sending = False  # the request body is still being written: no read timeout
         self._head_bytes = 0
         self._held_back = False  # reading paused for a slow client: no read timeout then
         self._keep_alive = True
@@ -311,7 +325,11 @@ class Connection(asyncio.Protocol):
                 else:
                     answer.body.append(rest)
         except httptools.HttpParserError as error:
-            self._fail(UpstreamInvalidError(f"invalid response from {self.server}: {error}"))
+            cause = error.__context__
+            if isinstance(cause, UpstreamError):
+                self._fail(cause)
+            else:
+                self._fail(UpstreamInvalidError(f"invalid response from {self.server}: {error}"))
 
     def eof_received(self) -> bool | None:
         """The upstream closed its side: a close-delimited body ends here."""
@@ -353,6 +371,8 @@ class Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         """A response starts: the fields gathered so far (a trailer's) are not its own."""
+        if self._head_ended:  # bytes after a HEAD's answer, on the parser it left behind
+            raise UpstreamInvalidError(f"{self.server} sent more after a HEAD's answer")
         self._fields = []
         self._name = b""
 
@@ -372,26 +392,44 @@ class Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         fields, self._fields = self._fields, []
         reason, self._name = self._name, b""
+        if status < 100 or status > 599:
+            raise UpstreamInvalidError(f"{self.server} answered status {status}")
+        if status == 101 and not self._upgrade:
+            raise UpstreamInvalidError(f"{self.server} switched protocols unasked")
         if 100 <= status < 200 and status != 101:
             return  # interim (100 Continue): the final response follows
         answer = Answer(self, status, reason)
-        answer.fields = fields
         chunked = False
         for name, value in fields:
             lower = name.lower()
             if lower == b"content-length":
                 answer.length = int(value)
             elif lower == b"transfer-encoding":
+                # Another coding (gzip, or gzip then chunked) cannot be re-framed faithfully:
+                # refused, as nginx does.
+                if chunked or value.strip().lower() != b"chunked":
+                    raise UpstreamInvalidError(f"{self.server} sent Transfer-Encoding {value!r}")
                 chunked = True
             elif lower == b"connection" and b"close" in value.lower():
                 self._keep_alive = False
         answer.chunked = chunked
         if chunked:
             answer.length = None  # the chunks frame it (llhttp refuses both, besides)
+        if status in (101, 204) and (answer.length is not None or chunked):
+            # No body, whatever it says (RFC 9110 8.6): the field is dropped, not passed on.
+            fields = [f for f in fields if f[0].lower() != b"content-length"]
+            answer.length = None
+            answer.chunked = chunked = False
+        answer.fields = fields
         if status == 101:
             answer.tunnel = True
             self._keep_alive = False
-        elif self._head_request or status in (204, 304):
+        elif self._head_request:
+            answer.no_body = True
+            if answer.length or chunked:
+                # A server that announces a body to a HEAD may well send one: never reused.
+                self._keep_alive = False
+        elif status in (204, 304):
             answer.no_body = True
         elif not chunked and answer.length is None:
             answer.until_close = True
@@ -404,6 +442,7 @@ class Connection(asyncio.Protocol):
             # llhttp cannot be told the request was HEAD: it would wait for Content-Length
             # bytes that never come. The answer ends here, on a parser of its own next time.
             self._parser = httptools.HttpResponseParser(self)
+            self._head_ended = True
             self._complete(answer)
         if waiter is not None and not waiter.done():
             waiter.set_result(answer)
@@ -413,11 +452,18 @@ class Connection(asyncio.Protocol):
         answer = self._answer
         if answer is None:
             return
+        if self._head_ended:  # a body sent with a HEAD's answer: never forwarded
+            raise UpstreamInvalidError(f"{self.server} sent a body with a HEAD's answer")
         consumer = answer.consumer
         if consumer is not None:
             consumer.response_body(body)
-        else:
-            answer.body.append(body)
+            return
+        answer.body.append(body)
+        answer.buffered += len(body)
+        limit = answer.aside_limit
+        if limit is not None and answer.buffered > limit:
+            # A retried answer's body, past what is kept of it: closed at once.
+            raise UpstreamInvalidError(f"{self.server}'s set-aside body is over {limit} bytes")
 
     def on_message_complete(self) -> None:
         """The response ended (an interim one is not the end)."""
@@ -455,12 +501,24 @@ class Connection(asyncio.Protocol):
             if answer.consumer is not None:
                 answer.consumer.response_lost(error)
 
-    def send(self, data: bytes, head_request: bool, read_timeout: float) -> asyncio.Future[Answer]:
-        """Write a request head (and what body there is); the future gets the answer's head."""
+    def send(
+        self,
+        data: bytes,
+        head_request: bool,
+        read_timeout: float,
+        complete: bool = True,
+        upgrade: bool = False,
+    ) -> asyncio.Future[Answer]:
+        """Write a request head (and what body there is); the future gets the answer's head.
+        ``complete``: the request is sent whole (else ``request_sent`` says when it is; the
+        read timeout runs from then, nginx's proxy_send_timeout/proxy_read_timeout split)."""
         assert self.transport is not None
         self._answer = None
         self._head_bytes = 0
         self._head_request = head_request
+        self._head_ended = False
+        self._upgrade = upgrade
+        self._sending = not complete
         self.read_timeout = read_timeout
         waiter = self._waiter = self._loop.create_future()
         self.transport.write(data)
@@ -468,6 +526,12 @@ class Connection(asyncio.Protocol):
         if self._timer is None:
             self._timer = self._loop.call_at(now + read_timeout, self._check_read)
         return waiter
+
+    def request_sent(self) -> None:
+        """The request's last byte is written: the read timeout runs from now."""
+        if self._sending:
+            self._sending = False
+            self._last_read = self._loop.time()
 
     def write(self, data: bytes) -> None:
         """More of the request body."""
@@ -484,8 +548,9 @@ class Connection(asyncio.Protocol):
         if self._answer is not None and self._answer.tunnel:
             return  # a tunnel has no read timeout: either side may stay quiet
         now = self._loop.time()
-        if self._held_back:
-            # Not reading is the slow client's doing, not the server's: no timeout for it.
+        if self._held_back or self._sending:
+            # Not reading is the slow client's doing, not the server's: no timeout for it
+            # (nor while the client's body still comes: the client's own timeout bounds it).
             self._timer = self._loop.call_at(now + self.read_timeout, self._check_read)
             return
         deadline = self._last_read + self.read_timeout
