@@ -135,6 +135,22 @@ CASES = {
     "two hosts": b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
     "absolute-form naming another host": b"GET http://evil.example/ HTTP/1.1\r\nHost: x\r\n\r\n",
     "a target that is no path": b"GET evil.example HTTP/1.1\r\nHost: x\r\n\r\n",
+    "upgrade with a content-length body": (
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+        b"Content-Length: 3\r\n\r\nabc"
+    ),
+    "upgrade with a chunked body": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    ),
+    "host with userinfo": b"GET / HTTP/1.1\r\nHost: x:80@evil.example\r\n\r\n",
+    "host with a list": b"GET / HTTP/1.1\r\nHost: x:1,evil.example\r\n\r\n",
+    "host with a port that is no number": b"GET / HTTP/1.1\r\nHost: x:evil\r\n\r\n",
+    "host with a path": b"GET / HTTP/1.1\r\nHost: x/evil\r\n\r\n",
+    "host with a space": b"GET / HTTP/1.1\r\nHost: x y\r\n\r\n",
+    "host with a backslash": b"GET / HTTP/1.1\r\nHost: x\\\r\n\r\n",
+    "host with a bad ip literal": b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+    "host with junk after an ip literal": b"GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n",
 }
 
 
@@ -547,6 +563,49 @@ async def _exchange(port: int, request: bytes) -> tuple[int, dict[str, str], byt
 
 _GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"
+
+
+def test_valid_hosts_are_routed() -> None:
+    async def main() -> None:
+        async with scripted(lambda head, n: _OK) as (proxy, _lb, backend):
+            for host in (b"x", b"x:8080", b"a-b.example:", b"127.0.0.1:80", b"[::1]:8080", b""):
+                status, _, body = await _exchange(
+                    proxy.port, b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host
+                )
+                assert (status, body) == (200, b"next"), host
+            # An empty Host (allowed: RFC 9110 7.2) is sent on as it came, once.
+            assert backend.heads[-1].lower().count(b"\r\nhost:") == 1
+
+    run(main)
+
+
+def test_connection_naming_host_or_framing_fields_never_drops_them() -> None:
+    async def main() -> None:
+        async with scripted(lambda head, n: _OK) as (proxy, _lb, backend):
+            request = (
+                b"POST / HTTP/1.1\r\nHost: x\r\nConnection: host, content-length, foo\r\n"
+                b"Foo: dropped\r\nContent-Length: 3\r\n\r\nabc"
+            )
+            status, _, _ = await _exchange(proxy.port, request)
+            assert status == 200
+            (head,) = backend.heads
+            assert b"\r\nHost: x\r\n" in head
+            assert b"\r\nContent-Length: 3\r\n" in head
+            assert b"foo:" not in head.lower()
+            assert backend.received[0].endswith(b"\r\n\r\nabc")
+
+    run(main)
+
+
+def test_an_empty_host_is_forwarded_once_not_twice() -> None:
+    async def main() -> None:
+        async with scripted(lambda head, n: _OK) as (proxy, _lb, backend):
+            status, _, _ = await _exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: \r\n\r\n")
+            assert status == 200
+            (head,) = backend.heads
+            assert head.lower().count(b"\r\nhost:") == 1
+
+    run(main)
 
 
 def test_a_body_sent_with_a_head_answer_is_dropped_and_never_poisons_the_next_request() -> None:

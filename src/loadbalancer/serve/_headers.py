@@ -95,6 +95,7 @@ class RequestHead:
         "fields",
         "forwarded",
         "forwarded_proto",
+        "has_host",
         "host",
         "host_port",
         "upgrade",
@@ -106,6 +107,7 @@ class RequestHead:
         self.fields: list[bytes] = []  # "Name: value\r\n" lines kept for the upstream
         self.host = ""  # lower-case, without the port
         self.host_port = b""  # the Host field as given
+        self.has_host = False  # a Host field came (perhaps empty: RFC 9110 7.2 allows it)
         self.content_length: int | None = None
         self.chunked = False
         self.close = False  # the client asked to close after this request
@@ -124,6 +126,34 @@ def cookie_value(header: bytes, name: bytes) -> bytes | None:
         if eq and key == name:
             return value.strip().strip(b'"')
     return None
+
+
+# RFC 3986 3.2.2 reg-name characters (unreserved, pct-encoded, sub-delims), and an IP literal's.
+_REG_NAME = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;="
+_IP_LITERAL = b"0123456789abcdefABCDEF:."
+# Connection may name these, yet they are never dropped: the proxy needs them to route and
+# frame the request (and sets the framing fields itself).
+_NEVER_NAMED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+
+
+def _valid_host(host: bytes) -> bool:
+    """A Host value is ``uri-host [":" port]`` (RFC 9112 3.2): a reg-name, IPv4 or
+    ``[IPv6]``, then an optional numeric port; nothing else is routed or forwarded."""
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        if end < 3 or host[1:end].translate(None, _IP_LITERAL):
+            return False
+        rest = host[end + 1 :]
+        if not rest:
+            return True
+        if rest[:1] != b":":
+            return False
+        port = rest[1:]
+    else:
+        name, _, port = host.partition(b":")
+        if name.translate(None, _REG_NAME):
+            return False
+    return not port or (port.isdigit() and len(port) <= 5)
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -168,6 +198,7 @@ def read_request(fields: Fields, http11: bool) -> RequestHead:
         if lower == b"host":
             hosts += 1
             head.host_port = value
+            head.has_host = True
         elif lower == b"content-length":
             head.content_length = int(value)  # llhttp checked: digits only, never twice
             continue  # the proxy frames the body itself
@@ -182,6 +213,8 @@ def read_request(fields: Fields, http11: bool) -> RequestHead:
     if head.chunked and not http11:
         raise BadRequestError(400, "bad_transfer_encoding")  # RFC 9112 6.1
     host = head.host_port.strip()
+    if not _valid_host(host):
+        raise BadRequestError(400, "bad_host")
     if host.startswith(b"["):
         end = host.find(b"]")
         head.host = host[: end + 1].decode("latin-1").lower()
@@ -192,12 +225,16 @@ def read_request(fields: Fields, http11: bool) -> RequestHead:
             head.close = True
         elif token == b"upgrade":
             head.upgrade = upgrade
-        elif token != b"keep-alive":
+        elif token != b"keep-alive" and token not in _NEVER_NAMED:
             # A field the Connection header names is hop-by-hop too: drop it.
             drop = token + b":"
             head.fields = kept = [f for f in kept if f[: len(drop)].lower() != drop]
     if not http11 and b"keep-alive" not in connection:
         head.close = True
+    if head.upgrade is not None and (head.chunked or head.content_length):
+        # Proxy and server could frame what follows the head differently (a body, or the
+        # new protocol's first bytes): refused, the connection closed.
+        raise BadRequestError(400, "upgrade_with_body")
     return head
 
 
@@ -234,7 +271,7 @@ def request_head(
     ``default_host`` is the Host of a request that had none (HTTP/1.0), as HTTP/1.1 needs
     one (nginx sends its upstream group's name; this sends the pool's)."""
     lines = [b"%s %s HTTP/1.1\r\n" % (method, target), *head.fields]
-    if not head.host_port and default_host:
+    if not head.has_host and default_host:
         lines.append(b"Host: %s\r\n" % default_host)
     hops = forwarding.trusted_hops
     proto = b"http"
