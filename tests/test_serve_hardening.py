@@ -808,6 +808,28 @@ def test_a_204_with_content_length_is_sent_without_it_and_a_304_keeps_it() -> No
     run(main)
 
 
+def test_a_bad_pipelined_body_is_refused_after_the_request_before_it_is_answered() -> None:
+    async def main() -> None:
+        async with scripted(lambda head, n: _OK) as (proxy, lb, _backend):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(
+                    _GET + b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"5\r\nhello\r\nZZ\r\n"
+                )
+                status, _, body = await raw.response()
+                assert (status, body) == (200, b"next")
+                status, fields, _ = await raw.response()
+                assert status == 400
+                assert fields["connection"] == "close"
+                assert await raw.closed()
+            finally:
+                raw.close()
+            assert _stats(lb) == (0, 1, 0)
+
+    run(main)
+
+
 def test_an_upstream_connection_paused_for_a_slow_client_is_read_again_when_reused() -> None:
     chunks = b"".join(b"%x\r\n%s\r\n" % (40000, bytes([65 + i]) * 40000) for i in range(4))
 

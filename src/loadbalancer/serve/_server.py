@@ -444,6 +444,14 @@ class _ClientConnection(asyncio.Protocol):
             if current is queue[0] and not current.done and current.answer is None:
                 current.refuse(status, cause)
                 return
+            if current is not queue[0] and not current.done:
+                # Queued behind requests still being answered: they are answered first, in
+                # order; then this one is refused, and the connection closes.
+                current.error_status, current.error = status, cause
+                current.close = True
+                self._stopped = True
+                self.read_paused(True)
+                return
             self.abort()
             return
         if not queue:
