@@ -893,3 +893,27 @@ def test_a_tunnel_slows_a_client_that_floods_a_stuck_upstream() -> None:
                 raw.close()
 
     run(main)
+
+
+def test_an_endless_trailer_from_an_upstream_is_cut_off_and_a_failure() -> None:
+    answer = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Trailer: "
+        + b"v" * (3 * 1024 * 1024)
+    )
+
+    async def main() -> None:
+        async with scripted(lambda head, n: answer) as (proxy, lb, _backend):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(_GET)
+                head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 200")
+                # Cut off (the connection closes, the body never ends): the trailer is never
+                # read whole.
+                rest = await asyncio.wait_for(raw.reader.read(), 5)
+                assert rest == b"2\r\nok\r\n"
+            finally:
+                raw.close()
+            assert _stats(lb) == (0, 0, 1)
+
+    run(main)

@@ -245,6 +245,7 @@ class Connection(asyncio.Protocol):
         "_pool",
         "_sending",
         "_timer",
+        "_trailer_bytes",
         "_upgrade",
         "_waiter",
         "closed",
@@ -271,6 +272,7 @@ class Connection(asyncio.Protocol):
         self._upgrade = False  # the request asked for an upgrade: a 101 may answer it
         self._sending = False  # the request body is still being written: no read timeout
         self._head_bytes = 0
+        self._trailer_bytes = 0  # bytes since the body's last piece (a trailer's, bounded)
         self._held_back = False  # reading paused for a slow client: no read timeout then
         self._keep_alive = True
         self._last_read = 0.0
@@ -316,6 +318,12 @@ class Connection(asyncio.Protocol):
                 return
         try:
             self._parser.feed_data(data)
+            if answer is not None and answer.chunked and not answer.complete:
+                # After the last chunk, llhttp buffers a trailer field whole: bounded as
+                # the head is (on_body restarts the count).
+                self._trailer_bytes += len(data)
+                if self._trailer_bytes > MAX_RESPONSE_HEAD:
+                    self._fail(UpstreamInvalidError(f"{self.server} sent an endless trailer"))
         except httptools.HttpParserUpgrade as upgrade:
             rest = data[upgrade.args[0] :]
             answer = self._answer
@@ -454,6 +462,7 @@ class Connection(asyncio.Protocol):
             return
         if self._head_ended:  # a body sent with a HEAD's answer: never forwarded
             raise UpstreamInvalidError(f"{self.server} sent a body with a HEAD's answer")
+        self._trailer_bytes = 0
         consumer = answer.consumer
         if consumer is not None:
             consumer.response_body(body)
