@@ -917,3 +917,28 @@ def test_an_endless_trailer_from_an_upstream_is_cut_off_and_a_failure() -> None:
             assert _stats(lb) == (0, 0, 1)
 
     run(main)
+
+
+def test_an_http10_expectation_is_ignored_never_answered_100() -> None:
+    async def main() -> None:
+        async with scripted(lambda head, n: _OK) as (proxy, _lb, backend):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(
+                    b"POST / HTTP/1.0\r\nHost: x\r\nExpect: 100-continue\r\n"
+                    b"Content-Length: 3\r\n\r\n"
+                )
+                await asyncio.sleep(0.2)
+                await raw.send(b"abc")
+                status, _, body = await raw.response()
+                assert (status, body) == (200, b"next")  # not 100 first
+            finally:
+                raw.close()
+            assert b"expect" not in backend.heads[0].lower()
+            for other in (b"Expect: something-else\r\n", b"Expect: 100-continue\r\n"):
+                status, _, _ = await _exchange(
+                    proxy.port, b"GET / HTTP/1.0\r\nHost: x\r\n%s\r\n" % other
+                )
+                assert status == 200
+
+    run(main)

@@ -203,6 +203,8 @@ def read_request(fields: Fields, http11: bool) -> RequestHead:
             head.content_length = int(value)  # llhttp checked: digits only, never twice
             continue  # the proxy frames the body itself
         elif lower == b"expect":
+            if not http11:
+                continue  # RFC 9110 10.1.1: an HTTP/1.0 request's expectation is ignored
             if value.strip().lower() != b"100-continue":
                 raise BadRequestError(417, "bad_expect")
             head.expect_continue = True
