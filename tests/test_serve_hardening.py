@@ -942,3 +942,33 @@ def test_an_http10_expectation_is_ignored_never_answered_100() -> None:
                 assert status == 200
 
     run(main)
+
+
+def test_a_tunnel_idle_past_the_upstream_read_timeout_is_closed_a_busy_one_is_not() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        timeouts = Timeouts(upstream_read=0.4)
+        async with proxy_for(backend, timeouts=timeouts) as (proxy, lb):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(
+                    b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+                )
+                status, _, _ = await raw.response()
+                assert status == 101
+                for _ in range(8):  # 1.2 s of traffic, past the timeout: kept open
+                    await asyncio.sleep(0.15)
+                    await raw.send(b"ping")
+                    assert await asyncio.wait_for(raw.reader.readexactly(4), 5) == b"ping"
+                loop = asyncio.get_running_loop()
+                quiet = loop.time()
+                assert await raw.closed(5)  # then quiet: closed
+                assert loop.time() - quiet < 2
+            finally:
+                raw.close()
+            deadline = asyncio.get_running_loop().time() + 5
+            while _stats(lb)[0] and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+            assert _stats(lb)[0] == 0
+
+    run(main)

@@ -554,9 +554,20 @@ class Connection(asyncio.Protocol):
             self._waiter is None and (self._answer is None or self._answer.complete)
         ):
             return  # idle: the pool's own age limit applies
-        if self._answer is not None and self._answer.tunnel:
-            return  # a tunnel has no read timeout: either side may stay quiet
         now = self._loop.time()
+        if self._answer is not None and self._answer.tunnel:
+            # A tunnel's idle timeout: no byte either way for the read timeout closes it.
+            deadline = self._last_read + self.read_timeout
+            if now < deadline or self._held_back:
+                self._timer = self._loop.call_at(
+                    max(deadline, now + 0.001) if not self._held_back else now + self.read_timeout,
+                    self._check_read,
+                )
+                return
+            self._fail(
+                UpstreamTimeoutError(f"tunnel to {self.server} idle {self.read_timeout:g} s")
+            )
+            return
         if self._held_back or self._sending:
             # Not reading is the slow client's doing, not the server's: no timeout for it
             # (nor while the client's body still comes: the client's own timeout bounds it).
@@ -610,7 +621,9 @@ class Connection(asyncio.Protocol):
                 self.transport.abort()
 
     def tunnel_write(self, data: bytes) -> None:
-        """Raw bytes from the client, for an upgraded connection."""
+        """Raw bytes from the client, for an upgraded connection (activity: the tunnel's
+        idle clock restarts)."""
+        self._last_read = self._loop.time()
         self.write(data)
 
 
