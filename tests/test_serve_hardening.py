@@ -1,6 +1,6 @@
 """The proxy's hardening (issue 14), each case with raw sockets against a real ``ProxyServer``
 on 127.0.0.1: framing errors get 400 and a closed connection and never reach a backend;
-limits get 414, 431 and 413; slow clients and upstreams time out; CONNECT, foreign
+limits get 414, 431 and 413; slow clients and upstreams time out; CONNECT, bad
 absolute-form targets and unknown versions are refused; ``Expect: 100-continue`` and
 ``Upgrade`` tunnels work."""
 
@@ -133,7 +133,8 @@ CASES = {
     "space in the target": b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
     "no host in http/1.1": b"GET / HTTP/1.1\r\nX: y\r\n\r\n",
     "two hosts": b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
-    "absolute-form naming another host": b"GET http://evil.example/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    "absolute-form with userinfo": b"GET http://u:p@x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    "absolute-form with an empty authority": b"GET http:///a HTTP/1.1\r\nHost: x\r\n\r\n",
     "a target that is no path": b"GET evil.example HTTP/1.1\r\nHost: x\r\n\r\n",
     "upgrade with a content-length body": (
         b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
@@ -970,5 +971,25 @@ def test_a_tunnel_idle_past_the_upstream_read_timeout_is_closed_a_busy_one_is_no
             while _stats(lb)[0] and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.01)
             assert _stats(lb)[0] == 0
+
+    run(main)
+
+
+def test_absolute_form_is_routed_by_its_authority_which_is_sent_as_host() -> None:
+    async def main() -> None:
+        async with scripted(lambda head, n: _OK) as (proxy, _lb, backend):
+            for target, sent, host in (
+                (b"http://other.example/a?b=1", b"/a?b=1", b"other.example"),
+                (b"http://x?a=1", b"/?a=1", b"x"),
+                (b"http://[::1]:8080", b"/", b"[::1]:8080"),
+            ):
+                status, _, _ = await _exchange(
+                    proxy.port, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target
+                )
+                assert status == 200, target
+                head = backend.heads[-1]
+                assert head.startswith(b"GET %s HTTP/1.1\r\n" % sent)
+                assert head.lower().count(b"\r\nhost:") == 1
+                assert b"\r\nHost: %s\r\n" % host in head
 
     run(main)

@@ -27,6 +27,7 @@ __all__ = [
     "request_head",
     "response_head",
     "sticky_key",
+    "valid_host",
 ]
 
 Fields = Sequence[tuple[bytes, bytes]]
@@ -136,7 +137,7 @@ _IP_LITERAL = b"0123456789abcdefABCDEF:."
 _NEVER_NAMED = frozenset({b"host", b"content-length", b"transfer-encoding"})
 
 
-def _valid_host(host: bytes) -> bool:
+def valid_host(host: bytes) -> bool:
     """A Host value is ``uri-host [":" port]`` (RFC 9112 3.2): a reg-name, IPv4 or
     ``[IPv6]``, then an optional numeric port; nothing else is routed or forwarded."""
     if host.startswith(b"["):
@@ -215,7 +216,7 @@ def read_request(fields: Fields, http11: bool) -> RequestHead:
     if head.chunked and not http11:
         raise BadRequestError(400, "bad_transfer_encoding")  # RFC 9112 6.1
     host = head.host_port.strip()
-    if not _valid_host(host):
+    if not valid_host(host):
         raise BadRequestError(400, "bad_host")
     if host.startswith(b"["):
         end = host.find(b"]")

@@ -19,7 +19,7 @@ from typing import cast, final
 
 import httptools
 
-from ._headers import BadRequestError, error_response, read_request
+from ._headers import BadRequestError, error_response, read_request, valid_host
 from ._proxy import Exchange, route
 from ._settings import Pool, ProxySettings
 from ._upstream import UpstreamPool
@@ -300,21 +300,31 @@ class _ClientConnection(asyncio.Protocol):
             lowered = target[:8].lower()
             if lowered.startswith((b"http://", b"https://")):
                 rest = target.split(b"://", 1)[1]
-                authority, slash, path = rest.partition(b"/")
-                named = authority.rpartition(b"@")[2]
-                named_host = (
-                    (
-                        named[: named.find(b"]") + 1]
-                        if named.startswith(b"[")
-                        else named.partition(b":")[0]
-                    )
-                    .decode("latin-1")
-                    .lower()
-                )
-                if named_host != host:
+                end = len(rest)
+                for mark in (b"/", b"?"):
+                    at = rest.find(mark)
+                    if at != -1 and at < end:
+                        end = at
+                authority, path = rest[:end], rest[end:]
+                if not authority or not valid_host(authority):  # userinfo (@) included
                     exchange.error_status, exchange.error = 400, "absolute_form"
                     return
-                target = exchange.target = slash + path if slash else b"/"
+                # RFC 9112 3.2.2: the target's authority is the request's host, whatever
+                # Host says; it is routed by it and sent on as Host.
+                head = exchange.head
+                named_host = (
+                    authority[: authority.find(b"]") + 1]
+                    if authority.startswith(b"[")
+                    else authority.partition(b":")[0]
+                )
+                host = named_host.decode("latin-1").lower()
+                if head is not None:
+                    head.host = host
+                    head.host_port = authority
+                    head.has_host = True
+                    head.fields = [f for f in head.fields if f[:5].lower() != b"host:"]
+                    head.fields.append(b"Host: %s\r\n" % authority)
+                target = exchange.target = path if path.startswith(b"/") else b"/" + path
             elif target == b"*" and exchange.method == b"OPTIONS":
                 target = b"/"  # routed as the root; forwarded as asked, asterisk-form
             else:
