@@ -993,3 +993,39 @@ def test_absolute_form_is_routed_by_its_authority_which_is_sent_as_host() -> Non
                 assert b"\r\nHost: %s\r\n" % host in head
 
     run(main)
+
+
+def test_an_answer_that_stalls_while_the_client_still_sends_its_body_times_out() -> None:
+    # The server answers early (before the body is whole), then stalls mid-body: the read
+    # timeout applies to that answer, though the request is not sent whole.
+    early = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart"
+
+    async def main() -> None:
+        timeouts = Timeouts(client_body=5.0, upstream_read=0.3)
+        async with scripted(lambda head, n: None, timeouts=timeouts) as (proxy, lb, backend):
+            backend.answer = lambda head, n: None
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 5
+                while not backend.heads and loop.time() < deadline:
+                    await asyncio.sleep(0.01)
+                for writer in backend._writers:  # the early, stalling answer
+                    writer.write(early)
+                head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 200")
+                for _ in range(10):  # the client keeps sending, 1.5 s in all
+                    try:
+                        await raw.send(b"a")
+                    except (ConnectionError, RuntimeError):  # uvloop: RuntimeError
+                        break  # cut off already
+                    await asyncio.sleep(0.15)
+                    if raw.reader.at_eof():
+                        break
+                assert await raw.closed(2)  # cut off by the read timeout
+            finally:
+                raw.close()
+            assert _stats(lb) == (0, 0, 1)
+
+    run(main)

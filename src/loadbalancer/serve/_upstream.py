@@ -568,9 +568,10 @@ class Connection(asyncio.Protocol):
                 UpstreamTimeoutError(f"tunnel to {self.server} idle {self.read_timeout:g} s")
             )
             return
-        if self._held_back or self._sending:
+        if self._held_back or (self._sending and self._waiter is not None):
             # Not reading is the slow client's doing, not the server's: no timeout for it
-            # (nor while the client's body still comes: the client's own timeout bounds it).
+            # (nor for the head while the client's body still comes: the client's own
+            # timeout bounds that; an answer's body that stalls still times out).
             self._timer = self._loop.call_at(now + self.read_timeout, self._check_read)
             return
         deadline = self._last_read + self.read_timeout
