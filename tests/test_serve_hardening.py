@@ -978,19 +978,32 @@ def test_a_tunnel_idle_past_the_upstream_read_timeout_is_closed_a_busy_one_is_no
 def test_absolute_form_is_routed_by_its_authority_which_is_sent_as_host() -> None:
     async def main() -> None:
         async with scripted(lambda head, n: _OK) as (proxy, _lb, backend):
-            for target, sent, host in (
-                (b"http://other.example/a?b=1", b"/a?b=1", b"other.example"),
-                (b"http://x?a=1", b"/?a=1", b"x"),
-                (b"http://[::1]:8080", b"/", b"[::1]:8080"),
+            for target, host_field, sent, host in (
+                (b"http://other.example/a?b=1", b"other.example", b"/a?b=1", b"other.example"),
+                (b"http://x?a=1", b"x", b"/?a=1", b"x"),
+                (b"http://x:8080", b"X", b"/", b"x:8080"),  # the target's port is the one sent
+                (b"http://[::1]:8080", b"[::1]", b"/", b"[::1]:8080"),
             ):
-                status, _, _ = await _exchange(
-                    proxy.port, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target
-                )
+                request = b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, host_field)
+                status, _, _ = await _exchange(proxy.port, request)
                 assert status == 200, target
                 head = backend.heads[-1]
                 assert head.startswith(b"GET %s HTTP/1.1\r\n" % sent)
                 assert head.lower().count(b"\r\nhost:") == 1
                 assert b"\r\nHost: %s\r\n" % host in head
+
+    run(main)
+
+
+def test_absolute_form_naming_another_host_than_the_host_field_is_refused() -> None:
+    async def main() -> None:
+        async with scripted(lambda head, n: _OK) as (proxy, _lb, backend):
+            for target in (b"http://other.example/a", b"http://[::1]:8080/"):
+                request = b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target
+                status, headers, _ = await _exchange(proxy.port, request)
+                assert status == 400, target
+                assert headers.get("x-loadbalancer-error") == "absolute_form"
+            assert backend.heads == []  # this is no forward proxy: nothing went anywhere
 
     run(main)
 

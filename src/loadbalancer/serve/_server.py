@@ -309,15 +309,21 @@ class _ClientConnection(asyncio.Protocol):
                 if not authority or not valid_host(authority):  # userinfo (@) included
                     exchange.error_status, exchange.error = 400, "absolute_form"
                     return
-                # RFC 9112 3.2.2: the target's authority is the request's host, whatever
-                # Host says; it is routed by it and sent on as Host.
+                # RFC 9112 3.2.2: the target's authority is the request's host; it is routed by
+                # it and sent on as Host. One that names another host than the Host field is
+                # refused: this is no forward proxy, and a request whose hosts disagree is
+                # one that a cache or a backend behind it could read differently.
                 head = exchange.head
                 named_host = (
                     authority[: authority.find(b"]") + 1]
                     if authority.startswith(b"[")
                     else authority.partition(b":")[0]
                 )
-                host = named_host.decode("latin-1").lower()
+                named = named_host.decode("latin-1").lower()
+                if host and host != named:
+                    exchange.error_status, exchange.error = 400, "absolute_form"
+                    return
+                host = named
                 if head is not None:
                     head.host = host
                     head.host_port = authority
