@@ -847,3 +847,29 @@ def test_the_admin_listener_follows_pools_across_reloads(
     assert _balancers_in_metrics(admin) == {"extra"}
     proxy.signal(signal.SIGTERM)
     assert proxy.wait() == 0
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, dead and not yet reaped, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@needs_engine
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_exit_when_their_parent_is_killed(serve: Any, pool: list[Backend]) -> None:
+    a, _, _ = pool
+    proxy = serve("--listen", "127.0.0.1:0", "--backend", a.address, "--workers", "2")
+    proxy.wait_line("2 workers listening on")
+    lines = proxy.wait_line("(pid ", count=3)
+    workers = {int(p) for w in lines for p in re.findall(r"\(pid (\d+),", w)} - {proxy.process.pid}
+    assert len(workers) == 2
+    os.kill(proxy.process.pid, signal.SIGKILL)  # the parent cannot forward anything now
+    proxy.process.wait(WAIT)
+    deadline = time.monotonic() + WAIT
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling other processes' state: there is nothing to wait on
+    assert not any(_running(pid) for pid in workers)  # they drained and exited, not orphaned

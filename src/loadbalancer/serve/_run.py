@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib
 import logging
 import math
@@ -420,7 +421,10 @@ def run_worker(
 
 
 def _announce(line: str) -> None:
-    print(f"loadbalancer serve: {line}", file=sys.stderr, flush=True)
+    """One line on stderr, in one write: workers share the stream, and print() writes the
+    text and its newline apart, so two workers' lines could run together."""
+    sys.stderr.flush()
+    os.write(sys.stderr.fileno(), f"loadbalancer serve: {line}\n".encode(errors="replace"))
 
 
 # -- workers ------------------------------------------------------------------------------------
@@ -445,6 +449,29 @@ def reserve_ports(listen: Sequence[tuple[str, int]]) -> list[socket.socket]:
     return sockets
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """What a worker runs between fork and exec so that it drains and exits when the parent
+    dies (even by SIGKILL, which the parent cannot forward): Linux's PR_SET_PDEATHSIG, asking
+    for the SIGTERM the parent would have sent. None where there is no such call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded before fork, not after
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the call: nobody will tell us
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
 def run_parent(
     config: ServeConfig,
     worker_argv: Callable[[int, list[tuple[str, int]], tuple[str, int] | None, int], list[str]],
@@ -460,6 +487,7 @@ def run_parent(
     """
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ConfigError("workers", "needs SO_REUSEPORT, which this platform lacks")
+    die_with_parent = _die_with_parent()
     reserved = reserve_ports(config.listen)
     listen = [
         (host, sock.getsockname()[1])
@@ -487,7 +515,9 @@ def run_parent(
         read_end, write_end = os.pipe()
         try:
             child = subprocess.Popen(
-                worker_argv(index, listen, admin, write_end), pass_fds=(write_end,)
+                worker_argv(index, listen, admin, write_end),
+                pass_fds=(write_end,),
+                preexec_fn=die_with_parent,
             )
         finally:
             os.close(write_end)
