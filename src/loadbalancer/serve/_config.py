@@ -32,6 +32,7 @@ from ..cli.simulate.fields import (
     as_positive,
     as_positive_int,
     as_text,
+    explain_misplaced_key,
     items,
     join,
     kind,
@@ -613,15 +614,7 @@ def parse_config(document: Mapping[str, object], *, source: Path | None = None) 
     try:
         return _parse_root(document, source)
     except ConfigError as error:
-        key = error.path.rpartition(".")[2]
-        if error.message.startswith("unknown key") and "." in error.path and key in _ROOT_KEYS:
-            # TOML's classic trap: a top-level key written after a [table] belongs to it.
-            raise ConfigError(
-                error.path,
-                f"unknown key; if {key!r} is meant for the top level, move it above the first "
-                "[table] header",
-            ) from None
-        raise
+        explain_misplaced_key(error, _ROOT_KEYS, "[table]")
 
 
 def _parse_root(document: Mapping[str, object], source: Path | None) -> ServeConfig:

@@ -7,8 +7,8 @@ converted, or raises ``ScenarioError`` saying what is wrong with it at that path
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from typing import TypeVar, final
+from collections.abc import Callable, Collection, Iterator
+from typing import NoReturn, TypeVar, final
 
 __all__ = [
     "ScenarioError",
@@ -24,6 +24,7 @@ __all__ = [
     "as_positive_int",
     "as_probability",
     "as_text",
+    "explain_misplaced_key",
     "items",
     "join",
     "kind",
@@ -225,3 +226,19 @@ def library_error(error: Exception, path: str, names: tuple[str, ...]) -> Scenar
         if message.startswith(f"{name} "):
             return ScenarioError(join(path, name), message[len(name) + 1 :])
     return ScenarioError(path, message)
+
+
+def explain_misplaced_key(
+    error: ScenarioError, root_keys: Collection[str], headers: str
+) -> NoReturn:
+    """Raise ``error`` again, saying why if it is TOML's classic trap: a key the top level
+    takes (one of ``root_keys``), written after a table header (``headers`` names the kinds
+    the file has, such as ``"[table]"``), belongs to that table and is unknown there."""
+    key = error.path.rpartition(".")[2]
+    if error.message.startswith("unknown key") and "." in error.path and key in root_keys:
+        raise ScenarioError(
+            error.path,
+            f"unknown key; if {key!r} is meant for the top level, move it above the first "
+            f"{headers} header",
+        ) from None
+    raise error

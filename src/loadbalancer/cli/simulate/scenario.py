@@ -31,6 +31,7 @@ from .fields import (
     as_positive_int,
     as_probability,
     as_text,
+    explain_misplaced_key,
     items,
     join,
     kind,
@@ -404,15 +405,7 @@ def parse_scenario(document: Mapping[str, object], *, name: str = "scenario") ->
     try:
         return _parse_root(document, name)
     except ScenarioError as error:
-        key = error.path.rpartition(".")[2]
-        if error.message.startswith("unknown key") and "." in error.path and key in _ROOT_KEYS:
-            # TOML's classic trap: a top-level key written after a [table] belongs to it.
-            raise ScenarioError(
-                error.path,
-                f"unknown key; if {key!r} is meant for the top level, move it above the first "
-                "[table] or [[servers]] header",
-            ) from None
-        raise
+        explain_misplaced_key(error, _ROOT_KEYS, "[table] or [[servers]]")
 
 
 def _parse_root(document: Mapping[str, object], name: str) -> Scenario:
