@@ -40,8 +40,14 @@ from ._validation import (
     check_weight,
 )
 from .failover._budget import RetryBudget
-from .failover._held import AsyncResults, Held, Results
-from .failover._policy import Classifier, HedgingPolicy, RetryPolicy, retry_on_exception
+from .failover._held import AsyncResults, FirstAttempt, Held, Results
+from .failover._policy import (
+    Classifier,
+    HedgingPolicy,
+    RetryPolicy,
+    check_classifier_verdict,
+    retry_on_exception,
+)
 from .failover._sync import call as _call
 from .health._keeper import HealthKeeper, Plan
 from .health.outlier import OutlierDetection
@@ -914,13 +920,22 @@ class LoadBalancer:
         retry: RetryPolicy | None = None,
         hedging: HedgingPolicy | None = None,
         classify: Classifier[T] = retry_on_exception,
+        first: FirstAttempt[T] | None = None,
     ) -> Held[T]:
         """The asyncio twin of ``call_held``: ``acall`` whose answer keeps its lease.
 
         A hedge that loses has its result (if any) discarded, in a task if need be.
+        ``first``: the caller already made the first attempt (``retry_budget.deposit()``,
+        then ``acquire(key)``, then ``fn`` and ``classify``): the call goes on from its
+        verdict, as if the engine had made it (not with ``hedging``).
         """
         _check_call(fn, classify, retry, hedging)
         _check_results(results)
+        if first is not None:
+            _check_optional(first, FirstAttempt, "first")
+            check_classifier_verdict(first.verdict)
+            if hedging is not None:
+                raise ValueError("first cannot go with hedging: a hedged call starts its own")
         from .failover._async import acall
 
         return await acall(
@@ -932,6 +947,7 @@ class LoadBalancer:
             hedging=hedging,
             classify=classify,
             results=results,
+            first=first,
         )
 
     @property

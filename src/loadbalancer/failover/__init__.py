@@ -9,6 +9,7 @@ the same for results that outlive the call (a response body still streaming): th
 from ._budget import RetryBudget as RetryBudget
 from ._budget import RetryBudgetStats as RetryBudgetStats
 from ._held import AsyncResults as AsyncResults
+from ._held import FirstAttempt as FirstAttempt
 from ._held import Held as Held
 from ._held import Results as Results
 from ._policy import MAX_ATTEMPTS as MAX_ATTEMPTS
@@ -26,6 +27,7 @@ __all__ = [
     "Attempt",
     "AttemptTimeoutError",
     "Classifier",
+    "FirstAttempt",
     "HedgingPolicy",
     "Held",
     "Results",

@@ -17,7 +17,7 @@ from typing import Generic, TypeAlias, TypeVar, final
 from .._lease import Lease
 from ..strategies._base import Key
 from ._budget import RetryBudget
-from ._held import AsyncResults, Held
+from ._held import AsyncResults, FirstAttempt, Held
 from ._policy import AttemptTimeoutError, Classifier, HedgingPolicy, RetryPolicy, Verdict
 from ._sync import Acquire, Tries, note_budget
 
@@ -78,23 +78,31 @@ async def _one_by_one(
     fn: Callable[[str], Awaitable[T]],
     timeout: float | None,
     results: AsyncResults[T] | None,
+    first: FirstAttempt[T] | None = None,
 ) -> Held[T]:
-    """Retries one after another: the asyncio twin of ``_sync.call``, step for step."""
-    lease = tries.first()
+    """Retries one after another: the asyncio twin of ``_sync.call``, step for step; from
+    ``first``'s verdict on, if the caller made the first attempt."""
+    lease = tries.first() if first is None else first.lease
     while True:
-        server = lease.server
-        try:  # _attempt, inlined: a coroutine less per attempt
-            if timeout is None:
-                result: T | None = await fn(server)
-            else:
-                result = await _timed(fn(server), timeout, server)
-            error: Exception | None = None
-        except Exception as exc:
-            result, error = None, exc
-        except BaseException:
-            lease.release(ok=None)  # the caller went away: nothing learnt about the server
-            raise
-        verdict = tries.judge(lease, tries.number, result, error)
+        if first is not None:
+            result: T | None = first.result
+            error: Exception | None = first.error
+            verdict = first.verdict
+            first = None
+        else:
+            server = lease.server
+            try:  # _attempt, inlined: a coroutine less per attempt
+                if timeout is None:
+                    result = await fn(server)
+                else:
+                    result = await _timed(fn(server), timeout, server)
+                error = None
+            except Exception as exc:
+                result, error = None, exc
+            except BaseException:
+                lease.release(ok=None)  # the caller went away: nothing learnt about the server
+                raise
+            verdict = tries.judge(lease, tries.number, result, error)
         delay = tries.retry_delay(lease, verdict, error)
         if delay is None:
             return tries.answer(lease, verdict, result, error)
@@ -298,9 +306,12 @@ async def acall(
     hedging: HedgingPolicy | None,
     classify: Classifier[T],
     results: AsyncResults[T] | None = None,
+    first: FirstAttempt[T] | None = None,
 ) -> Held[T]:
     """Await ``fn(server)`` with retries or hedging; see ``LoadBalancer.acall``."""
-    tries = Tries(acquire, budget, key, policy, classify, results)
+    tries = Tries(acquire, budget, key, policy, classify, results, deposit=first is None)
+    if first is not None:
+        return await _one_by_one(tries, fn, policy.per_try_timeout, results, first)
     if hedging is None:
         return await _one_by_one(tries, fn, policy.per_try_timeout, results)
     return await _hedged(tries, fn, policy.per_try_timeout, hedging, results)

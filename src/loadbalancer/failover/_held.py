@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Generic, Protocol, TypeVar, final
 
 from .._lease import Lease
+from ._policy import Verdict
 
-__all__ = ["AsyncResults", "Held", "Results"]
+__all__ = ["AsyncResults", "FirstAttempt", "Held", "Results"]
 
 T = TypeVar("T")
 
@@ -37,6 +38,21 @@ class Held(Generic[T]):
     def __repr__(self) -> str:
         server = None if self.lease is None else self.lease.server
         return f"Held(result={self.result!r}, server={server!r}, ok={self.ok!r})"
+
+
+@final
+class FirstAttempt(Generic[T]):
+    """A first attempt the caller made itself, for ``acall_held`` to go on from."""
+
+    __slots__ = ("error", "lease", "result", "verdict")
+
+    def __init__(
+        self, lease: Lease, result: T | None, error: Exception | None, verdict: Verdict
+    ) -> None:
+        self.lease = lease
+        self.result = result
+        self.error = error
+        self.verdict = verdict
 
 
 class Results(Protocol[T]):

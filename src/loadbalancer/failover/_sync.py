@@ -66,6 +66,7 @@ class Tries(Generic[T]):
         policy: RetryPolicy,
         classify: Classifier[T],
         results: Results[T] | AsyncResults[T] | None,
+        deposit: bool = True,
     ) -> None:
         self._acquire = acquire
         self.budget = budget
@@ -75,7 +76,8 @@ class Tries(Generic[T]):
         self.results = results
         self.number = 1
         self.tried: list[str] = []
-        budget.deposit()
+        if deposit:  # else the caller deposited, making the first attempt itself
+            budget.deposit()
 
     def first(self) -> Lease:
         """The first attempt's lease (``NoServersAvailableError`` if there is none)."""
