@@ -19,10 +19,13 @@ from typing import Protocol, final
 from loadbalancer import (
     Attempt,
     AttemptTimeoutError,
+    HedgingPolicy,
     Held,
+    Lease,
     NoServersAvailableError,
     Verdict,
 )
+from loadbalancer.failover import FirstAttempt
 
 from ._headers import RequestHead, error_response, request_head, response_head, sticky_key
 from ._settings import AccessRecord, Pool, ProxySettings
@@ -112,6 +115,8 @@ class Exchange:
 
     __slots__ = (
         "_chunks",
+        "_first",
+        "_key",
         "_task",
         "answer",
         "attempts",
@@ -122,6 +127,7 @@ class Exchange:
         "chunked_out",
         "client",
         "close",
+        "dispatched",
         "done",
         "error",
         "error_status",
@@ -177,6 +183,10 @@ class Exchange:
         self.body_intact = True
         self.sink: Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._key: str | None = None
+        # The first attempt made without the engine: its lease, connection and answer's future.
+        self._first: tuple[Lease, Connection, asyncio.Future[Answer]] | None = None
+        self.dispatched = False
         self.held: Held[Answer] | None = None
         self.answer: Answer | None = None
         self.attempts = 0
@@ -231,18 +241,36 @@ class Exchange:
 
     # -- dispatch -------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Answer this request: it is the oldest one the client is waiting for."""
+    def start(self, inline: bool = True) -> None:
+        """Answer this request: it is the oldest one the client is waiting for. ``inline``:
+        called from the client's parser (not from an upstream's, which a first attempt made
+        at once could reenter)."""
         if self.error_status:
             self.respond_error(self.error_status, self.error or "bad_request")
             return
-        self._task = self.loop.create_task(self._run())
-
-    async def _run(self) -> None:
+        self.dispatched = True
         pool = self.pool
         head = self.head
         assert pool is not None
         assert head is not None
+        bodyless = not head.chunked and not head.content_length
+        plain = bodyless and head.upgrade is None
+        hedging = pool.hedging if plain and self.idempotent else None
+        if (
+            inline
+            and hedging is None
+            and plain
+            and not head.expect_continue
+            and pool.retry.per_try_timeout is None
+        ):
+            self._prepare(pool, head)
+            self._start_first(pool)
+        else:
+            # In a task, which runs once the client's bytes at hand are read (a body too).
+            self._task = self.loop.create_task(self._run(hedging, None, True))
+
+    def _prepare(self, pool: Pool, head: RequestHead) -> None:
+        """The head for the upstream, the sticky key; a 100 Continue if the client waits."""
         if head.expect_continue and not self.body_complete:
             # nginx's way: the proxy itself invites the body, and sends it on as it comes.
             self.client.write(_CONTINUE)
@@ -255,38 +283,177 @@ class Exchange:
             self.body_bytes > 0 or head.chunked,
             pool.name.encode("latin-1", "replace"),
         )
-        key = None if pool.sticky is None else sticky_key(self.fields, pool.sticky)
-        bodyless = not head.chunked and not head.content_length
-        hedging = pool.hedging if self.idempotent and bodyless and head.upgrade is None else None
+        self._key = None if pool.sticky is None else sticky_key(self.fields, pool.sticky)
+
+    # -- the first attempt, made without a task or the engine, which take over for a retry ---
+
+    def _start_first(self, pool: Pool) -> None:
+        """The engine's first step, as it would make it: the request deposited in the budget,
+        a lease, a pooled connection (else a task connects), the request sent."""
+        lb = pool.lb
+        lb.retry_budget.deposit()
+        try:
+            lease = lb.acquire(self._key)
+        except NoServersAvailableError as error:
+            # Answered once the client's bytes at hand are read, as from a task: the request
+            # is whole by then, and the connection can stay open.
+            self.loop.call_soon(self._failed, error)
+            return
+        server = lease.server
+        self.attempts += 1
+        self.server = server
+        conn = self.upstreams.take(server)
+        if conn is None:
+            self._task = self.loop.create_task(self._first_in_task(lease, False))
+            return
+        try:
+            waiter = self._send(conn, self.settings.timeouts.upstream_read)
+        except Exception as error:
+            if self.sink is conn:
+                self.sink = None
+            conn.abort()
+            self.loop.call_soon(self._first_judged, lease, None, error)
+            return
+        self._first = (lease, conn, waiter)
+        waiter.add_done_callback(self._first_answered)
+
+    def _first_answered(self, waiter: asyncio.Future[Answer]) -> None:
+        first = self._first
+        if first is None or first[2] is not waiter:
+            return
+        self._first = None
+        lease, conn, _ = first
+        if waiter.cancelled() or self.done:
+            # The client left, or the request was refused: nothing learnt about the server.
+            if self.sink is conn:
+                self.sink = None
+            if not waiter.cancelled() and waiter.exception() is None:
+                waiter.result().abort()
+            conn.abort()
+            lease.release(None)
+            return
+        error = waiter.exception()
+        if error is None:
+            self._first_judged(lease, waiter.result(), None)
+            return
+        if self.sink is conn:
+            self.sink = None
+        if isinstance(error, UpstreamBrokenError):
+            if conn.reused and self.idempotent and self.body_intact:
+                # A stale kept-alive connection: again on a new one (see _attempt).
+                self._task = self.loop.create_task(self._first_in_task(lease, True))
+                return
+        else:
+            conn.abort()
+        if not isinstance(error, Exception):  # not an attempt's error: nothing learnt
+            lease.release(None)
+            self.outcome = "none"
+            self.respond_error(502, "proxy_error")
+            return
+        self._first_judged(lease, None, error)
+
+    async def _first_in_task(self, lease: Lease, stale: bool) -> None:
+        """The first attempt, when it must connect: in a task, as the engine would make it."""
+        server = lease.server
+        try:
+            if stale:
+                result: Answer | None = await self._reconnected(server)
+            else:
+                result = await self._attempt_on(server)
+            error: Exception | None = None
+        except Exception as exc:
+            result, error = None, exc
+        except BaseException:
+            lease.release(None)  # the client went away: nothing learnt about the server
+            raise
+        first = self._first_judged(lease, result, error)
+        if first is not None:
+            await self._run(None, first)
+
+    def _first_judged(
+        self, lease: Lease, result: Answer | None, error: Exception | None
+    ) -> FirstAttempt[Answer] | None:
+        """The first attempt's verdict, answered at once unless it is a retry: then the
+        engine goes on (in a task, if none runs yet), and its first attempt is returned."""
+        if self.done:  # the client left, or the request was refused: nothing learnt
+            lease.release(None)
+            if result is not None:
+                self.discard(result)
+            return None
+        try:
+            verdict = self._classify(Attempt(lease.server, 1, result, error))
+        except Exception:
+            lease.release(None)
+            if result is not None:
+                self.discard(result)
+            _log.exception("proxying %r failed", self.target)
+            self.outcome = "none"
+            self.respond_error(502, "proxy_error")
+            return None
+        if verdict.retry:
+            first = FirstAttempt(lease, result, error, verdict)
+            if self._task is None:
+                self._task = self.loop.create_task(self._run(None, first))
+                return None
+            return first
+        if error is not None:
+            lease.release(verdict.ok)
+            self._failed(error)
+            return None
+        assert result is not None
+        self._answer_held(Held(result, lease, verdict.ok))
+        return None
+
+    # -- the engine's attempts ------------------------------------------------------------------
+
+    async def _run(
+        self,
+        hedging: HedgingPolicy | None,
+        first: FirstAttempt[Answer] | None,
+        prepare: bool = False,
+    ) -> None:
+        pool = self.pool
+        assert pool is not None
+        if prepare:
+            assert self.head is not None
+            self._prepare(pool, self.head)
         try:
             held = await pool.lb.acall_held(
                 self._attempt,
                 results=self,
-                key=key,
+                key=self._key,
                 retry=pool.retry,
                 hedging=hedging,
                 classify=self._classify,
+                first=first,
             )
-        except NoServersAvailableError:
+        except Exception as error:
+            self._failed(error)
+            return
+        self._answer_held(held)
+
+    def _failed(self, error: Exception) -> None:
+        """The call's error, answered (unless the exchange is over)."""
+        if self.done:
+            return
+        if isinstance(error, NoServersAvailableError):
             self.outcome = "none"
             self.respond_error(503, "no_upstream")
-            return
-        except AttemptTimeoutError:
+        elif isinstance(error, AttemptTimeoutError):
             self.outcome = "failure"
             self.respond_error(504, "upstream_timeout")
-            return
-        except UpstreamError as error:
+        elif isinstance(error, UpstreamError):
             self.outcome = "failure"
             timed_out = isinstance(error, UpstreamTimeoutError) or error.cause.endswith("timeout")
             status = 504 if timed_out else 502  # nginx: a connect timeout is a 504 too
             self.respond_error(status, error.cause)
-            return
-        except Exception:
+        else:
             # A bug of the proxy's, not the server's: answered, logged, never left hanging.
-            _log.exception("proxying %r failed", self.target)
+            _log.error("proxying %r failed", self.target, exc_info=error)
             self.outcome = "none"
             self.respond_error(502, "proxy_error")
-            return
+
+    def _answer_held(self, held: Held[Answer]) -> None:
         try:
             self._respond(held)
         except Exception:
@@ -301,6 +468,9 @@ class Exchange:
         the response head awaited."""
         self.attempts += 1
         self.server = server
+        return await self._attempt_on(server)
+
+    async def _attempt_on(self, server: str) -> Answer:
         upstreams = self.upstreams
         timeouts = self.settings.timeouts
         conn = upstreams.take(server)
@@ -322,7 +492,12 @@ class Exchange:
                 self.sink = None
             conn.abort()
             raise
-        conn = await upstreams.connect(server, timeouts.upstream_connect)
+        return await self._reconnected(server)
+
+    async def _reconnected(self, server: str) -> Answer:
+        """The attempt again on a new connection: the pooled one was stale."""
+        timeouts = self.settings.timeouts
+        conn = await self.upstreams.connect(server, timeouts.upstream_connect)
         try:
             return await self._send(conn, timeouts.upstream_read)
         except BaseException:
@@ -542,6 +717,9 @@ class Exchange:
         task = self._task
         if task is not None and not task.done():
             task.cancel()  # the engine ends the attempt's lease with no outcome
+        first = self._first
+        if first is not None:
+            first[2].cancel()  # its callback ends the lease with no outcome
         held = self.held
         answer = self.answer
         if answer is not None and answer.tunnel:
@@ -557,7 +735,7 @@ class Exchange:
         sink = self.sink
         if sink is not None and not self.body_complete:
             sink.abort()  # the upstream would wait for the rest of a body that never comes
-        if self._task is not None or self.held is not None:
+        if self.dispatched or self.held is not None:
             self._record()
 
     def refuse(self, status: int, cause: str) -> None:
@@ -566,6 +744,9 @@ class Exchange:
         task = self._task
         if task is not None and not task.done():
             task.cancel()
+        first = self._first
+        if first is not None:
+            first[2].cancel()
         sink = self.sink
         if sink is not None:
             sink.abort()

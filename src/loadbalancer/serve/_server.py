@@ -388,7 +388,7 @@ class _ClientConnection(asyncio.Protocol):
         if self._read_paused and len(queue) <= _MAX_QUEUE:
             self.read_paused(False)
         if queue:
-            queue[0].start()
+            queue[0].start(inline=False)
         elif self._current is None:
             self._state = _IDLE
             self._since = self._loop.time()
