@@ -64,6 +64,7 @@ import loadbalancer
 from loadbalancer import BalancerStats, LatencyHistogram, LoadBalancer
 
 from ._catalog import LABEL_ATTRIBUTES, METRICS, Metric
+from ._names import check_addition, check_name
 
 __all__ = ["LoadBalancerInstruments"]
 
@@ -72,22 +73,6 @@ _log = logging.getLogger("loadbalancer.metrics")
 _BALANCER = LABEL_ATTRIBUTES["balancer"]
 
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
-
-
-def _check_name(name: object, what: str = "name") -> str:
-    """``name`` if it is a non-empty str, else ``TypeError``/``ValueError`` naming ``what``."""
-    if not isinstance(name, str):
-        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
-    if not name:
-        raise ValueError(f"{what} must be a non-empty string")
-    return name
-
-
-def _check_balancer(lb: object, what: str = "lb") -> LoadBalancer:
-    """``lb`` if it is a ``LoadBalancer``, else ``TypeError`` naming ``what``."""
-    if not isinstance(lb, LoadBalancer):
-        raise TypeError(f"{what} must be a LoadBalancer, not {type(lb).__name__}")
-    return lb
 
 
 def _check_balancers(balancers: object) -> dict[str, LoadBalancer]:
@@ -101,8 +86,9 @@ def _check_balancers(balancers: object) -> dict[str, LoadBalancer]:
         )
     checked: dict[str, LoadBalancer] = {}
     for name, lb in balancers.items():
-        _check_name(name, "balancers' names")
-        _check_balancer(lb, f"balancers[{name!r}]")
+        check_name(name, "balancers' names")
+        if not isinstance(lb, LoadBalancer):
+            raise TypeError(f"balancers[{name!r}] must be a LoadBalancer, not {type(lb).__name__}")
         for other, known in checked.items():
             if known is lb:
                 raise ValueError(f"balancers: the same balancer is named {other!r} and {name!r}")
@@ -189,21 +175,15 @@ class LoadBalancerInstruments:
 
     def add(self, name: str, lb: LoadBalancer) -> None:
         """Report ``lb`` under ``name`` from the next collection on."""
-        _check_name(name)
-        _check_balancer(lb)
         with self._lock:
+            check_addition(name, lb, self._balancers, "reported")
             if self._closed:
                 raise RuntimeError("the instruments are closed: create new ones")
-            if name in self._balancers:
-                raise ValueError(f"name: a balancer named {name!r} is already reported")
-            for other, known in self._balancers.items():
-                if known is lb:
-                    raise ValueError(f"lb: this balancer is already reported as {other!r}")
             self._balancers[name] = lb
 
     def remove(self, name: str) -> bool:
         """Stop reporting the balancer named ``name``; return False if there is none."""
-        _check_name(name)
+        check_name(name)
         with self._lock:
             self._readings.pop(name, None)
             return self._balancers.pop(name, None) is not None

@@ -24,6 +24,7 @@ from loadbalancer import DEFAULT_LATENCY_BUCKETS, LatencyHistogram, LoadBalancer
 from loadbalancer._stats import check_buckets
 from loadbalancer.metrics import METRICS, Metric
 from loadbalancer.metrics._catalog import Sample
+from loadbalancer.metrics._names import check_addition
 
 __all__ = ["LoadBalancerCollector"]
 
@@ -103,19 +104,8 @@ class LoadBalancerCollector(Collector):
 
     def add(self, name: str, lb: LoadBalancer) -> None:
         """Export ``lb`` under ``balancer="<name>"`` from the next scrape on."""
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, not {type(name).__name__}")
-        if not name:
-            raise ValueError("name must not be empty")
-        if not isinstance(lb, LoadBalancer):
-            raise TypeError(f"lb must be a LoadBalancer, not {type(lb).__name__}")
         with self._lock:  # the checks and the insertion as one step against concurrent adds
-            if name in self._balancers:
-                raise ValueError(f"name: a balancer named {name!r} is already collected")
-            for other, known in self._balancers.items():
-                if known is lb:
-                    # Its series would be counted twice in any sum over balancers.
-                    raise ValueError(f"lb: this balancer is already collected as {other!r}")
+            check_addition(name, lb, self._balancers, "collected")
             if self._buckets is not None:
                 # Raises ValueError if lb already counts other buckets; nothing is added then.
                 lb.enable_latency_histogram(self._buckets)
