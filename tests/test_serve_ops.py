@@ -167,10 +167,6 @@ def test_access_log_lines_are_json(tmp_path: Path) -> None:
 
 # -- real `loadbalancer serve` processes --------------------------------------------------------
 
-HAVE_ENGINE = importlib.util.find_spec("loadbalancer.serve._server") is not None
-needs_engine = pytest.mark.skipif(
-    not HAVE_ENGINE, reason="the proxy engine (serve._server) is not here yet"
-)
 WAIT = 20.0  # the bound on any one wait for a process
 # The event loop of the processes under test: `auto` (uvloop where installed) unless this says.
 LOOP = ["--loop", os.environ.get("LOADBALANCER_TEST_SERVE_LOOP", "auto")]
@@ -284,7 +280,6 @@ def _backend_of(response: httpx.Response) -> str:
     return response.headers["x-backend"]
 
 
-@needs_engine
 def test_flags_form_proxies_requests(serve: Any, pool: list[Backend]) -> None:
     a, b, _ = pool
     proxy = serve(
@@ -354,7 +349,6 @@ async def _load(
     return results
 
 
-@needs_engine
 def test_sigterm_under_load_cuts_no_request(serve: Any, pool: list[Backend]) -> None:
     a, b, _ = pool
     proxy = serve(
@@ -405,7 +399,6 @@ def test_sigterm_under_load_cuts_no_request(serve: Any, pool: list[Backend]) -> 
     assert proxy.wait() == 0
 
 
-@needs_engine
 def test_sigterm_answers_every_request_sent_before_it(serve: Any, pool: list[Backend]) -> None:
     a, _, _ = pool
     proxy = serve("--listen", "127.0.0.1:0", "--backend", a.address, "--access-log", "off")
@@ -457,7 +450,6 @@ def _write_config(path: Path, servers: list[Backend]) -> None:
     path.write_text(CONFIG.format(servers=", ".join(f'"{b.address}"' for b in servers)))
 
 
-@needs_engine
 def test_sighup_adds_and_removes_backends_under_load(
     serve: Any, pool: list[Backend], tmp_path: Path
 ) -> None:
@@ -504,7 +496,6 @@ def test_sighup_adds_and_removes_backends_under_load(
     assert proxy.wait() == 0
 
 
-@needs_engine
 def test_a_bad_reload_is_one_line_and_keeps_serving(
     serve: Any, pool: list[Backend], tmp_path: Path
 ) -> None:
@@ -527,7 +518,6 @@ def _worker_pids_seen(proxy: Serve) -> set[int]:
     return {json.loads(line)["pid"] for line in proxy.stdout_lines if line.startswith("{")}
 
 
-@needs_engine
 def test_two_workers_serve_on_one_port(serve: Any, pool: list[Backend]) -> None:
     a, _, _ = pool
     proxy = serve(
@@ -604,7 +594,6 @@ pool = "api"
 """
 
 
-@needs_engine
 def test_a_config_file_routes_checks_health_and_logs_to_a_file(
     serve: Any, pool: list[Backend], tmp_path: Path
 ) -> None:
@@ -652,7 +641,6 @@ def test_a_config_file_routes_checks_health_and_logs_to_a_file(
         }
 
 
-@needs_engine
 def test_workers_reload_on_sighup_and_drain_on_sigterm(
     serve: Any, pool: list[Backend], tmp_path: Path
 ) -> None:
@@ -693,7 +681,6 @@ def test_a_missing_serve_dependency_names_the_extra(
     assert err == f"loadbalancer serve: error: the proxy needs httptools: {extra}\n"
 
 
-@needs_engine
 def test_a_worker_that_dies_is_restarted_on_the_same_port(serve: Any, pool: list[Backend]) -> None:
     a, _, _ = pool
     proxy = serve("--listen", "127.0.0.1:0", "--backend", a.address, "--workers", "2")
@@ -727,7 +714,6 @@ def _run_serve(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@needs_engine
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_port_in_use_is_one_line_and_status_1(workers: str) -> None:
     with socket.socket() as taken:
@@ -742,7 +728,6 @@ def test_a_port_in_use_is_one_line_and_status_1(workers: str) -> None:
     assert done.stderr.count("\n") == 1
 
 
-@needs_engine
 def test_an_access_log_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "no" / "access.log"
     done = _run_serve(
@@ -754,7 +739,6 @@ def test_an_access_log_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None
     )
 
 
-@needs_engine
 def test_a_pool_follows_its_discovery_file(serve: Any, pool: list[Backend], tmp_path: Path) -> None:
     a, b, _ = pool
     inventory = tmp_path / "inventory.json"
@@ -774,7 +758,6 @@ def test_a_pool_follows_its_discovery_file(serve: Any, pool: list[Backend], tmp_
     assert proxy.wait() == 0
 
 
-@needs_engine
 def test_every_listener_serves_every_route(serve: Any, pool: list[Backend]) -> None:
     a, _, _ = pool
     proxy = serve(
@@ -807,7 +790,6 @@ def _balancers_in_metrics(admin: int) -> set[str]:
     }
 
 
-@needs_engine
 def test_the_admin_listener_follows_pools_across_reloads(
     serve: Any, pool: list[Backend], tmp_path: Path
 ) -> None:
@@ -858,7 +840,6 @@ def _running(pid: int) -> bool:
         return False
 
 
-@needs_engine
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_workers_exit_when_their_parent_is_killed(serve: Any, pool: list[Backend]) -> None:
     a, _, _ = pool
