@@ -285,6 +285,7 @@ class LoadBalancer:
         "_suspects",
         "_tally",
         "_view",
+        "_watchers",
     )
 
     def __init__(
@@ -335,7 +336,9 @@ class LoadBalancer:
         # Servers that failed enough to be ejected: when, and how many times in a row.
         self._suspects: dict[Endpoint, tuple[float, int]] = {}
         self._retry_at = -math.inf  # after a failed build, no other is asked for until then
-        self._outbox: deque[HealthEvent] = deque()  # events published, not yet delivered
+        # Events published, not yet delivered; a tuple is the servers after a membership change.
+        self._outbox: deque[HealthEvent | tuple[str, ...]] = deque()
+        self._watchers: tuple[Callable[[tuple[str, ...]], object], ...] = ()
         self._delivering = threading.RLock()
         self._ref: weakref.ref[CatchesUp] = weakref.ref(self)
         self._tally = Tally()
@@ -388,6 +391,7 @@ class LoadBalancer:
             grown[server] = endpoint
             self._post(self._publish(grown, now))
             self._tally.membership_changed(now)
+            self._post_membership()
         self._deliver()
         return True
 
@@ -423,6 +427,7 @@ class LoadBalancer:
             now = self._now()
             self._post(self._publish(remaining, now))
             self._tally.membership_changed(now)
+            self._post_membership()
         self._deliver()
         return True
 
@@ -477,6 +482,8 @@ class LoadBalancer:
                 raise
             if changed or endpoints.keys() != current.keys():  # a new order alone is no change
                 self._tally.membership_changed(now)
+            if endpoints.keys() != current.keys():
+                self._post_membership()
         self._deliver()
 
     def _new_endpoint(self, server: str, weight: float, now: float) -> Endpoint:
@@ -720,6 +727,12 @@ class LoadBalancer:
             self._tally.count(events, self._view.endpoints)
             self._outbox.extend(events)
 
+    def _post_membership(self) -> None:
+        """Queue the servers as they are now for ``watch_servers`` callbacks. Caller holds
+        ``_lock``, so they are delivered in the order the changes were made."""
+        if self._watchers:
+            self._outbox.append(self._view.servers)
+
     def _deliver(self) -> None:
         """Log and report queued events, in the order they happened; runs outside ``_lock``.
 
@@ -733,12 +746,52 @@ class LoadBalancer:
         with self._delivering:
             while outbox:
                 event = outbox.popleft()
+                if isinstance(event, tuple):
+                    self._tell_watchers(event)
+                    continue
                 _log.info("%s %s: %s", event.kind.value, event.server or "pool", event.detail)
                 if self._on_event is not None:
                     try:
                         self._on_event(event)
                     except Exception:
                         _log.exception("on_event callback failed for %s", event)
+
+    def _tell_watchers(self, servers: tuple[str, ...]) -> None:
+        for watcher in self._watchers:
+            try:
+                watcher(servers)
+            except Exception:
+                _log.exception("watch_servers callback failed for %s", servers)
+
+    def watch_servers(self, callback: Callable[[tuple[str, ...]], object]) -> Callable[[], None]:
+        """Call ``callback(servers)`` now and after every change of the registered servers.
+
+        For what is kept per server (one gRPC channel per backend, a connection pool):
+        ``servers`` is the pool after the change, in order, so a callback reconciles to it.
+        Calls come in the order the changes were made, outside the balancer's lock, on the
+        thread that made the change or one delivering for it; a weight change calls nothing.
+        Returns a function that stops the calls. If the first call raises, nothing is
+        watched and the error propagates; a later call that raises is logged.
+        """
+        check_callable(callback, "callback")
+        with self._delivering:  # nothing is delivered between the first call and the next
+            self._deliver()
+            with self._lock:
+                self._watchers = (*self._watchers, callback)
+                servers = self._view.servers
+            try:
+                callback(servers)
+            except BaseException:
+                self._unwatch(callback)
+                raise
+        return lambda: self._unwatch(callback)
+
+    def _unwatch(self, callback: Callable[[tuple[str, ...]], object]) -> None:
+        with self._lock:
+            watchers = list(self._watchers)
+            if callback in watchers:
+                watchers.remove(callback)
+            self._watchers = tuple(watchers)
 
     # -- the request lifecycle ----------------------------------------------------------------
 
