@@ -1,0 +1,727 @@
+"""A ``grpc.Channel`` that sends each call to a server picked by a ``LoadBalancer``.
+
+``BalancedChannel(lb)`` holds one real channel per server of ``lb`` (opened when the server
+joins, closed when it has left and its calls have ended) and is a ``grpc.Channel``, so
+generated stubs work on it unchanged: ``HealthStub(BalancedChannel(lb)).Check(request)``.
+Install ``loadbalancer[grpc]``.
+
+Per call:
+
+* Each call leases a server, keyed by ``sticky`` if given. A unary call's lease ends with its
+  answer; a streaming call's when the RPC ends (its last message and status, or a cancel).
+* The outcome is the status code's (``GrpcPolicy``): UNAVAILABLE, DEADLINE_EXCEEDED and
+  INTERNAL are failures; an application error such as NOT_FOUND is the server working;
+  CANCELLED is no outcome.
+* Unary-request calls are retried through the failover engine as gRPC A6 describes: codes in
+  ``retryable_codes``, at most ``retry.attempts`` attempts, exponential backoff with full
+  jitter, server pushback (``grpc-retry-pushback-ms``) obeyed, never once the call is
+  committed (response headers with metadata, or a message, have arrived), each retry on a
+  server not tried yet and paid for from the balancer's retry budget. The call's ``timeout``
+  is a deadline for all its attempts. With retries, a server-streaming call returns once its
+  first message (or its status) has arrived: until then it may go to another server.
+* ``future()`` makes one attempt: a blocking engine cannot retry behind a future. Calls that
+  stream requests make one attempt too: their requests are not kept for a replay. Hedging
+  needs asyncio: see ``loadbalancer.integrations.grpc_aio``.
+
+``GrpcHealthProbe`` asks a server's standard ``grpc.health.v1.Health/Check``, for
+``HealthChecker``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, final
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from loadbalancer import LoadBalancer, NoServersAvailableError, ProbeResult
+
+from ._grpc_shared import (
+    Backend,
+    Backends,
+    Deserializer,
+    GrpcPolicy,
+    LocalRpcError,
+    Metadata,
+    MethodCalls,
+    Serializer,
+    StickyKey,
+    check_lb,
+    deadline_of,
+    rpc_facts,
+    time_left,
+)
+
+__all__ = ["BalancedChannel", "GrpcHealthProbe", "GrpcPolicy", "LocalRpcError", "StickyKey"]
+
+# grpc's classes are generic in its type stubs only.
+if TYPE_CHECKING:
+    _UnaryUnaryBase = grpc.UnaryUnaryMultiCallable[Any, Any]
+    _UnaryStreamBase = grpc.UnaryStreamMultiCallable[Any, Any]
+    _StreamUnaryBase = grpc.StreamUnaryMultiCallable[Any, Any]
+    _StreamStreamBase = grpc.StreamStreamMultiCallable[Any, Any]
+    _FutureBase = grpc.Future[Any]
+else:
+    _UnaryUnaryBase = grpc.UnaryUnaryMultiCallable
+    _UnaryStreamBase = grpc.UnaryStreamMultiCallable
+    _StreamUnaryBase = grpc.StreamUnaryMultiCallable
+    _StreamStreamBase = grpc.StreamStreamMultiCallable
+    _FutureBase = grpc.Future
+
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+"""The standard health-checking method that ``GrpcHealthProbe`` calls."""
+
+_END = object()  # a stream peeked at its end: no first message
+_STATE_ORDER = (  # the balanced channel's state is the best of its backends'
+    grpc.ChannelConnectivity.READY,
+    grpc.ChannelConnectivity.CONNECTING,
+    grpc.ChannelConnectivity.IDLE,
+    grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+)
+
+
+class _Call(MethodCalls[grpc.Channel]):
+    """What every multi-callable of the balanced channel shares."""
+
+    def _end_with_rpc(self, call: Any, lease: Any, backend: Backend[grpc.Channel]) -> None:
+        """End ``lease`` and the backend's count when ``call`` terminates, with its outcome."""
+        outcome = self._channel.policy.outcome
+        backends = self._channel.backends
+
+        def done(*_: object) -> None:
+            lease.release(outcome(call.code()))
+            backends.leave(backend)
+
+        if not call.add_callback(done):  # already over: grpc will not call it
+            done()
+
+
+@final
+class _UnaryUnary(_Call, _UnaryUnaryBase):
+    def _invoke(
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: Metadata | None,
+        credentials: grpc.CallCredentials | None,
+        wait_for_ready: bool | None,
+        compression: grpc.Compression | None,
+    ) -> tuple[Any, grpc.Call]:
+        channel = self._channel
+        backends = channel.backends
+        deadline = deadline_of(timeout)
+        per_try = channel.policy.retry.per_try_timeout
+
+        def attempt(server: str) -> tuple[Any, grpc.Call]:
+            backend = backends.enter(server)
+            try:
+                answer: tuple[Any, grpc.Call] = self._on(backend).with_call(
+                    request,
+                    timeout=time_left(deadline, per_try),
+                    metadata=metadata,
+                    credentials=credentials,
+                    wait_for_ready=wait_for_ready,
+                    compression=compression,
+                )
+                return answer
+            finally:
+                backends.leave(backend)
+
+        try:
+            answer: tuple[Any, grpc.Call] = channel.lb.call(
+                attempt,
+                key=self._key(metadata, request, False),
+                retry=channel.policy.retry,
+                classify=self._classify(deadline),
+            )
+        except NoServersAvailableError as error:
+            raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(error)) from error
+        return answer
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        """Make the call on a balanced server, retrying as the policy allows; its response."""
+        return self._invoke(request, timeout, metadata, credentials, wait_for_ready, compression)[0]
+
+    def with_call(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> tuple[Any, grpc.Call]:
+        """As ``__call__``; the response and the ``grpc.Call`` of the attempt that answered."""
+        return self._invoke(request, timeout, metadata, credentials, wait_for_ready, compression)
+
+    def future(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        """Start the call on a balanced server, in one attempt; its ``grpc.Future``."""
+        lease, backend = self._lease_one(self._key(metadata, request, False))
+        try:
+            future = self._on(backend).future(
+                request, timeout, metadata, credentials, wait_for_ready, compression
+            )
+        except BaseException:
+            lease.release(None)
+            self._channel.backends.leave(backend)
+            raise
+        self._end_with_rpc(future, lease, backend)
+        return future
+
+
+@final
+class _PeekedStream(grpc.Call, _FutureBase, Iterator[Any]):
+    """A server stream whose first message was read before it was committed to its server."""
+
+    def __init__(self, call: Any, first: object) -> None:
+        self._call = call
+        self._first = first
+
+    def __iter__(self) -> _PeekedStream:
+        return self
+
+    def __next__(self) -> Any:
+        first, self._first = self._first, None
+        if first is _END:
+            raise StopIteration
+        if first is not None:
+            return first
+        return next(self._call)
+
+    next = __next__
+
+    # grpc.Call, grpc.Future and the rest of the stream's interface, from the real call.
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+    def is_active(self) -> bool:
+        """Whether the RPC is active."""
+        return bool(self._call.is_active())
+
+    def time_remaining(self) -> float:
+        """Seconds before the RPC's deadline (None: no deadline)."""
+        remaining: float = self._call.time_remaining()
+        return remaining
+
+    def cancel(self) -> bool:
+        """Cancel the RPC."""
+        return bool(self._call.cancel())
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` when the RPC ends (False if it has ended)."""
+        return bool(self._call.add_callback(callback))
+
+    def initial_metadata(self) -> Any:
+        """The server's response headers."""
+        return self._call.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        """The server's trailing metadata, once the RPC has ended."""
+        return self._call.trailing_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        """The status code, once the RPC has ended."""
+        code: grpc.StatusCode = self._call.code()
+        return code
+
+    def details(self) -> str:
+        """The status details, once the RPC has ended."""
+        details: str = self._call.details()
+        return details
+
+    def cancelled(self) -> bool:
+        """Whether the RPC was cancelled."""
+        return bool(self._call.cancelled())
+
+    def running(self) -> bool:
+        """Whether the RPC is running."""
+        return bool(self._call.running())
+
+    def done(self) -> bool:
+        """Whether the RPC has ended."""
+        return bool(self._call.done())
+
+    def result(self, timeout: float | None = None) -> Any:
+        """As the real call's ``result``."""
+        return self._call.result(timeout)
+
+    def exception(self, timeout: float | None = None) -> Any:
+        """As the real call's ``exception``."""
+        return self._call.exception(timeout)
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        """As the real call's ``traceback``."""
+        return self._call.traceback(timeout)
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        """As the real call's ``add_done_callback``."""
+        self._call.add_done_callback(fn)
+
+
+@final
+class _Opened:
+    """A server-streaming attempt under way: its call, backend, and first message if read."""
+
+    __slots__ = ("backend", "call", "first")
+
+    def __init__(self, call: Any, backend: Backend[grpc.Channel], first: object) -> None:
+        self.call = call
+        self.backend = backend
+        self.first = first
+
+
+@final
+class _OpenedResults:
+    """How the engine frees a server stream that is not the answer: cancel it."""
+
+    def __init__(self, backends: Backends[grpc.Channel]) -> None:
+        self._backends = backends
+
+    def set_aside(self, result: _Opened) -> _Opened:
+        return result  # a started stream is never retried: the classifier sees to it
+
+    def discard(self, result: _Opened) -> None:
+        result.call.cancel()
+        self._backends.leave(result.backend)
+
+
+@final
+class _UnaryStream(_Call, _UnaryStreamBase):
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        """Start the stream on a balanced server; with retries, once its first message is in."""
+        channel = self._channel
+        backends = channel.backends
+        policy = channel.policy
+        deadline = deadline_of(timeout)
+        peek = policy.retry.attempts > 1  # only a stream not yet committed can be retried
+
+        def attempt(server: str) -> _Opened:
+            backend = backends.enter(server)
+            try:
+                call = self._on(backend)(
+                    request,
+                    timeout=time_left(deadline, policy.retry.per_try_timeout),
+                    metadata=metadata,
+                    credentials=credentials,
+                    wait_for_ready=wait_for_ready,
+                    compression=compression,
+                )
+                first: object = None
+                if peek:
+                    try:
+                        first = next(call)
+                    except StopIteration:
+                        first = _END
+            except BaseException:
+                backends.leave(backend)
+                raise
+            return _Opened(call, backend, first)
+
+        try:
+            held = channel.lb.call_held(
+                attempt,
+                results=_OpenedResults(backends),
+                key=self._key(metadata, request, False),
+                retry=policy.retry,
+                classify=self._classify(deadline),
+            )
+        except NoServersAvailableError as error:
+            raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(error)) from error
+        opened = held.result
+        lease = held.lease
+        if lease is None:  # cannot happen for a result the engine hands back; be safe
+            backends.leave(opened.backend)
+            return opened.call
+        self._end_with_rpc(opened.call, lease, opened.backend)
+        return opened.call if opened.first is None else _PeekedStream(opened.call, opened.first)
+
+
+@final
+class _StreamUnary(_Call, _StreamUnaryBase):
+    def with_call(
+        self,
+        request_iterator: Iterator[Any],
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> tuple[Any, grpc.Call]:
+        """Make the call on a balanced server, in one attempt; the response and its call."""
+        lease, backend = self._lease_one(self._key(metadata, None, True))
+        ok: bool | None = None
+        try:
+            answer: tuple[Any, grpc.Call] = self._on(backend).with_call(
+                request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+            )
+            ok = True
+            return answer
+        except grpc.RpcError as error:
+            ok = self._channel.policy.outcome(rpc_facts(error)[0])
+            raise
+        finally:
+            lease.release(ok)
+            self._channel.backends.leave(backend)
+
+    def __call__(
+        self,
+        request_iterator: Iterator[Any],
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        """As ``with_call``; the response."""
+        return self.with_call(
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        )[0]
+
+    def future(
+        self,
+        request_iterator: Iterator[Any],
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        """Start the call on a balanced server, in one attempt; its ``grpc.Future``."""
+        lease, backend = self._lease_one(self._key(metadata, None, True))
+        try:
+            future = self._on(backend).future(
+                request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+            )
+        except BaseException:
+            lease.release(None)
+            self._channel.backends.leave(backend)
+            raise
+        self._end_with_rpc(future, lease, backend)
+        return future
+
+
+@final
+class _StreamStream(_Call, _StreamStreamBase):
+    def __call__(
+        self,
+        request_iterator: Iterator[Any],
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        """Start the stream on a balanced server, in one attempt; the real call."""
+        lease, backend = self._lease_one(self._key(metadata, None, True))
+        try:
+            call = self._on(backend)(
+                request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+            )
+        except BaseException:
+            lease.release(None)
+            self._channel.backends.leave(backend)
+            raise
+        self._end_with_rpc(call, lease, backend)
+        return call
+
+
+@final
+class BalancedChannel(grpc.Channel):
+    """A ``grpc.Channel`` over one real channel per server of ``lb``: each call is balanced.
+
+    Backend channels are made by ``channel_factory(server)`` if given, else
+    ``grpc.secure_channel`` (with ``credentials``) or ``grpc.insecure_channel``, with
+    ``options`` and ``compression``, and wrapped with ``interceptors``. ``policy`` judges
+    and retries calls (``GrpcPolicy``); ``sticky`` gives calls a key (``StickyKey``).
+    ``close()`` closes every backend channel.
+    """
+
+    def __init__(
+        self,
+        lb: LoadBalancer,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        compression: grpc.Compression | None = None,
+        interceptors: Sequence[Any] = (),
+        channel_factory: Callable[[str], grpc.Channel] | None = None,
+        policy: GrpcPolicy | None = None,
+        sticky: StickyKey | None = None,
+    ) -> None:
+        self.lb = check_lb(lb)
+        if policy is not None and not isinstance(policy, GrpcPolicy):
+            raise TypeError(f"policy must be a GrpcPolicy, not {type(policy).__name__}")
+        if sticky is not None and not isinstance(sticky, StickyKey):
+            raise TypeError(f"sticky must be a StickyKey or None, not {type(sticky).__name__}")
+        if credentials is not None and not isinstance(credentials, grpc.ChannelCredentials):
+            raise TypeError(
+                f"credentials must be grpc.ChannelCredentials, not {type(credentials).__name__}"
+            )
+        if channel_factory is not None and not callable(channel_factory):
+            raise TypeError(
+                f"channel_factory must be callable, not {type(channel_factory).__name__}"
+            )
+        self.policy = GrpcPolicy() if policy is None else policy
+        self.sticky = sticky
+        self._credentials = credentials
+        self._options = tuple(options)
+        self._compression = compression
+        self._interceptors = tuple(interceptors)
+        self._factory = channel_factory
+        self._watch_lock = threading.Lock()
+        self._subscribers: list[Callable[[grpc.ChannelConnectivity], None]] = []
+        self._states: dict[str, grpc.ChannelConnectivity] = {}
+        self._state: grpc.ChannelConnectivity | None = None
+        self.backends: Backends[grpc.Channel] = Backends(lb, self._open, self._close_backend)
+
+    def _open(self, server: str) -> grpc.Channel:
+        if self._factory is not None:
+            channel = self._factory(server)
+        elif self._credentials is not None:
+            channel = grpc.secure_channel(
+                server, self._credentials, self._options, self._compression
+            )
+        else:
+            channel = grpc.insecure_channel(server, self._options, self._compression)
+        if self._interceptors:
+            channel = grpc.intercept_channel(channel, *self._interceptors)
+        with self._watch_lock:
+            watched = bool(self._subscribers)
+        if watched:
+            self._watch(server, channel)
+        return channel
+
+    def _close_backend(self, channel: grpc.Channel) -> None:
+        channel.close()
+
+    # -- the grpc.Channel interface --------------------------------------------------------
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Serializer = None,
+        response_deserializer: Deserializer = None,
+        _registered_method: bool | None = False,
+    ) -> grpc.UnaryUnaryMultiCallable[Any, Any]:
+        """A multi-callable for a unary-unary method, balanced per call."""
+        return _UnaryUnary(
+            self, "unary_unary", method, request_serializer, response_deserializer,
+            _registered_method,
+        )  # fmt: skip
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Serializer = None,
+        response_deserializer: Deserializer = None,
+        _registered_method: bool | None = False,
+    ) -> grpc.UnaryStreamMultiCallable[Any, Any]:
+        """A multi-callable for a server-streaming method, balanced per call."""
+        return _UnaryStream(
+            self, "unary_stream", method, request_serializer, response_deserializer,
+            _registered_method,
+        )  # fmt: skip
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Serializer = None,
+        response_deserializer: Deserializer = None,
+        _registered_method: bool | None = False,
+    ) -> grpc.StreamUnaryMultiCallable[Any, Any]:
+        """A multi-callable for a client-streaming method, balanced per call."""
+        return _StreamUnary(
+            self, "stream_unary", method, request_serializer, response_deserializer,
+            _registered_method,
+        )  # fmt: skip
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Serializer = None,
+        response_deserializer: Deserializer = None,
+        _registered_method: bool | None = False,
+    ) -> grpc.StreamStreamMultiCallable[Any, Any]:
+        """A multi-callable for a bidirectional-streaming method, balanced per call."""
+        return _StreamStream(
+            self, "stream_stream", method, request_serializer, response_deserializer,
+            _registered_method,
+        )  # fmt: skip
+
+    def subscribe(
+        self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False
+    ) -> None:
+        """Call ``callback`` with the channel's state now and whenever it changes.
+
+        The state is the best of the backends' (READY if any is ready, then CONNECTING, IDLE,
+        TRANSIENT_FAILURE; TRANSIENT_FAILURE with no servers; SHUTDOWN once closed), as
+        gRPC's own round_robin reports it. ``try_to_connect`` asks every backend to connect.
+        """
+        with self._watch_lock:
+            first = not self._subscribers
+            self._subscribers.append(callback)
+        live = self.backends.live()
+        for server, channel in live.items():
+            if first:
+                self._watch(server, channel)
+            if try_to_connect:
+                channel.subscribe(_ignore, try_to_connect=True)
+                channel.unsubscribe(_ignore)
+        callback(self._aggregate())
+
+    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        """Stop calling ``callback``."""
+        with self._watch_lock:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+    def close(self) -> None:
+        """Close every backend channel and stop following the balancer (calls are cancelled)."""
+        channels = self.backends.close()
+        for channel in channels:
+            channel.close()
+        self._changed()
+
+    def __enter__(self) -> BalancedChannel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"BalancedChannel({self.lb!r})"
+
+    # -- connectivity -------------------------------------------------------------------------
+
+    def _watch(self, server: str, channel: grpc.Channel) -> None:
+        def on_state(state: grpc.ChannelConnectivity) -> None:
+            with self._watch_lock:
+                self._states[server] = state
+            self._changed()
+
+        channel.subscribe(on_state)
+
+    def _aggregate(self) -> grpc.ChannelConnectivity:
+        if self.backends.closed:
+            return grpc.ChannelConnectivity.SHUTDOWN
+        live = self.backends.live()
+        with self._watch_lock:
+            states = {state for server, state in self._states.items() if server in live}
+        for state in _STATE_ORDER:
+            if state in states:
+                return state
+        return grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
+    def _changed(self) -> None:
+        state = self._aggregate()
+        with self._watch_lock:
+            if state is self._state:
+                return
+            self._state = state
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            callback(state)
+
+
+def _ignore(_: grpc.ChannelConnectivity) -> None:
+    """A connectivity callback that does nothing, to ask a channel to connect."""
+
+
+@final
+class GrpcHealthProbe:
+    """A probe asking a server's ``grpc.health.v1.Health/Check`` for ``service``.
+
+    Healthy when the answer is SERVING. Each probe opens a channel to the server (with
+    ``credentials`` if given, else insecure) and closes it; ``timeout`` bounds the whole
+    probe. Not healthy, with the reason: NOT_SERVING or another status, the RPC's code (a
+    server without the health service answers UNIMPLEMENTED), or the timeout.
+    """
+
+    def __init__(
+        self,
+        service: str = "",
+        *,
+        timeout: float = 1.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        if not isinstance(service, str):
+            raise TypeError(f"service must be a str, not {type(service).__name__}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.service = service
+        self.timeout = float(timeout)
+        self._credentials = credentials
+        self._options = tuple(options)
+
+    def __call__(self, server: str) -> ProbeResult:
+        """Probe ``server`` (``host:port``) once."""
+        if self._credentials is None:
+            channel = grpc.insecure_channel(server, self._options)
+        else:
+            channel = grpc.secure_channel(server, self._credentials, self._options)
+        try:
+            answer = channel.unary_unary(
+                HEALTH_CHECK,
+                health_pb2.HealthCheckRequest.SerializeToString,
+                health_pb2.HealthCheckResponse.FromString,
+            )(
+                health_pb2.HealthCheckRequest(service=self.service),
+                timeout=self.timeout,
+            )
+        except grpc.RpcError as error:
+            return ProbeResult(False, describe_rpc_error(error, self.timeout))
+        finally:
+            channel.close()
+        return health_verdict(answer.status)
+
+    def __repr__(self) -> str:
+        return f"GrpcHealthProbe(service={self.service!r}, timeout={self.timeout:g})"
+
+
+def describe_rpc_error(error: grpc.RpcError, timeout: float) -> str:
+    """Why a health RPC failed, in the words a checker's status shows."""
+    code = rpc_facts(error)[0]
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"timed out after {timeout:g} s"
+    if code is grpc.StatusCode.UNIMPLEMENTED:
+        return "no grpc.health.v1.Health service (UNIMPLEMENTED)"
+    facts: Any = error  # grpc's errors are also its Call objects: they have details()
+    details = facts.details() if hasattr(facts, "details") else ""
+    name = code.name if code is not None else type(error).__name__
+    return f"{name}: {details}" if details else name
+
+
+def health_verdict(status: int) -> ProbeResult:
+    """The probe result of a ``HealthCheckResponse`` status."""
+    if status == health_pb2.HealthCheckResponse.SERVING:
+        return ProbeResult(True)
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    return ProbeResult(False, f"status {name}")
