@@ -15,6 +15,8 @@ messages, no generated code), and the standard ``grpc.health.v1.Health`` service
 ``/test.Echo/Chat``
     A bidirectional stream: answers each message with ``<name>:<message>``.
 
+With ``tls=True`` it serves TLS with the tests' certificate for 127.0.0.1 (``CERT``).
+
 ``mode`` (for ``Unary`` and ``Stream``): ``"ok"``; ``"unavailable"`` aborts with UNAVAILABLE
 (with ``grpc-retry-pushback-ms: <pushback>`` in the trailers if ``pushback`` is set);
 ``"not_found"`` aborts with NOT_FOUND; ``"committed_unavailable"`` sends response headers
@@ -32,6 +34,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -44,6 +47,9 @@ UNARY = f"/{SERVICE}/Unary"
 STREAM = f"/{SERVICE}/Stream"
 COLLECT = f"/{SERVICE}/Collect"
 CHAT = f"/{SERVICE}/Chat"
+CERTS = Path(__file__).resolve().parent / "certs"
+CERT = CERTS / "localhost-cert.pem"
+"""The certificate a ``tls=True`` server presents: the CA to trust for it."""
 SERVER_THREADS = "echo-server"
 """The name of every thread the servers start (their handlers' pool)."""
 
@@ -51,11 +57,12 @@ SERVER_THREADS = "echo-server"
 class EchoServer:
     """One grpcio server of the test service, on 127.0.0.1 (see the module docstring)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, tls: bool = False) -> None:
         self.name = name
         self.mode = "ok"
         self.pushback: str | None = None
         self.released = False
+        self.arrived = threading.Event()  # set when the first call arrives
         self._gates: list[threading.Event] = []
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
@@ -73,7 +80,12 @@ class EchoServer:
             (grpc.method_handlers_generic_handler(SERVICE, handlers),)
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        if tls:  # the tests' self-signed certificate for 127.0.0.1 (tests/certs)
+            pair = ((CERTS / "localhost-key.pem").read_bytes(), CERT.read_bytes())
+            credentials = grpc.ssl_server_credentials([pair])
+            self.port = self._server.add_secure_port("127.0.0.1:0", credentials)
+        else:
+            self.port = self._server.add_insecure_port("127.0.0.1:0")
         self.address = f"127.0.0.1:{self.port}"
         self._server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -91,6 +103,7 @@ class EchoServer:
         with self._lock:
             self._counts[method] += 1
             self.metadata.append(dict(context.invocation_metadata()))
+        self.arrived.set()
 
     def _hold(self, context: grpc.ServicerContext) -> None:
         """Wait until ``let_go()`` (or the call ends: a cancel, the client gone)."""

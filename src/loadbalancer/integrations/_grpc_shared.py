@@ -95,7 +95,9 @@ class GrpcPolicy:
     * ``retry``: the engine's ``RetryPolicy`` (attempts, jittered exponential backoff, the
       longest pushback obeyed, ``per_try_timeout``); the default makes one retry. A call's
       ``timeout`` is a deadline for all its attempts, as in gRPC A6.
-    * ``retryable_codes``: codes retried on another server, before the call is committed.
+    * ``retryable_codes``: codes retried on another server, before the call is committed. An
+      attempt past ``retry.per_try_timeout`` (DEADLINE_EXCEEDED, with time left before the
+      call's deadline) is retried too.
     * ``failure_codes``: codes that count as a failure of the server (ejection, latency).
     * ``hedging`` with ``hedged_methods`` (full names, ``"/pkg.Service/Method"``): the asyncio
       channel hedges unary calls to those methods, which must be idempotent.
@@ -151,7 +153,11 @@ class GrpcPolicy:
         and if another server may be tried (A6: not once committed, not past the deadline,
         not against a pushback that is not a non-negative integer of milliseconds)."""
         ok = self.outcome(code)
-        if committed or code not in self.retryable_codes:
+        retryable = code in self.retryable_codes or (
+            # past per_try_timeout, with time left on the call's deadline (checked below)
+            code is grpc.StatusCode.DEADLINE_EXCEEDED and self.retry.per_try_timeout is not None
+        )
+        if committed or not retryable:
             return _SUCCESS if ok else Verdict(ok)
         if deadline is not None and time.monotonic() >= deadline:
             return Verdict(ok)

@@ -1,0 +1,149 @@
+"""The balanced gRPC channels beside one plain channel to the same local server, same run.
+
+One grpcio server of the tests' echo service (tests/grpc_servers.py) runs in a process of its
+own, so that it does not share the client's GIL. Unary calls go to it through a plain
+``grpc`` channel and through ``BalancedChannel`` over a balancer of that one server, in
+interleaved rounds (8 threads); then the same for ``grpc.aio`` and ``AsyncBalancedChannel``
+(32 tasks). Printed: calls/s (best round), p50/p99 latency over every call, the client
+process's CPU per call, and the paired ratios (see benchmarks/_http_load.py).
+
+Target (the issue's): the balanced channel makes at most 10% fewer unary calls per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from _http_load import ROOT, Load, async_case, paired, sync_case, verdict
+from loadbalancer import LoadBalancer
+from loadbalancer.integrations.grpc import BalancedChannel
+from loadbalancer.integrations.grpc_aio import AsyncBalancedChannel
+
+RPS_TARGET = 0.10  # the issue's: at most 10% fewer calls per second
+CALLS = 4_000  # per client per case ...
+ROUNDS = 16  # ... in this many interleaved rounds
+THREADS = 8
+TASKS = 32
+UNARY = "/test.Echo/Unary"
+REQUEST = b"x" * 16
+
+SERVE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from tests.grpc_servers import EchoServer
+server = EchoServer("s0")
+print(server.address, flush=True)
+sys.stdin.readline()
+server.kill()
+"""
+
+
+@contextlib.contextmanager
+def server_process() -> Iterator[str]:
+    """Start one echo server in a child process; yield its ``127.0.0.1:PORT``."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", SERVE, str(ROOT)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None
+    assert child.stdout is not None
+    try:
+        address = child.stdout.readline().strip()
+        if not address:
+            raise RuntimeError("the server process did not start")
+        yield address
+    finally:
+        child.stdin.close()
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def print_case(case: str, plain: Load, balanced: Load) -> bool:
+    """The two rows, the paired ratios, and whether the target is met."""
+    print(f"  {case}")
+    for name, load in (("plain channel", plain), ("balanced channel", balanced)):
+        print(
+            f"    {name:<18} {load.rate:7.0f} calls/s  p50 {load.percentile(50) * 1000:6.3f} ms"
+            f"  p99 {load.percentile(99) * 1000:7.3f} ms  CPU {load.cpu_us:6.1f} µs/call"
+        )
+    ratio, own = paired(plain, balanced)
+    met = 1 - ratio <= RPS_TARGET
+    print(
+        f"    balanced/plain calls/s {balanced.rate / plain.rate:.3f} best rounds,"
+        f" {ratio:.3f} paired: {(1 - ratio) * 100:+.1f}% fewer"
+        f" (target <= {RPS_TARGET * 100:g}%: {verdict(met)});"
+        f" own CPU {own:+.1f} µs/call"
+    )
+    return met
+
+
+def sync_unary(address: str) -> bool:
+    plain_channel = grpc.insecure_channel(address)
+    lb = LoadBalancer()
+    lb.register(address)
+    balanced_channel = BalancedChannel(lb)
+    plain_call: Any = plain_channel.unary_unary(UNARY)
+    balanced_call: Any = balanced_channel.unary_unary(UNARY)
+
+    def plain() -> int:
+        plain_call(REQUEST)
+        return 200
+
+    def balanced() -> int:
+        balanced_call(REQUEST)
+        return 200
+
+    try:
+        loads = sync_case((plain, balanced), requests=CALLS, rounds=ROUNDS, threads=THREADS)
+        return print_case(f"sync unary calls, {THREADS} threads", *loads)
+    finally:
+        balanced_channel.close()
+        plain_channel.close()
+
+
+async def aio_unary(address: str) -> bool:
+    plain_channel = grpc.aio.insecure_channel(address)
+    lb = LoadBalancer()
+    lb.register(address)
+    balanced_channel = AsyncBalancedChannel(lb)
+    plain_call: Any = plain_channel.unary_unary(UNARY)
+    balanced_call: Any = balanced_channel.unary_unary(UNARY)
+
+    async def plain() -> int:
+        await plain_call(REQUEST)
+        return 200
+
+    async def balanced() -> int:
+        await balanced_call(REQUEST)
+        return 200
+
+    try:
+        loads = await async_case((plain, balanced), requests=CALLS, rounds=ROUNDS, tasks=TASKS)
+        return print_case(f"grpc.aio unary calls, {TASKS} tasks", *loads)
+    finally:
+        await balanced_channel.close()
+        await plain_channel.close()
+
+
+def main() -> None:
+    print(f"gRPC unary calls to one local grpcio server (another process), {CALLS} per case")
+    with server_process() as address:
+        results = [sync_unary(address), asyncio.run(aio_unary(address))]
+    print(f"targets: {'all met' if all(results) else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
