@@ -26,7 +26,14 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2
 
-from loadbalancer import Lease, LoadBalancer, NoServersAvailableError, ProbeResult
+from loadbalancer import (
+    Attempt,
+    Lease,
+    LoadBalancer,
+    NoServersAvailableError,
+    ProbeResult,
+)
+from loadbalancer.failover import FirstAttempt
 
 from ._grpc_shared import (
     Backend,
@@ -176,6 +183,20 @@ async def _maybe_await(value: Any) -> Any:
 
 
 @final
+class _Answers:
+    """How the engine frees unary answers: they hold nothing."""
+
+    async def set_aside(self, result: tuple[Any, Any]) -> tuple[Any, Any]:
+        return result
+
+    def discard(self, result: tuple[Any, Any]) -> None:
+        """Nothing to free."""
+
+
+_ANSWERS = _Answers()
+
+
+@final
 class _UnaryUnary(_Call, _UnaryUnaryBase):
     def __call__(
         self,
@@ -210,18 +231,52 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
                 backends.leave(backend)
 
         hedging = policy.hedging if self._method in policy.hedged_methods else None
+        key = self._key(metadata, request, False)
+        classify = self._classify(deadline)
+        lb = channel.lb
 
         async def attempts() -> tuple[Any, Any]:
             try:
-                answer: tuple[Any, Any] = await channel.lb.acall(
-                    attempt,
-                    key=self._key(metadata, request, False),
-                    retry=policy.retry,
-                    hedging=hedging,
-                    classify=self._classify(deadline),
-                )
+                if hedging is not None:
+                    hedged: tuple[Any, Any] = await lb.acall(
+                        attempt, key=key, retry=policy.retry, hedging=hedging, classify=classify
+                    )
+                    return hedged
+                return await first_then_engine()
             except NoServersAvailableError as error:
                 raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(error)) from error
+
+        async def first_then_engine() -> tuple[Any, Any]:
+            # The first attempt is made here, and the engine is called only for a retry: most
+            # calls need none, and the engine's own setup costs as much as this whole path.
+            lb.retry_budget.deposit()
+            lease = lb.acquire(key)
+            result: tuple[Any, Any] | None = None
+            error: Exception | None = None
+            try:
+                result = await attempt(lease.server)
+            except Exception as failed:
+                error = failed
+            except BaseException:  # cancelled: no outcome
+                lease.release(None)
+                raise
+            verdict = classify(Attempt(lease.server, 1, result, error))
+            if not verdict.retry or policy.retry.attempts == 1:
+                lease.release(verdict.ok)
+                if error is not None:
+                    raise error
+                assert result is not None
+                return result
+            held = await lb.acall_held(
+                attempt,
+                results=_ANSWERS,
+                key=key,
+                retry=policy.retry,
+                classify=classify,
+                first=FirstAttempt(lease, result, error, verdict),
+            )
+            held.release()
+            answer: tuple[Any, Any] = held.result
             return answer
 
         return _BalancedUnaryCall(attempts(), deadline)
