@@ -189,12 +189,14 @@ BAD = [
         '{"time": "1"}\n',
         't.jsonl:1: time: must be a number of seconds, got "1"',
     ),
+    ("json no time", "t.jsonl", '{"time": 1}\n{"key": "a"}\n', 't.jsonl:2: no "time" field'),
     (
-        "json fields change",
+        "json unknown field",
         "t.jsonl",
-        '{"time": 1}\n{"time": 2, "key": "a"}\n',
-        "t.jsonl:2: must have the fields of the first line: time",
+        '{"time": 1, "user": "a"}\n',
+        't.jsonl:1: unknown field "user" (expected: time, key, service_time)',
     ),
+    ("json empty", "t.jsonl", "\n", "t.jsonl has no requests"),
     (
         "unknown suffix",
         "t.txt",

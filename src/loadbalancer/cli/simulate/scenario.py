@@ -448,7 +448,7 @@ def _parse_root(
     description = ROOT.read(root, "description")
     return Scenario(
         name=root.get("name", as_name, name),
-        description=description + _cut_short(servers, duration),
+        description=" ".join(filter(None, (description, _cut_short(servers, duration)))),
         duration=duration,
         arrivals=arrivals,
         servers=servers,
@@ -476,7 +476,7 @@ def _cut_short(servers: tuple[ServerSpec, ...], end: float) -> str:
     times = [f"{at:g} s" for at in late]
     listed = times[0] if len(times) == 1 else f"{', '.join(times[:-1])} and {times[-1]}"
     count = sum(c.at >= end for s in servers for c in s.changes)
-    return f" (the run ends at {end:g} s, before the change{'s' * (count > 1)} at {listed})"
+    return f"(the run ends at {end:g} s, before the change{'s' * (count > 1)} at {listed})"
 
 
 def _parse_text(text: str, name: str, duration: float | None, base: Path) -> Scenario:

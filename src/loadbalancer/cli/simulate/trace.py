@@ -45,8 +45,7 @@ class Trace:
     """A trace file, checked: what a run of ``duration`` seconds replays from it.
 
     ``requests`` rows arrive at or before the end of the run, the last at ``span`` seconds
-    after the first; ``keys`` of them are distinct (0: no ``key`` column). ``service_times``
-    says whether it has a ``service_time`` column.
+    after the first; ``keys`` of them are distinct (0: none has a key).
     """
 
     path: Path
@@ -54,7 +53,6 @@ class Trace:
     requests: int
     span: float
     keys: int
-    service_times: bool
 
 
 @final
@@ -64,7 +62,7 @@ class TraceRows:
     Iterate once; use it in a ``with`` block, so the file is closed however the reading ends.
     """
 
-    __slots__ = ("_file", "_format", "_header", "_line", "_name", "_reader", "columns")
+    __slots__ = ("_file", "_format", "_header", "_line", "_name", "_reader")
 
     def __init__(self, path: Path, name: str) -> None:
         self._name = name
@@ -81,11 +79,12 @@ class TraceRows:
         self._reader = csv.reader(self._file)  # used only for CSV
         self._line = 0
         self._header: list[str] = []
-        try:
-            self.columns = self._csv_header() if self._format == "csv" else self._jsonl_columns()
-        except BaseException:
-            self._file.close()
-            raise
+        if self._format == "csv":
+            try:
+                self._header = self._csv_header()
+            except BaseException:
+                self._file.close()
+                raise
 
     def __enter__(self) -> TraceRows:
         return self
@@ -107,35 +106,23 @@ class TraceRows:
             _PATH, f"{self._name}:{self._line if line is None else line}: {message}"
         )
 
-    def _csv_header(self) -> tuple[str, ...]:
+    def _csv_header(self) -> list[str]:
         for row in self._reader:
             if row:
-                self._header = [cell.strip() for cell in row]
                 self._line = self._reader.line_num
-                return self._known(self._header)
+                header = [cell.strip() for cell in row]
+                self._known(header)
+                if len(set(header)) < len(header):
+                    raise self._error("a column is named twice")
+                return header
         raise self._error("empty: the first line must name the columns (time, ...)", 1)
 
-    def _jsonl_columns(self) -> tuple[str, ...]:
-        # JSONL names its fields on every line: the first one's say which columns there are.
-        position = self._file.tell()
-        for text in self._file:
-            self._line += 1
-            if text.strip():
-                columns = self._known(list(self._object(text)))
-                self._file.seek(position)
-                self._line = 0
-                return columns
-        raise self._error("empty: no requests", 1)
-
-    def _known(self, names: list[str]) -> tuple[str, ...]:
+    def _known(self, names: list[str], what: str = "column") -> None:
         for name in names:
             if name not in COLUMNS:
-                raise self._error(f'unknown column "{name}" (expected: {", ".join(COLUMNS)})')
-        if len(set(names)) < len(names):
-            raise self._error("a column is named twice")
+                raise self._error(f'unknown {what} "{name}" (expected: {", ".join(COLUMNS)})')
         if "time" not in names:
-            raise self._error('no "time" column')
-        return tuple(name for name in COLUMNS if name in names)
+            raise self._error(f'no "time" {what}')
 
     def _object(self, text: str) -> dict[str, object]:
         try:
@@ -182,17 +169,12 @@ class TraceRows:
             yield time, key, service
 
     def _jsonl_rows(self) -> Iterator[tuple[float, str | None, float | None]]:
-        columns = self.columns
         for text in self._file:
             self._line += 1
             if not text.strip():
                 continue
             row = self._object(text)
-            if tuple(name for name in COLUMNS if name in row) != columns or len(row) != len(
-                columns
-            ):
-                self._known(list(row))
-                raise self._error(f"must have the fields of the first line: {', '.join(columns)}")
+            self._known(list(row), "field")
             time = self._number(row["time"], "time")
             key = row.get("key")
             if key is not None and not isinstance(key, str):
@@ -247,7 +229,6 @@ def scan_trace(path: Path, name: str, duration: float | None) -> Trace:
             if key is not None and key not in keys:
                 keys.add(key)
                 check_keys(len(keys), _PATH, f"distinct keys in {name}")
-        columns = rows.columns
     if not requests:
         raise ScenarioError(_PATH, f"{name} has no requests")
-    return Trace(path, name, requests, span, len(keys), "service_time" in columns)
+    return Trace(path, name, requests, span, len(keys))
