@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loadbalancer.cli import main
 from loadbalancer.cli.simulate import run_scenario, trace
@@ -154,6 +156,37 @@ def test_a_trace_over_the_request_cap_is_refused(
         "arrivals.trace: requests.csv has more than 3 requests; a simulation runs at most 3 "
         "(a shorter duration)"
     )
+
+
+rows = st.lists(
+    st.tuples(
+        st.floats(0, 1e6),
+        st.one_of(st.none(), st.sampled_from(["u1", "u2", "a b", "ü"])),
+        st.one_of(st.none(), st.floats(0, 100)),
+    ),
+    min_size=1,
+    max_size=30,
+).map(lambda drawn: sorted(drawn, key=lambda row: row[0]))
+
+
+@settings(max_examples=50, deadline=None)
+@given(rows=rows)
+def test_csv_and_jsonl_read_back_what_was_written(
+    tmp_path_factory: pytest.TempPathFactory,
+    rows: list[tuple[float, str | None, float | None]],
+) -> None:
+    folder = tmp_path_factory.mktemp("trace")
+    csv_lines = ["time,key,service_time"]
+    csv_lines += [f"{t!r},{k or ''},{'' if s is None else repr(s)}" for t, k, s in rows]
+    (folder / "t.csv").write_text("\n".join(csv_lines) + "\n", encoding="utf-8")
+    objects = [{"time": t, "key": k, "service_time": s} for t, k, s in rows]
+    text = "".join(json.dumps(o) + "\n" for o in objects)
+    (folder / "t.jsonl").write_text(text, encoding="utf-8")
+    start = rows[0][0]
+    expected = [(t - start, k, s) for t, k, s in rows]
+    for name in ("t.csv", "t.jsonl"):
+        with TraceRows(folder / name, name) as read:
+            assert list(read) == expected, name
 
 
 # -- bad traces: one line naming the file, the line and the column -------------------------------
