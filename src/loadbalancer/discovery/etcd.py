@@ -49,7 +49,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 try:
     import aetcd  # type: ignore[import-untyped]
-    import grpc  # type: ignore[import-untyped]
+    import grpc
     from aetcd import rpc
 except ImportError as _error:  # pragma: no cover - depends on the installed extras
     raise ImportError("the etcd source needs aetcd: pip install 'loadbalancer[etcd]'") from _error
