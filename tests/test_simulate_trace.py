@@ -146,6 +146,14 @@ def test_the_trace_is_read_lazily(tmp_path: Path) -> None:
         scan_trace(path, "t.csv", None)
 
 
+def test_a_trace_changed_after_its_check_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    path = write(tmp_path, "requests.csv", CSV)
+    scenario = load_scenario(path)
+    (tmp_path / "requests.csv").write_text(CSV + "1003.5,u3,0.1\n", encoding="utf-8")
+    with pytest.raises(ScenarioError, match=r"^arrivals\.trace: requests\.csv changed since"):
+        run_scenario(scenario.replace(duration=5.0))
+
+
 def test_a_trace_over_the_request_cap_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
