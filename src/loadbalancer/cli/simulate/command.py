@@ -53,7 +53,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="compare only these: labels from the scenario, strategy names or aliases (p2c)",
     )
     parser.add_argument(
-        "--duration", type=_positive_float, metavar="S", help="simulated seconds (override)"
+        "--duration",
+        type=_positive_float,
+        metavar="S",
+        help="simulated seconds (overrides the scenario's, or supplies it)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw the results to FILE.png")
@@ -68,16 +71,18 @@ def _require(module: str, extra: str, why: str) -> None:
         raise CommandError(f"{why} needs {module}: pip install 'loadbalancer[{extra}]'")
 
 
-def _load(path: str | None) -> Scenario:
+def _load(path: str | None, duration: float | None) -> Scenario:
     if sys.version_info < (3, 11):
         _require("tomli", "cli", "reading scenarios")
     from .scenario import ScenarioError, default_scenario, load_scenario
 
-    if path is None:
-        return default_scenario()
     try:
-        return load_scenario(path)
+        if path is None:
+            return default_scenario(duration=duration)
+        return load_scenario(path, duration=duration)
     except ScenarioError as error:
+        if path is None:  # only --duration can make the built-in scenario wrong
+            raise UsageError(str(error)) from None
         raise UsageError(f"{path}: {error}") from None
     except OSError as error:
         raise UsageError(f"cannot read {path}: {error.strerror or error}") from None
@@ -116,9 +121,7 @@ def _select(scenario: Scenario, wanted: str) -> Scenario:
 
 def run(args: argparse.Namespace) -> int:
     """Run the simulation ``args`` describe and report it; return the exit status."""
-    scenario = _load(args.scenario)
-    if args.duration is not None:
-        scenario = scenario.replace(duration=args.duration)
+    scenario = _load(args.scenario, args.duration)
     if args.strategies is not None:
         scenario = _select(scenario, args.strategies)
     table = not (args.json or args.quiet)
@@ -131,15 +134,24 @@ def run(args: argparse.Namespace) -> int:
         if not folder.is_dir():
             raise UsageError(f"--plot: directory {str(folder)!r} does not exist")
 
+    if not args.quiet:
+        where = "" if args.scenario is None else f"{args.scenario}: "
+        for warning in scenario.warnings:
+            print(f"loadbalancer simulate: warning: {where}{warning}", file=sys.stderr)
+
     from .engine import run_scenario
+    from .scenario import ScenarioError
 
-    if table and sys.stdout.isatty():
-        from .progress import LazyProgress
+    try:
+        if table and sys.stdout.isatty():
+            from .progress import LazyProgress
 
-        with LazyProgress() as progress:
-            results = run_scenario(scenario, seed=args.seed, progress=progress)
-    else:
-        results = run_scenario(scenario, seed=args.seed)
+            with LazyProgress() as progress:
+                results = run_scenario(scenario, seed=args.seed, progress=progress)
+        else:
+            results = run_scenario(scenario, seed=args.seed)
+    except ScenarioError as error:  # a trace that changed after it was checked
+        raise UsageError(f"{args.scenario}: {error}") from None
 
     if args.json:
         from .report import to_json

@@ -81,12 +81,13 @@ class _Server:
 class _Request:
     """One request: when it arrived, its lease, and whether the client still waits for it."""
 
-    __slots__ = ("arrival", "failed", "lease", "open", "server")
+    __slots__ = ("arrival", "failed", "lease", "open", "server", "service")
 
-    def __init__(self, arrival: float, lease: Lease, server: int) -> None:
+    def __init__(self, arrival: float, lease: Lease, server: int, service: float | None) -> None:
         self.arrival = arrival
         self.lease = lease
         self.server = server
+        self.service = service  # recorded in a trace; None: the server draws one
         self.open = True
         self.failed = False
 
@@ -143,18 +144,19 @@ class _Simulation:
         """The balancer's clock: simulated time."""
         return self.now
 
-    def run(self, workload: Workload, progress: Callable[[float], None] | None) -> None:
-        """Play every arrival of ``workload``, then every event until the last request ends."""
+    def run(self, workload: Workload, progress: Callable[[float], None] | None) -> int:
+        """Play every arrival of ``workload``, then every event until the last request ends;
+        return how many requests arrived."""
         events = self._events
-        times = workload.times
-        keys = workload.keys
+        arrivals = workload.arrivals()
         key_names = workload.key_names
         index = self._index
-        total = len(times)
+        end = workload.duration
         arrived = 0
-        while arrived < total or events:
+        arrival = next(arrivals, None)
+        while arrival is not None or events:
             # Events due at an arrival's time go first: a server freed at t serves at t.
-            if events and (arrived >= total or events[0][0] <= times[arrived]):
+            if arrival is None or (events and events[0][0] <= arrival[0]):
                 self.now, _, kind, item = heappop(events)
                 if kind == _DONE:
                     self._done(item)
@@ -168,11 +170,11 @@ class _Simulation:
                     self._servers[at].adopt(behaviour)
                     self._drain(self._servers[at])
                 continue
-            self.now = times[arrived]
-            key = None if keys is None else keys[arrived]
+            self.now, key, service = arrival
+            arrival = next(arrivals, None)
             arrived += 1
             if progress is not None and arrived % _PROGRESS_EVERY == 0:
-                progress(arrived / total)
+                progress(min(self.now / end, 1.0))
             try:
                 lease = self._acquire(None if key is None else key_names[key])
             except NoServersAvailableError:
@@ -180,7 +182,8 @@ class _Simulation:
                 continue
             server = index[lease.server]
             self._tally.picked(server, key, self.now)
-            self._arrive(_Request(self.now, lease, server))
+            self._arrive(_Request(self.now, lease, server, service))
+        return arrived
 
     def _arrive(self, request: _Request) -> None:
         """Serve ``request`` now if its server has room, else queue it; arm its timeout."""
@@ -200,7 +203,7 @@ class _Simulation:
 
     def _serve(self, request: _Request, server: _Server) -> float:
         """Start serving ``request`` now; return when it will be done."""
-        service = server.service()
+        service = server.service() if request.service is None else request.service
         request.failed = server.failure_rate > 0.0 and server.random() < server.failure_rate
         if request.failed and server.failure_latency is not None:
             service = server.failure_latency
@@ -240,15 +243,15 @@ def run_strategy(
 ) -> StrategyResult:
     """Simulate ``workload`` on ``scenario``'s cluster balanced by ``spec``.
 
-    ``progress`` is called now and then with the fraction of arrivals processed.
+    ``progress`` is called now and then with the fraction of the run's time simulated.
     """
     names = [s.name for s in scenario.servers]
-    tally = Tally(names, _phase_starts(scenario), scenario.duration, len(workload.key_names))
+    tally = Tally(names, _phase_starts(scenario), scenario.duration, workload.keys)
     options = dict(spec.options)
     strategy = build_strategy(spec.name, options, random.Random(f"{seed}/strategy/{spec.label}"))
-    _Simulation(scenario, strategy, tally, seed).run(workload, progress)
+    requests = _Simulation(scenario, strategy, tally, seed).run(workload, progress)
     describe = describe_strategy(spec.name, options)
-    return tally.result(spec.label, describe, len(workload.times))
+    return tally.result(spec.label, describe, requests)
 
 
 def run_scenario(

@@ -11,6 +11,7 @@ from collections.abc import Callable, Collection, Iterator
 from typing import NoReturn, TypeVar, final
 
 __all__ = [
+    "OneOf",
     "ScenarioError",
     "Table",
     "as_array",
@@ -190,17 +191,30 @@ def as_boolean(value: object, path: str) -> bool:
     return value
 
 
-def one_of(*choices: str) -> Callable[[object, str], str]:
+@final
+class OneOf:
     """A check accepting exactly one of the strings ``choices``."""
 
-    def check(value: object, path: str) -> str:
+    __slots__ = ("choices",)
+
+    def __init__(self, choices: tuple[str, ...]) -> None:
+        self.choices = choices
+
+    def __call__(self, value: object, path: str) -> str:
+        """``value`` if it is one of the choices."""
         text = as_text(value, path)
-        if text not in choices:
-            quoted = ", ".join(f'"{c}"' for c in choices)
-            raise ScenarioError(path, f'must be one of {quoted}, got "{text}"')
+        if text not in self.choices:
+            raise ScenarioError(path, f'must be one of {self.quoted()}, got "{text}"')
         return text
 
-    return check
+    def quoted(self) -> str:
+        """The choices, quoted: ``"a", "b"``."""
+        return ", ".join(f'"{c}"' for c in self.choices)
+
+
+def one_of(*choices: str) -> OneOf:
+    """A check accepting exactly one of the strings ``choices``."""
+    return OneOf(choices)
 
 
 def as_array(value: object, path: str) -> list[object]:

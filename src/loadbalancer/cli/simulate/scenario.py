@@ -19,26 +19,21 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, final
 
 from ... import OutlierDetection, SlowStart
+from . import limits
 from .fields import (
     ScenarioError,
     Table,
     as_boolean,
-    as_integer,
     as_name,
-    as_non_negative,
-    as_percentage,
-    as_positive,
-    as_positive_int,
-    as_probability,
-    as_text,
     explain_misplaced_key,
     items,
     join,
     kind,
     library_error,
-    one_of,
 )
 from .registry import DEFAULT_STRATEGIES, build_strategy, known_names, resolve, strategy_options
+from .schema import ARRIVALS, BEHAVIOUR_KEYS, CHANGE, DEFAULTS, KEYS, LATENCY, ROOT, SERVER, Section
+from .trace import Trace, scan_trace
 
 __all__ = [
     "DEFAULT_SEED",
@@ -51,6 +46,7 @@ __all__ = [
     "ScenarioError",
     "ServerSpec",
     "StrategySpec",
+    "Trace",
     "default_scenario",
     "load_scenario",
     "parse_scenario",
@@ -60,8 +56,6 @@ DEFAULT_SEED = 1
 """The seed used when neither the command line nor the scenario gives one."""
 
 Distribution = Literal["lognormal", "exponential", "constant"]
-_DISTRIBUTIONS: tuple[Distribution, ...] = ("lognormal", "exponential", "constant")
-_KEY_DISTRIBUTIONS = ("uniform", "zipf")
 _PACKAGE = __name__.rpartition(".")[0]
 
 
@@ -122,9 +116,13 @@ class ServerSpec:
 @final
 @dataclass(frozen=True, slots=True)
 class Arrivals:
-    """Requests arrive as a Poisson process at ``rate`` per second."""
+    """Requests arrive as a Poisson process at ``rate`` per second, or as recorded in ``trace``.
+
+    With a trace, ``rate`` is its mean rate over the run.
+    """
 
     rate: float
+    trace: Trace | None = None
 
 
 @final
@@ -168,6 +166,8 @@ class Scenario:
     outlier_detection: OutlierDetection | None = None
     slow_start: SlowStart | None = None
     panic_threshold: float = 50.0
+    warnings: tuple[str, ...] = ()
+    """What in the file has no effect on the run, one line each, such as a change after its end."""
 
     def replace(self, **changes: Any) -> Scenario:
         """A copy with ``changes`` applied (``duration``, ``strategies``, ...)."""
@@ -176,43 +176,24 @@ class Scenario:
 
 # -- servers ----------------------------------------------------------------------------------
 
-_LATENCY_KEYS = ("distribution", "mean", "sigma")
-_BEHAVIOUR_KEYS = ("capacity", "failure_latency", "failure_rate", "latency")
-_SERVER_KEYS = ("changes", "name", "weight", *_BEHAVIOUR_KEYS)
-
 
 def _latency_fields(value: object, path: str) -> dict[str, Any]:
     """The fields a latency table sets, each checked; the rest are inherited."""
-    table = Table(value, path, _LATENCY_KEYS)
-    fields: dict[str, Any] = {}
-    if "distribution" in table:
-        fields["distribution"] = one_of(*_DISTRIBUTIONS)(
-            table.raw("distribution"), table.path("distribution")
-        )
-    if "mean" in table:
-        fields["mean"] = as_positive(table.raw("mean"), table.path("mean"))
-    if "sigma" in table:
-        fields["sigma"] = as_positive(table.raw("sigma"), table.path("sigma"))
-        if fields.get("distribution", "lognormal") != "lognormal":
-            raise ScenarioError(table.path("sigma"), 'applies only to distribution = "lognormal"')
+    table = Table(value, path, LATENCY.keys())
+    fields: dict[str, Any] = {name: LATENCY.read(table, name) for name in table}
+    if "sigma" in table and fields.get("distribution", "lognormal") != "lognormal":
+        raise ScenarioError(table.path("sigma"), 'applies only to distribution = "lognormal"')
     return fields
 
 
-def _behaviour_fields(table: Table) -> dict[str, Any]:
-    """The behaviour fields ``table`` sets, each checked."""
+def _behaviour_fields(table: Table, section: Section) -> dict[str, Any]:
+    """The behaviour fields ``table`` (one of ``section``) sets, each checked."""
     fields: dict[str, Any] = {}
-    if "latency" in table:
-        fields["latency"] = _latency_fields(table.raw("latency"), table.path("latency"))
-    if "capacity" in table:
-        fields["capacity"] = as_positive_int(table.raw("capacity"), table.path("capacity"))
-    if "failure_rate" in table:
-        fields["failure_rate"] = as_probability(
-            table.raw("failure_rate"), table.path("failure_rate")
-        )
-    if "failure_latency" in table:
-        fields["failure_latency"] = as_positive(
-            table.raw("failure_latency"), table.path("failure_latency")
-        )
+    for name in BEHAVIOUR_KEYS:
+        if name == "latency" and name in table:
+            fields[name] = _latency_fields(table.raw(name), table.path(name))
+        elif name in table:
+            fields[name] = section.read(table, name)
     return fields
 
 
@@ -234,54 +215,66 @@ def _behaviour(fields: Mapping[str, Any], path: str) -> Behaviour:
         raise ScenarioError(join(path, "latency.mean"), f"missing{hint}")
     if "capacity" not in fields:
         raise ScenarioError(join(path, "capacity"), f"missing{hint}")
+    latency = Latency(**latency)
+    limits.check_draws(latency.distribution, latency.mean, latency.sigma, join(path, "latency"))
     return Behaviour(
-        Latency(**latency),
+        latency,
         fields["capacity"],
         fields.get("failure_rate", 0.0),
         fields.get("failure_latency"),
     )
 
 
-def _changes(server: Table, start: dict[str, Any], path: str) -> tuple[Change, ...]:
-    """The server's changes, sorted by time, each resolved to a complete behaviour."""
+def _changes(
+    server: Table, start: dict[str, Any], path: str, end: float, warnings: list[str]
+) -> tuple[Change, ...]:
+    """The server's changes, sorted by time, each resolved to a complete behaviour.
+
+    A change at or after ``end`` (the run's) is kept but never applies: ``warnings`` says so.
+    """
     parsed = []
     for item, item_path in items(server, "changes"):
-        table = Table(item, item_path, ("at", *_BEHAVIOUR_KEYS))
-        at = table.require("at", as_non_negative)
-        fields = _behaviour_fields(table)
+        table = Table(item, item_path, CHANGE.keys())
+        at = CHANGE.require(table, "at")
+        fields = _behaviour_fields(table, CHANGE)
         if not fields:
             raise ScenarioError(item_path, "changes nothing: set latency, capacity or failure_rate")
-        parsed.append((at, fields))
+        if at >= end:
+            warnings.append(
+                f"{table.path('at')}: {at:g} s is not before the end of the run ({end:g} s), "
+                "so this change never applies"
+            )
+        parsed.append((at, fields, item_path))
     changes = []
     current = start
-    for at, fields in sorted(parsed, key=lambda change: change[0]):
+    for at, fields, item_path in sorted(parsed, key=lambda change: change[0]):
         current = _merge(current, fields)
-        changes.append(Change(at, _behaviour(current, path)))
+        changes.append(Change(at, _behaviour(current, item_path)))
     return tuple(changes)
 
 
-def _servers(root: Table) -> tuple[ServerSpec, ...]:
+def _servers(root: Table, end: float, warnings: list[str]) -> tuple[ServerSpec, ...]:
     defaults: dict[str, Any] = {}
     if "defaults" in root:
-        table = Table(root.raw("defaults"), "defaults", ("weight", *_BEHAVIOUR_KEYS))
-        defaults = _behaviour_fields(table)
-        default_weight = table.get("weight", as_positive, 1.0)
+        table = Table(root.raw("defaults"), "defaults", DEFAULTS.keys())
+        defaults = _behaviour_fields(table, DEFAULTS)
+        default_weight = DEFAULTS.read(table, "weight")
     else:
-        default_weight = 1.0
+        default_weight = DEFAULTS["weight"].default
     if "servers" not in root:
         raise ScenarioError("servers", "missing: list at least one [[servers]] table")
     servers: list[ServerSpec] = []
     seen: set[str] = set()
     for item, path in items(root, "servers"):
-        table = Table(item, path, _SERVER_KEYS)
+        table = Table(item, path, SERVER.keys())
         name = table.require("name", as_name)
         if name in seen:
             raise ScenarioError(join(path, "name"), f'duplicate server name "{name}"')
         seen.add(name)
-        weight = table.get("weight", as_positive, default_weight)
-        fields = _merge(defaults, _behaviour_fields(table))
+        weight = SERVER.read(table, "weight", default_weight)
+        fields = _merge(defaults, _behaviour_fields(table, SERVER))
         behaviour = _behaviour(fields, path)
-        changes = _changes(table, fields, path)
+        changes = _changes(table, fields, path, end, warnings)
         servers.append(ServerSpec(name, weight, behaviour, changes))
     if not servers:
         raise ScenarioError("servers", "must list at least one server")
@@ -342,6 +335,7 @@ def _strategy(item: object, path: str) -> StrategySpec:
             raise ScenarioError(
                 join(path, key), f"unknown option for {name} (expected one of: {choices})"
             )
+    limits.check_cycle(options, path)
     try:  # build one now, so a bad option fails here rather than mid-run
         build_strategy(name, options, random.Random(0))
     except (TypeError, ValueError) as error:
@@ -368,71 +362,124 @@ def _strategies(root: Table) -> tuple[StrategySpec, ...]:
 
 # -- the whole file ----------------------------------------------------------------------------
 
-_ROOT_KEYS = (
-    "arrivals",
-    "defaults",
-    "description",
-    "duration",
-    "keys",
-    "name",
-    "outlier_detection",
-    "panic_threshold",
-    "seed",
-    "servers",
-    "slow_start",
-    "strategies",
-    "timeout",
-)
+_ROOT_KEYS = ROOT.keys()
 
 
-def _arrivals(value: object, path: str) -> Arrivals:
-    table = Table(value, path, ("rate",))
-    return Arrivals(table.require("rate", as_positive))
+def _arrivals(
+    value: object, path: str, duration: float | None, base: Path
+) -> tuple[Arrivals, float | None]:
+    """The arrivals, and the run's duration: ``duration``, else a trace's span."""
+    table = Table(value, path, ARRIVALS.keys())
+    if "trace" not in table:
+        return Arrivals(ARRIVALS.require(table, "rate", " (or a trace)")), duration
+    if "rate" in table:
+        raise ScenarioError(table.path("rate"), "set a rate or a trace, not both")
+    written: str = ARRIVALS.read(table, "trace")
+    trace = scan_trace(base / written, written, duration)
+    if duration is None:
+        if trace.span <= 0:
+            raise ScenarioError(
+                table.path("trace"), f"{written} spans no time (one arrival time): set duration"
+            )
+        duration = trace.span
+    return Arrivals(trace.requests / duration, trace), duration
 
 
 def _keys(value: object, path: str) -> Keys:
-    table = Table(value, path, ("distribution", "exponent", "population"))
-    population = table.require("population", as_positive_int)
-    distribution = table.get("distribution", one_of(*_KEY_DISTRIBUTIONS), "uniform")
-    exponent = table.get("exponent", as_positive, 1.0)
+    table = Table(value, path, KEYS.keys())
+    population = KEYS.require(table, "population")
+    limits.check_keys(population, table.path("population"))
+    distribution = KEYS.read(table, "distribution")
+    exponent = KEYS.read(table, "exponent")
     if "exponent" in table and distribution != "zipf":
         raise ScenarioError(table.path("exponent"), 'applies only to distribution = "zipf"')
+    if distribution == "zipf":
+        limits.check_zipf(population, exponent, table.path("exponent"))
     return Keys(population, "zipf" if distribution == "zipf" else "uniform", exponent)
 
 
-def parse_scenario(document: Mapping[str, object], *, name: str = "scenario") -> Scenario:
-    """Check a parsed TOML document and build its ``Scenario``; raise ``ScenarioError``."""
+def parse_scenario(
+    document: Mapping[str, object],
+    *,
+    name: str = "scenario",
+    duration: float | None = None,
+    base: str | Path = ".",
+) -> Scenario:
+    """Check a parsed TOML document and build its ``Scenario``; raise ``ScenarioError``.
+
+    ``duration`` (``--duration``) overrides the file's, or supplies it; a trace's path is
+    relative to ``base``, the scenario file's folder.
+    """
     try:
-        return _parse_root(document, name)
+        return _parse_root(document, name, duration, Path(base))
     except ScenarioError as error:
         explain_misplaced_key(error, _ROOT_KEYS, "[table] or [[servers]]")
 
 
-def _parse_root(document: Mapping[str, object], name: str) -> Scenario:
+def _parse_root(
+    document: Mapping[str, object], name: str, override: float | None, base: Path
+) -> Scenario:
     root = Table(dict(document), "", _ROOT_KEYS)
     if "arrivals" not in root:
-        raise ScenarioError("arrivals", "missing: add an [arrivals] table with a rate")
+        raise ScenarioError("arrivals", "missing: add an [arrivals] table with a rate or a trace")
+    duration_path = "duration" if override is None else "--duration"
+    written = ROOT.read(root, "duration")
+    arrivals, duration = _arrivals(
+        root.raw("arrivals"), "arrivals", written if override is None else override, base
+    )
+    if duration is None:
+        raise ScenarioError("duration", "missing: set it in the file or pass --duration")
+    limits.check_requests(arrivals.rate, duration, duration_path)
+    trace = arrivals.trace
+    keys = root.get("keys", _keys, None)
+    if trace is not None and trace.keys and keys is not None:
+        raise ScenarioError("keys", f"{trace.name} has keys: remove [keys], or its key column")
+    warnings: list[str] = []
+    servers = _servers(root, duration, warnings)
+    if keys is not None:
+        limits.check_key_counts(keys.population, len(servers), "keys.population")
+    elif trace is not None:
+        limits.check_key_counts(trace.keys, len(servers), "arrivals.trace")
+    strategies = _strategies(root)
+    weights = {s.name: s.weight for s in servers}
+    paths = [p for _, p in items(root, "strategies")] or ["strategies"] * len(strategies)
+    for spec, path in zip(strategies, paths, strict=True):
+        limits.check_pool(spec.name, dict(spec.options), weights, path)
+    description = ROOT.read(root, "description")
     return Scenario(
         name=root.get("name", as_name, name),
-        description=root.get("description", as_text, ""),
-        duration=root.require("duration", as_positive),
-        arrivals=_arrivals(root.raw("arrivals"), "arrivals"),
-        servers=_servers(root),
-        strategies=_strategies(root),
-        keys=root.get("keys", _keys, None),
-        timeout=root.get("timeout", as_positive, None),
-        seed=root.get("seed", as_integer, None),
+        description=" ".join(filter(None, (description, _cut_short(servers, duration)))),
+        duration=duration,
+        arrivals=arrivals,
+        servers=servers,
+        strategies=strategies,
+        keys=keys,
+        timeout=ROOT.read(root, "timeout"),
+        seed=ROOT.read(root, "seed"),
         outlier_detection=root.get(
             "outlier_detection",
             lambda v, p: _library_settings(v, p, OutlierDetection),
             None,
         ),
         slow_start=root.get("slow_start", lambda v, p: _library_settings(v, p, SlowStart), None),
-        panic_threshold=root.get("panic_threshold", as_percentage, 50.0),
+        panic_threshold=ROOT.read(root, "panic_threshold"),
+        warnings=tuple(warnings),
     )
 
 
-def _parse_text(text: str, name: str) -> Scenario:
+def _cut_short(servers: tuple[ServerSpec, ...], end: float) -> str:
+    """A note for the description when the run ends before some changes: then what it says
+    about them (the default's "failing from 10 s to 20 s") is not what the run does."""
+    late = sorted({c.at for s in servers for c in s.changes if c.at >= end})
+    if not late:
+        return ""
+    times = [f"{at:g} s" for at in late]
+    listed = times[0] if len(times) == 1 else f"{', '.join(times[:-1])} and {times[-1]}"
+    count = sum(c.at >= end for s in servers for c in s.changes)
+    return f"(the run ends at {end:g} s, before the change{'s' * (count > 1)} at {listed})"
+
+
+def _parse_text(text: str, name: str, duration: float | None, base: Path) -> Scenario:
     # Imported here, so that this module (and `loadbalancer --help`) loads without tomli.
     if sys.version_info >= (3, 11):
         import tomllib
@@ -442,20 +489,23 @@ def _parse_text(text: str, name: str) -> Scenario:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ScenarioError("", f"not valid TOML: {error}") from None
-    return parse_scenario(document, name=name)
+    return parse_scenario(document, name=name, duration=duration, base=base)
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and check the scenario file at ``path``; raise ``ScenarioError`` or ``OSError``."""
+def load_scenario(path: str | Path, *, duration: float | None = None) -> Scenario:
+    """Read and check the scenario file at ``path``; raise ``ScenarioError`` or ``OSError``.
+
+    ``duration`` (``--duration``) overrides the file's, or supplies it.
+    """
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ScenarioError("", f"not UTF-8 text: {error}") from None
-    return _parse_text(text, file.stem)
+    return _parse_text(text, file.stem, duration, file.parent)
 
 
-def default_scenario() -> Scenario:
-    """The scenario ``loadbalancer simulate`` runs when given no file."""
+def default_scenario(*, duration: float | None = None) -> Scenario:
+    """The scenario ``loadbalancer simulate`` runs when given no file (for ``duration`` s)."""
     text = resources.files(_PACKAGE).joinpath("default_scenario.toml").read_text("utf-8")
-    return _parse_text(text, "default")
+    return _parse_text(text, "default", duration, Path("."))
