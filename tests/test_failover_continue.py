@@ -1,4 +1,5 @@
-"""``acall_held(first=...)``: the engine going on from a first attempt the caller made."""
+"""``acall_held(first=...)`` and ``call_held(first=...)``: the engine going on from a first
+attempt the caller made."""
 
 from __future__ import annotations
 
@@ -137,3 +138,86 @@ def test_first_is_checked() -> None:
         first.lease.release(None)
 
     in_virtual_time(main)
+
+
+# -- call_held(first=...): the blocking twin ---------------------------------------------------
+
+
+class SyncResults:
+    def __init__(self) -> None:
+        self.discarded: list[str] = []
+
+    def set_aside(self, result: str) -> str:
+        return result
+
+    def discard(self, result: str) -> None:
+        self.discarded.append(result)
+
+
+def sync_balancer(*servers: str) -> tuple[LoadBalancer, list[float]]:
+    slept: list[float] = []
+    lb = LoadBalancer(sleep=slept.append)
+    lb.replace(servers)
+    return lb, slept
+
+
+def test_call_held_goes_on_from_a_first_attempt_on_another_server() -> None:
+    lb, slept = sync_balancer("a", "b")
+    calls: list[str] = []
+
+    def attempt(server: str) -> str:
+        calls.append(server)
+        return "good"
+
+    first = begun(lb, "bad", None)
+    tried = first.lease.server
+    results = SyncResults()
+    held = lb.call_held(
+        attempt,
+        results=results,
+        retry=RetryPolicy(rng=random.Random(1)),
+        classify=classify,
+        first=first,
+    )
+    assert held.result == "good"
+    assert calls == ["b" if tried == "a" else "a"]
+    assert results.discarded == ["bad"]  # the first result, superseded
+    assert len(slept) == 1  # one backoff before the retry
+    assert held.release()
+    stats = lb.retry_budget.stats()
+    assert (stats.requests, stats.retries) == (1, 1)  # the caller's deposit, not a second
+    assert lb.stats()[tried].failures == 1
+    assert all(s.in_flight == 0 for s in lb.stats().values())
+
+
+def test_call_held_answers_a_first_attempt_that_needs_no_retry_with_its_lease() -> None:
+    lb, _ = sync_balancer("a", "b")
+
+    def attempt(server: str) -> str:
+        raise AssertionError("no second attempt")
+
+    first = begun(lb, "good", None)
+    held = lb.call_held(attempt, results=SyncResults(), classify=classify, first=first)
+    assert (held.result, held.lease, held.ok) == ("good", first.lease, True)
+    assert held.release()
+
+
+def test_call_held_raises_a_first_error_with_no_other_server_and_refunds() -> None:
+    lb, _ = sync_balancer("a")
+
+    def attempt(server: str) -> str:
+        raise AssertionError("no server is left")
+
+    first = begun(lb, None, ConnectionResetError("a"))
+    with pytest.raises(ConnectionResetError):
+        lb.call_held(attempt, results=SyncResults(), classify=classify, first=first)
+    stats = lb.retry_budget.stats()
+    assert (stats.requests, stats.retries) == (1, 0)
+    assert lb.stats()["a"].in_flight == 0
+
+
+def test_call_held_checks_first() -> None:
+    lb, _ = sync_balancer("a")
+    with pytest.raises(TypeError, match="first"):
+        lb.call_held(str, results=SyncResults(), first="a")  # type: ignore[arg-type]
+    assert lb.stats()["a"].in_flight == 0

@@ -143,3 +143,48 @@ def test_every_membership_change_is_seen_once_and_in_order(
         if changed:
             expected.append(lb.servers)
     assert seen == expected
+
+
+def test_a_callback_that_changes_the_pool_leaves_no_later_callback_behind() -> None:
+    lb = LoadBalancer()
+    first: list[tuple[str, ...]] = []
+    second: list[tuple[str, ...]] = []
+
+    def grow(servers: tuple[str, ...]) -> None:
+        first.append(servers)
+        if servers == ("a",):
+            lb.register("b")
+
+    lb.watch_servers(grow)
+    lb.watch_servers(second.append)
+    lb.register("a")
+    assert first[-1] == second[-1] == lb.servers == ("a", "b")
+    assert second == sorted(second, key=len)  # never an older pool after a newer one
+
+
+def test_stop_waits_for_a_call_under_way_on_another_thread() -> None:
+    lb = LoadBalancer()
+    inside = threading.Event()
+    let_go = threading.Event()
+    calls: list[tuple[str, ...]] = []
+
+    def slow(servers: tuple[str, ...]) -> None:
+        calls.append(servers)
+        if servers:
+            inside.set()
+            let_go.wait(10)
+
+    stop = lb.watch_servers(slow)
+    changer = threading.Thread(target=lb.register, args=("a",))
+    changer.start()
+    assert inside.wait(10)
+    stopped = threading.Event()
+    stopper = threading.Thread(target=lambda: (stop(), stopped.set()))
+    stopper.start()
+    assert not stopped.wait(0.05)  # stop() waits for the call under way...
+    let_go.set()
+    assert stopped.wait(10)  # ... and returns once it is over
+    changer.join()
+    stopper.join()
+    lb.register("b")
+    assert calls == [(), ("a",)]  # and no call comes after

@@ -336,8 +336,8 @@ class LoadBalancer:
         # Servers that failed enough to be ejected: when, and how many times in a row.
         self._suspects: dict[Endpoint, tuple[float, int]] = {}
         self._retry_at = -math.inf  # after a failed build, no other is asked for until then
-        # Events published, not yet delivered; a tuple is the servers after a membership change.
-        self._outbox: deque[HealthEvent | tuple[str, ...]] = deque()
+        # Events published, not yet delivered; None marks a change of the servers.
+        self._outbox: deque[HealthEvent | None] = deque()
         self._watchers: tuple[Callable[[tuple[str, ...]], object], ...] = ()
         self._delivering = threading.RLock()
         self._ref: weakref.ref[CatchesUp] = weakref.ref(self)
@@ -728,10 +728,9 @@ class LoadBalancer:
             self._outbox.extend(events)
 
     def _post_membership(self) -> None:
-        """Queue the servers as they are now for ``watch_servers`` callbacks. Caller holds
-        ``_lock``, so they are delivered in the order the changes were made."""
+        """Queue a call of the ``watch_servers`` callbacks. Caller holds ``_lock``."""
         if self._watchers:
-            self._outbox.append(self._view.servers)
+            self._outbox.append(None)
 
     def _deliver(self) -> None:
         """Log and report queued events, in the order they happened; runs outside ``_lock``.
@@ -746,8 +745,8 @@ class LoadBalancer:
         with self._delivering:
             while outbox:
                 event = outbox.popleft()
-                if isinstance(event, tuple):
-                    self._tell_watchers(event)
+                if event is None:
+                    self._tell_watchers()
                     continue
                 _log.info("%s %s: %s", event.kind.value, event.server or "pool", event.detail)
                 if self._on_event is not None:
@@ -756,8 +755,11 @@ class LoadBalancer:
                     except Exception:
                         _log.exception("on_event callback failed for %s", event)
 
-    def _tell_watchers(self, servers: tuple[str, ...]) -> None:
+    def _tell_watchers(self) -> None:
         for watcher in self._watchers:
+            # Read for each: a callback that changes the pool must not leave the next
+            # callbacks with the servers as they were before.
+            servers = self._view.servers
             try:
                 watcher(servers)
             except Exception:
@@ -767,11 +769,14 @@ class LoadBalancer:
         """Call ``callback(servers)`` now and after every change of the registered servers.
 
         For what is kept per server (one gRPC channel per backend, a connection pool):
-        ``servers`` is the pool after the change, in order, so a callback reconciles to it.
-        Calls come in the order the changes were made, outside the balancer's lock, on the
-        thread that made the change or one delivering for it; a weight change calls nothing.
-        Returns a function that stops the calls. If the first call raises, nothing is
-        watched and the error propagates; a later call that raises is logged.
+        ``servers`` is the pool as it is when the callback is called, in order, so that a
+        callback reconciles to it, and never to an older pool than one it was given before
+        (two quick changes may come as two calls with the same servers). Calls are made one
+        at a time, outside the balancer's lock, on the thread that made the change or one
+        delivering for it; a weight change calls nothing. Returns a function that stops the
+        calls: once it returns, no call is under way or to come (unless it is called from a
+        callback). If the first call raises, nothing is watched and the error propagates; a
+        later call that raises is logged.
         """
         check_callable(callback, "callback")
         with self._delivering:  # nothing is delivered between the first call and the next
@@ -787,7 +792,8 @@ class LoadBalancer:
         return lambda: self._unwatch(callback)
 
     def _unwatch(self, callback: Callable[[tuple[str, ...]], object]) -> None:
-        with self._lock:
+        # Under the delivery lock: a delivery under way on another thread ends first.
+        with self._delivering, self._lock:
             watchers = list(self._watchers)
             if callback in watchers:
                 watchers.remove(callback)
@@ -909,6 +915,7 @@ class LoadBalancer:
         key: Key | None = None,
         retry: RetryPolicy | None = None,
         classify: Classifier[T] = retry_on_exception,
+        first: FirstAttempt[T] | None = None,
     ) -> Held[T]:
         """As ``call``, for results that outlive the call: the answer keeps its lease.
 
@@ -917,9 +924,15 @@ class LoadBalancer:
         caller is done with it, so in-flight counts and latency cover the whole stream.
         ``results`` frees the results that are not the answer: ``set_aside`` one that is
         being retried (read its body, give its connection back), ``discard`` one replaced.
+        ``first``: the caller already made the first attempt (``retry_budget.deposit()``,
+        then ``acquire(key)``, then ``fn`` and ``classify``): the call goes on from its
+        verdict, as if the engine had made it.
         """
         _check_call(fn, classify, retry, None)
         _check_results(results)
+        if first is not None:
+            _check_optional(first, FirstAttempt, "first")
+            check_classifier_verdict(first.verdict)
         return _call(
             self.acquire,
             self._retry_budget,
@@ -929,6 +942,7 @@ class LoadBalancer:
             classify=classify,
             sleep=self._sleep,
             results=results,
+            first=first,
         )
 
     async def acall(

@@ -14,7 +14,7 @@ from .._errors import NoServersAvailableError
 from .._lease import Lease
 from ..strategies._base import Key
 from ._budget import RetryBudget
-from ._held import AsyncResults, Held, Results
+from ._held import AsyncResults, FirstAttempt, Held, Results
 from ._policy import Attempt, Classifier, RetryPolicy, Verdict, check_classifier_verdict
 
 __all__ = ["Acquire", "Tries", "call", "lease_another", "note_budget"]
@@ -163,24 +163,32 @@ def call(
     classify: Classifier[T],
     sleep: Callable[[float], object],
     results: Results[T] | None = None,
+    first: FirstAttempt[T] | None = None,
 ) -> Held[T]:
     """Run ``fn(server)`` until an attempt is not a retryable failure, or retries run out.
 
     See ``LoadBalancer.call`` and ``LoadBalancer.call_held``: with ``results``, the answer
-    keeps its lease (``Held.lease``); without, it is released at once.
+    keeps its lease (``Held.lease``); without, it is released at once. From ``first``'s
+    verdict on, if the caller made the first attempt.
     """
-    tries = Tries(acquire, budget, key, policy, classify, results)
-    lease = tries.first()
+    tries = Tries(acquire, budget, key, policy, classify, results, deposit=first is None)
+    lease = tries.first() if first is None else first.lease
     while True:
-        try:
-            result: T | None = fn(lease.server)
-            error: Exception | None = None
-        except Exception as exc:
-            result, error = None, exc
-        except BaseException:
-            lease.release(ok=None)  # the caller went away: nothing learnt about the server
-            raise
-        verdict = tries.judge(lease, tries.number, result, error)
+        if first is not None:
+            result: T | None = first.result
+            error: Exception | None = first.error
+            verdict = first.verdict
+            first = None
+        else:
+            try:
+                result = fn(lease.server)
+                error = None
+            except Exception as exc:
+                result, error = None, exc
+            except BaseException:
+                lease.release(ok=None)  # the caller went away: nothing learnt about the server
+                raise
+            verdict = tries.judge(lease, tries.number, result, error)
         delay = tries.retry_delay(lease, verdict, error)
         if delay is None:
             return tries.answer(lease, verdict, result, error)
