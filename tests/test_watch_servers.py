@@ -179,7 +179,12 @@ def test_stop_waits_for_a_call_under_way_on_another_thread() -> None:
     changer.start()
     assert inside.wait(10)
     stopped = threading.Event()
-    stopper = threading.Thread(target=lambda: (stop(), stopped.set()))
+
+    def stop_it() -> None:
+        stop()
+        stopped.set()
+
+    stopper = threading.Thread(target=stop_it)
     stopper.start()
     assert not stopped.wait(0.05)  # stop() waits for the call under way...
     let_go.set()
