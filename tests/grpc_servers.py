@@ -21,9 +21,10 @@ With ``tls=True`` it serves TLS with the tests' certificate for 127.0.0.1 (``CER
 (with ``grpc-retry-pushback-ms: <pushback>`` in the trailers if ``pushback`` is set);
 ``"not_found"`` aborts with NOT_FOUND; ``"committed_unavailable"`` sends response headers
 with metadata, then aborts with UNAVAILABLE; ``"message_then_unavailable"`` (``Stream``)
-sends one message, then aborts with UNAVAILABLE; ``"slow"`` (``Unary``) answers only after
-``let_go()`` (or once the call is cancelled). Every call is counted on arrival, by method
-(``count(method)``), with its metadata recorded (``metadata``). ``kill()`` stops the server
+sends one message, then aborts with UNAVAILABLE; ``"slow"`` (``Unary`` and ``Stream``)
+answers only after ``let_go()``, or once the call is cancelled, then as ``mode`` says then.
+Every call is counted on arrival, by method (``count(method)``), with its metadata recorded
+(``metadata``). ``kill()`` stops the server
 at once, cancelling its calls; the port then refuses connections.
 """
 
@@ -123,7 +124,10 @@ class EchoServer:
                 gate.set()
 
     def _misbehave(self, context: grpc.ServicerContext) -> None:
-        """Abort the call as ``mode`` says, or return to serve it."""
+        """Abort the call as ``mode`` says, or return to serve it. A ``slow`` call is held
+        first, then treated as ``mode`` says when it is let go."""
+        if self.mode == "slow":
+            self._hold(context)
         mode = self.mode
         if mode == "unavailable":
             if self.pushback is not None:
@@ -131,8 +135,6 @@ class EchoServer:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name} is unavailable")
         if mode == "not_found":
             context.abort(grpc.StatusCode.NOT_FOUND, f"{self.name} has no such thing")
-        if mode == "slow":
-            self._hold(context)
         if mode == "committed_unavailable":
             context.send_initial_metadata((("served-by", self.name),))
             context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name} failed after headers")
@@ -144,7 +146,7 @@ class EchoServer:
 
     def _stream(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         self._arrive(STREAM, context)
-        self._misbehave(context)
+        self._misbehave(context)  # "slow" holds the stream before its first message
         with self._lock:
             self.streams_open += 1
         try:

@@ -90,7 +90,7 @@ def test_a_server_killed_during_300_calls_from_8_threads_fails_no_call(
         servers,
         outlier_detection=OutlierDetection(consecutive_failures=3, max_ejection_percent=50),
     )
-    client = make_client(lb, policy=GrpcPolicy(retry=RetryPolicy(attempts=3)))
+    client = make_client(lb)  # the default policy: one retry
     victim = servers[1]
     failures: list[BaseException] = []
     done = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Any
 
@@ -158,18 +159,30 @@ def test_no_retry_once_the_deadline_has_passed() -> None:
     past = time.monotonic() - 1
     verdict = POLICY.verdict(grpc.StatusCode.UNAVAILABLE, (), committed=False, deadline=past)
     assert verdict == Verdict(False)
-    future = time.monotonic() + 60
-    verdict = POLICY.verdict(grpc.StatusCode.UNAVAILABLE, (), committed=False, deadline=future)
-    assert verdict == Verdict(False, retry=True)
+
+
+def test_with_a_deadline_the_backoff_is_drawn_and_must_end_before_it() -> None:
+    policy = GrpcPolicy(retry=RetryPolicy(backoff_base=0.1, rng=random.Random(7)))
+    unavailable = grpc.StatusCode.UNAVAILABLE
+    far = time.monotonic() + 60
+    for number in (1, 2, 3):
+        verdict = policy.verdict(unavailable, (), committed=False, deadline=far, number=number)
+        assert verdict.retry
+        assert verdict.retry_after is not None
+        assert 0 <= verdict.retry_after <= 0.1 * 2 ** (number - 1)
+    near = time.monotonic() + 0.5
+    slow = (("grpc-retry-pushback-ms", "3000"),)  # a pushback that ends past the deadline
+    assert policy.verdict(unavailable, slow, committed=False, deadline=near) == Verdict(False)
+    soon = (("grpc-retry-pushback-ms", "10"),)
+    assert policy.verdict(unavailable, soon, committed=False, deadline=near).retry_after == 0.01
 
 
 def test_an_attempt_past_its_per_try_timeout_is_retried_while_the_deadline_allows() -> None:
     policy = GrpcPolicy(retry=RetryPolicy(per_try_timeout=0.5))
     exceeded = grpc.StatusCode.DEADLINE_EXCEEDED
     future = time.monotonic() + 60
-    assert policy.verdict(exceeded, (), committed=False, deadline=future) == Verdict(
-        False, retry=True
-    )
+    verdict = policy.verdict(exceeded, (), committed=False, deadline=future)
+    assert (verdict.ok, verdict.retry) == (False, True)
     assert policy.verdict(exceeded, (), committed=False, deadline=None).retry
     assert not policy.verdict(exceeded, (), committed=True, deadline=None).retry
     past = time.monotonic() - 1

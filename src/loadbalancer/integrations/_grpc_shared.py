@@ -9,6 +9,9 @@ channel per backend is kept by ``Backends``, which follows the balancer's member
 
 from __future__ import annotations
 
+import abc
+import logging
+import re
 import threading
 import time
 import weakref
@@ -23,11 +26,14 @@ from loadbalancer import (
     AttemptTimeoutError,
     HedgingPolicy,
     Key,
+    Lease,
     LoadBalancer,
     NoServersAvailableError,
     RetryPolicy,
     Verdict,
 )
+
+_log = logging.getLogger("loadbalancer.integrations.grpc")
 
 __all__ = [
     "DEFAULT_FAILURE_CODES",
@@ -75,7 +81,7 @@ application error such as NOT_FOUND), except CANCELLED, which is no outcome."""
 _SUCCESS = Verdict(True)
 _NO_OUTCOME = Verdict(None)
 _RETRY_ELSEWHERE = Verdict(None, retry=True)
-_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+_MILLISECONDS = re.compile(r"[0-9]{1,10}")  # ASCII digits only (str.isdigit takes any)
 
 
 def _check_codes(codes: object, name: str) -> frozenset[grpc.StatusCode]:
@@ -148,10 +154,12 @@ class GrpcPolicy:
         *,
         committed: bool,
         deadline: float | None,
+        number: int = 1,
     ) -> Verdict:
-        """The verdict of an attempt that ended with ``code``: its outcome, and whether, when
-        and if another server may be tried (A6: not once committed, not past the deadline,
-        not against a pushback that is not a non-negative integer of milliseconds)."""
+        """The verdict of attempt ``number`` (from 1), which ended with ``code``: its outcome,
+        and whether and when another server may be tried. A6: not once committed; not
+        against a pushback that is not a non-negative integer of milliseconds; and not if
+        the wait before it (the pushback, else the backoff) would end past the deadline."""
         ok = self.outcome(code)
         retryable = code in self.retryable_codes or (
             # past per_try_timeout, with time left on the call's deadline (checked below)
@@ -159,15 +167,19 @@ class GrpcPolicy:
         )
         if committed or not retryable:
             return _SUCCESS if ok else Verdict(ok)
-        if deadline is not None and time.monotonic() >= deadline:
-            return Verdict(ok)
         pushback = first_value(trailing, PUSHBACK)
-        if pushback is None:
-            return Verdict(ok, retry=True)
-        text = pushback.decode("ascii", "replace") if isinstance(pushback, bytes) else pushback
-        if not text.isdigit():  # A6: a negative or unparseable pushback means do not retry
+        if pushback is not None:
+            text = pushback.decode("ascii", "replace") if isinstance(pushback, bytes) else pushback
+            if _MILLISECONDS.fullmatch(text) is None:  # A6: negative or unparseable: no retry
+                return Verdict(ok)
+            wait = int(text) / 1000
+        elif deadline is None:
+            return Verdict(ok, retry=True)  # the engine draws the backoff
+        else:  # drawn here, to know whether the retry would start before the deadline
+            wait = self.retry.backoff(number)
+        if deadline is not None and time.monotonic() + wait >= deadline:
             return Verdict(ok)
-        return Verdict(ok, retry=True, retry_after=int(text) / 1000)
+        return Verdict(ok, retry=True, retry_after=wait)
 
 
 def first_value(metadata: _AnyMetadata | None, name: str) -> str | bytes | None:
@@ -221,10 +233,13 @@ class LocalRpcError(grpc.RpcError):
     code gRPC itself would give (UNAVAILABLE: no server could be picked; DEADLINE_EXCEEDED:
     the deadline passed between attempts), so one ``except grpc.RpcError`` catches all."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, details: str, *, retry_elsewhere: bool = False
+    ) -> None:
         super().__init__(details)
         self._code = code
         self._details = details
+        self.retry_elsewhere = retry_elsewhere  # the server picked had just left
 
     def code(self) -> grpc.StatusCode:
         """The status code."""
@@ -306,7 +321,8 @@ class Backends(Generic[C]):
 
     ``run(fn)``, if given, is how a membership change made on any thread is applied: the
     asyncio channel's runs ``fn`` on its event loop. A call that picks a server whose change
-    is not applied yet opens its channel itself (``enter``).
+    is not applied yet opens its channel itself (``enter``). ``changed()``, if given, is
+    called after each change is applied.
     """
 
     def __init__(
@@ -316,61 +332,80 @@ class Backends(Generic[C]):
         close_channel: Callable[[C], object],
         *,
         run: Callable[[Callable[[], None]], object] | None = None,
+        changed: Callable[[], object] | None = None,
     ) -> None:
         self._lb = lb
         self._open = open_channel
         self._close = close_channel
+        self._run = run
+        self._changed = changed
         self._lock = threading.Lock()
         self._live: dict[str, Backend[C]] = {}
         self._draining: set[Backend[C]] = set()
         self._closed = False
         ref = weakref.ref(self)
 
-        def follow(servers: tuple[str, ...]) -> None:
+        def follow(_: tuple[str, ...]) -> None:
             backends = ref()  # held weakly: a channel dropped unclosed is not kept alive
             if backends is None:
                 return
-            if run is None:
-                backends._follow(servers)
+            if backends._run is None:
+                backends._follow()
             else:  # the asyncio channel's: reconciled on its event loop
-                run(lambda: backends._follow(servers))
+                backends._run(backends._follow)
 
         self._stop = lb.watch_servers(follow)
         weakref.finalize(self, self._stop)
 
-    def _follow(self, servers: tuple[str, ...]) -> None:
-        """Reconcile the channels to ``servers`` (a ``watch_servers`` callback)."""
-        to_close = []
-        with self._lock:
-            if self._closed:
-                return
-            wanted = set(servers)
-            for server in [s for s in self._live if s not in wanted]:
-                backend = self._live.pop(server)
-                backend.departed = True
-                if backend.active:
-                    self._draining.add(backend)
-                else:
-                    to_close.append(backend)
-            joining = [s for s in servers if s not in self._live]
-        opened = {s: Backend(s, self._open(s)) for s in joining}  # outside the lock: may block
-        with self._lock:
-            if self._closed:
-                to_close.extend(opened.values())
-            else:
-                for server, backend in opened.items():
-                    if server in self._live or server not in wanted:
-                        to_close.append(backend)  # a later change got there first
+    def _follow(self) -> None:
+        """Reconcile the channels to the balancer's servers as they are now.
+
+        Read here, not passed in: a reconcile that runs late (queued to an event loop) must
+        not undo a later one.
+        """
+        servers = self._lb.servers
+        wanted = set(servers)
+        to_close: list[Backend[C]] = []
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                for server in [s for s in self._live if s not in wanted]:
+                    backend = self._live.pop(server)
+                    backend.departed = True
+                    if backend.active:
+                        self._draining.add(backend)
                     else:
-                        self._live[server] = backend
-        for backend in to_close:
+                        to_close.append(backend)
+                joining = [s for s in servers if s not in self._live]
+            for server in joining:  # opened outside the lock: a factory may block
+                try:
+                    opened = Backend(server, self._open(server))
+                except Exception:  # its calls will open it, and raise the error themselves
+                    _log.exception("could not open a channel to %s", server)
+                    continue
+                with self._lock:
+                    if self._closed or server in self._live or server not in self._lb:
+                        to_close.append(opened)  # closed, or a call or change got there first
+                    else:
+                        self._live[server] = opened
+        finally:
+            for backend in to_close:
+                self._close_quietly(backend)
+        if self._changed is not None:
+            self._changed()
+
+    def _close_quietly(self, backend: Backend[C]) -> None:
+        try:
             self._close(backend.channel)
+        except Exception:
+            _log.exception("could not close the channel to %s", backend.server)
 
     def enter(self, server: str) -> Backend[C]:
         """The channel of ``server`` for one call, counted until ``leave``.
 
-        Raises ``LocalRpcError`` (UNAVAILABLE) if ``server`` has just left, or the channel
-        is closed: the engine retries it elsewhere.
+        Raises ``LocalRpcError`` (UNAVAILABLE) if ``server`` has just left (marked
+        ``retry_elsewhere``), or the channel is closed.
         """
         with self._lock:
             backend = self._live.get(server)
@@ -379,19 +414,24 @@ class Backends(Generic[C]):
                 return backend
         if self._closed:
             raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, "the balanced channel is closed")
-        if server not in self._lb:
-            raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, f"{server} has left the pool")
         opened = Backend(server, self._open(server))  # joined, and not yet followed
         with self._lock:
+            # Checked under the lock: a departure made before this is seen here, and one made
+            # after finds the channel in _live, counted, and drains it.
             backend = self._live.get(server)
-            if backend is None and not self._closed:
+            if backend is None and not self._closed and server in self._lb:
                 backend = self._live[server] = opened
+            if backend is not None:
+                backend.active += 1
         if backend is not opened:  # another call, or the change itself, opened one first
-            self._close(opened.channel)
+            self._close_quietly(opened)
         if backend is None:
-            raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, "the balanced channel is closed")
-        with self._lock:
-            backend.active += 1
+            closed = self._closed
+            raise LocalRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                "the balanced channel is closed" if closed else f"{server} has left the pool",
+                retry_elsewhere=not closed,
+            )
         return backend
 
     def leave(self, backend: Backend[C]) -> None:
@@ -403,7 +443,7 @@ class Backends(Generic[C]):
             if done:
                 self._draining.discard(backend)
         if done:
-            self._close(backend.channel)
+            self._close_quietly(backend)
 
     def live(self) -> dict[str, C]:
         """The channel of each server in the pool, by server."""
@@ -440,7 +480,7 @@ class BalancedChannelBase(Protocol[C]):
     backends: Backends[C]
 
 
-class MethodCalls(Generic[C]):
+class MethodCalls(Generic[C], abc.ABC):
     """A multi-callable's shared part: its method, its channel, its backends' callables, and
     how its attempts are judged and keyed."""
 
@@ -464,9 +504,11 @@ class MethodCalls(Generic[C]):
         callable_ = backend.callables.get(self._codec)
         if callable_ is None:
             _, method, serializer, deserializer = self._codec
-            callable_ = getattr(backend.channel, self._kind)(
-                method, serializer, deserializer, _registered_method=self._registered
-            )
+            make = getattr(backend.channel, self._kind)
+            if self._registered:  # as generated stubs ask; not every channel type knows it
+                callable_ = make(method, serializer, deserializer, _registered_method=True)
+            else:
+                callable_ = make(method, serializer, deserializer)
             backend.callables[self._codec] = callable_
         return callable_
 
@@ -477,16 +519,27 @@ class MethodCalls(Generic[C]):
             error = attempt.error
             if error is None:
                 return _SUCCESS
+            number = attempt.number
+            code: grpc.StatusCode | None
             if isinstance(error, AttemptTimeoutError):  # past per_try_timeout (asyncio)
-                return policy.verdict(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, None, committed=False, deadline=deadline
-                )
-            if isinstance(error, LocalRpcError):  # a server that left as it was picked
-                return _RETRY_ELSEWHERE if error.code() is _UNAVAILABLE else _NO_OUTCOME
-            code, trailing, committed = rpc_facts(error)
-            if code is None:  # failed before any server (in our own serializer, say)
+                code, trailing, committed = grpc.StatusCode.DEADLINE_EXCEEDED, None, False
+            elif isinstance(error, LocalRpcError):  # a server that left as it was picked
+                return _RETRY_ELSEWHERE if error.retry_elsewhere else _NO_OUTCOME
+            else:
+                code, trailing, committed = rpc_facts(error)
+                if code is None:  # failed before any server (in our own serializer, say)
+                    return _NO_OUTCOME
+            verdict = policy.verdict(
+                code, trailing, committed=committed, deadline=deadline, number=number
+            )
+            if (
+                code is grpc.StatusCode.DEADLINE_EXCEEDED
+                and number > 1
+                and deadline is not None
+                and time.monotonic() >= deadline
+            ):  # a retry cut short by the call's deadline, not the server's doing
                 return _NO_OUTCOME
-            return policy.verdict(code, trailing, committed=committed, deadline=deadline)
+            return verdict
 
         return classify
 
@@ -494,16 +547,39 @@ class MethodCalls(Generic[C]):
         sticky = self._channel.sticky
         return None if sticky is None else sticky.key(metadata, request, streaming=streaming)
 
-    def _lease_one(self, key: Key | None) -> tuple[Any, Backend[C]]:
+    def _lease_one(self, key: Key | None) -> tuple[Lease, Backend[C]]:
         """A lease and its backend, for a call made in one attempt (not through the engine)."""
         lb = self._channel.lb
         lb.retry_budget.deposit()  # a request, as the engine counts one, for the retry ratio
+        left: list[str] = []
+        while True:
+            try:
+                lease = lb.acquire(key, exclude=left)
+            except NoServersAvailableError as error:
+                raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(error)) from error
+            try:
+                return lease, self._channel.backends.enter(lease.server)
+            except LocalRpcError as error:
+                lease.release(None)
+                if not error.retry_elsewhere or lease.server in left:
+                    raise
+                left.append(lease.server)  # it left as it was picked: pick another
+            except BaseException:
+                lease.release(None)
+                raise
+
+    @abc.abstractmethod
+    def _end_with_rpc(self, call: Any, lease: Lease, backend: Backend[C]) -> None:
+        """End ``lease`` and the backend's count when ``call`` terminates, with its outcome."""
+
+    def _start_one(self, key: Key | None, start: Callable[[Any], Any]) -> Any:
+        """Start a call in one attempt: ``start(multi_callable)`` on a leased server."""
+        lease, backend = self._lease_one(key)
         try:
-            lease = lb.acquire(key)
-        except NoServersAvailableError as error:
-            raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(error)) from error
-        try:
-            return lease, self._channel.backends.enter(lease.server)
+            call = start(self._on(backend))
         except BaseException:
             lease.release(None)
+            self._channel.backends.leave(backend)
             raise
+        self._end_with_rpc(call, lease, backend)
+        return call

@@ -30,13 +30,15 @@ Per call:
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, final
 
 import grpc
 from grpc_health.v1 import health_pb2
 
-from loadbalancer import LoadBalancer, NoServersAvailableError, ProbeResult
+from loadbalancer import Attempt, Key, Lease, LoadBalancer, NoServersAvailableError, ProbeResult
+from loadbalancer.failover import FirstAttempt
 
 from ._grpc_shared import (
     Backend,
@@ -74,7 +76,8 @@ else:
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 """The standard health-checking method that ``GrpcHealthProbe`` calls."""
 
-_END = object()  # a stream peeked at its end: no first message
+_END = object()  # a stream read to its end before a first message
+_NOT_READ = object()  # no first message read, or it has been handed out
 _STATE_ORDER = (  # the balanced channel's state is the best of its backends'
     grpc.ChannelConnectivity.READY,
     grpc.ChannelConnectivity.CONNECTING,
@@ -86,13 +89,17 @@ _STATE_ORDER = (  # the balanced channel's state is the best of its backends'
 class _Call(MethodCalls[grpc.Channel]):
     """What every multi-callable of the balanced channel shares."""
 
-    def _end_with_rpc(self, call: Any, lease: Any, backend: Backend[grpc.Channel]) -> None:
+    def _end_with_rpc(self, call: Any, lease: Lease, backend: Backend[grpc.Channel]) -> None:
         """End ``lease`` and the backend's count when ``call`` terminates, with its outcome."""
         outcome = self._channel.policy.outcome
         backends = self._channel.backends
+        # Held weakly: grpc keeps its callbacks until the RPC ends, and a call the caller
+        # dropped must still be collected, which cancels it (no outcome).
+        ref = weakref.ref(call)
 
         def done(*_: object) -> None:
-            lease.release(outcome(call.code()))
+            live = ref()
+            lease.release(None if live is None else outcome(live.code()))
             backends.leave(backend)
 
         if not call.add_callback(done):  # already over: grpc will not call it
@@ -175,106 +182,12 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
         compression: grpc.Compression | None = None,
     ) -> Any:
         """Start the call on a balanced server, in one attempt; its ``grpc.Future``."""
-        lease, backend = self._lease_one(self._key(metadata, request, False))
-        try:
-            future = self._on(backend).future(
+        return self._start_one(
+            self._key(metadata, request, False),
+            lambda multi_callable: multi_callable.future(
                 request, timeout, metadata, credentials, wait_for_ready, compression
-            )
-        except BaseException:
-            lease.release(None)
-            self._channel.backends.leave(backend)
-            raise
-        self._end_with_rpc(future, lease, backend)
-        return future
-
-
-@final
-class _PeekedStream(grpc.Call, _FutureBase, Iterator[Any]):
-    """A server stream whose first message was read before it was committed to its server."""
-
-    def __init__(self, call: Any, first: object) -> None:
-        self._call = call
-        self._first = first
-
-    def __iter__(self) -> _PeekedStream:
-        return self
-
-    def __next__(self) -> Any:
-        first, self._first = self._first, None
-        if first is _END:
-            raise StopIteration
-        if first is not None:
-            return first
-        return next(self._call)
-
-    next = __next__
-
-    # grpc.Call, grpc.Future and the rest of the stream's interface, from the real call.
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._call, name)
-
-    def is_active(self) -> bool:
-        """Whether the RPC is active."""
-        return bool(self._call.is_active())
-
-    def time_remaining(self) -> float:
-        """Seconds before the RPC's deadline (None: no deadline)."""
-        remaining: float = self._call.time_remaining()
-        return remaining
-
-    def cancel(self) -> bool:
-        """Cancel the RPC."""
-        return bool(self._call.cancel())
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        """Call ``callback`` when the RPC ends (False if it has ended)."""
-        return bool(self._call.add_callback(callback))
-
-    def initial_metadata(self) -> Any:
-        """The server's response headers."""
-        return self._call.initial_metadata()
-
-    def trailing_metadata(self) -> Any:
-        """The server's trailing metadata, once the RPC has ended."""
-        return self._call.trailing_metadata()
-
-    def code(self) -> grpc.StatusCode:
-        """The status code, once the RPC has ended."""
-        code: grpc.StatusCode = self._call.code()
-        return code
-
-    def details(self) -> str:
-        """The status details, once the RPC has ended."""
-        details: str = self._call.details()
-        return details
-
-    def cancelled(self) -> bool:
-        """Whether the RPC was cancelled."""
-        return bool(self._call.cancelled())
-
-    def running(self) -> bool:
-        """Whether the RPC is running."""
-        return bool(self._call.running())
-
-    def done(self) -> bool:
-        """Whether the RPC has ended."""
-        return bool(self._call.done())
-
-    def result(self, timeout: float | None = None) -> Any:
-        """As the real call's ``result``."""
-        return self._call.result(timeout)
-
-    def exception(self, timeout: float | None = None) -> Any:
-        """As the real call's ``exception``."""
-        return self._call.exception(timeout)
-
-    def traceback(self, timeout: float | None = None) -> Any:
-        """As the real call's ``traceback``."""
-        return self._call.traceback(timeout)
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        """As the real call's ``add_done_callback``."""
-        self._call.add_done_callback(fn)
+            ),
+        )
 
 
 @final
@@ -305,6 +218,188 @@ class _OpenedResults:
 
 
 @final
+class _RetryingStream(grpc.Call, _FutureBase, Iterator[Any]):
+    """A server stream that may still move to another server until its first message.
+
+    The first attempt starts at once, as grpc's own calls do. Its first message (or status)
+    is read when the stream is first used (iterated, or asked for its metadata, status or
+    result); if it failed retryably before committing, the engine goes on from it
+    (``call_held(first=...)``) and the stream continues on the server that answered.
+    """
+
+    def __init__(
+        self,
+        owner: _UnaryStream,
+        lease: Lease,
+        backend: Backend[grpc.Channel],
+        call: Any,
+        attempt: Callable[[str], _Opened],
+        key: Key | None,
+        deadline: float | None,
+    ) -> None:
+        self._owner = owner
+        self._lease = lease
+        self._backend = backend
+        self._call = call  # the real call now: the first attempt's, then the answer's
+        self._attempt = attempt
+        self._key = key
+        self._deadline = deadline
+        self._first: object = _NOT_READ
+        self._error: BaseException | None = None  # the call's end, if it ended before a message
+        self._lock = threading.Lock()
+        self._settled = False
+        self._cancelled = False
+
+    def _settle(self) -> None:
+        """Read the first message, retrying elsewhere as the policy allows (once)."""
+        with self._lock:
+            if self._settled:
+                return
+            self._settled = True
+            try:
+                first: object = next(self._call)
+            except StopIteration:
+                first = _END
+            except grpc.RpcError as error:
+                self._first_failed(error)
+                return
+            self._first = first
+            self._owner._end_with_rpc(self._call, self._lease, self._backend)
+
+    def _first_failed(self, error: grpc.RpcError) -> None:
+        """The first attempt ended before a message: answer with it, or go on elsewhere."""
+        owner = self._owner
+        channel = owner._channel
+        backends = channel.backends
+        backends.leave(self._backend)
+        verdict = owner._classify(self._deadline)(Attempt(self._lease.server, 1, None, error))
+        if self._cancelled or not verdict.retry:
+            self._lease.release(None if self._cancelled else verdict.ok)
+            self._error = error
+            return
+        try:
+            held = channel.lb.call_held(
+                self._attempt,
+                results=_OpenedResults(backends),
+                key=self._key,
+                retry=channel.policy.retry,
+                classify=owner._classify(self._deadline),
+                first=FirstAttempt(self._lease, None, error, verdict),
+            )
+        except NoServersAvailableError as no_server:
+            self._error = LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(no_server))
+            return
+        except Exception as failed:  # every attempt failed: the last one's error
+            self._error = failed
+            return
+        opened = held.result
+        self._call, self._backend, self._first = opened.call, opened.backend, opened.first
+        if held.lease is None:  # not for an answer the engine hands back; be safe
+            backends.leave(opened.backend)
+        else:
+            owner._end_with_rpc(opened.call, held.lease, opened.backend)
+
+    def _settled_call(self) -> Any:
+        """The call that answers (or the error that ended the stream), once settled."""
+        self._settle()
+        return self._call if self._error is None else self._error
+
+    def __iter__(self) -> _RetryingStream:
+        return self
+
+    def __next__(self) -> Any:
+        self._settle()
+        if self._error is not None:
+            raise self._error
+        first, self._first = self._first, _NOT_READ
+        if first is _END:
+            raise StopIteration
+        if first is not _NOT_READ:
+            return first
+        return next(self._call)
+
+    next = __next__
+
+    def is_active(self) -> bool:
+        """Whether the RPC is active."""
+        return self._error is None and bool(self._call.is_active())
+
+    def time_remaining(self) -> float:
+        """Seconds before the RPC's deadline."""
+        remaining: float = self._call.time_remaining()
+        return remaining
+
+    def cancel(self) -> bool:
+        """Cancel the RPC (it is not retried)."""
+        self._cancelled = True
+        return bool(self._call.cancel())
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` when the RPC ends (False if it has ended)."""
+        call = self._settled_call()
+        return self._error is None and bool(call.add_callback(callback))
+
+    def initial_metadata(self) -> Any:
+        """The server's response headers."""
+        return self._settled_call().initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        """The server's trailing metadata, once the RPC has ended."""
+        return self._settled_call().trailing_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        """The status code, once the RPC has ended."""
+        code: grpc.StatusCode = self._settled_call().code()
+        return code
+
+    def details(self) -> str:
+        """The status details, once the RPC has ended."""
+        details: str = self._settled_call().details()
+        return details
+
+    def debug_error_string(self) -> str:
+        """The real call's debug string."""
+        return str(self._settled_call().debug_error_string())
+
+    def cancelled(self) -> bool:
+        """Whether the RPC was cancelled."""
+        return self._cancelled or bool(self._call.cancelled())
+
+    def running(self) -> bool:
+        """Whether the RPC is running."""
+        return self._error is None and bool(self._call.running())
+
+    def done(self) -> bool:
+        """Whether the RPC has ended."""
+        return self._error is not None or bool(self._call.done())
+
+    def result(self, timeout: float | None = None) -> Any:
+        """As the real call's ``result``."""
+        call = self._settled_call()
+        if self._error is not None:
+            raise self._error
+        return call.result(timeout)
+
+    def exception(self, timeout: float | None = None) -> Any:
+        """As the real call's ``exception``."""
+        call = self._settled_call()
+        return self._error if self._error is not None else call.exception(timeout)
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        """As the real call's ``traceback``."""
+        call = self._settled_call()
+        return None if self._error is not None else call.traceback(timeout)
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        """Call ``fn(self)`` when the stream ends."""
+        call = self._settled_call()
+        if self._error is not None:
+            fn(self)
+        else:
+            call.add_done_callback(lambda _: fn(self))
+
+
+@final
 class _UnaryStream(_Call, _UnaryStreamBase):
     def __call__(
         self,
@@ -315,52 +410,48 @@ class _UnaryStream(_Call, _UnaryStreamBase):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        """Start the stream on a balanced server; with retries, once its first message is in."""
+        """Start the stream on a balanced server; it may move until its first message."""
         channel = self._channel
         backends = channel.backends
-        policy = channel.policy
         deadline = deadline_of(timeout)
-        peek = policy.retry.attempts > 1  # only a stream not yet committed can be retried
+        key = self._key(metadata, request, False)
+
+        def start(multi_callable: Any) -> Any:
+            # The call's whole deadline, not per_try_timeout: that would cut a committed
+            # stream short, and a blocking read cannot be interrupted before it.
+            return multi_callable(
+                request,
+                timeout=time_left(deadline, None),
+                metadata=metadata,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+
+        if channel.policy.retry.attempts == 1:
+            return self._start_one(key, start)
 
         def attempt(server: str) -> _Opened:
             backend = backends.enter(server)
             try:
-                call = self._on(backend)(
-                    request,
-                    timeout=time_left(deadline, policy.retry.per_try_timeout),
-                    metadata=metadata,
-                    credentials=credentials,
-                    wait_for_ready=wait_for_ready,
-                    compression=compression,
-                )
-                first: object = None
-                if peek:
-                    try:
-                        first = next(call)
-                    except StopIteration:
-                        first = _END
+                call = start(self._on(backend))
+                try:
+                    first: object = next(call)
+                except StopIteration:
+                    first = _END
             except BaseException:
                 backends.leave(backend)
                 raise
             return _Opened(call, backend, first)
 
+        lease, backend = self._lease_one(key)
         try:
-            held = channel.lb.call_held(
-                attempt,
-                results=_OpenedResults(backends),
-                key=self._key(metadata, request, False),
-                retry=policy.retry,
-                classify=self._classify(deadline),
-            )
-        except NoServersAvailableError as error:
-            raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(error)) from error
-        opened = held.result
-        lease = held.lease
-        if lease is None:  # cannot happen for a result the engine hands back; be safe
-            backends.leave(opened.backend)
-            return opened.call
-        self._end_with_rpc(opened.call, lease, opened.backend)
-        return opened.call if opened.first is None else _PeekedStream(opened.call, opened.first)
+            call = start(self._on(backend))
+        except BaseException:
+            lease.release(None)
+            backends.leave(backend)
+            raise
+        return _RetryingStream(self, lease, backend, call, attempt, key, deadline)
 
 
 @final
@@ -414,17 +505,12 @@ class _StreamUnary(_Call, _StreamUnaryBase):
         compression: grpc.Compression | None = None,
     ) -> Any:
         """Start the call on a balanced server, in one attempt; its ``grpc.Future``."""
-        lease, backend = self._lease_one(self._key(metadata, None, True))
-        try:
-            future = self._on(backend).future(
+        return self._start_one(
+            self._key(metadata, None, True),
+            lambda multi_callable: multi_callable.future(
                 request_iterator, timeout, metadata, credentials, wait_for_ready, compression
-            )
-        except BaseException:
-            lease.release(None)
-            self._channel.backends.leave(backend)
-            raise
-        self._end_with_rpc(future, lease, backend)
-        return future
+            ),
+        )
 
 
 @final
@@ -439,17 +525,12 @@ class _StreamStream(_Call, _StreamStreamBase):
         compression: grpc.Compression | None = None,
     ) -> Any:
         """Start the stream on a balanced server, in one attempt; the real call."""
-        lease, backend = self._lease_one(self._key(metadata, None, True))
-        try:
-            call = self._on(backend)(
+        return self._start_one(
+            self._key(metadata, None, True),
+            lambda multi_callable: multi_callable(
                 request_iterator, timeout, metadata, credentials, wait_for_ready, compression
-            )
-        except BaseException:
-            lease.release(None)
-            self._channel.backends.leave(backend)
-            raise
-        self._end_with_rpc(call, lease, backend)
-        return call
+            ),
+        )
 
 
 @final
@@ -499,7 +580,11 @@ class BalancedChannel(grpc.Channel):
         self._subscribers: list[Callable[[grpc.ChannelConnectivity], None]] = []
         self._states: dict[str, grpc.ChannelConnectivity] = {}
         self._state: grpc.ChannelConnectivity | None = None
-        self.backends: Backends[grpc.Channel] = Backends(lb, self._open, self._close_backend)
+        self._watched: dict[grpc.Channel, str] = {}  # backend channels followed, and whose
+        self._connect = False  # whether a subscriber asked every backend to connect
+        self.backends: Backends[grpc.Channel] = Backends(
+            lb, self._open, self._close_backend, changed=self._changed
+        )
 
     def _open(self, server: str) -> grpc.Channel:
         if self._factory is not None:
@@ -513,12 +598,18 @@ class BalancedChannel(grpc.Channel):
         if self._interceptors:
             channel = grpc.intercept_channel(channel, *self._interceptors)
         with self._watch_lock:
-            watched = bool(self._subscribers)
+            watched, connect = bool(self._subscribers), self._connect
         if watched:
             self._watch(server, channel)
+        if connect:
+            _connect(channel)
         return channel
 
     def _close_backend(self, channel: grpc.Channel) -> None:
+        with self._watch_lock:
+            server = self._watched.pop(channel, None)
+            if server is not None:
+                self._states.pop(server, None)
         channel.close()
 
     # -- the grpc.Channel interface --------------------------------------------------------
@@ -585,15 +676,12 @@ class BalancedChannel(grpc.Channel):
         gRPC's own round_robin reports it. ``try_to_connect`` asks every backend to connect.
         """
         with self._watch_lock:
-            first = not self._subscribers
             self._subscribers.append(callback)
-        live = self.backends.live()
-        for server, channel in live.items():
-            if first:
-                self._watch(server, channel)
+            self._connect = self._connect or try_to_connect  # servers joining later too
+        for server, channel in self.backends.live().items():
+            self._watch(server, channel)
             if try_to_connect:
-                channel.subscribe(_ignore, try_to_connect=True)
-                channel.unsubscribe(_ignore)
+                _connect(channel)
         callback(self._aggregate())
 
     def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
@@ -604,9 +692,8 @@ class BalancedChannel(grpc.Channel):
 
     def close(self) -> None:
         """Close every backend channel and stop following the balancer (calls are cancelled)."""
-        channels = self.backends.close()
-        for channel in channels:
-            channel.close()
+        for channel in self.backends.close():
+            self._close_backend(channel)
         self._changed()
 
     def __enter__(self) -> BalancedChannel:
@@ -621,8 +708,16 @@ class BalancedChannel(grpc.Channel):
     # -- connectivity -------------------------------------------------------------------------
 
     def _watch(self, server: str, channel: grpc.Channel) -> None:
+        """Follow ``channel``'s state (once per channel, however often subscribed)."""
+        with self._watch_lock:
+            if channel in self._watched:
+                return
+            self._watched[channel] = server
+
         def on_state(state: grpc.ChannelConnectivity) -> None:
             with self._watch_lock:
+                if self._watched.get(channel) != server:
+                    return  # closed since
                 self._states[server] = state
             self._changed()
 
@@ -640,6 +735,9 @@ class BalancedChannel(grpc.Channel):
         return grpc.ChannelConnectivity.TRANSIENT_FAILURE
 
     def _changed(self) -> None:
+        with self._watch_lock:
+            if not self._subscribers:
+                return
         state = self._aggregate()
         with self._watch_lock:
             if state is self._state:
@@ -652,6 +750,12 @@ class BalancedChannel(grpc.Channel):
 
 def _ignore(_: grpc.ChannelConnectivity) -> None:
     """A connectivity callback that does nothing, to ask a channel to connect."""
+
+
+def _connect(channel: grpc.Channel) -> None:
+    """Ask ``channel`` to connect now (grpc's channels connect on their first call)."""
+    channel.subscribe(_ignore, try_to_connect=True)
+    channel.unsubscribe(_ignore)
 
 
 @final

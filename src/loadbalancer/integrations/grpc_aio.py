@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2
 
 from loadbalancer import (
     Attempt,
+    AttemptTimeoutError,
     Lease,
     LoadBalancer,
     NoServersAvailableError,
@@ -51,7 +52,7 @@ from ._grpc_shared import (
 )
 from .grpc import HEALTH_CHECK, describe_rpc_error, health_verdict
 
-__all__ = ["AsyncBalancedChannel", "AsyncGrpcHealthProbe"]
+__all__ = ["AsyncBalancedChannel", "AsyncGrpcHealthProbe", "LocalAioRpcError"]
 
 if TYPE_CHECKING:
     _UnaryUnaryBase = grpc.aio.UnaryUnaryMultiCallable[Any, Any]
@@ -73,6 +74,27 @@ _END = object()  # a stream peeked at its end: no first message
 _ENDINGS: set[asyncio.Task[None]] = set()  # lease endings under way, held until they finish
 
 
+class LocalAioRpcError(grpc.aio.AioRpcError):
+    """A call that failed in the balanced channel before any server answered, as the
+    ``grpc.aio.AioRpcError`` that ``except`` clauses for aio calls expect (UNAVAILABLE: no
+    server could be picked; DEADLINE_EXCEEDED: the deadline, or the last attempt's
+    ``per_try_timeout``, passed)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, details)
+
+
+def _aio_error(error: BaseException) -> BaseException:
+    """``error`` as an aio caller expects it: an ``AioRpcError`` for the channel's own."""
+    if isinstance(error, LocalRpcError):
+        return LocalAioRpcError(error.code(), error.details())
+    if isinstance(error, AttemptTimeoutError):
+        return LocalAioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
+    if isinstance(error, NoServersAvailableError):
+        return LocalAioRpcError(grpc.StatusCode.UNAVAILABLE, str(error))
+    return error
+
+
 class _Call(MethodCalls[_Channel]):
     """What every multi-callable of the asyncio balanced channel shares."""
 
@@ -90,23 +112,17 @@ class _Call(MethodCalls[_Channel]):
                 backends.leave(backend)
 
         def done(_: object) -> None:
-            task = asyncio.get_running_loop().create_task(end())
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # the call was collected after its loop ended: no outcome
+                lease.release(None)
+                backends.leave(backend)
+                return
+            task = loop.create_task(end())
             _ENDINGS.add(task)
             task.add_done_callback(_ENDINGS.discard)
 
         call.add_done_callback(done)
-
-    def _start_one(self, key: Any, start: Callable[[Any], Any]) -> Any:
-        """Start a call in one attempt: ``start(multi_callable)`` on a leased server."""
-        lease, backend = self._lease_one(key)
-        try:
-            call = start(self._on(backend))
-        except BaseException:
-            lease.release(None)
-            self._channel.backends.leave(backend)
-            raise
-        self._end_with_rpc(call, lease, backend)
-        return call
 
 
 @final
@@ -128,9 +144,11 @@ class _BalancedUnaryCall(_UnaryUnaryCallBase):
         except asyncio.CancelledError:
             if not self._task.cancelled():
                 raise  # our caller was cancelled, not the call
-            return LocalRpcError(grpc.StatusCode.CANCELLED, "call cancelled")
-        except Exception as error:
+            return LocalAioRpcError(grpc.StatusCode.CANCELLED, "call cancelled")
+        except grpc.RpcError as error:
             return error
+        except Exception as error:  # not an RPC's: a serializer's, say
+            return LocalAioRpcError(grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}")
 
     def cancelled(self) -> bool:
         """Whether the call was cancelled."""
@@ -243,8 +261,8 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
                     )
                     return hedged
                 return await first_then_engine()
-            except NoServersAvailableError as error:
-                raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(error)) from error
+            except (LocalRpcError, AttemptTimeoutError, NoServersAvailableError) as error:
+                raise _aio_error(error) from error
 
         async def first_then_engine() -> tuple[Any, Any]:
             # The first attempt is made here, and the engine is called only for a retry: most
@@ -319,24 +337,13 @@ class _BalancedStreamCall(_UnaryStreamCallBase):
         self._deadline = deadline
         self._first_taken = False
 
-    async def _opened(self) -> _Opened:
-        try:
-            return await asyncio.shield(self._task)
-        except asyncio.CancelledError:
-            if not self._task.cancelled():
-                raise
-            raise LocalRpcError(grpc.StatusCode.CANCELLED, "call cancelled") from None
-
     async def read(self) -> Any:
-        """The next message, or ``grpc.aio.EOF`` at the end."""
-        opened = await self._opened()
+        """The next message, or ``grpc.aio.EOF`` at the end (``CancelledError`` once the
+        call is cancelled, as for grpc.aio's own calls)."""
+        opened = await asyncio.shield(self._task)
         if not self._first_taken:
             self._first_taken = True
-            first = opened.first
-            if first is _END:
-                return grpc.aio.EOF
-            if first is not None:
-                return first
+            return grpc.aio.EOF if opened.first is _END else opened.first
         return await opened.call.read()
 
     def __aiter__(self) -> AsyncIterator[Any]:
@@ -352,9 +359,15 @@ class _BalancedStreamCall(_UnaryStreamCallBase):
     async def _call(self) -> Any:
         """The stream's real call, or the error that ended it before it began."""
         try:
-            return (await self._opened()).call
-        except Exception as error:
+            return (await asyncio.shield(self._task)).call
+        except asyncio.CancelledError:
+            if not self._task.cancelled():
+                raise  # our caller was cancelled, not the call
+            return LocalAioRpcError(grpc.StatusCode.CANCELLED, "call cancelled")
+        except grpc.RpcError as error:
             return error
+        except Exception as error:  # not an RPC's: a serializer's, say
+            return LocalAioRpcError(grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}")
 
     def cancelled(self) -> bool:
         """Whether the call was cancelled."""
@@ -454,7 +467,9 @@ class _UnaryStream(_Call, _UnaryStreamBase):
         async def attempt(server: str) -> _Opened:
             backend = backends.enter(server)
             try:
-                call = start(self._on(backend), time_left(deadline, policy.retry.per_try_timeout))
+                # The call's whole deadline: the engine's per_try_timeout bounds this attempt
+                # until its first message, and must not cut a committed stream short.
+                call = start(self._on(backend), time_left(deadline, None))
                 first = await call.read()
             except BaseException:
                 backends.leave(backend)
@@ -470,8 +485,8 @@ class _UnaryStream(_Call, _UnaryStreamBase):
                     retry=policy.retry,
                     classify=self._classify(deadline),
                 )
-            except NoServersAvailableError as error:
-                raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(error)) from error
+            except (LocalRpcError, AttemptTimeoutError, NoServersAvailableError) as error:
+                raise _aio_error(error) from error
             opened = held.result
             if held.lease is None:  # not for an answer the engine hands back; be safe
                 backends.leave(opened.backend)
@@ -566,9 +581,14 @@ class AsyncBalancedChannel(grpc.aio.Channel):
         self._factory = channel_factory
         self._closing: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()  # grpc.aio channels belong to one loop
+        self._membership = asyncio.Event()  # set, then replaced, at each membership change
         self.backends: Backends[_Channel] = Backends(
-            lb, self._open, self._close_later, run=self._on_loop
+            lb, self._open, self._close_later, run=self._on_loop, changed=self._changed
         )
+
+    def _changed(self) -> None:
+        self._membership.set()
+        self._membership = asyncio.Event()
 
     def _on_loop(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the channel's event loop: now if this is it, else soon after."""
@@ -670,12 +690,11 @@ class AsyncBalancedChannel(grpc.aio.Channel):
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
         """Return once ``get_state()`` differs from ``last_observed_state``."""
         while self.get_state() is last_observed_state:
-            waits = [
+            waits: list[asyncio.Future[Any]] = [
                 asyncio.ensure_future(c.wait_for_state_change(c.get_state()))
                 for c in self.backends.live().values()
             ]
-            if not waits:
-                return  # no servers: nothing will change the state but the balancer
+            waits.append(asyncio.ensure_future(self._membership.wait()))  # servers come or go
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:

@@ -1,0 +1,256 @@
+"""The gRPC channels when things go wrong around a call: dropped calls, membership churn,
+deadlines shorter than a wait, a factory that fails, a loop that ends."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from loadbalancer import LoadBalancer, RetryPolicy
+from loadbalancer.integrations.grpc import BalancedChannel, GrpcPolicy
+from loadbalancer.integrations.grpc_aio import AsyncBalancedChannel, LocalAioRpcError
+
+from .grpc_clients import AsyncClient, Client, SyncClient
+from .grpc_servers import STREAM, UNARY, EchoServer, echo_servers
+from .test_grpc_channel import _wait_for, balancer
+
+
+@pytest.fixture
+def servers() -> Iterator[list[EchoServer]]:
+    with echo_servers(3) as started:
+        yield started
+
+
+def in_flight(lb: LoadBalancer) -> int:
+    return sum(s.in_flight for s in lb.stats().values())
+
+
+def test_a_dropped_sync_stream_is_cancelled_and_its_lease_ended(
+    servers: list[EchoServer],
+) -> None:
+    lb = balancer(servers)
+    for attempts in (1, 2):  # the real call, and the stream that may retry
+        with BalancedChannel(lb, policy=GrpcPolicy(retry=RetryPolicy(attempts=attempts))) as ch:
+            stream = ch.unary_stream(STREAM)(b"3")
+            assert next(stream).endswith(b":0")
+            assert in_flight(lb) == 1
+            del stream
+            gc.collect()
+            _wait_for(lambda: in_flight(lb) == 0)
+            _wait_for(lambda: all(s.streams_open == 0 for s in servers))
+    assert sum(s.failures + s.successes for s in lb.stats().values()) == 0  # no outcome
+
+
+def test_a_sync_stream_returns_at_once_and_may_still_move(servers: list[EchoServer]) -> None:
+    lb = balancer(servers)
+    servers[0].mode = "slow"  # holds the stream before its first message
+    with BalancedChannel(lb) as channel:
+        stream = channel.unary_stream(STREAM)(b"1")  # returns while the server holds it
+        assert servers[0].arrived.wait(10)
+        assert stream.is_active()
+        servers[0].mode = "unavailable"  # what the held stream sees, once let go
+        servers[0].let_go()
+        assert list(stream) == [b"s1:0"]  # its failure went to another server
+    assert [s.count(STREAM) for s in servers] == [1, 1, 0]
+
+
+def test_a_cancelled_sync_stream_is_not_retried(servers: list[EchoServer]) -> None:
+    lb = balancer(servers)
+    servers[0].mode = "slow"
+    with BalancedChannel(lb) as channel:
+        stream = channel.unary_stream(STREAM)(b"1")
+        assert servers[0].arrived.wait(10)
+        stream.cancel()
+        with pytest.raises(grpc.RpcError) as caught:
+            next(stream)
+        assert caught.value.code() is grpc.StatusCode.CANCELLED
+    assert [s.count(STREAM) for s in servers] == [1, 0, 0]
+    assert lb.stats()[servers[0].address].failures == 0
+
+
+@pytest.mark.parametrize("kind", [SyncClient, AsyncClient])
+def test_a_committed_stream_outlives_the_per_try_timeout(
+    kind: Callable[..., Client], servers: list[EchoServer]
+) -> None:
+    client = kind(balancer(servers), policy=GrpcPolicy(retry=RetryPolicy(per_try_timeout=0.2)))
+    try:
+        stream = client.stream(b"2")
+        assert stream.next() == b"s0:0"
+        threading.Event().wait(0.4)  # time passing is the point: longer than per_try_timeout
+        servers[0].let_go()
+        assert stream.rest() == [b"s0:1"]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("kind", [SyncClient, AsyncClient])
+def test_no_retry_whose_wait_would_end_past_the_deadline(
+    kind: Callable[..., Client], servers: list[EchoServer]
+) -> None:
+    client = kind(balancer(servers))
+    try:
+        servers[0].mode = "unavailable"
+        servers[0].pushback = "3000"  # 3 s, against a call with 0.5 s
+        with pytest.raises(grpc.RpcError) as caught:
+            client.unary(timeout=0.5)
+        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE  # the server's own answer
+        assert [s.count() for s in servers] == [1, 0, 0]
+    finally:
+        client.close()
+
+
+def test_an_aio_call_whose_every_attempt_times_out_raises_an_aio_rpc_error(
+    servers: list[EchoServer],
+) -> None:
+    lb = balancer(servers)
+    for server in servers:
+        server.mode = "slow"
+    policy = GrpcPolicy(retry=RetryPolicy(attempts=2, per_try_timeout=0.1))
+
+    async def call() -> grpc.StatusCode:
+        async with AsyncBalancedChannel(lb, policy=policy) as channel:
+            pending = channel.unary_unary(UNARY)(b"x", timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await pending
+            assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            code: grpc.StatusCode = await pending.code()
+            return code
+
+    assert asyncio.run(call()) is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert sorted(s.count() for s in servers) == [0, 1, 1]
+
+
+def test_no_server_is_an_aio_rpc_error_on_the_aio_channel() -> None:
+    async def call() -> None:
+        async with AsyncBalancedChannel(LoadBalancer()) as channel:
+            with pytest.raises(LocalAioRpcError) as caught:
+                await channel.unary_unary(UNARY)(b"x")
+            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+
+    asyncio.run(call())
+
+
+@pytest.mark.parametrize("kind", [SyncClient, AsyncClient])
+def test_calls_during_membership_churn_fail_nothing_and_channels_end_as_the_pool(
+    kind: Callable[..., Client], servers: list[EchoServer]
+) -> None:
+    lb = balancer(servers)
+    client = kind(lb)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def call() -> None:
+        while not stop.is_set():
+            try:
+                client.unary(timeout=10)
+            except BaseException as error:
+                errors.append(error)
+                return
+
+    def churn() -> None:
+        pools = ([s.address for s in servers], [servers[0].address], [servers[2].address])
+        for i in range(300):
+            lb.replace(pools[i % 3])
+        lb.replace([s.address for s in servers[1:]])
+        stop.set()
+
+    callers = [threading.Thread(target=call) for _ in range(4)]
+    changer = threading.Thread(target=churn)
+    for thread in (*callers, changer):
+        thread.start()
+    for thread in (*callers, changer):
+        thread.join(60)
+    try:
+        assert errors == []
+        backends = client.channel.backends
+        _wait_for(lambda: set(client.call_soon(backends.live)) == set(lb.servers))
+        _wait_for(lambda: backends.draining() == 0)
+    finally:
+        client.close()
+
+
+def test_a_factory_that_fails_for_one_server_leaves_the_others_working(
+    servers: list[EchoServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = servers[1].address
+    opened: list[Any] = []
+
+    def factory(server: str) -> grpc.Channel:
+        if server == bad:
+            raise RuntimeError("no route to this one")
+        channel = grpc.insecure_channel(server)
+        opened.append(channel)
+        return channel
+
+    lb = balancer(servers)
+    channel = BalancedChannel(lb, channel_factory=factory)
+    assert sorted(channel.backends.live()) == sorted([servers[0].address, servers[2].address])
+    assert "could not open a channel" in caplog.text
+    call: Any = channel.unary_unary(UNARY)
+    assert call(b"x") == b"s0:x"
+    with pytest.raises(RuntimeError, match="no route"):
+        call(b"x")  # the factory's own error, for the call that needed it
+    channel.close()
+    for backend in opened:
+        with pytest.raises(ValueError, match="closed channel"):
+            backend.unary_unary(UNARY)(b"x")
+
+
+def test_an_aio_channel_ready_waits_for_a_server_without_blocking_the_loop(
+    servers: list[EchoServer],
+) -> None:
+    lb = LoadBalancer()
+
+    async def main() -> None:
+        async with AsyncBalancedChannel(lb) as channel:
+            assert channel.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+            waiting = asyncio.ensure_future(channel.channel_ready())
+            await asyncio.sleep(0)  # the loop is free: this returns
+            assert not waiting.done()
+            await asyncio.to_thread(lb.register, servers[0].address)  # from another thread
+            await asyncio.wait_for(waiting, 10)
+            assert channel.get_state() is grpc.ChannelConnectivity.READY
+
+    asyncio.run(main())
+
+
+def test_an_aio_call_left_when_its_loop_ends_leaves_nothing_in_flight(
+    servers: list[EchoServer],
+) -> None:
+    lb = balancer(servers)
+    kept: list[Any] = []
+
+    async def main() -> None:
+        channel = AsyncBalancedChannel(lb, policy=GrpcPolicy(retry=RetryPolicy(attempts=1)))
+        call: Any = channel.unary_stream(STREAM)(b"3")
+        assert (await call.read()).endswith(b":0")
+        kept.append(call)  # neither read to its end nor cancelled
+
+    asyncio.run(main())
+    kept.clear()
+    gc.collect()
+    _wait_for(lambda: in_flight(lb) == 0)
+
+
+def test_a_dropped_aio_channel_is_collected(servers: list[EchoServer]) -> None:
+    lb = balancer(servers)
+    refs: list[weakref.ref[AsyncBalancedChannel]] = []
+
+    async def main() -> None:
+        channel = AsyncBalancedChannel(lb)
+        await channel.unary_unary(UNARY)(b"x")
+        await channel.close()
+        refs.append(weakref.ref(channel))
+
+    asyncio.run(main())
+    gc.collect()
+    assert refs[0]() is None
+    lb.register("127.0.0.1:1")  # the balancer no longer calls into it
