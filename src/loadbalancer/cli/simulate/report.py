@@ -65,6 +65,17 @@ def _strategy_json(result: StrategyResult, servers: tuple[str, ...]) -> dict[str
             }
             for p in result.phases
         ],
+        "windows": [
+            {
+                "start": _r(w.start),
+                "end": _r(w.end),
+                "requests": w.requests,
+                "p50": None if w.p50 is None else _r(w.p50),
+                "p99": None if w.p99 is None else _r(w.p99),
+                "requests_per_server": dict(zip(servers, w.sent, strict=True)),
+            }
+            for w in result.windows
+        ],
     }
 
 
