@@ -76,7 +76,7 @@ def test_json_is_identical_for_the_same_seed(capsys: pytest.CaptureFixture[str])
 def test_table_shows_every_strategy_and_server(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", *FAST]) == 0
     out = capsys.readouterr().out
-    for text in ("round_robin", "peak_ewma", "p99 ms", "s01", "s10", "sticky", "seed 1"):
+    for text in ("round_robin", "peak_ewma", "p99 ms", "s01", "s10", "seed 1"):
         assert text in out
     assert "{" not in out  # a table, not JSON
 
