@@ -164,6 +164,49 @@ def test_regenerate_rewrites_only_the_sample_and_figures() -> None:
     assert regenerate(TEXT, simulate_output()).count("\n") == TEXT.count("\n")
 
 
+# -- the `loadbalancer simulate --plot` pictures ----------------------------------------------
+
+MAKEFILE = README.parent / "Makefile"
+
+
+def plot_commands() -> list[list[str]]:
+    """The commands of `make plot`, each as its arguments after `loadbalancer`."""
+    recipe = re.search(r"^plot:.*\n((?:\t.*\n)+)", MAKEFILE.read_text(encoding="utf-8"), re.M)
+    assert recipe is not None, "the Makefile has no plot target"
+    commands = [line.split() for line in recipe.group(1).splitlines()]
+    assert all(c[0] == "$(BIN)/loadbalancer" and "--plot" in c for c in commands), commands
+    return [c[1:] for c in commands]
+
+
+def test_make_plot_draws_what_the_readme_shows() -> None:
+    drawn = [c[c.index("--plot") + 1] for c in plot_commands()]
+    shown = re.findall(r"\]\((docs/[^)]+\.png)\)", TEXT)
+    assert sorted(set(shown)) == sorted(drawn)  # every picture shown is drawn, and the reverse
+    assert "![" in TEXT.split(f"]({drawn[0]})")[0].rsplit("\n", 1)[-1]  # the first, embedded
+    for path in drawn:
+        assert (README.parent / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    # The embedded picture is of the run the sample shows: the default scenario and seed.
+    assert plot_commands()[0] == ["simulate", "--quiet", "--plot", drawn[0]]
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.mark.parametrize("command", plot_commands(), ids=lambda c: c[c.index("--plot") + 1])
+def test_committed_pictures_have_the_layout_the_code_draws(
+    command: list[str], tmp_path: Path
+) -> None:
+    # Redrawing the whole run takes seconds and the pixels depend on matplotlib's version;
+    # the size depends on the layout only, so a short run shows whether the layout moved.
+    target = tmp_path / "now.png"
+    short = [*command[:-1], str(target), "--duration", "1"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(short) == 0
+    committed = (README.parent / command[-1]).read_bytes()
+    assert _png_size(committed) == _png_size(target.read_bytes()), "run: make plot"
+
+
 def test_usage_line_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     usage = re.search(r"^loadbalancer simulate \[SCENARIO\.toml\].*?```", TEXT, re.DOTALL | re.M)
     assert usage is not None
@@ -176,4 +219,4 @@ def test_usage_line_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
 
 if __name__ == "__main__":
     README.write_text(regenerate(TEXT, simulate_output()), encoding="utf-8")
-    print(f"{README}: sample and figures regenerated")
+    print(f"{README}: sample and figures regenerated (the pictures: make plot)")

@@ -1,8 +1,9 @@
-"""What `loadbalancer simulate` shows people: the terminal tables and the servers' roles.
+"""What `loadbalancer simulate` shows people: the terminal tables, the plot, the servers' roles.
 
 Each pain point of issue 16 has a test here: a timeout is never "best", the tables fit 80
 columns, every symbol is explained, stickiness is shown only where it means something, the
-units are one per column.
+units are one per column, the plot shows error rates, the timeout, time series, one colour
+scale and the servers' roles.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+from matplotlib.axes import Axes
+from matplotlib.collections import QuadMesh
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.patches import Rectangle, StepPatch
 from rich.console import Console
 
 from loadbalancer.cli.simulate import (
@@ -24,6 +31,7 @@ from loadbalancer.cli.simulate import (
     load_scenario,
     run_scenario,
 )
+from loadbalancer.cli.simulate.plot import draw, plot_results
 from loadbalancer.cli.simulate.registry import STRATEGIES, hashes_keys
 from loadbalancer.cli.simulate.report import _best, print_report
 from loadbalancer.cli.simulate.roles import incidents, server_roles
@@ -265,3 +273,82 @@ def test_changes_past_the_run_or_back_to_the_start_are_no_incident() -> None:
     scenario = base.replace(servers=(dataclasses.replace(server, changes=both),))
     (incident,) = incidents(scenario)
     assert (incident.start, incident.end, incident.span) == (5.0, 12.0, "5-12 s")
+
+
+# -- the plot ---------------------------------------------------------------------------------
+
+
+def axes_titled(figure: Figure, title: str) -> Axes:
+    found = [a for a in figure.get_axes() if title in (a.get_title(), a.get_title(loc="left"))]
+    assert len(found) == 1, title
+    return found[0]
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_plot_draws_every_example_scenario(name: str, tmp_path: Path) -> None:
+    scenario, results = short_run(name, 2.0)
+    target = tmp_path / f"{name}.png"
+    plot_results(scenario, results, target)
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_shows_error_rates_and_marks_p99s_at_the_timeout() -> None:
+    scenario, results = default_run()
+    figure = draw(scenario, results)
+    errors = axes_titled(figure, "Failed requests")
+    # The stacked bars add up to each strategy's error rate.
+    heights = [0.0] * len(results.strategies)
+    for bar in errors.patches:
+        assert isinstance(bar, Rectangle)
+        heights[round(bar.get_x() + bar.get_width() / 2)] += bar.get_height()
+    for result, height in zip(results.strategies, heights, strict=True):
+        assert height == pytest.approx(result.error_rate * 100)
+    latency = axes_titled(figure, "Latency over the whole run")
+    assert scenario.timeout is not None
+    cap = scenario.timeout * 1000
+    assert any(tuple(np.asarray(line.get_ydata())) == (cap, cap) for line in latency.get_lines())
+    hatched = [p for p in latency.patches if p.get_gid() == "timeout"]
+    assert len(hatched) == sum(r.latency.p99 >= scenario.timeout for r in results.strategies)
+    assert all(p.get_hatch() for p in hatched)
+    texts = [t.get_text() for t in latency.texts]
+    assert texts.count("timeout") == len(hatched)
+
+
+def test_plot_has_a_panel_over_time_per_strategy_with_the_incidents_shaded() -> None:
+    scenario, results = short_run("slow_down", 30.0)
+    figure = draw(scenario, results)
+    for result in results.strategies:
+        panel = axes_titled(figure, result.label)
+        assert panel.get_yscale() == "log"
+        stairs = [p for p in panel.patches if isinstance(p, StepPatch)]
+        assert [s.get_gid() for s in stairs] == ["p50", "p99"]
+        assert all(len(s.get_data()[0]) == len(result.windows) for s in stairs)
+        (shaded,) = [p for p in panel.patches if p.get_gid() == "incident"]
+        to_data = panel.transData.inverted()
+        assert tuple(round(x) for x in to_data.transform_bbox(shaded.get_extents()).intervalx) == (
+            10,
+            25,
+        )  # db-3's slow spell
+    legends = [legend for part in figure.subfigs for legend in part.legends]
+    legend = [text.get_text() for found in legends for text in found.get_texts()]
+    assert "db-3 10x slower (10-25 s)" in legend
+
+
+def test_plot_uses_one_colour_scale_and_labels_servers_with_their_roles() -> None:
+    scenario, results = default_run()
+    figure = draw(scenario, results)
+    heatmaps = [
+        artist
+        for axes in figure.get_axes()
+        if axes.get_label() != "<colorbar>"  # a colorbar draws its own QuadMesh
+        for artist in axes.get_children()
+        if isinstance(artist, (AxesImage, QuadMesh))
+    ]
+    assert len(heatmaps) == 1 + len(results.strategies)
+    assert len({(h.norm.vmin, h.norm.vmax) for h in heatmaps}) == 1
+    assert len({h.get_cmap().name for h in heatmaps}) == 1
+    shares = axes_titled(figure, "Share of requests per server (%)")
+    labels = [t.get_text() for t in shares.get_yticklabels()]
+    assert labels[0] == "s01 (2x size)"
+    assert labels[4] == "s05 (5x slower)"
+    assert labels[7] == "s08 (fails 50% 10-20 s)"
