@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench bench-serve clean
+.PHONY: demo plot test lint typecheck unit bench bench-serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/loadbalancer simulate
+
+# The pictures README shows of `loadbalancer simulate --plot`: redraw them after changing it.
+plot: $(STAMP)
+	$(BIN)/loadbalancer simulate --quiet --plot docs/simulate.png
+	$(BIN)/loadbalancer simulate examples/scenarios/slow_down.toml --quiet --plot docs/simulate_slow_down.png
 
 test: lint typecheck unit
 

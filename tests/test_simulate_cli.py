@@ -54,9 +54,14 @@ def test_simulate_json_runs_the_default_scenario(capsys: pytest.CaptureFixture[s
         "stickiness",
         "servers",
         "phases",
+        "windows",
     }
     assert set(first["latency_seconds"]) == {"mean", "p50", "p90", "p99", "max"}
     assert list(first["servers"]) == document["servers"]
+    window = first["windows"][0]
+    assert set(window) == {"start", "end", "requests", "p50", "p99", "requests_per_server"}
+    assert list(window["requests_per_server"]) == document["servers"]
+    assert window["requests"] == sum(window["requests_per_server"].values())
 
 
 def test_json_is_identical_for_the_same_seed(capsys: pytest.CaptureFixture[str]) -> None:
@@ -71,7 +76,7 @@ def test_json_is_identical_for_the_same_seed(capsys: pytest.CaptureFixture[str])
 def test_table_shows_every_strategy_and_server(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", *FAST]) == 0
     out = capsys.readouterr().out
-    for text in ("round_robin", "peak_ewma", "p99 ms", "s01", "s10", "sticky", "seed 1"):
+    for text in ("round_robin", "peak_ewma", "p99 ms", "s01", "s10", "seed 1"):
         assert text in out
     assert "{" not in out  # a table, not JSON
 

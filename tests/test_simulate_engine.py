@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadbalancer import OutlierDetection
-from loadbalancer.cli.simulate import Results, Scenario, default_scenario, run_scenario
+from loadbalancer.cli.simulate import (
+    Results,
+    Scenario,
+    StrategyResult,
+    default_scenario,
+    load_scenario,
+    run_scenario,
+)
 from loadbalancer.cli.simulate.registry import STRATEGIES
 from loadbalancer.cli.simulate.report import to_json
 from loadbalancer.cli.simulate.scenario import (
@@ -23,8 +32,10 @@ from loadbalancer.cli.simulate.scenario import (
     ServerSpec,
     StrategySpec,
 )
+from loadbalancer.cli.simulate.tally import window_width
 
 HASHING = ["ring_hash", "maglev"]
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "scenarios"
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +137,63 @@ def test_results_add_up(default_results: Results) -> None:
         assert result.peak_in_flight == max(s.peak_in_flight for s in result.servers)
         assert result.strategy.endswith(")")
         assert " at 0x" not in result.strategy  # no object addresses: the same in every run
+        assert_windows_add_up(result, default_results.duration)
+
+
+def assert_windows_add_up(result: StrategyResult, duration: float) -> None:
+    """The windows tile the run and count each request once, on the server it went to."""
+    windows = result.windows
+    assert windows[0].start == 0.0
+    assert windows[-1].end == duration
+    assert all(math.isclose(a.end, b.start) for a, b in itertools.pairwise(windows))
+    sent = [sum(column) for column in zip(*(w.sent for w in windows), strict=True)]
+    assert sent == [s.requests for s in result.servers]
+    for window in windows:
+        if window.requests:
+            assert window.p50 is not None
+            assert window.p99 is not None
+            assert 0 < window.p50 <= window.p99 <= result.latency.max
+            assert math.isclose(sum(window.shares), 1.0)
+        else:
+            assert window.p50 is window.p99 is None
+
+
+@pytest.mark.parametrize(
+    ("duration", "width"),
+    [(30.0, 1.0), (40.0, 1.0), (41.0, 2.0), (20.0, 0.5), (2.0, 0.05), (7.3, 0.2), (600.0, 20.0)],
+)
+def test_windows_are_round_and_at_most_forty(duration: float, width: float) -> None:
+    assert window_width(duration) == pytest.approx(width)
+
+
+@given(st.floats(1e-3, 1e6))
+def test_window_width_is_the_smallest_round_width_within_forty_windows(duration: float) -> None:
+    width = window_width(duration)
+    assert duration / width <= 40 * (1 + 1e-6)
+    mantissa = width / 10 ** math.floor(math.log10(width) + 1e-9)
+    assert round(mantissa, 6) in (1.0, 2.0, 5.0)
+    smaller = {1.0: 0.5, 2.0: 1.0, 5.0: 2.0}[round(mantissa, 6)] * width / mantissa
+    assert duration / smaller > 40 * (1 - 1e-6)
+
+
+def test_windows_show_who_moves_off_a_server_that_slows_down() -> None:
+    # slow_down.toml asks how fast each strategy reacts when db-3 slows down at 10 s: the
+    # windows answer. Peak EWMA sends db-3 almost nothing from the first second of it on;
+    # round-robin keeps sending it its sixth until outlier detection ejects it.
+    scenario = load_scenario(EXAMPLES / "slow_down.toml").replace(duration=16.0)
+    results = run_scenario(scenario.replace(strategies=specs("round_robin", "peak_ewma")))
+    db3 = results.servers.index("db-3")
+
+    def share(label: str, start: float, end: float) -> float:
+        windows = [w for w in results.strategy(label).windows if start <= w.start < end]
+        return sum(w.sent[db3] for w in windows) / sum(w.requests for w in windows)
+
+    assert 0.13 < share("peak_ewma", 0.0, 10.0) < 0.2
+    assert share("peak_ewma", 11.0, 16.0) < 0.03
+    assert share("round_robin", 11.0, 16.0) == pytest.approx(1 / 6, abs=0.01)
+    slow = [w.p99 for w in results.strategy("round_robin").windows if w.start >= 11.0]
+    fast = [w.p99 for w in results.strategy("peak_ewma").windows if w.start >= 11.0]
+    assert min(s for s in slow if s is not None) > 5 * max(f for f in fast if f is not None)
 
 
 # -- determinism --------------------------------------------------------------------------------
@@ -276,6 +344,7 @@ def test_any_small_scenario_runs_deterministically_and_adds_up(
     (outcome,) = result.strategies
     assert sum(s.requests for s in outcome.servers) + outcome.unavailable == outcome.requests
     assert outcome.failures <= outcome.requests
+    assert_windows_add_up(outcome, scenario.duration)
     if population is not None and outcome.requests > outcome.unavailable:
         assert outcome.stickiness is not None
         assert 0 < outcome.stickiness <= 1

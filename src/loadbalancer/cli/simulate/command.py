@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         from .plot import plot_results
 
         try:
-            plot_results(results, args.plot)
+            plot_results(scenario, results, args.plot)
         except OSError as error:
             raise CommandError(f"--plot: cannot write {args.plot}: {error}") from None
         if not args.quiet:

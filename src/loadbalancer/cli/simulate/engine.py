@@ -231,7 +231,7 @@ class _Simulation:
         """The client has its answer, or gave up: release the lease and count it."""
         request.open = False
         request.lease.release(ok=ok, latency=latency)
-        self._tally.answered(request.server, ok, latency)
+        self._tally.answered(request.server, ok, latency, request.arrival)
 
 
 def run_strategy(

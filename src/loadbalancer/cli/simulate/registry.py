@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ... import Strategy
+from ...strategies import hashing
 from ...strategies.registry import ALIASES, STRATEGIES, canonical_name, strategy_class
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "build_strategy",
     "canonical_name",
     "describe_strategy",
+    "hashes_keys",
     "known_names",
     "resolve",
     "strategy_options",
@@ -71,6 +73,16 @@ def build_strategy(name: str, options: Mapping[str, Any], rng: random.Random) ->
     if "rng" in _parameters(cls):
         arguments["rng"] = rng
     return cls(**arguments)
+
+
+def hashes_keys(name: str) -> bool:
+    """Whether strategy ``name`` places each key on a server of its own (consistent hashing).
+
+    Only for these does "how often a key reached its usual server" measure anything: the
+    others place requests whatever their key, and reach a key's usual server by chance.
+    """
+    cls = strategy_class(name)
+    return any(issubclass(cls, getattr(hashing, exported)) for exported in hashing.__all__)
 
 
 def describe_strategy(name: str, options: Mapping[str, Any]) -> str:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import final
 
-__all__ = ["Ejection", "LatencySummary", "Phase", "Results", "ServerResult", "StrategyResult"]
+__all__ = [
+    "Ejection",
+    "LatencySummary",
+    "Phase",
+    "Results",
+    "ServerResult",
+    "StrategyResult",
+    "Window",
+]
 
 
 @final
@@ -49,6 +57,35 @@ class Phase:
 
 @final
 @dataclass(frozen=True, slots=True)
+class Window:
+    """The requests that arrived in one slice of the run: where they went, how slow they were.
+
+    Every window of a run is equally long (the last may be cut short by the run's end), so a
+    strategy's windows show how it reacts over time. ``sent`` counts requests per server,
+    aligned with ``Results.servers``; ``p50`` and ``p99`` are nearest-rank percentiles of
+    their latencies in seconds (timeouts at the timeout), None if no request arrived.
+    """
+
+    start: float
+    end: float
+    p50: float | None
+    p99: float | None
+    sent: tuple[int, ...]
+
+    @property
+    def requests(self) -> int:
+        """The requests sent to a server in this window."""
+        return sum(self.sent)
+
+    @property
+    def shares(self) -> tuple[float, ...]:
+        """Each server's fraction of this window's requests (all zero if there were none)."""
+        total = self.requests
+        return tuple(n / total if total else 0.0 for n in self.sent)
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class Ejection:
     """An EJECTED event reported by the balancer's ``on_event``."""
 
@@ -66,6 +103,7 @@ class StrategyResult:
     (no server to pick). ``peak_in_flight`` is the most leases ever open on one server.
     ``stickiness`` is the fraction of keyed requests sent to the server their key went to most
     often (None without keys): 1.0 means every key always reached the same server.
+    ``windows`` slice the run into equal spans of time, in order.
     """
 
     label: str
@@ -80,6 +118,7 @@ class StrategyResult:
     stickiness: float | None
     servers: tuple[ServerResult, ...]
     phases: tuple[Phase, ...]
+    windows: tuple[Window, ...]
 
     @property
     def error_rate(self) -> float:
