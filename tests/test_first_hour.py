@@ -6,6 +6,7 @@ health probe asks for, starting an async checker, and the page on choosing a str
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from importlib import metadata
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import loadbalancer
+from loadbalancer import LoadBalancer
 from loadbalancer.cli import main
 from loadbalancer.cli._app import version
 
@@ -81,3 +83,51 @@ def test_the_install_sections_extras_are_the_projects() -> None:
     table = re.findall(r"^\| (`.*?) \|", section(README, "Install"), re.M)
     listed = [name for row in table for name in re.findall(r"`(\w+)`", row)]
     assert sorted(listed) == sorted(PYPROJECT["project"]["optional-dependencies"])
+
+
+# -- a full pool -------------------------------------------------------------------------------
+
+
+def test_a_full_pool_refuses_at_debug_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    lb = LoadBalancer()
+    assert lb.max_servers == 10  # the default the README and the docstrings give
+    caplog.set_level(logging.DEBUG, logger="loadbalancer")
+    assert all(lb.register(f"10.0.0.{i}:8080") for i in range(1, 11))
+    assert lb.register("10.0.0.1:8080") is False  # already present: not the pool's capacity
+    assert caplog.records == []
+    assert lb.register("10.0.0.11:8080") is False
+    assert lb.register("10.0.0.12:8080") is False
+    assert len(lb) == 10
+    messages = [r.getMessage() for r in caplog.records]
+    assert [(r.name, r.levelno) for r in caplog.records] == [("loadbalancer", logging.DEBUG)] * 2
+    assert messages[0] == (
+        "register('10.0.0.11:8080') returned False: the pool is full (max_servers=10); "
+        "make the LoadBalancer with a larger max_servers to add it"
+    )
+    quoted = re.search(r"`(register\('10\.0\.0\.11:8080'\).*?); \.\.\.`", README, re.S)
+    assert quoted is not None, "the Quickstart quotes the message"
+    assert messages[0].startswith(one_line(quoted.group(1)))
+
+
+def test_a_larger_pool_takes_every_replica() -> None:
+    lb = LoadBalancer(max_servers=12)
+    assert all(lb.register(f"pod-{i}:8080") for i in range(12))
+    assert {lb.get() for _ in range(12)} == set(lb.servers)
+
+
+def test_the_docs_say_a_full_pool_returns_false_and_the_default() -> None:
+    quickstart = one_line(section(README, "Quickstart"))
+    assert "at most `max_servers` servers, 10 by default" in quickstart
+    assert "`register()` returns False" in quickstart
+    for doc in (LoadBalancer.__doc__, LoadBalancer.register.__doc__):
+        text = one_line(doc or "")
+        assert "10 by default" in text
+        assert re.search(r"full pool.*return(s|ing) False", text), text
+
+
+def test_replace_over_capacity_raises_rather_than_dropping() -> None:
+    lb = LoadBalancer(max_servers=2)
+    lb.replace(["a", "b"])
+    with pytest.raises(ValueError, match=r"3 entries, more than max_servers=2"):
+        lb.replace(["a", "b", "c"])
+    assert lb.servers == ("a", "b")
