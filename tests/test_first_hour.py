@@ -6,6 +6,8 @@ health probe asks for, starting an async checker, and the page on choosing a str
 
 from __future__ import annotations
 
+import doctest
+import importlib.util
 import logging
 import re
 import sys
@@ -83,6 +85,44 @@ def test_the_install_sections_extras_are_the_projects() -> None:
     table = re.findall(r"^\| (`.*?) \|", section(README, "Install"), re.M)
     listed = [name for row in table for name in re.findall(r"`(\w+)`", row)]
     assert sorted(listed) == sorted(PYPROJECT["project"]["optional-dependencies"])
+
+
+# -- help(loadbalancer): an example and a map --------------------------------------------------
+
+
+def test_the_package_docstring_example_runs() -> None:
+    doc = loadbalancer.__doc__
+    assert doc is not None
+    test = doctest.DocTestParser().get_doctest(doc, {}, "loadbalancer", None, 0)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    result = runner.run(test, out=lambda text: None)
+    assert result.attempted >= 5
+    assert result.failed == 0, "run it: python -m doctest -v src/loadbalancer/__init__.py"
+
+
+def test_the_package_docstring_maps_every_public_name_once() -> None:
+    doc = loadbalancer.__doc__
+    assert doc is not None
+    api = doc[doc.index("The public API") :]
+    # The map's entries are the indented lines of names under each heading.
+    names = [
+        name
+        for line in api.splitlines()
+        if line.startswith("    ")
+        for name in re.findall(r"[A-Za-z_]\w*", line)
+    ]
+    assert sorted(names) == sorted(loadbalancer.__all__)
+
+
+def test_the_package_docstring_names_modules_that_exist() -> None:
+    doc = loadbalancer.__doc__
+    assert doc is not None
+    modules = set(re.findall(r"``(loadbalancer(?:\.\w+)+)``", doc))
+    assert {"loadbalancer.integrations", "loadbalancer.discovery", "loadbalancer.cli"} <= modules
+    for name in sorted(modules):
+        if name.endswith(".STRATEGIES"):
+            name = name.rsplit(".", 1)[0]
+        assert importlib.util.find_spec(name) is not None, name
 
 
 # -- a full pool -------------------------------------------------------------------------------
