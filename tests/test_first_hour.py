@@ -6,11 +6,14 @@ health probe asks for, starting an async checker, and the page on choosing a str
 
 from __future__ import annotations
 
+import asyncio
 import doctest
+import gc
 import importlib.util
 import logging
 import re
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -18,8 +21,12 @@ import pytest
 
 import loadbalancer
 from loadbalancer import LoadBalancer
+from loadbalancer.checks import AsyncHealthChecker, AsyncHttpProbe, HttpProbe
+from loadbalancer.checks._address import DEFAULT_PORTS
 from loadbalancer.cli import main
 from loadbalancer.cli._app import version
+
+from .health_servers import FakeBalancer, HealthServer, client_tls, server_tls
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -171,3 +178,111 @@ def test_replace_over_capacity_raises_rather_than_dropping() -> None:
     with pytest.raises(ValueError, match=r"3 entries, more than max_servers=2"):
         lb.replace(["a", "b", "c"])
     assert lb.servers == ("a", "b")
+
+
+# -- the URL an HTTP probe asks for ------------------------------------------------------------
+
+DOC_SERVER = re.compile(r"10\.0\.0\.1:(8080|8443)")
+
+
+def readme_probe_urls() -> list[tuple[str, str]]:
+    """The Health section's table: (server, probed URL), for ``path="/healthz"``."""
+    health = section(README, "Health")
+    assert 'With\n`path="/healthz"`' in health or 'With `path="/healthz"`' in one_line(health)
+    return re.findall(r"^\| `(\S+)` \| `(\S+)` \|$", health, re.M)
+
+
+def docstring_probe_urls() -> list[tuple[str, str]]:
+    """The same table in ``HttpProbe``'s docstring."""
+    return re.findall(r"^\s+(\S+)\s+->\s+(\S+)$", HttpProbe.__doc__ or "", re.M)
+
+
+def test_the_readme_and_the_docstring_document_the_same_urls() -> None:
+    rows = readme_probe_urls()
+    assert len(rows) >= 4
+    assert ("http://10.0.0.1:8080/api", "http://10.0.0.1:8080/api/healthz") in rows
+    assert docstring_probe_urls() == rows
+    assert 'path="/healthz"' in (HttpProbe.__doc__ or "")
+
+
+@pytest.mark.parametrize(("server", "url"), readme_probe_urls())
+def test_the_documented_url_is_the_one_built(server: str, url: str) -> None:
+    for probe in (HttpProbe(path="/healthz"), AsyncHttpProbe(path="/healthz")):
+        address, scheme, path = probe._target(server)
+        port = "" if address.port == DEFAULT_PORTS[scheme] else f":{address.port}"
+        assert f"{scheme}://{address.host}{port}{path}" == url
+
+
+@pytest.mark.parametrize(("server", "url"), readme_probe_urls())
+def test_the_documented_url_is_the_one_requested(server: str, url: str) -> None:
+    # The documented server and URL, with the documented address replaced by a live one.
+    tls = url.startswith("https://")
+    with HealthServer(tls=server_tls() if tls else None) as live:
+        target = DOC_SERVER.sub(live.address, server)
+        sync = HttpProbe(path="/healthz", ssl_context=client_tls() if tls else None)
+        both = AsyncHttpProbe(path="/healthz", ssl_context=client_tls() if tls else None)
+        assert sync(target)
+        assert asyncio.run(both(target))
+    expected = DOC_SERVER.sub(live.address, url)
+    for path, headers in live.requests:
+        assert f"{'https' if tls else 'http'}://{headers['Host']}{path}" == expected
+    assert len(live.requests) == 2
+
+
+# -- starting an AsyncHealthChecker ------------------------------------------------------------
+
+
+def test_start_without_await_starts_checking() -> None:
+    async def main() -> tuple[bool, list[str]]:
+        probed = asyncio.Event()
+        seen: list[str] = []
+
+        async def probe(server: str) -> bool:
+            seen.append(server)
+            probed.set()
+            return True
+
+        checker = AsyncHealthChecker(FakeBalancer("a"), probe, interval=3600)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            checker.start()  # the await forgotten
+            gc.collect()  # a coroutine never awaited would warn when collected
+        running = checker.running
+        await asyncio.wait_for(probed.wait(), 5.0)
+        await checker.aclose()
+        assert [str(w.message) for w in caught] == []
+        return running, seen
+
+    assert asyncio.run(main()) == (True, ["a"])
+
+
+def test_await_start_still_starts_checking() -> None:
+    async def probe(server: str) -> bool:
+        return True
+
+    async def main() -> bool:
+        checker = AsyncHealthChecker(FakeBalancer("a"), probe, interval=3600)
+        await checker.start()
+        running = checker.running
+        await checker.aclose()
+        return running and not checker.running
+
+    assert asyncio.run(main())
+
+
+def test_start_outside_an_event_loop_names_the_mistake() -> None:
+    async def probe(server: str) -> bool:
+        return True
+
+    checker = AsyncHealthChecker(FakeBalancer("a"), probe)
+    with pytest.raises(RuntimeError) as raised:
+        checker.start()
+    message = str(raised.value)
+    assert message.startswith(
+        "AsyncHealthChecker.start() needs a running event loop: call it from async code "
+        "(`await checker.start()` or `async with checker:`)"
+    )
+    assert not checker.running
+    quoted = re.search(r"`RuntimeError:\s+(AsyncHealthChecker\.start\(\).*?) \(\.\.\.\)`", README)
+    assert quoted is not None, "the Health section quotes the message"
+    assert message.startswith(one_line(quoted.group(1)))
