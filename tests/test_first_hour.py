@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import doctest
+import functools
 import gc
 import importlib.util
 import logging
@@ -25,6 +26,10 @@ from loadbalancer.checks import AsyncHealthChecker, AsyncHttpProbe, HttpProbe
 from loadbalancer.checks._address import DEFAULT_PORTS
 from loadbalancer.cli import main
 from loadbalancer.cli._app import version
+from loadbalancer.cli.simulate.engine import run_scenario
+from loadbalancer.cli.simulate.results import Results
+from loadbalancer.cli.simulate.scenario import StrategySpec, default_scenario
+from loadbalancer.strategies.registry import STRATEGIES
 
 from .health_servers import FakeBalancer, HealthServer, client_tls, server_tls
 
@@ -286,3 +291,123 @@ def test_start_outside_an_event_loop_names_the_mistake() -> None:
     quoted = re.search(r"`RuntimeError:\s+(AsyncHealthChecker\.start\(\).*?) \(\.\.\.\)`", README)
     assert quoted is not None, "the Health section quotes the message"
     assert message.startswith(one_line(quoted.group(1)))
+
+
+# -- choosing a strategy -----------------------------------------------------------------------
+
+
+PAGE_PATH = ROOT / "docs" / "choosing-a-strategy.md"
+PAGE = PAGE_PATH.read_text(encoding="utf-8")
+
+
+def page_sections() -> dict[str, str]:
+    """The page's strategy headings: canonical name to the heading's text after it."""
+    return dict(re.findall(r"^## `(\w+)`: (.*)$", PAGE, re.M))
+
+
+def test_the_readme_links_the_page_from_its_strategies_section() -> None:
+    assert "(docs/choosing-a-strategy.md)" in section(README, "Strategies")
+
+
+def test_the_page_covers_every_registered_strategy_by_name_and_class() -> None:
+    sections = page_sections()
+    assert list(sections) == list(STRATEGIES)
+    for name, heading in sections.items():
+        assert heading.startswith(f"`{STRATEGIES[name].__name__}("), name
+        body = section(PAGE, f"`{name}`: {heading}")
+        for part in ("**Use it**", "**Costs:**", "**In the simulator:**"):
+            assert part in body, (name, part)
+
+
+def test_the_readme_strategy_table_lists_every_registered_class() -> None:
+    listed = set(re.findall(r"^\| `(\w+)\(", section(README, "Strategies"), re.M))
+    assert listed == {cls.__name__ for cls in STRATEGIES.values()}
+
+
+def test_the_pages_command_runs_every_registered_strategy() -> None:
+    (names,) = re.findall(r"^loadbalancer simulate --strategies (\S+)$", PAGE, re.M)
+    assert names.split(",") == list(STRATEGIES)
+
+
+@functools.lru_cache(maxsize=1)
+def simulated() -> Results:
+    """The page's simulator run: the default scenario with every registered strategy."""
+    scenario = default_scenario()
+    by_label = {spec.label: spec for spec in scenario.strategies}
+    specs = tuple(by_label.get(name) or StrategySpec(name, name) for name in STRATEGIES)
+    return run_scenario(scenario.replace(strategies=specs))
+
+
+def test_the_pages_simulator_figures_are_the_simulators() -> None:
+    # The figures the page quotes, from the results themselves rather than from the table
+    # `loadbalancer simulate` prints, so that the page does not depend on its layout.
+    results = simulated()
+    current = {}
+    for result in results.strategies:
+        latency = result.latency
+        current[result.label] = [
+            f"{latency.p50 * 1000:,.1f}",
+            f"{latency.p99 * 1000:,.1f}",
+            f"{result.error_rate * 100:.2f}%",
+            str(result.peak_in_flight),
+            f"{result.stickiness:.2f}",
+        ]
+    rows = re.findall(r"^\| `(\w+)` \| (.*) \|$", PAGE, re.M)
+    quoted = {name: cells.split(" | ") for name, cells in rows}
+    assert quoted == current, f"update the table in {PAGE_PATH.name}: {current}"
+    requests = sum(r.requests for r in results.strategies) // len(results.strategies)
+    assert f"{requests:,} requests over {results.duration:g} s" in one_line(PAGE)
+
+
+def test_the_pages_claims_about_the_simulation_hold() -> None:
+    results = simulated()
+    run = {r.label: r for r in results.strategies}
+    page = one_line(PAGE)
+
+    def share(label: str, server: str) -> str:
+        return f"{run[label].server(server).share * 100:.1f}%"
+
+    # Each server's share of requests, as the page's prose quotes it.
+    assert share("round_robin", "s01") == share("round_robin", "s02")
+    quoted = (
+        f"s01 gets the same {share('round_robin', 's01')} of requests",
+        f"s01 gets its double share ({share('weighted_random', 's01')} of requests)",
+        f"s01 gets {share('weighted_round_robin', 's01')})",
+        f"it is sent fewer ({share('least_connections', 's05')} of them)",
+        f"sends it {share('peak_ewma', 's05')} of requests without needing to eject it",
+    )
+    for phrase in quoted:
+        assert phrase in page, f"the page no longer says {phrase!r}"
+    assert {e.server for e in run["least_connections"].ejections} == {"s08"}
+    assert "s05" not in {e.server for e in run["peak_ewma"].ejections}
+    # "every failed request of the four strategies that ignore load, of maglev and of
+    # rendezvous timed out at the slow s05" (s08's aside); "the load- and latency-aware ones
+    # had no timeouts at all".
+    blind = ("round_robin", "random", "weighted_random", "weighted_round_robin")
+    for label in (*blind, "maglev", "rendezvous"):
+        result = run[label]
+        elsewhere = [s.server for s in result.servers if s.failures and s.server != "s08"]
+        assert elsewhere == ["s05"], label
+        assert result.server("s05").failures == result.timeouts, label
+    for label in ("least_connections", "power_of_two_choices", "peak_ewma"):
+        assert run[label].timeouts == 0, label
+    # The bests and worsts the page names.
+    assert max(run, key=lambda label: run[label].latency.p50) == "random"
+    assert min(run, key=lambda label: run[label].latency.p50) == "least_connections"
+    assert min(run, key=lambda label: run[label].latency.p99) == "peak_ewma"
+    assert min(run, key=lambda label: run[label].error_rate) == "peak_ewma"
+    assert min(run, key=lambda label: run[label].peak_in_flight) == "power_of_two_choices"
+    assert max(run, key=lambda label: run[label].stickiness or 0.0) == "maglev"
+    sticky = ("ring_hash", "maglev", "rendezvous")
+    assert min(sticky, key=lambda label: run[label].latency.p99) == "rendezvous"
+    ring = run["ring_hash"]
+    s02 = ring.server("s02")
+    first = ring.phases[0].shares[results.servers.index("s02")]
+    assert (round(first * 100), s02.peak_in_flight, s02.failures, ring.failures) == (
+        13,
+        ring.peak_in_flight,
+        903,
+        1382,
+    )
+    assert "903 of the 1,382 failed requests were at s02" in page
+    assert "s02 draws 13% of the requests of the first 10 s" in page
