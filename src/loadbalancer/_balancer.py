@@ -389,23 +389,20 @@ class LoadBalancer:
             endpoints = self._view.endpoints
             if server in endpoints:
                 return False
-            full = len(endpoints) >= self._max_servers
-            if not full:
-                now = self._now()
-                endpoint = self._new_endpoint(server, weight, now)
-                grown = endpoints.copy()  # copy() has a fast path that {**endpoints} lacks
-                grown[server] = endpoint
-                self._post(self._publish(grown, now))
-                self._tally.membership_changed(now)
-        if full:
-            # Outside the lock: a slow log handler must not hold up other mutations.
-            _log.debug(
-                "register(%r) returned False: the pool is full (max_servers=%d); "
-                "make the LoadBalancer with a larger max_servers to add it",
-                server,
-                self._max_servers,
-            )
-            return False
+            if len(endpoints) >= self._max_servers:
+                _log.debug(
+                    "register(%r) returned False: the pool is full (max_servers=%d); "
+                    "make the LoadBalancer with a larger max_servers to add it",
+                    server,
+                    self._max_servers,
+                )
+                return False
+            now = self._now()
+            endpoint = self._new_endpoint(server, weight, now)
+            grown = endpoints.copy()  # copy() has a fast path that {**endpoints} lacks
+            grown[server] = endpoint
+            self._post(self._publish(grown, now))
+            self._tally.membership_changed(now)
         self._deliver()
         return True
 
