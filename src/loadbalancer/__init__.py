@@ -1,4 +1,45 @@
-"""Client-side load balancing: fast, thread-safe picks over a pool of backend servers."""
+"""Client-side load balancing: fast, thread-safe picks over a pool of backend servers.
+
+    >>> from loadbalancer import LoadBalancer
+    >>> lb = LoadBalancer(max_servers=3)  # round-robin; room for 3 servers (10 by default)
+    >>> lb.replace(["10.0.0.1:8080", "10.0.0.2:8080"])  # or lb.register() one at a time
+    >>> [lb.get() for _ in range(3)]
+    ['10.0.0.1:8080', '10.0.0.2:8080', '10.0.0.1:8080']
+    >>> lb.register("10.0.0.3:8080"), lb.register("10.0.0.4:8080")  # False: the pool is full
+    (True, False)
+    >>> with lb.lease() as server:  # counted in flight; the block's outcome is recorded
+    ...     print(f"GET http://{server}/items")
+    GET http://10.0.0.2:8080/items
+    >>> lb.stats()[server].successes
+    1
+
+The public API, every name importable from ``loadbalancer``:
+
+The balancer
+    LoadBalancer, NoServersAvailableError, LoadBalancerError, Lease
+Strategies (``loadbalancer.strategies.registry.STRATEGIES`` lists them by name)
+    RoundRobinStrategy, RandomStrategy, WeightedRandomStrategy, WeightedRoundRobinStrategy,
+    LeastConnectionsStrategy, PowerOfTwoChoicesStrategy, PeakEWMAStrategy,
+    RingHashStrategy, MaglevStrategy, RendezvousStrategy
+Writing a strategy
+    Strategy, Picker, Snapshot, Endpoint, Key
+Failover: ``lb.call``, ``lb.acall``, ``lb.call_held``, ``lb.acall_held``
+    RetryPolicy, HedgingPolicy, RetryBudget, RetryBudgetStats, Attempt, Verdict,
+    AttemptTimeoutError, Held, Results, AsyncResults
+Passive health: outlier detection, slow start, events
+    OutlierDetection, SlowStart, HealthEvent, HealthEventKind, EJECTION_REASONS
+Active health checks (``loadbalancer.checks``, imported on first use)
+    HealthChecker, AsyncHealthChecker, TcpProbe, HttpProbe, AsyncTcpProbe, AsyncHttpProbe,
+    ProbeResult, HealthCheckStatus
+Statistics: ``lb.stats()``
+    ServerStats, BalancerStats, LatencyHistogram, DEFAULT_LATENCY_BUCKETS
+
+Beside them: ``loadbalancer.integrations`` (httpx, requests and aiohttp clients),
+``loadbalancer.discovery`` (membership from files, DNS and etcd), ``loadbalancer.metrics``
+(Prometheus and OpenTelemetry), ``loadbalancer.testing`` (local replicas, a virtual-time
+loop), ``loadbalancer.serve`` (the reverse proxy) and ``loadbalancer.cli`` (the
+``loadbalancer`` command: ``simulate``, ``discover``, ``serve``).
+"""
 
 import logging
 import typing

@@ -218,6 +218,10 @@ def _check_results(results: object) -> None:
 class LoadBalancer:
     """A pool of up to ``max_servers`` unique servers and a strategy that picks among them.
 
+    ``max_servers`` is 10 by default and fixed at construction. On a full pool ``register()``
+    returns False (logged at DEBUG) and ``replace()`` with more servers raises ``ValueError``,
+    so size it for the service: ``LoadBalancer(max_servers=64)`` for up to 64 replicas.
+
     ``get()`` returns the next server (``NoServersAvailableError`` on an empty pool). Leases
     (``lease()``, ``acquire()``, ``done()``) track requests in flight and their outcomes
     (success, failure, or none), which feed load-aware strategies and ``outlier_detection``.
@@ -378,12 +382,23 @@ class LoadBalancer:
         """Add ``server``; return False if it is already present or the pool is full.
 
         ``weight`` (a positive finite number) matters to weight-aware strategies only.
+        A full pool (``max_servers`` servers, 10 by default) refuses a new server by returning
+        False, not by raising, and says so at DEBUG on the ``loadbalancer`` logger: check the
+        result, or make the balancer with a ``max_servers`` that fits the service.
         """
         check_server(server)
         check_weight(weight)
         with self._lock:
             endpoints = self._view.endpoints
-            if server in endpoints or len(endpoints) >= self._max_servers:
+            if server in endpoints:
+                return False
+            if len(endpoints) >= self._max_servers:
+                _log.debug(
+                    "register(%r) returned False: the pool is full (max_servers=%d); "
+                    "make the LoadBalancer with a larger max_servers to add it",
+                    server,
+                    self._max_servers,
+                )
                 return False
             now = self._now()
             endpoint = self._new_endpoint(server, weight, now)

@@ -37,9 +37,10 @@ class AsyncHealthChecker:
     other ``to_thread`` calls and name resolution. A blocking probe cannot be cancelled: its
     server is not probed again until it returns, and charged a failure each round meanwhile.
 
-    ``await start()`` creates the checking task and runs the first round at once;
-    ``await aclose()`` (or leaving ``async with``) cancels the task, cancels and awaits probe
-    tasks, and waits for blocking probes still running in threads. Nothing is left behind.
+    ``start()`` (awaited or not, from async code) creates the checking task, whose first
+    round runs at once; ``await aclose()`` (or leaving ``async with``) cancels the task,
+    cancels and awaits probe tasks, and waits for blocking probes still running in threads.
+    Nothing is left behind.
     ``await check_now()`` runs one round in the caller's task, started or not; ``aclose()``
     afterwards waits for what it left running.
 
@@ -87,11 +88,27 @@ class AsyncHealthChecker:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start checking in a background task; RuntimeError if already started."""
+    def start(self) -> asyncio.Future[None]:
+        """Start checking in a task on the running loop; RuntimeError if already started.
+
+        It starts the checker when called, as ``AsyncDiscovery.start()`` does, and returns a
+        finished future, so ``checker.start()`` and ``await checker.start()`` do the same: a
+        forgotten ``await`` loses nothing. Outside a running event loop it raises RuntimeError.
+        """
         if self._task is not None:
             raise RuntimeError("AsyncHealthChecker is already started")
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="loadbalancer-health")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # asyncio's "no running event loop" does not say what to do
+            raise RuntimeError(
+                "AsyncHealthChecker.start() needs a running event loop: call it from async "
+                "code (`await checker.start()` or `async with checker:`), or use "
+                "HealthChecker, which checks from a thread"
+            ) from None
+        self._task = loop.create_task(self._run(), name="loadbalancer-health")
+        started: asyncio.Future[None] = loop.create_future()
+        started.set_result(None)
+        return started
 
     async def aclose(self) -> None:
         """Stop checking: cancel and await the task, and wait for running probes to end.
@@ -123,7 +140,7 @@ class AsyncHealthChecker:
         return self._task is not None
 
     async def __aenter__(self) -> AsyncHealthChecker:
-        await self.start()
+        self.start()
         return self
 
     async def __aexit__(

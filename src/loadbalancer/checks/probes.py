@@ -285,6 +285,18 @@ class HttpProbe(_HttpSettings):
     ``ProbeResult`` (truthy when healthy) whose reason says why it is not, e.g. ``"status
     503"``. ``ssl_context`` is for ``https`` servers; by default,
     ``ssl.create_default_context()``.
+
+    The URL probed: the server's host and port, and its own URL path (less a trailing ``/``)
+    followed by ``path``; a ``host:port`` server is probed with ``scheme``. A URL without a
+    port has its scheme's (80, 443); one with a query, a fragment or credentials is refused
+    with ValueError. The ``Host`` header is the server's host, and its port unless the
+    scheme's. With ``path="/healthz"``::
+
+        10.0.0.1:8080               ->  http://10.0.0.1:8080/healthz
+        http://10.0.0.1:8080        ->  http://10.0.0.1:8080/healthz
+        http://10.0.0.1:8080/api    ->  http://10.0.0.1:8080/api/healthz
+        http://10.0.0.1:8080/api/   ->  http://10.0.0.1:8080/api/healthz
+        https://10.0.0.1:8443/api   ->  https://10.0.0.1:8443/api/healthz
     """
 
     __slots__ = ()
@@ -340,7 +352,8 @@ def _read_line(sock: socket.socket, deadline: float) -> bytes:
 class AsyncHttpProbe(_HttpSettings):
     """The asyncio twin of ``HttpProbe``: the same exchange over asyncio streams.
 
-    ``timeout`` bounds the whole exchange, name resolution included.
+    It probes the same URL as ``HttpProbe`` for each server (see there). ``timeout`` bounds
+    the whole exchange, name resolution included.
     """
 
     __slots__ = ()

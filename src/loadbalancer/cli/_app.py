@@ -12,13 +12,49 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from .. import __version__
 from . import discover, serve
 from ._errors import CommandError
 from .simulate import command as simulate
 
-__all__ = ["main"]
+__all__ = ["main", "version"]
 
 _PROG = "loadbalancer"
+
+
+def version() -> str:
+    """What ``loadbalancer --version`` prints: the installed distribution's version.
+
+    Run from a source tree that is not installed (``PYTHONPATH=src``), there is no
+    distribution to ask, so it says so and gives the package's own ``__version__``.
+    """
+    # Imported here: importlib.metadata takes some 40 ms to import, which every other use of
+    # the command would pay for nothing.
+    from importlib import metadata
+
+    try:
+        return f"{_PROG} {metadata.version(_PROG)}"
+    except metadata.PackageNotFoundError:
+        return f"{_PROG} {__version__} (not installed: imported from source)"
+
+
+class _Version(argparse.Action):
+    """``--version``: print ``version()`` to stdout and exit 0, as argparse's own action."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str) -> None:
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(version())
+        parser.exit()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         prog=_PROG,
         description="Client-side load balancing for Python: tools around the library.",
     )
+    parser.add_argument("--version", action=_Version, help="print the installed version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Each command adds its own subparser and handler.
     simulate.add_parser(commands)
