@@ -47,8 +47,10 @@ __all__ = [
     "LocalRpcError",
     "Metadata",
     "MethodCalls",
+    "Opened",
     "Serializer",
     "StickyKey",
+    "check_channel_arguments",
     "check_lb",
     "deadline_of",
     "first_value",
@@ -292,6 +294,23 @@ def time_left(deadline: float | None, per_try: float | None) -> float | None:
     return left if per_try is None else min(left, per_try)
 
 
+def check_channel_arguments(
+    policy: object, sticky: object, credentials: object, channel_factory: object
+) -> GrpcPolicy:
+    """Check a balanced channel's arguments, naming the one that is wrong; its policy."""
+    if policy is not None and not isinstance(policy, GrpcPolicy):
+        raise TypeError(f"policy must be a GrpcPolicy, not {type(policy).__name__}")
+    if sticky is not None and not isinstance(sticky, StickyKey):
+        raise TypeError(f"sticky must be a StickyKey or None, not {type(sticky).__name__}")
+    if credentials is not None and not isinstance(credentials, grpc.ChannelCredentials):
+        raise TypeError(
+            f"credentials must be grpc.ChannelCredentials, not {type(credentials).__name__}"
+        )
+    if channel_factory is not None and not callable(channel_factory):
+        raise TypeError(f"channel_factory must be callable, not {type(channel_factory).__name__}")
+    return GrpcPolicy() if policy is None else policy
+
+
 def check_lb(lb: object) -> LoadBalancer:
     """Return ``lb`` if it is a ``LoadBalancer``, else raise naming it."""
     if not isinstance(lb, LoadBalancer):
@@ -313,6 +332,19 @@ class Backend(Generic[C]):
         self.departed = False
         # Multi-callables made on this channel, by (kind, method, serializer, deserializer).
         self.callables: dict[tuple[object, ...], Any] = {}
+
+
+@final
+class Opened(Generic[C]):
+    """A server-streaming attempt under way: its call, its backend, and its first message
+    (read to commit it to its server), or ``end`` if the stream ended before one."""
+
+    __slots__ = ("backend", "call", "first")
+
+    def __init__(self, call: Any, backend: Backend[C], first: object) -> None:
+        self.call = call
+        self.backend = backend
+        self.first = first
 
 
 class Backends(Generic[C]):

@@ -17,8 +17,11 @@ Per call:
   jitter, server pushback (``grpc-retry-pushback-ms``) obeyed, never once the call is
   committed (response headers with metadata, or a message, have arrived), each retry on a
   server not tried yet and paid for from the balancer's retry budget. The call's ``timeout``
-  is a deadline for all its attempts. With retries, a server-streaming call returns once its
-  first message (or its status) has arrived: until then it may go to another server.
+  is a deadline for all its attempts: no retry is made whose wait would end past it. A
+  server-streaming call starts at once, and may still move to another server until its first
+  message (or its status) has come, which it waits for when first used.
+* ``per_try_timeout`` is each unary attempt's gRPC timeout: a blocking read cannot be
+  interrupted, so streams get the call's whole deadline.
 * ``future()`` makes one attempt: a blocking engine cannot retry behind a future. Calls that
   stream requests make one attempt too: their requests are not kept for a replay. Hedging
   needs asyncio: see ``loadbalancer.integrations.grpc_aio``.
@@ -48,8 +51,10 @@ from ._grpc_shared import (
     LocalRpcError,
     Metadata,
     MethodCalls,
+    Opened,
     Serializer,
     StickyKey,
+    check_channel_arguments,
     check_lb,
     deadline_of,
     rpc_facts,
@@ -191,28 +196,16 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
 
 
 @final
-class _Opened:
-    """A server-streaming attempt under way: its call, backend, and first message if read."""
-
-    __slots__ = ("backend", "call", "first")
-
-    def __init__(self, call: Any, backend: Backend[grpc.Channel], first: object) -> None:
-        self.call = call
-        self.backend = backend
-        self.first = first
-
-
-@final
 class _OpenedResults:
     """How the engine frees a server stream that is not the answer: cancel it."""
 
     def __init__(self, backends: Backends[grpc.Channel]) -> None:
         self._backends = backends
 
-    def set_aside(self, result: _Opened) -> _Opened:
+    def set_aside(self, result: Opened[grpc.Channel]) -> Opened[grpc.Channel]:
         return result  # a started stream is never retried: the classifier sees to it
 
-    def discard(self, result: _Opened) -> None:
+    def discard(self, result: Opened[grpc.Channel]) -> None:
         result.call.cancel()
         self._backends.leave(result.backend)
 
@@ -233,7 +226,7 @@ class _RetryingStream(grpc.Call, _FutureBase, Iterator[Any]):
         lease: Lease,
         backend: Backend[grpc.Channel],
         call: Any,
-        attempt: Callable[[str], _Opened],
+        attempt: Callable[[str], Opened[grpc.Channel]],
         key: Key | None,
         deadline: float | None,
     ) -> None:
@@ -431,7 +424,7 @@ class _UnaryStream(_Call, _UnaryStreamBase):
         if channel.policy.retry.attempts == 1:
             return self._start_one(key, start)
 
-        def attempt(server: str) -> _Opened:
+        def attempt(server: str) -> Opened[grpc.Channel]:
             backend = backends.enter(server)
             try:
                 call = start(self._on(backend))
@@ -442,7 +435,7 @@ class _UnaryStream(_Call, _UnaryStreamBase):
             except BaseException:
                 backends.leave(backend)
                 raise
-            return _Opened(call, backend, first)
+            return Opened(call, backend, first)
 
         lease, backend = self._lease_one(key)
         try:
@@ -557,19 +550,7 @@ class BalancedChannel(grpc.Channel):
         sticky: StickyKey | None = None,
     ) -> None:
         self.lb = check_lb(lb)
-        if policy is not None and not isinstance(policy, GrpcPolicy):
-            raise TypeError(f"policy must be a GrpcPolicy, not {type(policy).__name__}")
-        if sticky is not None and not isinstance(sticky, StickyKey):
-            raise TypeError(f"sticky must be a StickyKey or None, not {type(sticky).__name__}")
-        if credentials is not None and not isinstance(credentials, grpc.ChannelCredentials):
-            raise TypeError(
-                f"credentials must be grpc.ChannelCredentials, not {type(credentials).__name__}"
-            )
-        if channel_factory is not None and not callable(channel_factory):
-            raise TypeError(
-                f"channel_factory must be callable, not {type(channel_factory).__name__}"
-            )
-        self.policy = GrpcPolicy() if policy is None else policy
+        self.policy = check_channel_arguments(policy, sticky, credentials, channel_factory)
         self.sticky = sticky
         self._credentials = credentials
         self._options = tuple(options)

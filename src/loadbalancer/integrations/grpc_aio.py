@@ -44,8 +44,10 @@ from ._grpc_shared import (
     LocalRpcError,
     Metadata,
     MethodCalls,
+    Opened,
     Serializer,
     StickyKey,
+    check_channel_arguments,
     check_lb,
     deadline_of,
     time_left,
@@ -70,7 +72,7 @@ else:
     _UnaryStreamCallBase = grpc.aio.UnaryStreamCall
 
 _Channel = grpc.aio.Channel
-_END = object()  # a stream peeked at its end: no first message
+_END = object()  # a stream read to its end before a first message
 _ENDINGS: set[asyncio.Task[None]] = set()  # lease endings under way, held until they finish
 
 
@@ -301,28 +303,16 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
 
 
 @final
-class _Opened:
-    """A server-streaming attempt under way: its call, backend, and first message if read."""
-
-    __slots__ = ("backend", "call", "first")
-
-    def __init__(self, call: Any, backend: Backend[_Channel], first: object) -> None:
-        self.call = call
-        self.backend = backend
-        self.first = first
-
-
-@final
 class _OpenedResults:
     """How the engine frees a server stream that is not the answer: cancel it."""
 
     def __init__(self, backends: Backends[_Channel]) -> None:
         self._backends = backends
 
-    async def set_aside(self, result: _Opened) -> _Opened:
+    async def set_aside(self, result: Opened[_Channel]) -> Opened[_Channel]:
         return result  # a started stream is never retried: the classifier sees to it
 
-    def discard(self, result: _Opened) -> None:
+    def discard(self, result: Opened[_Channel]) -> None:
         result.call.cancel()
         self._backends.leave(result.backend)
 
@@ -333,7 +323,7 @@ class _BalancedStreamCall(_UnaryStreamCallBase):
     its first message read before it was committed to its server."""
 
     def __init__(self, opening: Any, deadline: float | None) -> None:
-        self._task: asyncio.Task[_Opened] = asyncio.ensure_future(opening)
+        self._task: asyncio.Task[Opened[_Channel]] = asyncio.ensure_future(opening)
         self._deadline = deadline
         self._first_taken = False
 
@@ -400,7 +390,7 @@ class _BalancedStreamCall(_UnaryStreamCallBase):
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         """Call ``callback(call)`` when the stream ends."""
 
-        def opened(task: asyncio.Task[_Opened]) -> None:
+        def opened(task: asyncio.Task[Opened[_Channel]]) -> None:
             if task.cancelled() or task.exception() is not None:
                 callback(self)
             else:
@@ -464,7 +454,7 @@ class _UnaryStream(_Call, _UnaryStreamBase):
         backends = channel.backends
         deadline = deadline_of(timeout)
 
-        async def attempt(server: str) -> _Opened:
+        async def attempt(server: str) -> Opened[_Channel]:
             backend = backends.enter(server)
             try:
                 # The call's whole deadline: the engine's per_try_timeout bounds this attempt
@@ -474,9 +464,9 @@ class _UnaryStream(_Call, _UnaryStreamBase):
             except BaseException:
                 backends.leave(backend)
                 raise
-            return _Opened(call, backend, _END if first is grpc.aio.EOF else first)
+            return Opened(call, backend, _END if first is grpc.aio.EOF else first)
 
-        async def opening() -> _Opened:
+        async def opening() -> Opened[_Channel]:
             try:
                 held = await channel.lb.acall_held(
                     attempt,
@@ -560,19 +550,7 @@ class AsyncBalancedChannel(grpc.aio.Channel):
         sticky: StickyKey | None = None,
     ) -> None:
         self.lb = check_lb(lb)
-        if policy is not None and not isinstance(policy, GrpcPolicy):
-            raise TypeError(f"policy must be a GrpcPolicy, not {type(policy).__name__}")
-        if sticky is not None and not isinstance(sticky, StickyKey):
-            raise TypeError(f"sticky must be a StickyKey or None, not {type(sticky).__name__}")
-        if credentials is not None and not isinstance(credentials, grpc.ChannelCredentials):
-            raise TypeError(
-                f"credentials must be grpc.ChannelCredentials, not {type(credentials).__name__}"
-            )
-        if channel_factory is not None and not callable(channel_factory):
-            raise TypeError(
-                f"channel_factory must be callable, not {type(channel_factory).__name__}"
-            )
-        self.policy = GrpcPolicy() if policy is None else policy
+        self.policy = check_channel_arguments(policy, sticky, credentials, channel_factory)
         self.sticky = sticky
         self._credentials = credentials
         self._options = tuple(options)
