@@ -112,6 +112,20 @@ class _Call(MethodCalls[grpc.Channel]):
 
 
 @final
+class _Answers:
+    """How the engine frees unary answers: they hold nothing."""
+
+    def set_aside(self, result: tuple[Any, grpc.Call]) -> tuple[Any, grpc.Call]:
+        return result
+
+    def discard(self, result: tuple[Any, grpc.Call]) -> None:
+        """Nothing to free."""
+
+
+_ANSWERS = _Answers()
+
+
+@final
 class _UnaryUnary(_Call, _UnaryUnaryBase):
     def _invoke(
         self,
@@ -142,15 +156,46 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
             finally:
                 backends.leave(backend)
 
+        # The first attempt is made here, and the engine is called only for a retry: most
+        # calls need none, and the engine's own setup would cost as much as this whole path.
+        lb = channel.lb
+        key = self._key(metadata, request, False)
+        classify = self._classify(deadline)
+        lb.retry_budget.deposit()
         try:
-            answer: tuple[Any, grpc.Call] = channel.lb.call(
+            lease = lb.acquire(key)
+        except NoServersAvailableError as no_server:
+            raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(no_server)) from no_server
+        result: tuple[Any, grpc.Call] | None = None
+        error: Exception | None = None
+        try:
+            try:
+                result = attempt(lease.server)
+            except Exception as failed:
+                error = failed
+            verdict = classify(Attempt(lease.server, 1, result, error))
+        except BaseException:  # interrupted, or a classifier that broke: no outcome
+            lease.release(None)
+            raise
+        if not verdict.retry or channel.policy.retry.attempts == 1:
+            lease.release(verdict.ok)
+            if error is not None:
+                raise error
+            assert result is not None
+            return result
+        try:
+            held = lb.call_held(
                 attempt,
-                key=self._key(metadata, request, False),
+                results=_ANSWERS,
+                key=key,
                 retry=channel.policy.retry,
-                classify=self._classify(deadline),
+                classify=classify,
+                first=FirstAttempt(lease, result, error, verdict),
             )
-        except NoServersAvailableError as error:
-            raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(error)) from error
+        except NoServersAvailableError as no_server:
+            raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(no_server)) from no_server
+        held.release()
+        answer: tuple[Any, grpc.Call] = held.result
         return answer
 
     def __call__(
