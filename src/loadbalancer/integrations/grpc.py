@@ -115,10 +115,10 @@ class _Call(MethodCalls[grpc.Channel]):
 class _Answers:
     """How the engine frees unary answers: they hold nothing."""
 
-    def set_aside(self, result: tuple[Any, grpc.Call]) -> tuple[Any, grpc.Call]:
+    def set_aside(self, result: tuple[Any, grpc.Call | None]) -> tuple[Any, grpc.Call | None]:
         return result
 
-    def discard(self, result: tuple[Any, grpc.Call]) -> None:
+    def discard(self, result: tuple[Any, grpc.Call | None]) -> None:
         """Nothing to free."""
 
 
@@ -135,16 +135,30 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
         credentials: grpc.CallCredentials | None,
         wait_for_ready: bool | None,
         compression: grpc.Compression | None,
-    ) -> tuple[Any, grpc.Call]:
+        with_call: bool,
+    ) -> tuple[Any, grpc.Call | None]:
+        """The response, and the answering ``grpc.Call`` if ``with_call`` (else None: grpc
+        makes a call object for ``with_call`` only, and it is not free)."""
         channel = self._channel
         backends = channel.backends
         deadline = deadline_of(timeout)
         per_try = channel.policy.retry.per_try_timeout
 
-        def attempt(server: str) -> tuple[Any, grpc.Call]:
+        def attempt(server: str) -> tuple[Any, grpc.Call | None]:
             backend = backends.enter(server)
             try:
-                answer: tuple[Any, grpc.Call] = self._on(backend).with_call(
+                multi_callable = self._on(backend)
+                if with_call:
+                    answer: tuple[Any, grpc.Call] = multi_callable.with_call(
+                        request,
+                        timeout=time_left(deadline, per_try),
+                        metadata=metadata,
+                        credentials=credentials,
+                        wait_for_ready=wait_for_ready,
+                        compression=compression,
+                    )
+                    return answer
+                response = multi_callable(
                     request,
                     timeout=time_left(deadline, per_try),
                     metadata=metadata,
@@ -152,7 +166,7 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
                     wait_for_ready=wait_for_ready,
                     compression=compression,
                 )
-                return answer
+                return response, None
             finally:
                 backends.leave(backend)
 
@@ -166,7 +180,7 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
             lease = lb.acquire(key)
         except NoServersAvailableError as no_server:
             raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(no_server)) from no_server
-        result: tuple[Any, grpc.Call] | None = None
+        result: tuple[Any, grpc.Call | None] | None = None
         error: Exception | None = None
         try:
             try:
@@ -195,7 +209,7 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
         except NoServersAvailableError as no_server:
             raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(no_server)) from no_server
         held.release()
-        answer: tuple[Any, grpc.Call] = held.result
+        answer: tuple[Any, grpc.Call | None] = held.result
         return answer
 
     def __call__(
@@ -208,7 +222,9 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
         compression: grpc.Compression | None = None,
     ) -> Any:
         """Make the call on a balanced server, retrying as the policy allows; its response."""
-        return self._invoke(request, timeout, metadata, credentials, wait_for_ready, compression)[0]
+        return self._invoke(
+            request, timeout, metadata, credentials, wait_for_ready, compression, False
+        )[0]
 
     def with_call(
         self,
@@ -220,7 +236,11 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
         compression: grpc.Compression | None = None,
     ) -> tuple[Any, grpc.Call]:
         """As ``__call__``; the response and the ``grpc.Call`` of the attempt that answered."""
-        return self._invoke(request, timeout, metadata, credentials, wait_for_ready, compression)
+        response, call = self._invoke(
+            request, timeout, metadata, credentials, wait_for_ready, compression, True
+        )
+        assert call is not None  # asked for
+        return response, call
 
     def future(
         self,

@@ -132,7 +132,7 @@ class _BalancedUnaryCall(_UnaryUnaryCallBase):
     """A unary call running through the failover engine, as a ``grpc.aio.UnaryUnaryCall``."""
 
     def __init__(self, attempts: Any, deadline: float | None) -> None:
-        self._task: asyncio.Task[tuple[Any, Any]] = asyncio.ensure_future(attempts)
+        self._task: asyncio.Task[tuple[Any, Any]] = asyncio.get_running_loop().create_task(attempts)
         self._deadline = deadline
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -262,42 +262,39 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
                         attempt, key=key, retry=policy.retry, hedging=hedging, classify=classify
                     )
                     return hedged
-                return await first_then_engine()
+                # The first attempt is made here, and the engine is called only for a retry:
+                # most calls need none, and the engine's setup costs as much as this path.
+                lb.retry_budget.deposit()
+                lease = lb.acquire(key)
+                result: tuple[Any, Any] | None = None
+                error: Exception | None = None
+                try:
+                    result = await attempt(lease.server)
+                except Exception as failed:
+                    error = failed
+                except BaseException:  # cancelled: no outcome
+                    lease.release(None)
+                    raise
+                verdict = classify(Attempt(lease.server, 1, result, error))
+                if not verdict.retry or policy.retry.attempts == 1:
+                    lease.release(verdict.ok)
+                    if error is not None:
+                        raise error
+                    assert result is not None
+                    return result
+                held = await lb.acall_held(
+                    attempt,
+                    results=_ANSWERS,
+                    key=key,
+                    retry=policy.retry,
+                    classify=classify,
+                    first=FirstAttempt(lease, result, error, verdict),
+                )
+                held.release()
+                answer: tuple[Any, Any] = held.result
+                return answer
             except (LocalRpcError, AttemptTimeoutError, NoServersAvailableError) as error:
                 raise _aio_error(error) from error
-
-        async def first_then_engine() -> tuple[Any, Any]:
-            # The first attempt is made here, and the engine is called only for a retry: most
-            # calls need none, and the engine's own setup costs as much as this whole path.
-            lb.retry_budget.deposit()
-            lease = lb.acquire(key)
-            result: tuple[Any, Any] | None = None
-            error: Exception | None = None
-            try:
-                result = await attempt(lease.server)
-            except Exception as failed:
-                error = failed
-            except BaseException:  # cancelled: no outcome
-                lease.release(None)
-                raise
-            verdict = classify(Attempt(lease.server, 1, result, error))
-            if not verdict.retry or policy.retry.attempts == 1:
-                lease.release(verdict.ok)
-                if error is not None:
-                    raise error
-                assert result is not None
-                return result
-            held = await lb.acall_held(
-                attempt,
-                results=_ANSWERS,
-                key=key,
-                retry=policy.retry,
-                classify=classify,
-                first=FirstAttempt(lease, result, error, verdict),
-            )
-            held.release()
-            answer: tuple[Any, Any] = held.result
-            return answer
 
         return _BalancedUnaryCall(attempts(), deadline)
 
