@@ -49,6 +49,21 @@ def test_a_dropped_sync_stream_is_cancelled_and_its_lease_ended(
     assert sum(s.failures + s.successes for s in lb.stats().values()) == 0  # no outcome
 
 
+def test_a_sync_stream_dropped_before_its_first_use_ends_its_lease(
+    servers: list[EchoServer],
+) -> None:
+    lb = balancer(servers)
+    with BalancedChannel(lb) as channel:
+        stream = channel.unary_stream(STREAM)(b"3")  # may retry: not read until first used
+        assert in_flight(lb) == 1
+        del stream
+        gc.collect()
+        _wait_for(lambda: in_flight(lb) == 0)
+        _wait_for(lambda: all(s.streams_open == 0 for s in servers))
+        assert channel.backends.draining() == 0
+    assert sum(s.failures + s.successes for s in lb.stats().values()) == 0
+
+
 def test_a_sync_stream_returns_at_once_and_may_still_move(servers: list[EchoServer]) -> None:
     lb = balancer(servers)
     servers[0].mode = "slow"  # holds the stream before its first message

@@ -307,6 +307,9 @@ class _RetryingStream(grpc.Call, _FutureBase, Iterator[Any]):
         self._lock = threading.Lock()
         self._settled = False
         self._cancelled = False
+        # A stream dropped before its first use: its call is collected (cancelled), and
+        # nothing else would end its lease.
+        self._abandon = weakref.finalize(self, _abandon, lease, owner._channel.backends, backend)
 
     def _settle(self) -> None:
         """Read the first message, retrying elsewhere as the policy allows (once)."""
@@ -314,6 +317,7 @@ class _RetryingStream(grpc.Call, _FutureBase, Iterator[Any]):
             if self._settled:
                 return
             self._settled = True
+            self._abandon.detach()
             try:
                 first: object = next(self._call)
             except StopIteration:
@@ -455,6 +459,14 @@ class _RetryingStream(grpc.Call, _FutureBase, Iterator[Any]):
             fn(self)
         else:
             call.add_done_callback(lambda _: fn(self))
+
+
+def _abandon(
+    lease: Lease, backends: Backends[grpc.Channel], backend: Backend[grpc.Channel]
+) -> None:
+    """End the lease of a stream dropped before its first use: no outcome."""
+    lease.release(None)
+    backends.leave(backend)
 
 
 @final
