@@ -195,7 +195,7 @@ def _trace() -> list[str]:
 
 def _limits() -> list[str]:
     rows = [
-        (what, f"{value:,.0f}" if value < 1e9 else f"{value:g}", where)
+        (what, f"{value:,.0f}" if value < 1e9 and value == int(value) else f"{value:.3g}", where)
         for what, value, where in limits.CAPS
     ]
     return [
