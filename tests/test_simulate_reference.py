@@ -181,7 +181,9 @@ def _trace() -> list[str]:
         "",
         f"A trace replays recorded arrivals instead of Poisson ones; its suffix ({formats}) "
         "says its format. CSV has a header line naming its columns; JSONL has one object per "
-        "line, with the same names. Times are seconds, absolute (a log's `$msec`) or relative, "
+        "line, with the same names. It is UTF-8, with or without a byte-order mark. Other "
+        "columns or fields (an access log's status, say) are ignored, and a warning names them. "
+        "Times are seconds, absolute (a log's `$msec`) or relative, "
         "replayed from the first row's, and must not decrease. The file is read one row at "
         "a time: once when the scenario is checked (a bad row is one error naming file:line "
         "and column) and once per strategy. Without `duration` (or `--duration`) the run lasts "

@@ -435,6 +435,8 @@ def _parse_root(
     if trace is not None and trace.keys and keys is not None:
         raise ScenarioError("keys", f"{trace.name} has keys: remove [keys], or its key column")
     warnings: list[str] = []
+    if trace is not None and (ignored := trace.warning()) is not None:
+        warnings.append(ignored)
     servers = _servers(root, duration, warnings)
     if keys is not None:
         limits.check_key_counts(keys.population, len(servers), "keys.population")
