@@ -290,9 +290,12 @@ def _library_settings(value: object, path: str, cls: type[_Settings]) -> _Settin
     """One of the library's settings dataclasses, built from a table; None if disabled.
 
     The library checks the values itself; its messages begin with the argument's name, which
-    becomes part of the path here.
+    becomes part of the path here. When that argument is one the file left out (its default
+    is at odds with a value written, as max_ejection_time's 300 with base_ejection_time 1000),
+    the path names what was written, and the message says the other's default.
     """
-    names: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(cls))
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    names = tuple(defaults)
     table = Table(value, path, ("enabled", *names))
     enabled = table.get("enabled", as_boolean, True)
     options: dict[str, Any] = {name: table.raw(name) for name in names if name in table}
@@ -301,7 +304,18 @@ def _library_settings(value: object, path: str, cls: type[_Settings]) -> _Settin
     try:
         return cls(**options)
     except (TypeError, ValueError) as error:
-        raise library_error(error, path, names) from None
+        fault = library_error(error, path, names)
+        unset = fault.path.rpartition(".")[2]
+        if fault.path == path or unset in options:
+            raise fault from None
+        default = defaults[unset]
+        shown = f"{default:g}" if isinstance(default, float) else repr(default)
+        written = ", ".join(f"{name} = {option!r}" for name, option in options.items())
+        raise ScenarioError(
+            join(path, next(iter(options))) if len(options) == 1 else path,
+            f"with {written}, {unset} (not set: it defaults to {shown}) {fault.message}; "
+            f"set {unset} too",
+        ) from None
 
 
 def _strategy(item: object, path: str) -> StrategySpec:
