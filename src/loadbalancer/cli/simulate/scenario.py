@@ -294,8 +294,8 @@ def _library_settings(value: object, path: str, cls: type[_Settings]) -> _Settin
     is at odds with a value written, as max_ejection_time's 300 with base_ejection_time 1000),
     the path names what was written, and the message says the other's default.
     """
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    names = tuple(defaults)
+    defaults: dict[str, object] = {f.name: f.default for f in dataclasses.fields(cls)}
+    names: tuple[str, ...] = tuple(defaults)
     table = Table(value, path, ("enabled", *names))
     enabled = table.get("enabled", as_boolean, True)
     options: dict[str, Any] = {name: table.raw(name) for name in names if name in table}
