@@ -62,6 +62,13 @@ def test_simulate_json_runs_the_default_scenario(capsys: pytest.CaptureFixture[s
     assert set(window) == {"start", "end", "requests", "p50", "p99", "requests_per_server"}
     assert list(window["requests_per_server"]) == document["servers"]
     assert window["requests"] == sum(window["requests_per_server"].values())
+    # The table shows "-" for stickiness where a strategy does not hash keys; JSON says null.
+    stickiness = {s["label"]: s["stickiness"] for s in document["strategies"]}
+    assert [label for label, value in stickiness.items() if value is not None] == [
+        "ring_hash",
+        "maglev",
+    ]
+    assert all(set(s) == set(first) for s in document["strategies"])  # the same keys in each
 
 
 def test_json_is_identical_for_the_same_seed(capsys: pytest.CaptureFixture[str]) -> None:
