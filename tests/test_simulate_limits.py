@@ -299,8 +299,8 @@ def test_a_change_after_the_end_is_a_warning(
     assert main(["simulate", str(path), "--json"]) == 0
     out, err = capsys.readouterr()
     assert err == (
-        f"loadbalancer simulate: warning: {path}: servers[0].changes[1].at: 5 s is not before the "
-        "end of the run (2 s), so this change never applies\n"
+        f"loadbalancer simulate: warning: {path}: servers[0].changes[1].at: server a's change at "
+        "5 s is not before the end of the run (2 s), so it never applies\n"
     )
     assert json.loads(out)["strategies"][0]["failures"] == 0  # and indeed it never applied
     assert main(["simulate", str(path), "--quiet"]) == 0
@@ -324,5 +324,9 @@ def test_the_default_header_stays_true_when_duration_cuts_the_failure_window(
     assert main(["simulate", "--duration", "15", "--strategies", "random"]) == 0
     out, err = capsys.readouterr()
     assert f"default: {cut.description}" in " ".join(out.split())
-    assert "servers[7].changes[1].at: 20 s is not before the end of the run (15 s)" in err
+    # Named as the built-in scenario's, and by the server's name: the user wrote no file.
+    assert err.startswith(
+        "loadbalancer simulate: warning: the built-in scenario: servers[7].changes[1].at: "
+        "server s08's change at 20 s is not before the end of the run (15 s), so it never applies"
+    )
     assert err.count("\n") == 1  # the change at 10 s still applies

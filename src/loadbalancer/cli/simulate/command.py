@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--plot: directory {str(folder)!r} does not exist")
 
     if not args.quiet:
-        where = "" if args.scenario is None else f"{args.scenario}: "
+        where = "the built-in scenario: " if args.scenario is None else f"{args.scenario}: "
         for warning in scenario.warnings:
             print(f"loadbalancer simulate: warning: {where}{warning}", file=sys.stderr)
 

@@ -226,7 +226,7 @@ def _behaviour(fields: Mapping[str, Any], path: str) -> Behaviour:
 
 
 def _changes(
-    server: Table, start: dict[str, Any], path: str, end: float, warnings: list[str]
+    server: Table, start: dict[str, Any], name: str, end: float, warnings: list[str]
 ) -> tuple[Change, ...]:
     """The server's changes, sorted by time, each resolved to a complete behaviour.
 
@@ -241,8 +241,8 @@ def _changes(
             raise ScenarioError(item_path, "changes nothing: set latency, capacity or failure_rate")
         if at >= end:
             warnings.append(
-                f"{table.path('at')}: {at:g} s is not before the end of the run ({end:g} s), "
-                "so this change never applies"
+                f"{table.path('at')}: server {name}'s change at {at:g} s is not before the end "
+                f"of the run ({end:g} s), so it never applies"
             )
         parsed.append((at, fields, item_path))
     changes = []
@@ -274,7 +274,7 @@ def _servers(root: Table, end: float, warnings: list[str]) -> tuple[ServerSpec, 
         weight = SERVER.read(table, "weight", default_weight)
         fields = _merge(defaults, _behaviour_fields(table, SERVER))
         behaviour = _behaviour(fields, path)
-        changes = _changes(table, fields, path, end, warnings)
+        changes = _changes(table, fields, name, end, warnings)
         servers.append(ServerSpec(name, weight, behaviour, changes))
     if not servers:
         raise ScenarioError("servers", "must list at least one server")
