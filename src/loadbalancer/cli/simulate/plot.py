@@ -88,6 +88,9 @@ def _latency(axes: Axes, results: Results, timeout: float | None) -> None:
         handles.append(
             Patch(hatch="///", facecolor="white", edgecolor="tab:purple", label="at the timeout")
         )
+    if highest <= 0:  # no requests, so no latency: the empty log axis still needs a range
+        highest = 1.0
+        axes.set_ylim(highest / 10, highest * 8)
     axes.set_yscale("log")  # p99 under a timeout can be 30x p50: log keeps both readable
     axes.set_ylim(top=highest * 8)  # room for the labels and the legend
     axes.set_ylabel("latency (ms, log scale)")
@@ -191,7 +194,8 @@ def _over_time(
     spans = incidents(scenario)
     index = {name: i for i, name in enumerate(results.servers)}
     windows = [w for r in results.strategies for w in r.windows]
-    highest = max([w.p99 for w in windows if w.p99 is not None] + [timeout or 0.0], default=1.0)
+    # No request in any window and no timeout: no latency to show, but the axis needs a range.
+    highest = max([w.p99 for w in windows if w.p99 is not None] + [timeout or 0.0]) or 1.0
     lowest = min([w.p50 for w in windows if w.p50 is not None], default=0.001)
     image: Any = None
     panels = _panels(figure, len(results.strategies))
