@@ -62,6 +62,13 @@ def test_simulate_json_runs_the_default_scenario(capsys: pytest.CaptureFixture[s
     assert set(window) == {"start", "end", "requests", "p50", "p99", "requests_per_server"}
     assert list(window["requests_per_server"]) == document["servers"]
     assert window["requests"] == sum(window["requests_per_server"].values())
+    # The table shows "-" for stickiness where a strategy does not hash keys; JSON says null.
+    stickiness = {s["label"]: s["stickiness"] for s in document["strategies"]}
+    assert [label for label, value in stickiness.items() if value is not None] == [
+        "ring_hash",
+        "maglev",
+    ]
+    assert all(set(s) == set(first) for s in document["strategies"])  # the same keys in each
 
 
 def test_json_is_identical_for_the_same_seed(capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,6 +100,23 @@ def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     out, err = capsys.readouterr()
     json.loads(out)  # the status line goes to stderr, keeping stdout valid JSON
     assert str(target) in err
+
+
+def test_plot_of_a_run_without_requests_warns_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], recwarn: pytest.WarningsRecorder
+) -> None:
+    """No request, so no latency: the log axes still get a range, and matplotlib no warning."""
+    path = tmp_path / "none.toml"
+    path.write_text(
+        'duration = 1.0\nstrategies = ["rr"]\n[arrivals]\nrate = 0.001\n'
+        '[[servers]]\nname = "a"\ncapacity = 1\nlatency = { mean = 0.01 }\n',
+        encoding="utf-8",
+    )
+    target = tmp_path / "none.png"
+    assert main(["simulate", str(path), "--quiet", "--plot", str(target)]) == 0
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [str(w.message) for w in recwarn] == []
+    assert capsys.readouterr() == ("", "")
 
 
 def test_scenario_file_and_strategy_labels(
@@ -173,6 +197,8 @@ ERRORS = [
     (["simulate", "--strategies", "ketama"], "unknown strategy 'ketama' (choose from: round_robin"),
     (["simulate", "--strategies", "random,"], "--strategies: empty name"),
     (["simulate", "--plot", "no/such/dir/x.png"], "--plot: directory 'no/such/dir' does not exist"),
+    (["simulate", "--plot", "out.svg"], "--plot: draws a PNG: name it FILE.png, not 'out.svg'"),
+    (["simulate", "--plot", "out"], "--plot: draws a PNG: name it FILE.png, not 'out'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     ([], "the following arguments are required: COMMAND"),
 ]

@@ -13,6 +13,7 @@ import pytest
 
 from loadbalancer.cli import main
 from loadbalancer.cli.simulate import limits
+from loadbalancer.cli.simulate.fields import ScenarioError
 from loadbalancer.cli.simulate.scenario import default_scenario
 
 BASE = """\
@@ -80,7 +81,12 @@ REFUSED = [
             a="weight = 0.1234567",
             b="weight = 999999.7654321",
         ),
-        "strategies[0].max_cycle: must be at most 1,048,576 in a simulation, got 1,000,000,000",
+        "strategies[0].max_cycle: must be at most 4,096 in a simulation, got 1,000,000,000",
+    ),
+    (
+        "max_cycle at the old cap, whose rebuilds took a second each",
+        scenario(top='strategies = [{ name = "wrr", max_cycle = 1_048_576 }]'),
+        "strategies[0].max_cycle: must be at most 4,096 in a simulation, got 1,048,576",
     ),
     (
         "ketama vnodes 1e9",
@@ -118,7 +124,20 @@ REFUSED = [
     (
         "lognormal tail that overflows",
         scenario(b="latency = { mean = 1.0, sigma = 1e200 }"),
-        "servers[1].latency.sigma: lognormal service times of mean 1 s, sigma 1e+200 overflow",
+        "servers[1].latency.sigma: must be at most 3.93 in a simulation, got 1e+200",
+    ),
+    (
+        "lognormal tail that overflows below the sigma cap",
+        scenario(b="latency = { mean = 1.0, sigma = 3.9 }"),
+        "servers[1].latency.sigma: lognormal service times of mean 1 s, sigma 3.9 reach",
+    ),
+    *(
+        (
+            f"lognormal sigma {sigma} whose runs averaged 0.0 ms",
+            scenario(tables=f"[defaults]\nlatency = {{ mean = 0.01, sigma = {sigma} }}"),
+            f"servers[0].latency.sigma: must be at most 3.93 in a simulation, got {sigma}",
+        )
+        for sigma in (22, 25, 40)
     ),
     (
         "a change to a latency that overflows",
@@ -159,7 +178,23 @@ def test_refused_up_front_in_one_line_naming_the_field(
 def test_the_caps_are_what_the_messages_say() -> None:
     assert limits.MAX_REQUESTS == 5_000_000
     assert limits.MAX_KEYS == 1_000_000
-    assert limits.MAX_CYCLE == 1 << 20
+    assert limits.MAX_CYCLE == 4096
+    assert f"{limits.MAX_SIGMA:.3g}" == "3.93"
+
+
+@pytest.mark.parametrize("sigma", [3.0, 3.5, 3.9, 4.0, 10.0, 22.0, 40.0])
+def test_sigma_refusal_is_monotone(sigma: float) -> None:
+    """Once a sigma is refused for a mean, every larger one is too (3 and 4 were, 22 was not)."""
+
+    def refused(s: float) -> bool:
+        try:
+            limits.check_draws("lognormal", 0.01, s, "latency")
+        except ScenarioError:
+            return True
+        return False
+
+    assert refused(sigma)  # at mean 10 ms, sigma 3 already draws beyond MAX_SECONDS
+    assert refused(sigma * 1.5)
 
 
 def test_a_duration_from_the_command_line_is_checked_and_named(
@@ -187,6 +222,35 @@ def test_max_cycle_at_the_cap_with_extreme_weights_runs(
     assert main(["simulate", str(path), "--json"]) == 0
     (result,) = json.loads(capsys.readouterr().out)["strategies"]
     assert result["servers"]["b"]["share"] > 0.99  # the weights still rule
+
+
+def test_max_cycle_at_the_cap_with_ejections_finishes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reviewer's file at the cap: a rebuild per ejection and return, every 10 ms.
+
+    At the old cap (1,048,576) its 1 s run took 94 s; at 4,096 a rebuild takes a few ms, so
+    this 1 s run does about a hundred of them and finishes, every request counted.
+    """
+    path = tmp_path / "cycle.toml"
+    path.write_text(
+        scenario(
+            top="duration = 1.0\nstrategies = [{ name = 'wrr', max_cycle = "
+            + f"{limits.MAX_CYCLE} }}]",
+            tables="[outlier_detection]\ninterval = 0.01\nconsecutive_failures = 1\n"
+            "base_ejection_time = 0.001\nmax_ejection_percent = 100",
+            a="weight = 0.000001",
+            b="weight = 1e6\nfailure_rate = 0.5",
+            rate="200.0",
+        ).replace("duration = 2.0\n", ""),
+        encoding="utf-8",
+    )
+    assert main(["simulate", str(path), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["strategies"]
+    servers = result["servers"]
+    assert result["requests"] == sum(server["requests"] for server in servers.values())
+    assert 100 < result["requests"] < 300  # 200/s for 1 s
+    assert servers["a"]["requests"] > 0  # b was ejected, so the tiny weight served
 
 
 @pytest.mark.parametrize(
@@ -235,8 +299,8 @@ def test_a_change_after_the_end_is_a_warning(
     assert main(["simulate", str(path), "--json"]) == 0
     out, err = capsys.readouterr()
     assert err == (
-        f"loadbalancer simulate: warning: {path}: servers[0].changes[1].at: 5 s is not before the "
-        "end of the run (2 s), so this change never applies\n"
+        f"loadbalancer simulate: warning: {path}: servers[0].changes[1].at: server a's change at "
+        "5 s is not before the end of the run (2 s), so it never applies\n"
     )
     assert json.loads(out)["strategies"][0]["failures"] == 0  # and indeed it never applied
     assert main(["simulate", str(path), "--quiet"]) == 0
@@ -260,5 +324,9 @@ def test_the_default_header_stays_true_when_duration_cuts_the_failure_window(
     assert main(["simulate", "--duration", "15", "--strategies", "random"]) == 0
     out, err = capsys.readouterr()
     assert f"default: {cut.description}" in " ".join(out.split())
-    assert "servers[7].changes[1].at: 20 s is not before the end of the run (15 s)" in err
+    # Named as the built-in scenario's, and by the server's name: the user wrote no file.
+    assert err.startswith(
+        "loadbalancer simulate: warning: the built-in scenario: servers[7].changes[1].at: "
+        "server s08's change at 20 s is not before the end of the run (15 s), so it never applies"
+    )
     assert err.count("\n") == 1  # the change at 10 s still applies

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pytest
 
 from loadbalancer import OutlierDetection, SlowStart
 from loadbalancer.cli.simulate import limits, schema
-from loadbalancer.cli.simulate.fields import OneOf
+from loadbalancer.cli.simulate.fields import OneOf, ScenarioError
 from loadbalancer.cli.simulate.registry import (
     ALIASES,
     DEFAULT_STRATEGIES,
@@ -181,7 +182,9 @@ def _trace() -> list[str]:
         "",
         f"A trace replays recorded arrivals instead of Poisson ones; its suffix ({formats}) "
         "says its format. CSV has a header line naming its columns; JSONL has one object per "
-        "line, with the same names. Times are seconds, absolute (a log's `$msec`) or relative, "
+        "line, with the same names. It is UTF-8, with or without a byte-order mark. Other "
+        "columns or fields (an access log's status, say) are ignored, and a warning names them. "
+        "Times are seconds, absolute (a log's `$msec`) or relative, "
         "replayed from the first row's, and must not decrease. The file is read one row at "
         "a time: once when the scenario is checked (a bad row is one error naming file:line "
         "and column) and once per strategy. Without `duration` (or `--duration`) the run lasts "
@@ -195,7 +198,7 @@ def _trace() -> list[str]:
 
 def _limits() -> list[str]:
     rows = [
-        (what, f"{value:,.0f}" if value < 1e9 else f"{value:g}", where)
+        (what, f"{value:,.0f}" if value < 1e9 and value == int(value) else f"{value:.3g}", where)
         for what, value, where in limits.CAPS
     ]
     return [
@@ -306,3 +309,76 @@ if __name__ == "__main__":
     REFERENCE.parent.mkdir(exist_ok=True)
     REFERENCE.write_text(render(), encoding="utf-8")
     print(f"{REFERENCE}: regenerated")
+
+
+# What each table of an error's path (indexes dropped) is, in the reference.
+_TABLES = {
+    "": schema.ROOT,
+    "arrivals": schema.ARRIVALS,
+    "keys": schema.KEYS,
+    "defaults": schema.DEFAULTS,
+    "servers": schema.SERVER,
+    "defaults.latency": schema.LATENCY,
+    "servers.latency": schema.LATENCY,
+    "servers.changes": schema.CHANGE,
+    "servers.changes.latency": schema.LATENCY,
+}
+
+
+def _required_cells() -> dict[tuple[str, str], str]:
+    """The reference's Required cell of every key, by (section header, key)."""
+    cells: dict[tuple[str, str], str] = {}
+    title = ""
+    for line in REFERENCE.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            title = line[3:].strip("`")
+        elif line.startswith("| `"):
+            cell = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            if len(cell) == 6:  # key, type, default, unit, required, meaning
+                cells[title, cell[0].strip("`")] = cell[4]
+    return cells
+
+
+def _without_each_key(value: object, path: tuple[str | int, ...] = ()) -> Iterator[object]:
+    """Copies of ``value`` with one key removed, for every key at every depth."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield {k: v for k, v in value.items() if k != key}
+            for smaller in _without_each_key(item, (*path, key)):
+                yield {**value, key: smaller}
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            for smaller in _without_each_key(item, (*path, index)):
+                yield [*value[:index], smaller, *value[index + 1 :]]
+
+
+def test_every_key_reported_missing_is_required_in_the_reference() -> None:
+    server = {"name": "a", "capacity": 1, "latency": {"mean": 0.01}}
+    document = {**MINIMAL, "servers": [{**server, "changes": [{"at": 1.0, "capacity": 2}]}]}
+    parse_scenario(document)  # whole, it parses
+    errors: list[ScenarioError] = []
+    for smaller in _without_each_key(document):
+        try:
+            parse_scenario(smaller)  # type: ignore[arg-type]
+        except ScenarioError as error:
+            if error.message.startswith("missing"):
+                errors.append(error)
+    cells = _required_cells()
+    missing: set[str] = set()
+    for reported in errors:
+        table, _, key = re.sub(r"\[\d+\]", "", reported.path).rpartition(".")
+        missing.add(f"{table}.{key}")
+        required = cells[_TABLES[table].header, key]
+        assert required, f"{reported}: the reference says {key} is optional"
+    assert {
+        ".duration",
+        ".arrivals",
+        ".servers",
+        "arrivals.rate",
+        "keys.population",
+        "servers.name",
+        "servers.capacity",
+        "servers.latency",
+        "servers.latency.mean",
+        "servers.changes.at",
+    } <= missing

@@ -250,6 +250,32 @@ BAD = [
         "outlier_detection.consecutive_failures: must be >= 1",
     ),
     (
+        "outlier value at odds with a default the file left out",
+        MINIMAL.replace(
+            "[[servers]]", "[outlier_detection]\nbase_ejection_time = 1000\n[[servers]]"
+        ),
+        "outlier_detection.base_ejection_time: with base_ejection_time = 1000, max_ejection_time "
+        "(not set: it defaults to 300) must be finite and >= 1000, got 300.0; set "
+        "max_ejection_time too",
+    ),
+    (
+        "outlier values at odds with a default the file left out",
+        MINIMAL.replace(
+            "[[servers]]",
+            "[outlier_detection]\ninterval = 1.0\nbase_ejection_time = 1000\n[[servers]]",
+        ),
+        "outlier_detection: with base_ejection_time = 1000, interval = 1.0, max_ejection_time "
+        "(not set: it defaults to 300) must be",
+    ),
+    (
+        "outlier values at odds with each other",
+        MINIMAL.replace(
+            "[[servers]]",
+            "[outlier_detection]\nmax_ejection_time = 5.0\nbase_ejection_time = 10.0\n[[servers]]",
+        ),
+        "outlier_detection.max_ejection_time: must be finite and >= 10, got 5.0",
+    ),
+    (
         "outlier typo",
         MINIMAL.replace("[[servers]]", "[outlier_detection]\nbase_ejection = 1.0\n[[servers]]"),
         "outlier_detection.base_ejection: unknown key",

@@ -131,11 +131,13 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         _require("matplotlib", "plot", "--plot")
         folder = Path(args.plot).parent
+        if Path(args.plot).suffix.lower() != ".png":  # it writes PNG, whatever the name says
+            raise UsageError(f"--plot: draws a PNG: name it FILE.png, not {args.plot!r}")
         if not folder.is_dir():
             raise UsageError(f"--plot: directory {str(folder)!r} does not exist")
 
     if not args.quiet:
-        where = "" if args.scenario is None else f"{args.scenario}: "
+        where = "the built-in scenario: " if args.scenario is None else f"{args.scenario}: "
         for warning in scenario.warnings:
             print(f"loadbalancer simulate: warning: {where}{warning}", file=sys.stderr)
 

@@ -10,10 +10,16 @@ in which a server misbehaves are shaded, and every heatmap uses one colour scale
 
 Needs matplotlib (``pip install 'loadbalancer[plot]'``), imported only when a plot is drawn.
 Drawing uses the Agg backend through ``Figure`` directly: no display, no pyplot state.
+
+The PNG carries a digest of what it draws (``DIGEST_KEY``, a tEXt chunk): every panel's title,
+texts and drawn values, not its pixels, which depend on matplotlib's version. So a test can
+tell that a committed picture is of the code as it is without comparing pixels.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +33,10 @@ if TYPE_CHECKING:
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure, SubFigure
 
-__all__ = ["draw", "plot_results"]
+__all__ = ["DIGEST_KEY", "digest", "draw", "plot_results"]
+
+DIGEST_KEY = "loadbalancer-plot-digest"
+"""The PNG text key holding ``digest`` of the figure drawn."""
 
 _COLUMNS = 4  # strategies side by side in the panels over time
 # Any: matplotlib types each keyword argument, and these are splatted into several calls.
@@ -79,6 +88,9 @@ def _latency(axes: Axes, results: Results, timeout: float | None) -> None:
         handles.append(
             Patch(hatch="///", facecolor="white", edgecolor="tab:purple", label="at the timeout")
         )
+    if highest <= 0:  # no requests, so no latency: the empty log axis still needs a range
+        highest = 1.0
+        axes.set_ylim(highest / 10, highest * 8)
     axes.set_yscale("log")  # p99 under a timeout can be 30x p50: log keeps both readable
     axes.set_ylim(top=highest * 8)  # room for the labels and the legend
     axes.set_ylabel("latency (ms, log scale)")
@@ -182,7 +194,8 @@ def _over_time(
     spans = incidents(scenario)
     index = {name: i for i, name in enumerate(results.servers)}
     windows = [w for r in results.strategies for w in r.windows]
-    highest = max([w.p99 for w in windows if w.p99 is not None] + [timeout or 0.0], default=1.0)
+    # No request in any window and no timeout: no latency to show, but the axis needs a range.
+    highest = max([w.p99 for w in windows if w.p99 is not None] + [timeout or 0.0]) or 1.0
     lowest = min([w.p50 for w in windows if w.p50 is not None], default=0.001)
     image: Any = None
     panels = _panels(figure, len(results.strategies))
@@ -286,9 +299,72 @@ def draw(scenario: Scenario, results: Results) -> Figure:
     return figure
 
 
+def _rounded(values: Any) -> list[Any]:
+    """Drawn numbers, flat after their shape, to 6 significant digits (NaN, a gap, as None),
+    so that float noise in the last bits does not change the digest."""
+    import numpy
+
+    array: Any = numpy.ma.filled(numpy.ma.asarray(values, dtype=float), numpy.nan)
+    flat: list[float] = array.ravel().tolist()
+    return [list(array.shape), *(None if math.isnan(v) else float(f"{v:.6g}") for v in flat)]
+
+
+def _fixed(axis: Any) -> list[str]:
+    """The tick labels the code set (strategies, servers); not those matplotlib chooses."""
+    from matplotlib.ticker import FixedLocator
+
+    if not isinstance(axis.get_major_locator(), FixedLocator):
+        return []
+    return [label.get_text() for label in axis.get_ticklabels()]
+
+
+def _summary(axes: Axes) -> dict[str, Any]:
+    """What one panel draws: its titles and texts, and the values of its lines, bars,
+    meshes and markers, in drawing order."""
+    from matplotlib.collections import PathCollection, QuadMesh
+    from matplotlib.patches import Rectangle
+
+    legend = axes.get_legend()
+    return {
+        "title": [axes.get_title(loc) for loc in ("left", "center", "right")],
+        "labels": [axes.get_xlabel(), axes.get_ylabel()],
+        "ticks": [_fixed(axes.xaxis), _fixed(axes.yaxis)],
+        "texts": [t.get_text() for t in axes.texts],
+        "legend": [] if legend is None else [t.get_text() for t in legend.get_texts()],
+        "lines": [_rounded(line.get_ydata()) for line in axes.lines],
+        "bars": [
+            _rounded(p.get_height())[1]
+            for p in axes.patches
+            if isinstance(p, Rectangle) and p.get_gid() != "incident"
+        ],
+        "stairs": [_rounded(p.get_data().values) for p in axes.patches if hasattr(p, "get_data")],
+        "meshes": [_rounded(c.get_array()) for c in axes.collections if isinstance(c, QuadMesh)],
+        "images": [_rounded(image.get_array()) for image in axes.images],
+        "markers": [
+            _rounded(c.get_offsets()) for c in axes.collections if isinstance(c, PathCollection)
+        ],
+    }
+
+
+def digest(figure: Figure) -> str:
+    """A digest of what ``figure`` draws (see the module's docstring), stable across
+    matplotlib versions and machines."""
+
+    def walk(part: Figure | SubFigure) -> list[Any]:
+        title = part.get_suptitle()
+        legends = [[t.get_text() for t in legend.get_texts()] for legend in part.legends]
+        axes = [_summary(a) for a in part.axes if a.get_label() != "<colorbar>"]
+        return [title, legends, axes, [walk(sub) for sub in part.subfigs]]
+
+    text = json.dumps(walk(figure), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def plot_results(scenario: Scenario, results: Results, path: str | Path) -> None:
-    """Write a PNG to ``path`` showing ``results`` of running ``scenario``."""
+    """Write a PNG to ``path`` showing ``results`` of running ``scenario``, with the digest
+    of what it draws in its ``DIGEST_KEY`` text."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless, whatever the environment says
-    draw(scenario, results).savefig(path, dpi=100, format="png")
+    figure = draw(scenario, results)
+    figure.savefig(path, dpi=100, format="png", metadata={DIGEST_KEY: digest(figure)})

@@ -23,8 +23,13 @@ def _r(value: float) -> float:
     return round(value, 6)
 
 
-def _strategy_json(result: StrategyResult, servers: tuple[str, ...]) -> dict[str, Any]:
+def _strategy_json(
+    result: StrategyResult, servers: tuple[str, ...], hashed: bool
+) -> dict[str, Any]:
+    """One strategy's results; ``stickiness`` is null unless it hashes keys (as the table's
+    ``-``: for the others it is chance, not a property of the strategy)."""
     latency = result.latency
+    sticky = result.stickiness if hashed else None
     return {
         "label": result.label,
         "strategy": result.strategy,
@@ -45,7 +50,7 @@ def _strategy_json(result: StrategyResult, servers: tuple[str, ...]) -> dict[str
         "ejection_events": [
             {"at": _r(e.at), "server": e.server, "detail": e.detail} for e in result.ejections
         ],
-        "stickiness": None if result.stickiness is None else _r(result.stickiness),
+        "stickiness": None if sticky is None else _r(sticky),
         "servers": {
             s.server: {
                 "requests": s.requests,
@@ -81,6 +86,7 @@ def _strategy_json(result: StrategyResult, servers: tuple[str, ...]) -> dict[str
 
 def to_json(scenario: Scenario, results: Results) -> dict[str, Any]:
     """The results as a JSON-ready document; times in seconds, shares and rates as fractions."""
+    hashing = _hashing(scenario)
     return {
         "version": JSON_VERSION,
         "scenario": {
@@ -94,7 +100,9 @@ def to_json(scenario: Scenario, results: Results) -> dict[str, Any]:
         },
         "seed": results.seed,
         "servers": list(results.servers),
-        "strategies": [_strategy_json(r, results.servers) for r in results.strategies],
+        "strategies": [
+            _strategy_json(r, results.servers, r.label in hashing) for r in results.strategies
+        ],
     }
 
 

@@ -226,7 +226,7 @@ def _behaviour(fields: Mapping[str, Any], path: str) -> Behaviour:
 
 
 def _changes(
-    server: Table, start: dict[str, Any], path: str, end: float, warnings: list[str]
+    server: Table, start: dict[str, Any], name: str, end: float, warnings: list[str]
 ) -> tuple[Change, ...]:
     """The server's changes, sorted by time, each resolved to a complete behaviour.
 
@@ -241,8 +241,8 @@ def _changes(
             raise ScenarioError(item_path, "changes nothing: set latency, capacity or failure_rate")
         if at >= end:
             warnings.append(
-                f"{table.path('at')}: {at:g} s is not before the end of the run ({end:g} s), "
-                "so this change never applies"
+                f"{table.path('at')}: server {name}'s change at {at:g} s is not before the end "
+                f"of the run ({end:g} s), so it never applies"
             )
         parsed.append((at, fields, item_path))
     changes = []
@@ -274,7 +274,7 @@ def _servers(root: Table, end: float, warnings: list[str]) -> tuple[ServerSpec, 
         weight = SERVER.read(table, "weight", default_weight)
         fields = _merge(defaults, _behaviour_fields(table, SERVER))
         behaviour = _behaviour(fields, path)
-        changes = _changes(table, fields, path, end, warnings)
+        changes = _changes(table, fields, name, end, warnings)
         servers.append(ServerSpec(name, weight, behaviour, changes))
     if not servers:
         raise ScenarioError("servers", "must list at least one server")
@@ -290,9 +290,12 @@ def _library_settings(value: object, path: str, cls: type[_Settings]) -> _Settin
     """One of the library's settings dataclasses, built from a table; None if disabled.
 
     The library checks the values itself; its messages begin with the argument's name, which
-    becomes part of the path here.
+    becomes part of the path here. When that argument is one the file left out (its default
+    is at odds with a value written, as max_ejection_time's 300 with base_ejection_time 1000),
+    the path names what was written, and the message says the other's default.
     """
-    names: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(cls))
+    defaults: dict[str, object] = {f.name: f.default for f in dataclasses.fields(cls)}
+    names: tuple[str, ...] = tuple(defaults)
     table = Table(value, path, ("enabled", *names))
     enabled = table.get("enabled", as_boolean, True)
     options: dict[str, Any] = {name: table.raw(name) for name in names if name in table}
@@ -301,7 +304,18 @@ def _library_settings(value: object, path: str, cls: type[_Settings]) -> _Settin
     try:
         return cls(**options)
     except (TypeError, ValueError) as error:
-        raise library_error(error, path, names) from None
+        fault = library_error(error, path, names)
+        unset = fault.path.rpartition(".")[2]
+        if fault.path == path or unset in options:
+            raise fault from None
+        default = defaults[unset]
+        shown = f"{default:g}" if isinstance(default, float) else repr(default)
+        written = ", ".join(f"{name} = {option!r}" for name, option in options.items())
+        raise ScenarioError(
+            join(path, next(iter(options))) if len(options) == 1 else path,
+            f"with {written}, {unset} (not set: it defaults to {shown}) {fault.message}; "
+            f"set {unset} too",
+        ) from None
 
 
 def _strategy(item: object, path: str) -> StrategySpec:
@@ -435,6 +449,8 @@ def _parse_root(
     if trace is not None and trace.keys and keys is not None:
         raise ScenarioError("keys", f"{trace.name} has keys: remove [keys], or its key column")
     warnings: list[str] = []
+    if trace is not None and (ignored := trace.warning()) is not None:
+        warnings.append(ignored)
     servers = _servers(root, duration, warnings)
     if keys is not None:
         limits.check_key_counts(keys.population, len(servers), "keys.population")

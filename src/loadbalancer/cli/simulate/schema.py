@@ -152,14 +152,16 @@ _DISTRIBUTIONS = OneOf(("lognormal", "exponential", "constant"))
 _KEY_DISTRIBUTIONS = OneOf(("uniform", "zipf"))
 
 
-def _behaviour(absent: str) -> tuple[Field, ...]:
-    """A server's behaviour keys (in ``[defaults]``, ``[[servers]]`` and changes)."""
+def _behaviour(absent: str, required: str = "") -> tuple[Field, ...]:
+    """A server's behaviour keys (in ``[defaults]``, ``[[servers]]`` and changes); every server
+    must end up with a capacity and a latency, so ``required`` says where they may come from."""
     return (
         Field(
             "capacity",
             "requests served at once; more wait in a FIFO queue at the server",
             as_positive_int,
             shown=absent,
+            required=required,
         ),
         Field(
             "latency",
@@ -167,6 +169,7 @@ def _behaviour(absent: str) -> tuple[Field, ...]:
             "with the one it inherits",
             kind="table",
             shown=absent,
+            required=required,
         ),
         Field(
             "failure_rate",
@@ -285,7 +288,7 @@ DEFAULTS = Section(
     "What every server has unless it sets it itself.",
     (
         Field("weight", "the server's weight in the balancer", as_weight, default=1.0),
-        *_behaviour("-"),
+        *_behaviour("-", required="here, or in every server"),
     ),
 )
 
@@ -300,7 +303,7 @@ SERVER = Section(
             as_weight,
             shown="defaults.weight, else 1",
         ),
-        *_behaviour("from [defaults]"),
+        *_behaviour("from [defaults]", required="here, or in [defaults]"),
         Field(
             "changes",
             "what changes, and when: tables of at and the keys that change",

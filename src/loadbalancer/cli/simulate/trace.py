@@ -4,7 +4,9 @@ A trace is read one row at a time, never loaded whole: once when the scenario is
 row, so a bad one is reported before the run, and to count what the run will replay), then
 once per strategy as the run pulls its arrivals. Times are seconds, absolute (``$msec`` of an
 access log) or relative; they are replayed from the first row's, which becomes time 0, and
-must not decrease.
+must not decrease. The file is UTF-8, with or without a byte-order mark (Excel writes one); other
+columns or fields than ``COLUMNS`` (an access log's status, say) are ignored, and the scenario's
+warnings name them.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from .limits import MAX_REQUESTS, MAX_SECONDS, check_keys
 
 __all__ = ["COLUMNS", "FORMATS", "Row", "Trace", "TraceRows", "scan_trace"]
 
+_SHOWN = 5  # ignored column names a warning lists before "..."
+
 COLUMNS: dict[str, str] = {
     "time": "when the request arrived, in seconds (required; absolute or relative)",
     "key": "the request's key, passed to acquire(key) (optional; empty: no key)",
     "service_time": "how long serving it took, in seconds (optional; empty: the server draws one)",
 }
-"""The columns (CSV) or fields (JSONL) a trace may have, and what each means."""
+"""The columns (CSV) or fields (JSONL) a trace reads, and what each means; others are ignored."""
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 """The formats a trace may be in, by file suffix."""
@@ -44,8 +48,9 @@ Row = tuple[float, "str | None", "float | None"]
 class Trace:
     """A trace file, checked: what a run of ``duration`` seconds replays from it.
 
-    ``requests`` rows arrive at or before the end of the run, the last at ``span`` seconds
-    after the first; ``keys`` of them are distinct (0: none has a key).
+    ``requests`` rows arrive at or before the end of the run, the last at ``span`` seconds after
+    the first; ``keys`` of them are distinct (0: none has a key). ``ignored`` are the columns
+    or fields it has that are not ``COLUMNS``, in the order first seen.
     """
 
     path: Path
@@ -53,6 +58,20 @@ class Trace:
     requests: int
     span: float
     keys: int
+    ignored: tuple[str, ...] = ()
+
+    def warning(self) -> str | None:
+        """The scenario warning that names the ignored columns, if any."""
+        if not self.ignored:
+            return None
+        shown = ", ".join(f'"{name}"' for name in self.ignored[:_SHOWN])
+        more = ", ..." if len(self.ignored) > _SHOWN else ""
+        what = "column" if self.path.suffix.lower() == ".csv" else "field"
+        plural = "s" if len(self.ignored) > 1 else ""
+        return (
+            f"{_PATH}: {self.name}: {what}{plural} {shown}{more} ignored "
+            f"(a trace reads only {', '.join(COLUMNS)})"
+        )
 
 
 @final
@@ -62,7 +81,7 @@ class TraceRows:
     Iterate once; use it in a ``with`` block, so the file is closed however the reading ends.
     """
 
-    __slots__ = ("_file", "_format", "_header", "_line", "_name", "_reader")
+    __slots__ = ("_file", "_format", "_header", "_line", "_name", "_read", "_reader", "ignored")
 
     def __init__(self, path: Path, name: str) -> None:
         self._name = name
@@ -73,10 +92,17 @@ class TraceRows:
             )
         self._format = FORMATS[suffix]
         try:
-            self._file: IO[str] = path.open(encoding="utf-8", newline="")
+            # utf-8-sig drops a byte-order mark; surrogateescape defers a bad byte to the line
+            # that holds it, so the error can name that line (_lines).
+            self._file: IO[str] = path.open(
+                encoding="utf-8-sig", errors="surrogateescape", newline=""
+            )
         except OSError as error:
             raise ScenarioError(_PATH, f"cannot read {name}: {error.strerror or error}") from None
-        self._reader = csv.reader(self._file)  # used only for CSV
+        self.ignored: dict[str, None] = {}
+        """The columns or fields read so far that are not ``COLUMNS``, in the order seen."""
+        self._read = 0  # physical lines read
+        self._reader = csv.reader(self._lines())  # used only for CSV
         self._line = 0
         self._header: list[str] = []
         if self._format == "csv":
@@ -106,21 +132,47 @@ class TraceRows:
             _PATH, f"{self._name}:{self._line if line is None else line}: {message}"
         )
 
+    def _lines(self) -> Iterator[str]:
+        """The file's lines, each checked to be UTF-8 text."""
+        for text in self._file:
+            self._read += 1
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as error:
+                    byte = ord(text[error.start]) - 0xDC00  # surrogateescape's stand-in
+                    raise self._error(
+                        f"not UTF-8 text (byte 0x{byte:02x}): save the trace as UTF-8", self._read
+                    ) from None
+            yield text
+
+    def _records(self) -> Iterator[list[str]]:
+        """The CSV records, a malformed one reported at its line."""
+        while True:
+            try:
+                row = next(self._reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                raise self._error(f"not valid CSV: {error}", self._reader.line_num) from None
+            self._line = self._reader.line_num
+            yield row
+
     def _csv_header(self) -> list[str]:
-        for row in self._reader:
+        for row in self._records():
             if row:
-                self._line = self._reader.line_num
                 header = [cell.strip() for cell in row]
                 self._known(header)
-                if len(set(header)) < len(header):
+                read = [name for name in header if name in COLUMNS]
+                if len(set(read)) < len(read):
                     raise self._error("a column is named twice")
                 return header
         raise self._error("empty: the first line must name the columns (time, ...)", 1)
 
     def _known(self, names: list[str], what: str = "column") -> None:
         for name in names:
-            if name not in COLUMNS:
-                raise self._error(f'unknown {what} "{name}" (expected: {", ".join(COLUMNS)})')
+            if name not in COLUMNS and name not in self.ignored:
+                self.ignored[name] = None
         if "time" not in names:
             raise self._error(f'no "time" {what}')
 
@@ -151,12 +203,11 @@ class TraceRows:
     def _csv_rows(self) -> Iterator[tuple[float, str | None, float | None]]:
         header = self._header
         width = len(header)
-        at = {name: header.index(name) for name in header}
+        at = {name: header.index(name) for name in header if name in COLUMNS}
         time_at = at["time"]
         key_at = at.get("key")
         service_at = at.get("service_time")
-        for row in self._reader:
-            self._line = self._reader.line_num
+        for row in self._records():
             if not row:
                 continue
             if len(row) != width:
@@ -169,8 +220,8 @@ class TraceRows:
             yield time, key, service
 
     def _jsonl_rows(self) -> Iterator[tuple[float, str | None, float | None]]:
-        for text in self._file:
-            self._line += 1
+        for text in self._lines():
+            self._line = self._read
             if not text.strip():
                 continue
             row = self._object(text)
@@ -229,6 +280,7 @@ def scan_trace(path: Path, name: str, duration: float | None) -> Trace:
             if key is not None and key not in keys:
                 keys.add(key)
                 check_keys(len(keys), _PATH, f"distinct keys in {name}")
+        ignored = tuple(rows.ignored)
     if not requests:
         raise ScenarioError(_PATH, f"{name} has no requests")
-    return Trace(path, name, requests, span, len(keys))
+    return Trace(path, name, requests, span, len(keys), ignored)
