@@ -269,3 +269,31 @@ def test_a_dropped_aio_channel_is_collected(servers: list[EchoServer]) -> None:
     gc.collect()
     assert refs[0]() is None
     lb.register("127.0.0.1:1")  # the balancer no longer calls into it
+
+
+def test_a_departed_servers_last_call_ending_on_grpcs_thread_closes_its_channel(
+    servers: list[EchoServer],
+) -> None:
+    lb = balancer(servers[:1])
+    with BalancedChannel(lb) as channel:
+        old: Any = channel.backends.live()[servers[0].address]
+        servers[0].mode = "slow"
+        future = channel.unary_unary(UNARY).future(b"x")  # ends in grpc's own thread
+        assert servers[0].arrived.wait(10)
+        lb.replace([servers[1].address])
+        assert channel.backends.draining() == 1
+        servers[0].let_go()
+        assert future.result(timeout=10) == b"s0:x"
+
+        def closed() -> bool:
+            try:
+                old.unary_unary(UNARY)(b"x", timeout=5)
+            except ValueError:  # grpc refuses calls on a closed channel
+                return True
+            except grpc.RpcError as error:  # or cancels one it was closed under
+                return bool(error.code() is grpc.StatusCode.CANCELLED)
+            return False
+
+        _wait_for(closed)
+        assert channel.backends.draining() == 0
+        assert channel.unary_unary(UNARY)(b"y") == b"s1:y"

@@ -641,7 +641,7 @@ class BalancedChannel(grpc.Channel):
         self._watched: dict[grpc.Channel, str] = {}  # backend channels followed, and whose
         self._connect = False  # whether a subscriber asked every backend to connect
         self.backends: Backends[grpc.Channel] = Backends(
-            lb, self._open, self._close_backend, changed=self._changed
+            lb, self._open, self._close_departed, changed=self._changed
         )
 
     def _open(self, server: str) -> grpc.Channel:
@@ -669,6 +669,16 @@ class BalancedChannel(grpc.Channel):
             if server is not None:
                 self._states.pop(server, None)
         channel.close()
+
+    def _close_departed(self, channel: grpc.Channel) -> None:
+        """Close a departed server's channel, in a thread of its own: its last call may end
+        in a done callback on that channel's own grpc thread, which ``close()`` waits for."""
+        threading.Thread(
+            target=self._close_backend,
+            args=(channel,),
+            name="loadbalancer grpc close",
+            daemon=True,
+        ).start()
 
     # -- the grpc.Channel interface --------------------------------------------------------
 
