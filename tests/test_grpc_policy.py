@@ -200,3 +200,14 @@ def test_codes_can_be_chosen() -> None:
     )
     assert verdict == Verdict(False, retry=True)
     assert policy.outcome(grpc.StatusCode.UNAVAILABLE) is True  # no longer a failure
+
+
+def test_a_backoff_above_max_retry_after_is_still_made_with_a_deadline() -> None:
+    policy = GrpcPolicy(retry=RetryPolicy(backoff_base=0.5, max_retry_after=0.1))
+    far = time.monotonic() + 60
+    for number in (1, 2, 3, 4):
+        verdict = policy.verdict(
+            grpc.StatusCode.UNAVAILABLE, (), committed=False, deadline=far, number=number
+        )
+        assert verdict.retry  # max_retry_after caps a server's pushback, not the backoff
+        assert verdict.retry_after is None or verdict.retry_after <= 0.1

@@ -297,3 +297,91 @@ def test_a_departed_servers_last_call_ending_on_grpcs_thread_closes_its_channel(
         _wait_for(closed)
         assert channel.backends.draining() == 0
         assert channel.unary_unary(UNARY)(b"y") == b"s1:y"
+
+
+def test_a_sync_stream_cancelled_while_it_waits_to_retry_is_not_retried(
+    servers: list[EchoServer],
+) -> None:
+    slept = threading.Event()
+    let_go = threading.Event()
+
+    def sleep(seconds: float) -> None:  # the balancer's: the retry waits here
+        slept.set()
+        let_go.wait(10)
+
+    lb = LoadBalancer(sleep=sleep)
+    lb.replace([servers[0].address, servers[1].address])
+    servers[0].mode = "unavailable"
+    with BalancedChannel(lb) as channel:
+        stream = channel.unary_stream(STREAM)(b"1")
+        read: list[BaseException] = []
+
+        def drain() -> None:
+            try:
+                list(stream)
+            except grpc.RpcError as error:
+                read.append(error)
+
+        reader = threading.Thread(target=drain)
+        reader.start()
+        assert slept.wait(10)  # the first attempt failed: its retry waits
+        stream.cancel()
+        let_go.set()
+        reader.join(10)
+    assert len(read) == 1
+    assert read[0].code() is grpc.StatusCode.CANCELLED  # type: ignore[attr-defined]
+    assert servers[1].count(STREAM) == 0  # the retry never went out
+    assert in_flight(lb) == 0
+
+
+def test_a_sync_stream_cancelled_unread_ends_its_lease(servers: list[EchoServer]) -> None:
+    lb = balancer(servers[:1])
+    servers[0].let_go()
+    with BalancedChannel(lb) as channel:
+        cancelled = channel.unary_stream(STREAM)(b"3")
+        unread = channel.unary_stream(STREAM)(b"1")  # grpc reads a stream as it is read
+        cancelled.cancel()
+        _wait_for(lambda: in_flight(lb) == 1)  # the cancelled one's lease has ended
+        assert list(unread) == [b"s0:0"]
+        _wait_for(lambda: in_flight(lb) == 0)  # and the other's, once read to its end
+    stats = lb.stats()[servers[0].address]
+    assert (stats.successes, stats.failures) == (1, 0)  # the cancel is no outcome
+
+
+@pytest.mark.parametrize("kind", ["sync stream", "aio unary"])
+def test_a_classifier_that_raises_ends_the_lease(
+    kind: str, servers: list[EchoServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("verdict broke")
+
+    monkeypatch.setattr(GrpcPolicy, "verdict", broken)
+    lb = balancer(servers[:1])
+    servers[0].mode = "unavailable"
+
+    def sync_stream() -> None:
+        with BalancedChannel(lb) as channel:
+            next(channel.unary_stream(STREAM)(b"1"))
+
+    async def aio_unary() -> None:
+        async with AsyncBalancedChannel(lb) as channel:
+            await channel.unary_unary(UNARY)(b"x")
+
+    with pytest.raises(RuntimeError, match="verdict broke"):
+        sync_stream() if kind == "sync stream" else asyncio.run(aio_unary())
+    gc.collect()
+    _wait_for(lambda: in_flight(lb) == 0)
+
+
+def test_every_aio_call_shape_raises_an_aio_rpc_error_with_no_server() -> None:
+    async def main() -> list[str]:
+        async with AsyncBalancedChannel(LoadBalancer()) as channel:
+            shapes: list[str] = []
+            for make in (channel.stream_unary, channel.stream_stream):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    make(UNARY)(iter([b"x"]))
+                assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+                shapes.append(make.__name__)
+            return shapes
+
+    assert asyncio.run(main()) == ["stream_unary", "stream_stream"]

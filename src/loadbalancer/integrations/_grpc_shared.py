@@ -181,6 +181,10 @@ class GrpcPolicy:
             wait = self.retry.backoff(number)
         if deadline is not None and time.monotonic() + wait >= deadline:
             return Verdict(ok)
+        if pushback is None and wait > self.retry.max_retry_after:
+            # The engine obeys a retry_after only up to max_retry_after, which limits what a
+            # server may ask for, not the policy's own backoff: let the engine draw that.
+            return Verdict(ok, retry=True)
         return Verdict(ok, retry=True, retry_after=wait)
 
 
@@ -402,7 +406,8 @@ class Backends(Generic[C]):
             with self._lock:
                 if self._closed:
                     return
-                for server in [s for s in self._live if s not in wanted]:
+                # Checked again here: a call may have opened a server that joined since.
+                for server in [s for s in self._live if s not in wanted and s not in self._lb]:
                     backend = self._live.pop(server)
                     backend.departed = True
                     if backend.active:

@@ -144,21 +144,10 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
         deadline = deadline_of(timeout)
         per_try = channel.policy.retry.per_try_timeout
 
-        def attempt(server: str) -> tuple[Any, grpc.Call | None]:
-            backend = backends.enter(server)
-            try:
-                multi_callable = self._on(backend)
-                if with_call:
-                    answer: tuple[Any, grpc.Call] = multi_callable.with_call(
-                        request,
-                        timeout=time_left(deadline, per_try),
-                        metadata=metadata,
-                        credentials=credentials,
-                        wait_for_ready=wait_for_ready,
-                        compression=compression,
-                    )
-                    return answer
-                response = multi_callable(
+        def call_on(backend: Backend[grpc.Channel]) -> tuple[Any, grpc.Call | None]:
+            multi_callable = self._on(backend)
+            if with_call:
+                answer: tuple[Any, grpc.Call] = multi_callable.with_call(
                     request,
                     timeout=time_left(deadline, per_try),
                     metadata=metadata,
@@ -166,7 +155,21 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
                     wait_for_ready=wait_for_ready,
                     compression=compression,
                 )
-                return response, None
+                return answer
+            response = multi_callable(
+                request,
+                timeout=time_left(deadline, per_try),
+                metadata=metadata,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+            return response, None
+
+        def attempt(server: str) -> tuple[Any, grpc.Call | None]:
+            backend = backends.enter(server)
+            try:
+                return call_on(backend)
             finally:
                 backends.leave(backend)
 
@@ -175,18 +178,18 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
         lb = channel.lb
         key = self._key(metadata, request, False)
         classify = self._classify(deadline)
-        lb.retry_budget.deposit()
-        try:
-            lease = lb.acquire(key)
-        except NoServersAvailableError as no_server:
-            raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(no_server)) from no_server
+        # Leased and entered together: a server that left as it was picked is picked again
+        # for free, rather than costing an attempt and a retry token.
+        lease, backend = self._lease_one(key)
         result: tuple[Any, grpc.Call | None] | None = None
         error: Exception | None = None
         try:
             try:
-                result = attempt(lease.server)
+                result = call_on(backend)
             except Exception as failed:
                 error = failed
+            finally:
+                backends.leave(backend)
             verdict = classify(Attempt(lease.server, 1, result, error))
         except BaseException:  # interrupted, or a classifier that broke: no outcome
             lease.release(None)
@@ -307,9 +310,9 @@ class _RetryingStream(grpc.Call, _FutureBase, Iterator[Any]):
         self._lock = threading.Lock()
         self._settled = False
         self._cancelled = False
-        # A stream dropped before its first use: its call is collected (cancelled), and
-        # nothing else would end its lease.
-        self._abandon = weakref.finalize(self, _abandon, lease, owner._channel.backends, backend)
+        # The first call's lease and count end when that RPC ends, read or not (cancelled,
+        # dropped, or finished unread); a retry, if any, releases the lease first, the same.
+        owner._end_with_rpc(call, lease, backend)
 
     def _settle(self) -> None:
         """Read the first message, retrying elsewhere as the policy allows (once)."""
@@ -317,23 +320,28 @@ class _RetryingStream(grpc.Call, _FutureBase, Iterator[Any]):
             if self._settled:
                 return
             self._settled = True
-            self._abandon.detach()
             try:
                 first: object = next(self._call)
             except StopIteration:
                 first = _END
             except grpc.RpcError as error:
-                self._first_failed(error)
+                try:
+                    self._first_failed(error)
+                except BaseException as broken:  # a classifier that raised, an interrupt
+                    self._error = broken
+                    raise
                 return
+            except BaseException:  # interrupted mid-read: the stream is over for its reader
+                self._call.cancel()
+                self._error = LocalRpcError(grpc.StatusCode.CANCELLED, "stream interrupted")
+                raise
             self._first = first
-            self._owner._end_with_rpc(self._call, self._lease, self._backend)
 
     def _first_failed(self, error: grpc.RpcError) -> None:
         """The first attempt ended before a message: answer with it, or go on elsewhere."""
         owner = self._owner
         channel = owner._channel
         backends = channel.backends
-        backends.leave(self._backend)
         verdict = owner._classify(self._deadline)(Attempt(self._lease.server, 1, None, error))
         if self._cancelled or not verdict.retry:
             self._lease.release(None if self._cancelled else verdict.ok)
@@ -360,6 +368,8 @@ class _RetryingStream(grpc.Call, _FutureBase, Iterator[Any]):
             backends.leave(opened.backend)
         else:
             owner._end_with_rpc(opened.call, held.lease, opened.backend)
+        if self._cancelled:  # cancelled while the retry was under way
+            opened.call.cancel()
 
     def _settled_call(self) -> Any:
         """The call that answers (or the error that ended the stream), once settled."""
@@ -373,7 +383,8 @@ class _RetryingStream(grpc.Call, _FutureBase, Iterator[Any]):
         self._settle()
         if self._error is not None:
             raise self._error
-        first, self._first = self._first, _NOT_READ
+        with self._lock:  # two readers must not both be handed the first message
+            first, self._first = self._first, _NOT_READ
         if first is _END:
             raise StopIteration
         if first is not _NOT_READ:
@@ -461,14 +472,6 @@ class _RetryingStream(grpc.Call, _FutureBase, Iterator[Any]):
             call.add_done_callback(lambda _: fn(self))
 
 
-def _abandon(
-    lease: Lease, backends: Backends[grpc.Channel], backend: Backend[grpc.Channel]
-) -> None:
-    """End the lease of a stream dropped before its first use: no outcome."""
-    lease.release(None)
-    backends.leave(backend)
-
-
 @final
 class _UnaryStream(_Call, _UnaryStreamBase):
     def __call__(
@@ -502,6 +505,8 @@ class _UnaryStream(_Call, _UnaryStreamBase):
             return self._start_one(key, start)
 
         def attempt(server: str) -> Opened[grpc.Channel]:
+            if stream is not None and stream._cancelled:  # cancelled while waiting to retry
+                raise LocalRpcError(grpc.StatusCode.CANCELLED, "stream cancelled")
             backend = backends.enter(server)
             try:
                 call = start(self._on(backend))
@@ -514,6 +519,7 @@ class _UnaryStream(_Call, _UnaryStreamBase):
                 raise
             return Opened(call, backend, first)
 
+        stream: _RetryingStream | None = None
         lease, backend = self._lease_one(key)
         try:
             call = start(self._on(backend))
@@ -521,7 +527,8 @@ class _UnaryStream(_Call, _UnaryStreamBase):
             lease.release(None)
             backends.leave(backend)
             raise
-        return _RetryingStream(self, lease, backend, call, attempt, key, deadline)
+        stream = _RetryingStream(self, lease, backend, call, attempt, key, deadline)
+        return stream
 
 
 @final
@@ -759,7 +766,11 @@ class BalancedChannel(grpc.Channel):
                 self._subscribers.remove(callback)
 
     def close(self) -> None:
-        """Close every backend channel and stop following the balancer (calls are cancelled)."""
+        """Close every backend channel and stop following the balancer (calls are cancelled).
+
+        Not from a grpc callback (a future's done callback, say): grpc's own ``close()``
+        waits for the thread that runs those.
+        """
         for channel in self.backends.close():
             self._close_backend(channel)
         self._changed()

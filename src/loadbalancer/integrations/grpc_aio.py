@@ -29,6 +29,7 @@ from grpc_health.v1 import health_pb2
 from loadbalancer import (
     Attempt,
     AttemptTimeoutError,
+    Key,
     Lease,
     LoadBalancer,
     NoServersAvailableError,
@@ -99,6 +100,13 @@ def _aio_error(error: BaseException) -> BaseException:
 
 class _Call(MethodCalls[_Channel]):
     """What every multi-callable of the asyncio balanced channel shares."""
+
+    def _start_one(self, key: Key | None, start: Callable[[Any], Any]) -> Any:
+        """As ``MethodCalls._start_one``, its errors the ``AioRpcError`` aio callers catch."""
+        try:
+            return super()._start_one(key, start)
+        except LocalRpcError as error:
+            raise _aio_error(error) from error
 
     def _end_with_rpc(self, call: Any, lease: Lease, backend: Backend[_Channel]) -> None:
         """End ``lease`` and the backend's count when ``call`` terminates, with its outcome."""
@@ -235,18 +243,21 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
         deadline = deadline_of(timeout)
         per_try = policy.retry.per_try_timeout
 
+        async def call_on(backend: Backend[_Channel]) -> tuple[Any, Any]:
+            call = self._on(backend)(
+                request,
+                timeout=time_left(deadline, per_try),
+                metadata=metadata,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+            return await call, call
+
         async def attempt(server: str) -> tuple[Any, Any]:
             backend = backends.enter(server)
             try:
-                call = self._on(backend)(
-                    request,
-                    timeout=time_left(deadline, per_try),
-                    metadata=metadata,
-                    credentials=credentials,
-                    wait_for_ready=wait_for_ready,
-                    compression=compression,
-                )
-                return await call, call
+                return await call_on(backend)
             finally:
                 backends.leave(backend)
 
@@ -264,18 +275,22 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
                     return hedged
                 # The first attempt is made here, and the engine is called only for a retry:
                 # most calls need none, and the engine's setup costs as much as this path.
-                lb.retry_budget.deposit()
-                lease = lb.acquire(key)
+                # Leased and entered together: a server that left as it was picked is
+                # picked again for free, rather than costing an attempt and a retry token.
+                lease, backend = self._lease_one(key)
                 result: tuple[Any, Any] | None = None
                 error: Exception | None = None
                 try:
-                    result = await attempt(lease.server)
-                except Exception as failed:
-                    error = failed
-                except BaseException:  # cancelled: no outcome
+                    try:
+                        result = await call_on(backend)
+                    except Exception as failed:
+                        error = failed
+                    finally:
+                        backends.leave(backend)
+                    verdict = classify(Attempt(lease.server, 1, result, error))
+                except BaseException:  # cancelled, or a classifier that broke: no outcome
                     lease.release(None)
                     raise
-                verdict = classify(Attempt(lease.server, 1, result, error))
                 if not verdict.retry or policy.retry.attempts == 1:
                     lease.release(verdict.ok)
                     if error is not None:
