@@ -1,6 +1,9 @@
 """The balanced gRPC channels beside one plain channel to the same local server, same run.
 
-One grpcio server of the tests' echo service (tests/grpc_servers.py) runs in a process of its
+1. Own work in isolation: a unary call through the balanced channel over a fake backend
+   channel that answers at once, beside the fake call alone (µs per call, best of
+   interleaved rounds): the difference is what the balanced channel itself costs a call.
+2. One grpcio server of the tests' echo service (tests/grpc_servers.py) runs in a process of its
 own, so that it does not share the client's GIL. Unary calls go to it through a plain
 ``grpc`` channel and through ``BalancedChannel`` over a balancer of that one server, in
 interleaved rounds (8 threads); then the same for ``grpc.aio`` and ``AsyncBalancedChannel``
@@ -16,6 +19,7 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +27,7 @@ import grpc
 import grpc.aio
 
 from _http_load import ROOT, Load, async_case, paired, sync_case, verdict
+from _timing import best_ns_per_call
 from loadbalancer import LoadBalancer
 from loadbalancer.integrations.grpc import BalancedChannel
 from loadbalancer.integrations.grpc_aio import AsyncBalancedChannel
@@ -138,7 +143,80 @@ async def aio_unary(address: str) -> bool:
         await plain_channel.close()
 
 
+class _FakeCall:
+    """What grpc's unary multi-callable returns and raises nothing: the request, at once."""
+
+    def __call__(self, request: bytes, **_: object) -> bytes:
+        return request
+
+
+class _FakeAsyncCall:
+    def __call__(self, request: bytes, **_: object) -> Any:
+        return _answer(request)
+
+
+async def _answer(request: bytes) -> bytes:
+    return request
+
+
+class _FakeChannel:
+    """A backend channel whose every unary call answers at once, for the own-work figures."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def unary_unary(self, *_: object, **__: object) -> Any:
+        return self._call
+
+    def close(self, grace: float | None = None) -> Any:
+        return _answer(b"") if isinstance(self._call, _FakeAsyncCall) else None
+
+
+def own_work() -> None:
+    """µs per unary call: over a fake channel alone, and balanced over it (1 server)."""
+    lb = LoadBalancer()
+    lb.register("127.0.0.1:1")
+    fake: Any = _FakeCall()
+    make: Any = lambda server: _FakeChannel(fake)  # noqa: E731  # duck-typed, not a grpc.Channel
+    channel = BalancedChannel(lb, channel_factory=make)
+    balanced: Any = channel.unary_unary(UNARY)
+    sync = best_ns_per_call(
+        {"fake call": lambda: fake(REQUEST), "balanced": lambda: balanced(REQUEST)},
+        calls=20_000,
+        rounds=7,
+    )
+    channel.close()
+
+    async def aio() -> tuple[float, float]:
+        afake: Any = _FakeAsyncCall()
+        amake: Any = lambda server: _FakeChannel(afake)  # noqa: E731
+        achannel = AsyncBalancedChannel(lb, channel_factory=amake)
+        abalanced: Any = achannel.unary_unary(UNARY)
+        best = [float("inf"), float("inf")]
+        for _ in range(7):
+            for index, call in enumerate((afake, abalanced)):
+                started = time.perf_counter()
+                for _ in range(5_000):
+                    await call(REQUEST)
+                best[index] = min(best[index], (time.perf_counter() - started) / 5_000 * 1e9)
+        await achannel.close()
+        return best[0], best[1]
+
+    afake_ns, abalanced_ns = asyncio.run(aio())
+    print("  own work per unary call, over a fake backend channel that answers at once")
+    for name, fake_ns, balanced_ns in (
+        ("sync", sync["fake call"], sync["balanced"]),
+        ("aio", afake_ns, abalanced_ns),
+    ):
+        own = (balanced_ns - fake_ns) / 1000
+        print(
+            f"    {name:<5} fake call {fake_ns / 1000:6.2f} µs"
+            f"  balanced {balanced_ns / 1000:6.2f} µs  own work {own:6.2f} µs/call"
+        )
+
+
 def main() -> None:
+    own_work()
     print(f"gRPC unary calls to one local grpcio server (another process), {CALLS} per case")
     with server_process() as address:
         results = [sync_unary(address), asyncio.run(aio_unary(address))]
