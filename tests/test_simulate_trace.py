@@ -375,6 +375,7 @@ ACCESS_LOG = """\
 1764547200.100|0.010|0.004, 0.006|bob
 1764547200.400|0.002|-|-
 1764547201.000|0.500|0.010 : 0.480|alice
+1764547201.200|0.100|0.090|o"neil, jr
 """
 
 
@@ -392,12 +393,13 @@ def test_the_readmes_nginx_recipe_makes_a_trace(tmp_path: Path) -> None:
     made = (tmp_path / "requests.csv").read_text(encoding="utf-8")
     assert made == (
         "time,key,service_time\n"
-        "1764547200.000,alice,0.248\n"  # arrived 0.250 s before it was logged
-        "1764547200.090,bob,0.006\n"  # the last upstream tried answered
-        "1764547200.398,,\n"  # no header, no upstream
-        "1764547200.500,alice,0.480\n"
+        '1764547200.000,"alice",0.248\n'  # arrived 0.250 s before it was logged
+        '1764547200.090,"bob",0.006\n'  # the last upstream tried answered
+        '1764547200.398,"",\n'  # no header, no upstream
+        '1764547200.500,"alice",0.480\n'
+        '1764547201.100,"o""neil, jr",0.090\n'  # a key with a quote and a comma, quoted
     )
     scenario = load_scenario(write(tmp_path, "requests.csv", made))
     assert scenario.arrivals.trace is not None
-    assert scenario.arrivals.trace.keys == 2
-    assert run_scenario(scenario).strategies[0].requests == 4
+    assert scenario.arrivals.trace.keys == 3
+    assert run_scenario(scenario).strategies[0].requests == 5
