@@ -47,10 +47,14 @@ def verdict(met: bool) -> str:
 
 
 @contextlib.contextmanager
-def backend_process() -> Iterator[str]:
-    """Start one uvicorn backend in a child process; yield its ``127.0.0.1:PORT``."""
+def backend_process(script: str = SERVE) -> Iterator[str]:
+    """Start one backend in a child process; yield its ``127.0.0.1:PORT``.
+
+    ``script`` (default: a uvicorn backend) prints the address, then serves until its stdin
+    closes; it is given the project's root as its first argument.
+    """
     child = subprocess.Popen(
-        [sys.executable, "-c", SERVE, str(ROOT)],
+        [sys.executable, "-c", script, str(ROOT)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

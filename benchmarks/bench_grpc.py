@@ -16,17 +16,13 @@ Target (the issue's): the balanced channel makes at most 10% fewer unary calls p
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from _http_load import ROOT, Load, async_case, paired, sync_case, verdict
+from _http_load import Load, async_case, backend_process, paired, sync_case, verdict
 from _timing import best_ns_per_call
 from loadbalancer import LoadBalancer
 from loadbalancer.integrations.grpc import BalancedChannel
@@ -49,31 +45,6 @@ print(server.address, flush=True)
 sys.stdin.readline()
 server.kill()
 """
-
-
-@contextlib.contextmanager
-def server_process() -> Iterator[str]:
-    """Start one echo server in a child process; yield its ``127.0.0.1:PORT``."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", SERVE, str(ROOT)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdin is not None
-    assert child.stdout is not None
-    try:
-        address = child.stdout.readline().strip()
-        if not address:
-            raise RuntimeError("the server process did not start")
-        yield address
-    finally:
-        child.stdin.close()
-        try:
-            child.wait(10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
 
 
 def print_case(case: str, plain: Load, balanced: Load) -> bool:
@@ -218,7 +189,7 @@ def own_work() -> None:
 def main() -> None:
     own_work()
     print(f"gRPC unary calls to one local grpcio server (another process), {CALLS} per case")
-    with server_process() as address:
+    with backend_process(SERVE) as address:
         results = [sync_unary(address), asyncio.run(aio_unary(address))]
     print(f"targets: {'all met' if all(results) else 'MISSED'}")
 

@@ -50,6 +50,7 @@ __all__ = [
     "Opened",
     "Serializer",
     "StickyKey",
+    "best_state",
     "check_channel_arguments",
     "check_lb",
     "deadline_of",
@@ -186,6 +187,23 @@ class GrpcPolicy:
             # server may ask for, not the policy's own backoff: let the engine draw that.
             return Verdict(ok, retry=True)
         return Verdict(ok, retry=True, retry_after=wait)
+
+
+_BEST_FIRST = (
+    grpc.ChannelConnectivity.READY,
+    grpc.ChannelConnectivity.CONNECTING,
+    grpc.ChannelConnectivity.IDLE,
+)
+
+
+def best_state(states: Collection[grpc.ChannelConnectivity]) -> grpc.ChannelConnectivity:
+    """A balanced channel's state from its backends', as gRPC's round_robin reports it: the
+    best of them (READY, then CONNECTING, IDLE), else TRANSIENT_FAILURE (none, or all
+    failing)."""
+    for state in _BEST_FIRST:
+        if state in states:
+            return state
+    return grpc.ChannelConnectivity.TRANSIENT_FAILURE
 
 
 def first_value(metadata: _AnyMetadata | None, name: str) -> str | bytes | None:

@@ -54,6 +54,7 @@ from ._grpc_shared import (
     Opened,
     Serializer,
     StickyKey,
+    best_state,
     check_channel_arguments,
     check_lb,
     deadline_of,
@@ -83,12 +84,6 @@ HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 _END = object()  # a stream read to its end before a first message
 _NOT_READ = object()  # no first message read, or it has been handed out
-_STATE_ORDER = (  # the balanced channel's state is the best of its backends'
-    grpc.ChannelConnectivity.READY,
-    grpc.ChannelConnectivity.CONNECTING,
-    grpc.ChannelConnectivity.IDLE,
-    grpc.ChannelConnectivity.TRANSIENT_FAILURE,
-)
 
 
 class _Call(MethodCalls[grpc.Channel]):
@@ -808,10 +803,7 @@ class BalancedChannel(grpc.Channel):
         live = self.backends.live()
         with self._watch_lock:
             states = {state for server, state in self._states.items() if server in live}
-        for state in _STATE_ORDER:
-            if state in states:
-                return state
-        return grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        return best_state(states)
 
     def _changed(self) -> None:
         with self._watch_lock:
@@ -837,15 +829,8 @@ def _connect(channel: grpc.Channel) -> None:
     channel.unsubscribe(_ignore)
 
 
-@final
-class GrpcHealthProbe:
-    """A probe asking a server's ``grpc.health.v1.Health/Check`` for ``service``.
-
-    Healthy when the answer is SERVING. Each probe opens a channel to the server (with
-    ``credentials`` if given, else insecure) and closes it; ``timeout`` bounds the whole
-    probe. Not healthy, with the reason: NOT_SERVING or another status, the RPC's code (a
-    server without the health service answers UNIMPLEMENTED), or the timeout.
-    """
+class HealthProbeSettings:
+    """What the sync and asyncio gRPC health probes are given, checked once, and their call."""
 
     def __init__(
         self,
@@ -864,6 +849,28 @@ class GrpcHealthProbe:
         self._credentials = credentials
         self._options = tuple(options)
 
+    def _check(self, channel: Any) -> Any:
+        """``Health/Check`` for ``service`` on ``channel``, started (a sync or aio call)."""
+        return channel.unary_unary(
+            HEALTH_CHECK,
+            health_pb2.HealthCheckRequest.SerializeToString,
+            health_pb2.HealthCheckResponse.FromString,
+        )(health_pb2.HealthCheckRequest(service=self.service), timeout=self.timeout)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(service={self.service!r}, timeout={self.timeout:g})"
+
+
+@final
+class GrpcHealthProbe(HealthProbeSettings):
+    """A probe asking a server's ``grpc.health.v1.Health/Check`` for ``service``.
+
+    Healthy when the answer is SERVING. Each probe opens a channel to the server (with
+    ``credentials`` if given, else insecure) and closes it; ``timeout`` bounds the whole
+    probe. Not healthy, with the reason: NOT_SERVING or another status, the RPC's code (a
+    server without the health service answers UNIMPLEMENTED), or the timeout.
+    """
+
     def __call__(self, server: str) -> ProbeResult:
         """Probe ``server`` (``host:port``) once."""
         if self._credentials is None:
@@ -871,22 +878,12 @@ class GrpcHealthProbe:
         else:
             channel = grpc.secure_channel(server, self._credentials, self._options)
         try:
-            answer = channel.unary_unary(
-                HEALTH_CHECK,
-                health_pb2.HealthCheckRequest.SerializeToString,
-                health_pb2.HealthCheckResponse.FromString,
-            )(
-                health_pb2.HealthCheckRequest(service=self.service),
-                timeout=self.timeout,
-            )
+            answer = self._check(channel)
         except grpc.RpcError as error:
             return ProbeResult(False, describe_rpc_error(error, self.timeout))
         finally:
             channel.close()
         return health_verdict(answer.status)
-
-    def __repr__(self) -> str:
-        return f"GrpcHealthProbe(service={self.service!r}, timeout={self.timeout:g})"
 
 
 def describe_rpc_error(error: grpc.RpcError, timeout: float) -> str:

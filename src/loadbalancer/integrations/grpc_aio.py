@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, final
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2
 
 from loadbalancer import (
     Attempt,
@@ -48,12 +47,13 @@ from ._grpc_shared import (
     Opened,
     Serializer,
     StickyKey,
+    best_state,
     check_channel_arguments,
     check_lb,
     deadline_of,
     time_left,
 )
-from .grpc import HEALTH_CHECK, describe_rpc_error, health_verdict
+from .grpc import HealthProbeSettings, describe_rpc_error, health_verdict
 
 __all__ = ["AsyncBalancedChannel", "AsyncGrpcHealthProbe", "LocalAioRpcError"]
 
@@ -667,15 +667,7 @@ class AsyncBalancedChannel(grpc.aio.Channel):
         is; TRANSIENT_FAILURE with no servers; SHUTDOWN once closed)."""
         if self.backends.closed:
             return grpc.ChannelConnectivity.SHUTDOWN
-        states = {c.get_state(try_to_connect) for c in self.backends.live().values()}
-        for state in (
-            grpc.ChannelConnectivity.READY,
-            grpc.ChannelConnectivity.CONNECTING,
-            grpc.ChannelConnectivity.IDLE,
-        ):
-            if state in states:
-                return state
-        return grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        return best_state({c.get_state(try_to_connect) for c in self.backends.live().values()})
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
         """Return once ``get_state()`` differs from ``last_observed_state``."""
@@ -714,25 +706,8 @@ class AsyncBalancedChannel(grpc.aio.Channel):
 
 
 @final
-class AsyncGrpcHealthProbe:
+class AsyncGrpcHealthProbe(HealthProbeSettings):
     """The asyncio twin of ``GrpcHealthProbe``, for ``AsyncHealthChecker``."""
-
-    def __init__(
-        self,
-        service: str = "",
-        *,
-        timeout: float = 1.0,
-        credentials: grpc.ChannelCredentials | None = None,
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        if not isinstance(service, str):
-            raise TypeError(f"service must be a str, not {type(service).__name__}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        self.service = service
-        self.timeout = float(timeout)
-        self._credentials = credentials
-        self._options = tuple(options)
 
     async def __call__(self, server: str) -> ProbeResult:
         """Probe ``server`` (``host:port``) once."""
@@ -741,16 +716,9 @@ class AsyncGrpcHealthProbe:
         else:
             channel = grpc.aio.secure_channel(server, self._credentials, self._options)
         try:
-            answer = await channel.unary_unary(
-                HEALTH_CHECK,
-                health_pb2.HealthCheckRequest.SerializeToString,
-                health_pb2.HealthCheckResponse.FromString,
-            )(health_pb2.HealthCheckRequest(service=self.service), timeout=self.timeout)
+            answer = await self._check(channel)
         except grpc.RpcError as error:
             return ProbeResult(False, describe_rpc_error(error, self.timeout))
         finally:
             await channel.close()
         return health_verdict(answer.status)
-
-    def __repr__(self) -> str:
-        return f"AsyncGrpcHealthProbe(service={self.service!r}, timeout={self.timeout:g})"
