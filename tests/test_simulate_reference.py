@@ -111,13 +111,7 @@ def _type_name(hint: Any) -> str:
 
 
 def _value(value: object) -> str:
-    if value is None or value is inspect.Parameter.empty:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return schema.toml_value(None if value is inspect.Parameter.empty else value)
 
 
 def _unit(name: str) -> str:

@@ -41,6 +41,7 @@ __all__ = [
     "Field",
     "Section",
     "kind_of",
+    "toml_value",
 ]
 
 Check = Callable[[object, str], Any]
@@ -98,14 +99,18 @@ class Field:
         """The field's default, in words: ``shown``, else the default as TOML writes it."""
         if self.shown or self.required:
             return self.shown or "-"
-        value = self.default
-        if value is None:
-            return "none"
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, str):
-            return f'"{value}"'
-        return f"{value:g}" if isinstance(value, float) else str(value)
+        return toml_value(self.default)
+
+
+def toml_value(value: object) -> str:
+    """``value`` as a scenario file writes it (``true``, ``"zipf"``, ``0.5``); None: none."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @final
