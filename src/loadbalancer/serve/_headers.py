@@ -11,6 +11,7 @@ the checks it leaves to the application.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import final
 
@@ -157,6 +158,18 @@ def valid_host(host: bytes) -> bool:
     return not port or (port.isdigit() and len(port) <= 5)
 
 
+@functools.lru_cache(maxsize=1024)
+def _host_name(host_port: bytes) -> str | None:
+    """The name a Host value routes by (lower-case, without the port), or None if it is not
+    a valid one. Cached: a proxy sees the same few hosts again and again."""
+    host = host_port.strip()
+    if not valid_host(host):
+        return None
+    if host.startswith(b"["):
+        return host[: host.find(b"]") + 1].decode("latin-1").lower()
+    return host.partition(b":")[0].decode("latin-1").lower()
+
+
 def _tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
@@ -215,14 +228,10 @@ def read_request(fields: Fields, http11: bool) -> RequestHead:
         raise BadRequestError(400, "bad_host")  # RFC 9112 3.2: exactly one Host in HTTP/1.1
     if head.chunked and not http11:
         raise BadRequestError(400, "bad_transfer_encoding")  # RFC 9112 6.1
-    host = head.host_port.strip()
-    if not valid_host(host):
+    routed = _host_name(head.host_port)
+    if routed is None:
         raise BadRequestError(400, "bad_host")
-    if host.startswith(b"["):
-        end = host.find(b"]")
-        head.host = host[: end + 1].decode("latin-1").lower()
-    else:
-        head.host = host.partition(b":")[0].decode("latin-1").lower()
+    head.host = routed
     for token in connection:
         if token == b"close":
             head.close = True
@@ -319,49 +328,33 @@ def request_head(
 def response_head(
     status: int,
     reason: bytes,
-    fields: Fields,
+    lines: Sequence[bytes],
     *,
     length: int | None,
     chunked: bool,
     close: bool,
     tunnel: bool,
+    upgrade: bytes | None = None,
     keep_alive: bool = False,
 ) -> bytes:
-    """The head sent to the client: the upstream's status and end-to-end fields, framed by
-    the proxy (``length``, else ``chunked``, else until close)."""
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-    connection: list[bytes] = []
-    upgrade: bytes | None = None
-    for name, value in fields:
-        lower = name.lower()
-        if lower in HOP_BY_HOP:
-            if lower == b"connection":
-                connection.extend(_tokens(value))
-            elif lower == b"upgrade":
-                upgrade = value
-            continue
-        if lower == b"content-length":
-            continue
-        lines.append(b"%s: %s\r\n" % (name, value))
-    if connection:
-        named = {t + b":" for t in connection if t not in (b"close", b"keep-alive", b"upgrade")}
-        if named:
-            lines = [line for line in lines if not any(line[: len(n)].lower() == n for n in named)]
+    """The head sent to the client: the upstream's status and end-to-end field ``lines``
+    (as the upstream connection gathered them), framed by the proxy (``length``, else
+    ``chunked``, else until close); a tunnel's, with its ``upgrade``."""
     if tunnel:
-        lines.append(b"Connection: upgrade\r\n")
+        framing = b"Connection: upgrade\r\n"
         if upgrade is not None:
-            lines.append(b"Upgrade: %s\r\n" % upgrade)
+            framing += b"Upgrade: %s\r\n" % upgrade
     else:
-        if length is not None:
-            lines.append(b"Content-Length: %d\r\n" % length)
-        elif chunked:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
+        framing = (
+            b"Content-Length: %d\r\n" % length
+            if length is not None
+            else (b"Transfer-Encoding: chunked\r\n" if chunked else b"")
+        )
         if close:
-            lines.append(b"Connection: close\r\n")
+            framing += b"Connection: close\r\n"
         elif keep_alive:  # an HTTP/1.0 client that asked for it is told it has it
-            lines.append(b"Connection: keep-alive\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
+            framing += b"Connection: keep-alive\r\n"
+    return b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (status, reason, b"".join(lines), framing)
 
 
 def error_response(

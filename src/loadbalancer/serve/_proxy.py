@@ -90,11 +90,11 @@ class Client(Protocol):
         """From now on, the client's bytes go raw to ``exchange.tunnel_write``."""
 
 
-def _retry_after(fields: Sequence[tuple[bytes, bytes]]) -> float | None:
+def _retry_after(lines: Sequence[bytes]) -> float | None:
     """A ``Retry-After`` in delay-seconds, or None (an HTTP date is left to the backoff)."""
-    for name, value in fields:
-        if len(name) == 11 and name.lower() == b"retry-after":
-            value = value.strip()
+    for line in lines:
+        if line[:12].lower() == b"retry-after:":
+            value = line[12:].strip()
             if value.isdigit() and len(value) <= 10:
                 return float(value)
             return None
@@ -184,8 +184,8 @@ class Exchange:
         self.sink: Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._key: str | None = None
-        # The first attempt made without the engine: its lease, connection and answer's future.
-        self._first: tuple[Lease, Connection, asyncio.Future[Answer]] | None = None
+        # The first attempt made without the engine: its lease and connection.
+        self._first: tuple[Lease, Connection] | None = None
         self.dispatched = False
         self.held: Held[Answer] | None = None
         self.answer: Answer | None = None
@@ -306,35 +306,45 @@ class Exchange:
         if conn is None:
             self._task = self.loop.create_task(self._first_in_task(lease, False))
             return
+        # The request is bodyless (see ``start``): sent whole, and its answer comes to
+        # ``_first_answered`` from the upstream's own callback, with no future between.
+        self.sink = conn
+        self._first = (lease, conn)
         try:
-            waiter = self._send(conn, self.settings.timeouts.upstream_read)
+            conn.send_then(
+                self.request_bytes,
+                self.method == b"HEAD",
+                self.settings.timeouts.upstream_read,
+                self._first_answered,
+            )
         except Exception as error:
-            if self.sink is conn:
-                self.sink = None
+            self._first = self.sink = None
             conn.abort()
             self.loop.call_soon(self._first_judged, lease, None, error)
             return
-        self._first = (lease, conn, waiter)
-        waiter.add_done_callback(self._first_answered)
+        self.upstream_started = conn.sent_at
 
-    def _first_answered(self, waiter: asyncio.Future[Answer]) -> None:
+    def _first_answered(self, answer: Answer | None, error: Exception | None) -> None:
         first = self._first
-        if first is None or first[2] is not waiter:
+        if first is None:  # dropped by ``cancel`` or ``refuse``, which ended its lease
+            if answer is not None:
+                answer.abort()
             return
         self._first = None
-        lease, conn, _ = first
-        if waiter.cancelled() or self.done:
-            # The client left, or the request was refused: nothing learnt about the server.
-            if self.sink is conn:
-                self.sink = None
-            if not waiter.cancelled() and waiter.exception() is None:
-                waiter.result().abort()
-            conn.abort()
-            lease.release(None)
+        lease, conn = first
+        if self.done:  # the request was answered another way: nothing learnt about the server
+            self._drop_first(lease, conn, answer)
             return
-        error = waiter.exception()
         if error is None:
-            self._first_judged(lease, waiter.result(), None)
+            assert answer is not None
+            pool = self.pool
+            assert pool is not None
+            status = answer.status
+            if status not in pool.retry_statuses:
+                # Never retried, so ``_classify``'s verdict comes to this, without its objects.
+                self._answer_held(Held(answer, lease, status not in pool.failure_statuses))
+                return
+            self._first_judged(lease, answer, None)
             return
         if self.sink is conn:
             self.sink = None
@@ -345,12 +355,17 @@ class Exchange:
                 return
         else:
             conn.abort()
-        if not isinstance(error, Exception):  # not an attempt's error: nothing learnt
-            lease.release(None)
-            self.outcome = "none"
-            self.respond_error(502, "proxy_error")
-            return
         self._first_judged(lease, None, error)
+
+    def _drop_first(self, lease: Lease, conn: Connection, answer: Answer | None) -> None:
+        """The first attempt is abandoned (the client left, the request was refused):
+        its connection closed, its lease ended with no outcome."""
+        if self.sink is conn:
+            self.sink = None
+        if answer is not None:
+            answer.abort()
+        conn.abort()
+        lease.release(None)
 
     async def _first_in_task(self, lease: Lease, stale: bool) -> None:
         """The first attempt, when it must connect: in a task, as the engine would make it."""
@@ -534,7 +549,7 @@ class Exchange:
             status = answer.status
             ok = status not in pool.failure_statuses
             if status in pool.retry_statuses and self.body_intact and self._after_send():
-                pushback = _retry_after(answer.fields)
+                pushback = _retry_after(answer.lines)
                 if pushback is not None:  # the server's own wait replaces the backoff
                     return Verdict(ok, retry=True, retry_after=pushback)
                 return _RETRY_SUCCESS if ok else _RETRY_FAILURE
@@ -595,11 +610,12 @@ class Exchange:
         out = response_head(
             answer.status,
             answer.reason,
-            answer.fields,
+            answer.lines,
             length=length,
             chunked=chunked,
             close=close,
             tunnel=tunnel,
+            upgrade=answer.upgrade,
             keep_alive=not close and not self.http11,
         )
         body = answer.body
@@ -719,7 +735,8 @@ class Exchange:
             task.cancel()  # the engine ends the attempt's lease with no outcome
         first = self._first
         if first is not None:
-            first[2].cancel()  # its callback ends the lease with no outcome
+            self._first = None
+            self._drop_first(*first, None)
         held = self.held
         answer = self.answer
         if answer is not None and answer.tunnel:
@@ -746,7 +763,8 @@ class Exchange:
             task.cancel()
         first = self._first
         if first is not None:
-            first[2].cancel()
+            self._first = None
+            self._drop_first(*first, None)
         sink = self.sink
         if sink is not None:
             sink.abort()

@@ -21,8 +21,11 @@ from typing import Protocol, cast, final
 
 import httptools
 
+from ._headers import HOP_BY_HOP
+
 __all__ = [
     "Answer",
+    "AnswerCallback",
     "ConnectFailedError",
     "Consumer",
     "UpstreamBrokenError",
@@ -42,6 +45,12 @@ MAX_RESPONSE_HEAD = 1024 * 1024
 
 MAX_RESPONSE_FIELDS = 256
 """Fields an upstream's response head may have: a server is trusted, not without bound."""
+
+_FRAMING = HOP_BY_HOP | {b"content-length"}
+# A response's fields never forwarded as they came: the hop-by-hop ones, and Content-Length,
+# which the proxy sets itself.
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Connection tokens that are options, not the names of fields to drop.
 
 IDLE_SECONDS = 30.0
 """An idle upstream connection older than this is closed (below most servers' own limits,
@@ -82,6 +91,10 @@ class UpstreamTimeoutError(UpstreamError):
     """No byte came from the upstream within the read timeout."""
 
     cause = "upstream_timeout"
+
+
+AnswerCallback = Callable[["Answer | None", "Exception | None"], None]
+"""Told an answer's head (``(answer, None)``) or why there is none (``(None, error)``)."""
 
 
 class Consumer(Protocol):
@@ -156,20 +169,24 @@ class Answer:
         "conn",
         "consumer",
         "ended",
-        "fields",
         "length",
+        "lines",
         "no_body",
         "reason",
         "status",
         "tunnel",
         "until_close",
+        "upgrade",
     )
 
     def __init__(self, conn: Connection, status: int, reason: bytes) -> None:
         self.conn: Connection | None = conn
         self.status = status
         self.reason = reason
-        self.fields: list[tuple[bytes, bytes]] = []
+        # The end-to-end fields, as "Name: value\r\n" lines ready to forward: every field
+        # but the hop-by-hop ones, those the upstream's Connection names, and the framing.
+        self.lines: list[bytes] = []
+        self.upgrade: bytes | None = None  # the Upgrade field of a 101
         self.length: int | None = None
         self.chunked = False
         self.until_close = False
@@ -232,17 +249,20 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "_answer",
-        "_fields",
+        "_framing",
         "_head_bytes",
         "_head_ended",
         "_head_request",
         "_held_back",
         "_keep_alive",
         "_last_read",
+        "_lines",
         "_loop",
         "_name",
+        "_notify",
         "_parser",
         "_pool",
+        "_ready",
         "_sending",
         "_timer",
         "_trailer_bytes",
@@ -265,8 +285,13 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._answer: Answer | None = None
+        # Who waits for the answer's head: a future (the engine's attempts), or a callback
+        # (a first attempt, made without a task), called once the bytes at hand are parsed.
         self._waiter: asyncio.Future[Answer] | None = None
-        self._fields: list[tuple[bytes, bytes]] = []
+        self._notify: AnswerCallback | None = None
+        self._ready: Answer | None = None  # a head in, for ``_notify`` once the read is parsed
+        self._lines: list[bytes] = []  # the response's end-to-end fields, as forwarded
+        self._framing: list[tuple[bytes, bytes]] = []  # its hop-by-hop fields, lower-cased
         self._head_request = False
         self._head_ended = False  # a HEAD's answer is in: any byte more is a forgery
         self._upgrade = False  # the request asked for an upgrade: a 101 may answer it
@@ -307,7 +332,7 @@ class Connection(asyncio.Protocol):
             else:
                 answer.body.append(data)
             return
-        if self._waiter is None:
+        if self._waiter is None and self._notify is None:
             if answer is None or answer.complete:
                 self.abort()  # unasked-for bytes: the framing is in doubt
                 return
@@ -338,6 +363,14 @@ class Connection(asyncio.Protocol):
                 self._fail(cause)
             else:
                 self._fail(UpstreamInvalidError(f"invalid response from {self.server}: {error}"))
+            return
+        ready = self._ready
+        if ready is not None:
+            # The head is in, with whatever of the body came with it: one write to the client.
+            self._ready = None
+            notify, self._notify = self._notify, None
+            if notify is not None:
+                notify(ready, None)
 
     def eof_received(self) -> bool | None:
         """The upstream closed its side: a close-delimited body ends here."""
@@ -381,7 +414,8 @@ class Connection(asyncio.Protocol):
         """A response starts: the fields gathered so far (a trailer's) are not its own."""
         if self._head_ended:  # bytes after a HEAD's answer, on the parser it left behind
             raise UpstreamInvalidError(f"{self.server} sent more after a HEAD's answer")
-        self._fields = []
+        self._lines = []
+        self._framing = []
         self._name = b""
 
     def on_status(self, status: bytes) -> None:
@@ -389,17 +423,23 @@ class Connection(asyncio.Protocol):
         self._name += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """One response field (a head past ``MAX_RESPONSE_FIELDS`` is refused)."""
-        fields = self._fields
-        fields.append((name, value))
-        if len(fields) > MAX_RESPONSE_FIELDS:
-            raise UpstreamInvalidError(f"{self.server} sent over {MAX_RESPONSE_FIELDS} fields")
+        """One response field: an end-to-end one goes into the head forwarded as it came;
+        a hop-by-hop one is kept aside for the framing (the count is checked with the head:
+        its bytes are bounded as they arrive)."""
+        lower = name.lower()
+        if lower in _FRAMING:
+            self._framing.append((lower, value))
+        else:
+            self._lines.append(b"%s: %s\r\n" % (name, value))
 
     def on_headers_complete(self) -> None:
         """The head is in: make the answer, framed as the fields say."""
         status = self._parser.get_status_code()
-        fields, self._fields = self._fields, []
+        lines, self._lines = self._lines, []
+        framing, self._framing = self._framing, []
         reason, self._name = self._name, b""
+        if len(lines) + len(framing) > MAX_RESPONSE_FIELDS:
+            raise UpstreamInvalidError(f"{self.server} sent over {MAX_RESPONSE_FIELDS} fields")
         if status < 100 or status > 599:
             raise UpstreamInvalidError(f"{self.server} answered status {status}")
         if status == 101 and not self._upgrade:
@@ -408,8 +448,7 @@ class Connection(asyncio.Protocol):
             return  # interim (100 Continue): the final response follows
         answer = Answer(self, status, reason)
         chunked = False
-        for name, value in fields:
-            lower = name.lower()
+        for lower, value in framing:
             if lower == b"content-length":
                 answer.length = int(value)
             elif lower == b"transfer-encoding":
@@ -418,17 +457,23 @@ class Connection(asyncio.Protocol):
                 if chunked or value.strip().lower() != b"chunked":
                     raise UpstreamInvalidError(f"{self.server} sent Transfer-Encoding {value!r}")
                 chunked = True
-            elif lower == b"connection" and b"close" in value.lower():
-                self._keep_alive = False
+            elif lower == b"connection":
+                tokens = [t.strip().lower() for t in value.split(b",")]
+                if b"close" in tokens:
+                    self._keep_alive = False
+                named = [t + b":" for t in tokens if t and t not in _CONNECTION_OPTIONS]
+                if named:  # fields the Connection field names are this hop's too: dropped
+                    lines = [f for f in lines if not f.lower().startswith(tuple(named))]
+            elif lower == b"upgrade":
+                answer.upgrade = value
         answer.chunked = chunked
         if chunked:
             answer.length = None  # the chunks frame it (llhttp refuses both, besides)
         if status in (101, 204) and (answer.length is not None or chunked):
             # No body, whatever it says (RFC 9110 8.6): the field is dropped, not passed on.
-            fields = [f for f in fields if f[0].lower() != b"content-length"]
             answer.length = None
             answer.chunked = chunked = False
-        answer.fields = fields
+        answer.lines = lines
         if status == 101:
             answer.tunnel = True
             self._keep_alive = False
@@ -452,8 +497,11 @@ class Connection(asyncio.Protocol):
             self._parser = httptools.HttpResponseParser(self)
             self._head_ended = True
             self._complete(answer)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(answer)
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(answer)
+        elif self._notify is not None:
+            self._ready = answer
 
     def on_body(self, body: bytes) -> None:
         """A piece of the body, decoded from its chunks."""
@@ -495,6 +543,8 @@ class Connection(asyncio.Protocol):
     def _fail(self, error: UpstreamError) -> None:
         """Tell whoever waits (a head or a body) that this connection failed, and close it."""
         waiter, self._waiter = self._waiter, None
+        notify, self._notify = self._notify, None
+        self._ready = None  # a head not yet handed over is not: the error is
         answer, self._answer = self._answer, None
         self._keep_alive = False
         if not self.closed and self.transport is not None:
@@ -502,6 +552,9 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
+        if notify is not None:
+            notify(None, error)
+            return
         if answer is not None and not answer.complete:
             answer.conn = None
             ended = answer.ended
@@ -521,6 +574,22 @@ class Connection(asyncio.Protocol):
         """Write a request head (and what body there is); the future gets the answer's head.
         ``complete``: the request is sent whole (else ``request_sent`` says when it is; the
         read timeout runs from then, nginx's proxy_send_timeout/proxy_read_timeout split)."""
+        waiter = self._waiter = self._loop.create_future()
+        self._write_request(data, head_request, read_timeout, complete, upgrade)
+        return waiter
+
+    def send_then(
+        self, data: bytes, head_request: bool, read_timeout: float, on_answer: AnswerCallback
+    ) -> None:
+        """Write a whole request; ``on_answer(answer, None)`` once its head is in (with the
+        body that came with it), or ``on_answer(None, error)``. No future, no loop turn: the
+        proxy's first attempts, made from the protocols' callbacks."""
+        self._notify = on_answer
+        self._write_request(data, head_request, read_timeout, True, False)
+
+    def _write_request(
+        self, data: bytes, head_request: bool, read_timeout: float, complete: bool, upgrade: bool
+    ) -> None:
         assert self.transport is not None
         self._answer = None
         self._head_bytes = 0
@@ -529,12 +598,10 @@ class Connection(asyncio.Protocol):
         self._upgrade = upgrade
         self._sending = not complete
         self.read_timeout = read_timeout
-        waiter = self._waiter = self._loop.create_future()
         self.transport.write(data)
         now = self.sent_at = self._last_read = self._loop.time()
         if self._timer is None:
             self._timer = self._loop.call_at(now + read_timeout, self._check_read)
-        return waiter
 
     def request_sent(self) -> None:
         """The request's last byte is written: the read timeout runs from now."""
@@ -551,7 +618,9 @@ class Connection(asyncio.Protocol):
         """The read timeout: lazy, so a request costs no timer of its own."""
         self._timer = None
         if self.closed or (
-            self._waiter is None and (self._answer is None or self._answer.complete)
+            self._waiter is None
+            and self._notify is None
+            and (self._answer is None or self._answer.complete)
         ):
             return  # idle: the pool's own age limit applies
         now = self._loop.time()
@@ -568,7 +637,8 @@ class Connection(asyncio.Protocol):
                 UpstreamTimeoutError(f"tunnel to {self.server} idle {self.read_timeout:g} s")
             )
             return
-        if self._held_back or (self._sending and self._waiter is not None):
+        waiting = self._waiter is not None or self._notify is not None
+        if self._held_back or (self._sending and waiting):
             # Not reading is the slow client's doing, not the server's: no timeout for it
             # (nor for the head while the client's body still comes: the client's own
             # timeout bounds that; an answer's body that stalls still times out).
@@ -604,6 +674,7 @@ class Connection(asyncio.Protocol):
             and not self.closed
             and self._answer is answer
             and self._waiter is None
+            and self._notify is None
         ):
             self._answer = None
             if self._held_back:  # paused for the last client: the next one reads it afresh
