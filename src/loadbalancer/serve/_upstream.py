@@ -179,16 +179,25 @@ class Answer:
         "upgrade",
     )
 
-    def __init__(self, conn: Connection, status: int, reason: bytes) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        status: int,
+        reason: bytes,
+        lines: list[bytes],
+        length: int | None = None,
+        chunked: bool = False,
+        upgrade: bytes | None = None,
+    ) -> None:
         self.conn: Connection | None = conn
         self.status = status
         self.reason = reason
         # The end-to-end fields, as "Name: value\r\n" lines ready to forward: every field
         # but the hop-by-hop ones, those the upstream's Connection names, and the framing.
-        self.lines: list[bytes] = []
-        self.upgrade: bytes | None = None  # the Upgrade field of a 101
-        self.length: int | None = None
-        self.chunked = False
+        self.lines = lines
+        self.upgrade = upgrade  # the Upgrade field of a 101
+        self.length = length
+        self.chunked = chunked
         self.until_close = False
         self.no_body = False
         self.tunnel = False
@@ -440,17 +449,19 @@ class Connection(asyncio.Protocol):
         reason, self._name = self._name, b""
         if len(lines) + len(framing) > MAX_RESPONSE_FIELDS:
             raise UpstreamInvalidError(f"{self.server} sent over {MAX_RESPONSE_FIELDS} fields")
-        if status < 100 or status > 599:
-            raise UpstreamInvalidError(f"{self.server} answered status {status}")
-        if status == 101 and not self._upgrade:
-            raise UpstreamInvalidError(f"{self.server} switched protocols unasked")
-        if 100 <= status < 200 and status != 101:
-            return  # interim (100 Continue): the final response follows
-        answer = Answer(self, status, reason)
+        if status < 200 or status > 599:
+            if status < 100 or status > 599:
+                raise UpstreamInvalidError(f"{self.server} answered status {status}")
+            if status != 101:
+                return  # interim (100 Continue): the final response follows
+            if not self._upgrade:
+                raise UpstreamInvalidError(f"{self.server} switched protocols unasked")
+        length: int | None = None
         chunked = False
+        upgrade: bytes | None = None
         for lower, value in framing:
             if lower == b"content-length":
-                answer.length = int(value)
+                length = int(value)
             elif lower == b"transfer-encoding":
                 # Another coding (gzip, or gzip then chunked) cannot be re-framed faithfully:
                 # refused, as nginx does.
@@ -458,6 +469,8 @@ class Connection(asyncio.Protocol):
                     raise UpstreamInvalidError(f"{self.server} sent Transfer-Encoding {value!r}")
                 chunked = True
             elif lower == b"connection":
+                if value == b"keep-alive":
+                    continue  # what nearly every kept-alive upstream says
                 tokens = [t.strip().lower() for t in value.split(b",")]
                 if b"close" in tokens:
                     self._keep_alive = False
@@ -465,15 +478,14 @@ class Connection(asyncio.Protocol):
                 if named:  # fields the Connection field names are this hop's too: dropped
                     lines = [f for f in lines if not f.lower().startswith(tuple(named))]
             elif lower == b"upgrade":
-                answer.upgrade = value
-        answer.chunked = chunked
+                upgrade = value
         if chunked:
-            answer.length = None  # the chunks frame it (llhttp refuses both, besides)
-        if status in (101, 204) and (answer.length is not None or chunked):
+            length = None  # the chunks frame it (llhttp refuses both, besides)
+        if (status == 101 or status == 204) and (length is not None or chunked):
             # No body, whatever it says (RFC 9110 8.6): the field is dropped, not passed on.
-            answer.length = None
-            answer.chunked = chunked = False
-        answer.lines = lines
+            length = None
+            chunked = False
+        answer = Answer(self, status, reason, lines, length, chunked, upgrade)
         if status == 101:
             answer.tunnel = True
             self._keep_alive = False
@@ -482,7 +494,7 @@ class Connection(asyncio.Protocol):
             if answer.length or chunked:
                 # A server that announces a body to a HEAD may well send one: never reused.
                 self._keep_alive = False
-        elif status in (204, 304):
+        elif status == 204 or status == 304:
             answer.no_body = True
         elif not chunked and answer.length is None:
             answer.until_close = True
