@@ -19,6 +19,7 @@ from ._settings import Forwarding, Sticky
 
 __all__ = [
     "HOP_BY_HOP",
+    "SPECIAL_FIELDS",
     "BadRequestError",
     "RequestHead",
     "cookie_value",
@@ -30,8 +31,6 @@ __all__ = [
     "sticky_key",
     "valid_host",
 ]
-
-Fields = Sequence[tuple[bytes, bytes]]
 
 HOP_BY_HOP = frozenset(
     {
@@ -53,8 +52,8 @@ put back for a tunnel, and the proxy frames each message itself."""
 _FORWARDING = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"via"}
 )
-# Every field read_request looks at; the others pass through untouched.
-_SPECIAL = HOP_BY_HOP | _FORWARDING | {b"host", b"content-length", b"expect"}
+SPECIAL_FIELDS = HOP_BY_HOP | _FORWARDING | {b"host", b"content-length", b"expect"}
+"""The request fields ``read_request`` acts on; every other one is forwarded as it came."""
 _REASONS = {
     100: b"Continue",
     200: b"OK",
@@ -100,6 +99,7 @@ class RequestHead:
         "has_host",
         "host",
         "host_port",
+        "special",
         "upgrade",
         "xff",
         "xfh",
@@ -107,6 +107,7 @@ class RequestHead:
 
     def __init__(self) -> None:
         self.fields: list[bytes] = []  # "Name: value\r\n" lines kept for the upstream
+        self.special: Sequence[tuple[bytes, bytes]] = ()  # the SPECIAL_FIELDS, lower-cased
         self.host = ""  # lower-case, without the port
         self.host_port = b""  # the Host field as given
         self.has_host = False  # a Host field came (perhaps empty: RFC 9110 7.2 allows it)
@@ -174,19 +175,20 @@ def _tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
 
-def read_request(fields: Fields, http11: bool) -> RequestHead:
-    """Read a request's fields (llhttp already checked their syntax); raise ``BadRequestError``
-    for what llhttp lets through that no proxy may forward."""
+def read_request(
+    kept: list[bytes], special: Sequence[tuple[bytes, bytes]], http11: bool
+) -> RequestHead:
+    """Read a request's head from its fields: ``kept``, the lines forwarded as they came, and
+    ``special``, the ``SPECIAL_FIELDS`` as (lower-case name, value), in order (llhttp already
+    checked their syntax). Raise ``BadRequestError`` for what llhttp lets through that no
+    proxy may forward."""
     head = RequestHead()
-    kept = head.fields
+    head.fields = kept
+    head.special = special
     connection: list[bytes] = []
     upgrade: bytes | None = None
     hosts = 0
-    for name, value in fields:
-        lower = name.lower()
-        if lower not in _SPECIAL:  # most fields: one set lookup, kept as they came
-            kept.append(b"%s: %s\r\n" % (name, value))
-            continue
+    for lower, value in special:
         if lower in HOP_BY_HOP:
             if lower == b"connection":
                 connection.extend(_tokens(value))
@@ -213,17 +215,15 @@ def read_request(fields: Fields, http11: bool) -> RequestHead:
             hosts += 1
             head.host_port = value
             head.has_host = True
+            kept.insert(0, b"Host: %s\r\n" % value)  # first, as RFC 9110 7.2 would have it
         elif lower == b"content-length":
             head.content_length = int(value)  # llhttp checked: digits only, never twice
-            continue  # the proxy frames the body itself
         elif lower == b"expect":
             if not http11:
                 continue  # RFC 9110 10.1.1: an HTTP/1.0 request's expectation is ignored
             if value.strip().lower() != b"100-continue":
                 raise BadRequestError(417, "bad_expect")
-            head.expect_continue = True
-            continue  # answered by the proxy (nginx's way), never forwarded
-        kept.append(b"%s: %s\r\n" % (name, value))
+            head.expect_continue = True  # answered by the proxy (nginx's way), never forwarded
     if hosts > 1 or (http11 and hosts == 0):
         raise BadRequestError(400, "bad_host")  # RFC 9112 3.2: exactly one Host in HTTP/1.1
     if head.chunked and not http11:
@@ -250,18 +250,27 @@ def read_request(fields: Fields, http11: bool) -> RequestHead:
     return head
 
 
-def sticky_key(fields: Fields, sticky: Sticky) -> str | None:
+def sticky_key(head: RequestHead, sticky: Sticky) -> str | None:
     """A request's sticky key: its ``sticky.header``, else its ``sticky.cookie``, else None."""
     header = None if sticky.header is None else sticky.header.lower().encode()
     cookie = None if sticky.cookie is None else sticky.cookie.encode()
-    from_cookie: bytes | None = None
-    for name, value in fields:
-        lower = name.lower()
-        if lower == header and value:
-            return value.decode("latin-1")
-        if lower == b"cookie" and cookie is not None and from_cookie is None:
-            from_cookie = cookie_value(value, cookie)
-    return from_cookie.decode("latin-1") if from_cookie else None
+    if header is not None:
+        for lower, value in head.special:
+            if lower == header and value:
+                return value.decode("latin-1")
+        prefix = header + b":"
+        for line in head.fields:
+            if line[: len(prefix)].lower() == prefix:
+                value = line[len(prefix) : -2].strip()
+                if value:
+                    return value.decode("latin-1")
+    if cookie is not None:
+        for line in head.fields:
+            if line[:7].lower() == b"cookie:":
+                found = cookie_value(line[7:-2], cookie)
+                if found:
+                    return found.decode("latin-1")
+    return None
 
 
 def _forwarded_for(address: str) -> bytes:

@@ -131,7 +131,6 @@ class Exchange:
         "done",
         "error",
         "error_status",
-        "fields",
         "head",
         "held",
         "http11",
@@ -172,7 +171,6 @@ class Exchange:
         self.http11 = http11
         self.started = started
         self.head: RequestHead | None = None
-        self.fields: list[tuple[bytes, bytes]] = []
         self.pool: Pool | None = None
         self.idempotent = method in IDEMPOTENT
         self.request_bytes = b""
@@ -283,7 +281,7 @@ class Exchange:
             self.body_bytes > 0 or head.chunked,
             pool.name.encode("latin-1", "replace"),
         )
-        self._key = None if pool.sticky is None else sticky_key(self.fields, pool.sticky)
+        self._key = None if pool.sticky is None else sticky_key(head, pool.sticky)
 
     # -- the first attempt, made without a task or the engine, which take over for a retry ---
 

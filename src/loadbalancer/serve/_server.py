@@ -19,7 +19,7 @@ from typing import cast, final
 
 import httptools
 
-from ._headers import BadRequestError, error_response, read_request, valid_host
+from ._headers import SPECIAL_FIELDS, BadRequestError, error_response, read_request, valid_host
 from ._proxy import Exchange, route
 from ._settings import Pool, ProxySettings
 from ._upstream import UpstreamPool
@@ -48,12 +48,12 @@ class _ClientConnection(asyncio.Protocol):
 
     __slots__ = (
         "_current",
-        "_fields",
         "_head_bytes",
         "_head_started",
         "_header_size",
         "_headers_done",
         "_held",
+        "_kept",
         "_loop",
         "_parser",
         "_paused",
@@ -61,6 +61,7 @@ class _ClientConnection(asyncio.Protocol):
         "_read_paused",
         "_server",
         "_since",
+        "_special",
         "_state",
         "_stopped",
         "_target",
@@ -91,7 +92,8 @@ class _ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._tunnel: Exchange | None = None
         self._tunnel_pending = b""
-        self._fields: list[tuple[bytes, bytes]] = []
+        self._kept: list[bytes] = []  # the head's fields as forwarded: "Name: value\r\n"
+        self._special: list[tuple[bytes, bytes]] = []  # (lower-case name, value): read_request's
         self._header_size = 0
         self._read_paused = False
         self.write_paused = False
@@ -219,8 +221,8 @@ class _ClientConnection(asyncio.Protocol):
         """A new request starts."""
         self._target = b""
         self._headers_done = False
-        self._fields = []
-        self._header_size = 0
+        self._kept = []
+        self._special = []
         if self._state != _HEAD:
             self._state = _HEAD
             self._head_bytes = 0
@@ -233,24 +235,32 @@ class _ClientConnection(asyncio.Protocol):
             raise BadRequestError(414, "request_line_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """One field of the head (trailer fields after a chunked body are dropped)."""
+        """One field of the head (trailer fields after a chunked body are dropped): most go
+        into the head forwarded as they came; the ones the proxy acts on are kept aside."""
         if self._headers_done:
             return
-        fields = self._fields
-        fields.append((name, value))
-        limits = self._server._settings.limits
-        if len(fields) > limits.max_headers:
-            raise BadRequestError(431, "too_many_headers")
-        self._header_size += len(name) + len(value) + 4
-        if self._header_size > limits.max_header_bytes:
-            raise BadRequestError(431, "headers_too_large")
+        lower = name.lower()
+        if lower in SPECIAL_FIELDS:
+            self._special.append((lower, value))
+            self._header_size += len(name) + len(value) + 4
+        else:
+            self._kept.append(b"%s: %s\r\n" % (name, value))
 
     def on_headers_complete(self) -> None:
         """The head is in: check it, route it, queue it."""
         self._headers_done = True
-        self._header_size = 0
         server = self._server
         settings = server._settings
+        kept = self._kept
+        special = self._special
+        # The limits, counted as nginx does: every field line (name, ": ", value, CRLF). The
+        # bytes llhttp may hold meanwhile are bounded in ``data_received``.
+        limits = settings.limits
+        if len(kept) + len(special) > limits.max_headers:
+            raise BadRequestError(431, "too_many_headers")
+        if self._header_size + sum(map(len, kept)) > limits.max_header_bytes:
+            raise BadRequestError(431, "headers_too_large")
+        self._header_size = 0
         parser = self._parser
         method = parser.get_method()
         version = parser.get_http_version()
@@ -266,7 +276,6 @@ class _ClientConnection(asyncio.Protocol):
             http11,
             self._head_started,
         )
-        exchange.fields = fields = self._fields
         self._current = exchange
         self._state = _BODY
         self._since = now
@@ -276,7 +285,7 @@ class _ClientConnection(asyncio.Protocol):
             exchange.error_status, exchange.error = 405, "connect_refused"
         else:
             try:
-                head = exchange.head = read_request(fields, http11)
+                head = exchange.head = read_request(kept, special, http11)
             except BadRequestError as error:
                 exchange.error_status, exchange.error = error.status, error.cause
             else:
