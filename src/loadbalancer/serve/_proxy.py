@@ -631,7 +631,11 @@ class Exchange:
                 self.upstreams.senders[conn] = self
         if conn is not None and self.client.write_paused:
             conn.pause_reading(True)  # the client is still slow from the previous answer
-        answer.attach(self)
+        if answer.complete and not tunnel:
+            answer.consumer = self  # all of it written above: nothing more to hand over
+            self.response_end()
+        else:
+            answer.attach(self)
 
     def response_body(self, data: bytes) -> None:
         """A piece of the response body: forwarded at once (re-chunked when chunked)."""

@@ -265,7 +265,6 @@ class _ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         version = parser.get_http_version()
         http11 = version == "1.1"
-        now = self._loop.time()
         exchange = Exchange(
             self,
             self._loop,
@@ -277,8 +276,7 @@ class _ClientConnection(asyncio.Protocol):
             self._head_started,
         )
         self._current = exchange
-        self._state = _BODY
-        self._since = now
+        self._state = _BODY  # its clock runs from this read, which ``data_received`` noted
         if version not in ("1.1", "1.0"):
             exchange.error_status, exchange.error = 505, "bad_version"
         elif method == b"CONNECT":

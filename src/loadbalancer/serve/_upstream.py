@@ -423,9 +423,10 @@ class Connection(asyncio.Protocol):
         """A response starts: the fields gathered so far (a trailer's) are not its own."""
         if self._head_ended:  # bytes after a HEAD's answer, on the parser it left behind
             raise UpstreamInvalidError(f"{self.server} sent more after a HEAD's answer")
-        self._lines = []
-        self._framing = []
-        self._name = b""
+        if self._lines or self._framing or self._name:  # a trailer's, or a head cut short
+            self._lines = []
+            self._framing = []
+            self._name = b""
 
     def on_status(self, status: bytes) -> None:
         """The reason phrase (llhttp may deliver it in pieces)."""
