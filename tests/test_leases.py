@@ -258,3 +258,26 @@ def test_a_with_block_records_what_release_records(
         theirs.histogram.counts,
         theirs.histogram.sum,
     )
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 640).map(lambda n: n / 64), min_size=1, max_size=20))
+def test_a_plain_release_records_what_a_timed_one_records(durations: list[float]) -> None:
+    """release() (a success timed by the clock) skips the general path's checks: it must
+    record what release(True, latency=the time the lease took) records (durations in 64ths
+    of a second, which the fake clock adds up exactly)."""
+    clocks = FakeClock(), FakeClock()
+    plain, timed = (LoadBalancer(clock=clock) for clock in clocks)
+    for lb in plain, timed:
+        lb.register("a")
+    for duration in durations:
+        leases = plain.acquire(), timed.acquire()
+        for clock in clocks:
+            clock.advance(duration)
+        assert leases[0].release() is True
+        assert leases[1].release(True, latency=duration) is True
+        assert leases[0].release() is False  # once only
+    ours, theirs = (lb._view.endpoints["a"] for lb in (plain, timed))
+    assert {name: getattr(ours, name) for name in _ENDPOINT_STATE} == {
+        name: getattr(theirs, name) for name in _ENDPOINT_STATE
+    }

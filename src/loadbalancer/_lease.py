@@ -117,6 +117,26 @@ class Lease:
         ``ok`` is True (success), False (failure) or None (no outcome, ``latency`` ignored);
         ``latency`` defaults to the time since acquisition.
         """
+        if ok is True and latency is None:
+            # The usual release, a success timed by the clock (the failover engine and the
+            # integrations end every attempt so): the checks and frames below, skipped.
+            recorder = self._recorder
+            try:
+                now = recorder.clock()
+                if now.__class__ is not float or now - now != 0.0:
+                    now = check_clock_reading(now)
+            except Exception:
+                self._end(True, None, self._stale_now())  # release first, as below
+                raise
+            elapsed = now - self._started
+            return self._endpoint._complete(
+                self,
+                True,
+                elapsed if elapsed > 0.0 else 0.0,  # 0: a clock that is not monotonic
+                now,
+                recorder.decay,
+                recorder.failure_latency,
+            )
         check_outcome(ok)
         given = check_latency(latency)
         if ok is None:
