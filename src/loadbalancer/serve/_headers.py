@@ -116,8 +116,8 @@ class RequestHead:
         self.close = False  # the client asked to close after this request
         self.expect_continue = False
         self.upgrade: bytes | None = None  # the Upgrade field of a tunnel request
-        self.xff: list[bytes] = []  # incoming X-Forwarded-For values, in order
-        self.forwarded: list[bytes] = []  # incoming Forwarded values
+        self.xff: Sequence[bytes] = ()  # incoming X-Forwarded-For values, in order
+        self.forwarded: Sequence[bytes] = ()  # incoming Forwarded values
         self.forwarded_proto: bytes | None = None
         self.xfh: bytes | None = None
 
@@ -185,13 +185,18 @@ def read_request(
     head = RequestHead()
     head.fields = kept
     head.special = special
-    connection: list[bytes] = []
+    connection: list[bytes] | None = None
     upgrade: bytes | None = None
     hosts = 0
     for lower, value in special:
-        if lower in HOP_BY_HOP:
+        if lower == b"host":  # the one nearly every request has, first
+            hosts += 1
+            head.host_port = value
+            head.has_host = True
+            kept.insert(0, b"Host: %s\r\n" % value)  # first, as RFC 9110 7.2 would have it
+        elif lower in HOP_BY_HOP:
             if lower == b"connection":
-                connection.extend(_tokens(value))
+                connection = [*(connection or ()), *_tokens(value)]
             elif lower == b"transfer-encoding":
                 # llhttp accepts a final coding of chunked after others (``gzip, chunked``);
                 # re-framing would then drop the inner coding, so only plain chunked passes.
@@ -200,27 +205,19 @@ def read_request(
                 head.chunked = True
             elif lower == b"upgrade":
                 upgrade = value
-            continue
-        if lower in _FORWARDING:
+        elif lower in _FORWARDING:
             if lower == b"x-forwarded-for":
-                head.xff.append(value)
+                head.xff = [*head.xff, value]
             elif lower == b"forwarded":
-                head.forwarded.append(value)
+                head.forwarded = [*head.forwarded, value]
             elif lower == b"x-forwarded-proto":
                 head.forwarded_proto = value
             elif lower == b"x-forwarded-host":
                 head.xfh = value
-            continue  # Via: the incoming chain is dropped, ours added if configured
-        if lower == b"host":
-            hosts += 1
-            head.host_port = value
-            head.has_host = True
-            kept.insert(0, b"Host: %s\r\n" % value)  # first, as RFC 9110 7.2 would have it
+            # Via: the incoming chain is dropped, ours added if configured
         elif lower == b"content-length":
             head.content_length = int(value)  # llhttp checked: digits only, never twice
-        elif lower == b"expect":
-            if not http11:
-                continue  # RFC 9110 10.1.1: an HTTP/1.0 request's expectation is ignored
+        elif lower == b"expect" and http11:  # RFC 9110 10.1.1: HTTP/1.0's is ignored
             if value.strip().lower() != b"100-continue":
                 raise BadRequestError(417, "bad_expect")
             head.expect_continue = True  # answered by the proxy (nginx's way), never forwarded
@@ -232,7 +229,7 @@ def read_request(
     if routed is None:
         raise BadRequestError(400, "bad_host")
     head.host = routed
-    for token in connection:
+    for token in connection or ():
         if token == b"close":
             head.close = True
         elif token == b"upgrade":
@@ -241,7 +238,7 @@ def read_request(
             # A field the Connection header names is hop-by-hop too: drop it.
             drop = token + b":"
             head.fields = kept = [f for f in kept if f[: len(drop)].lower() != drop]
-    if not http11 and b"keep-alive" not in connection:
+    if not http11 and (connection is None or b"keep-alive" not in connection):
         head.close = True
     if head.upgrade is not None and (head.chunked or head.content_length):
         # Proxy and server could frame what follows the head differently (a body, or the
@@ -291,25 +288,25 @@ def request_head(
     """The head sent to the upstream: the kept fields, the forwarding ones, the framing.
     ``default_host`` is the Host of a request that had none (HTTP/1.0), as HTTP/1.1 needs
     one (nginx sends its upstream group's name; this sends the pool's)."""
-    lines = [b"%s %s HTTP/1.1\r\n" % (method, target), *head.fields]
-    if not head.has_host and default_host:
-        lines.append(b"Host: %s\r\n" % default_host)
     hops = forwarding.trusted_hops
-    proto = b"http"
     host = head.host_port
     if forwarding.style == "x-forwarded":
-        chain = [peer.encode()]
-        if hops and head.xff:
-            incoming = [a.strip() for v in head.xff for a in v.split(b",") if a.strip()]
-            chain = incoming[-hops:] + chain
-        lines.append(b"X-Forwarded-For: %s\r\n" % b", ".join(chain))
-        if hops and head.forwarded_proto is not None:
-            proto = head.forwarded_proto
-        if hops and head.xfh is not None:
-            host = head.xfh
-        lines.append(b"X-Forwarded-Proto: %s\r\n" % proto)
+        if hops:
+            chain = [peer.encode()]
+            if head.xff:
+                incoming = [a.strip() for v in head.xff for a in v.split(b",") if a.strip()]
+                chain = incoming[-hops:] + chain
+            proto = b"http" if head.forwarded_proto is None else head.forwarded_proto
+            if head.xfh is not None:
+                host = head.xfh
+            forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (
+                b", ".join(chain),
+                proto,
+            )
+        else:  # the usual case: nothing incoming believed
+            forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n" % peer.encode()
         if host:
-            lines.append(b"X-Forwarded-Host: %s\r\n" % host)
+            forwarded += b"X-Forwarded-Host: %s\r\n" % host
     else:
         elements: list[bytes] = []
         if hops and head.forwarded:
@@ -319,19 +316,26 @@ def request_head(
         if host:
             ours += b';host="%s"' % host.replace(b'"', b"")
         elements.append(ours)
-        lines.append(b"Forwarded: %s\r\n" % b", ".join(elements))
+        forwarded = b"Forwarded: %s\r\n" % b", ".join(elements)
+    if not head.has_host and default_host:
+        forwarded = b"Host: %s\r\n%s" % (default_host, forwarded)
     if forwarding.via:
-        lines.append(b"Via: 1.1 %s\r\n" % forwarding.via_name.encode())
-    if head.upgrade is not None:
-        lines.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % head.upgrade)
+        forwarded += b"Via: 1.1 %s\r\n" % forwarding.via_name.encode()
     if head.chunked:
-        lines.append(b"Transfer-Encoding: chunked\r\n")
+        framing = b"Transfer-Encoding: chunked\r\n"
     elif head.content_length is not None:
-        lines.append(b"Content-Length: %d\r\n" % head.content_length)
-    elif body:
-        lines.append(b"Content-Length: 0\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
+        framing = b"Content-Length: %d\r\n" % head.content_length
+    else:
+        framing = b"Content-Length: 0\r\n" if body else b""
+    if head.upgrade is not None:
+        framing = b"Connection: upgrade\r\nUpgrade: %s\r\n%s" % (head.upgrade, framing)
+    return b"%s %s HTTP/1.1\r\n%s%s%s\r\n" % (
+        method,
+        target,
+        b"".join(head.fields),
+        forwarded,
+        framing,
+    )
 
 
 def response_head(
