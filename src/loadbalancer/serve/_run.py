@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import importlib
 import logging
 import math
@@ -295,6 +296,9 @@ class _Worker:
                 f"listening on {', '.join(where)}{admin_at} (pid {os.getpid()}, "
                 f"{type(loop).__module__.partition('.')[0]} loop)"
             )
+            # What is made by now lives as long as the worker (modules, pools, balancers): the
+            # collector need not walk it again each time requests' objects trigger it.
+            gc.freeze()
             await self.stopping.wait()
             drain = self.config.timeouts.drain
             _log.info("draining for up to %g s", drain)

@@ -692,6 +692,7 @@ class Connection(asyncio.Protocol):
             self._answer = None
             if self._held_back:  # paused for the last client: the next one reads it afresh
                 self.pause_reading(False)
+            self.idle_since = self._last_read  # its answer's last bytes: a moment ago
             self._pool.put(self)
         else:
             self.abort()
@@ -737,12 +738,12 @@ class UpstreamPool:
         return None
 
     def put(self, conn: Connection) -> None:
-        """Keep ``conn`` for the next request to its server, unless enough are kept."""
+        """Keep ``conn`` (idle since ``conn.idle_since``) for the next request to its server,
+        unless enough are kept."""
         idle = self._idle.setdefault(conn.server, [])
         if len(idle) >= self.max_idle:
             conn.abort()
             return
-        conn.idle_since = self.loop.time()
         idle.append(conn)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(IDLE_SECONDS / 2, self._sweep)
