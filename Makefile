@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_grpc.py
 	$(BIN)/python benchmarks/bench_scale.py
 	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/bench_serve_engine.py
 
 # loadbalancer serve beside nginx, loaded by wrk: installs nginx and wrk (Debian) if missing.
 bench-serve: $(STAMP)
