@@ -1042,3 +1042,116 @@ def test_an_answer_that_stalls_while_the_client_still_sends_its_body_times_out()
             assert _stats(lb) == (0, 0, 1)
 
     run(main)
+
+
+async def _in_turn(port: int, requests: list[bytes]) -> list[tuple[int, bytes]]:
+    """Each request in turn on one connection: the status and body of each answer."""
+    raw = await RawClient.connect(port)
+    try:
+        answers = []
+        for request in requests:
+            await raw.send(request)
+            status, _, body = await raw.response()
+            answers.append((status, body))
+        return answers
+    finally:
+        raw.close()
+
+
+def test_a_second_response_in_the_same_read_is_never_forwarded_nor_its_connection_reused() -> None:
+    def answer(head: bytes, n: int) -> bytes:
+        if n == 2:  # on the kept-alive connection: an answer, and one nobody asked for
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi" + (
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 6\r\n\r\nforged"
+            )
+        return _OK
+
+    async def main() -> None:
+        async with scripted(answer) as (proxy, lb, backend):
+            answers = await _in_turn(proxy.port, [_GET, _GET, _GET])
+            assert answers == [(200, b"next"), (200, b"hi"), (200, b"next")]
+            assert backend.connections == 2  # the one that sent two answers was closed
+            assert _stats(lb) == (0, 3, 0)
+
+    run(main)
+
+
+def test_a_head_answer_with_bytes_after_it_on_a_kept_alive_connection_is_still_answered() -> None:
+    def answer(head: bytes, n: int) -> bytes:
+        if head.startswith(b"HEAD"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nforged!"
+        return _OK
+
+    async def main() -> None:
+        async with scripted(answer, attempts=2) as (proxy, lb, backend):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(_GET)
+                assert (await raw.response())[0] == 200
+                await raw.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 200")
+                await raw.send(_GET)
+                assert await raw.response() == (200, {"content-length": "4"}, b"next")
+            finally:
+                raw.close()
+            assert backend.connections == 2  # the HEAD's connection was not reused
+            assert _stats(lb) == (0, 3, 0)  # the answer stood: no failure, no retry
+
+    run(main)
+
+
+@pytest.mark.parametrize("kept_alive", [False, True])
+def test_an_upstream_breaking_off_in_the_read_of_its_head_is_a_502_and_a_failure(
+    kept_alive: bool,
+) -> None:
+    bad = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\nzz\r\n"
+
+    def answer(head: bytes, n: int) -> bytes:
+        return bad if n == (2 if kept_alive else 1) else _OK
+
+    async def main() -> None:
+        async with scripted(answer) as (proxy, lb, _backend):
+            requests = [_GET, _GET] if kept_alive else [_GET]
+            raw = await RawClient.connect(proxy.port)
+            try:
+                for _ in requests[:-1]:
+                    await raw.send(_GET)
+                    assert (await raw.response())[0] == 200
+                await raw.send(_GET)
+                status, fields, _ = await raw.response(5)
+            finally:
+                raw.close()
+            assert (status, fields["x-loadbalancer-error"]) == (502, "upstream_invalid")
+            assert _stats(lb) == (0, len(requests) - 1, 1)
+
+    run(main)
+
+
+def test_fields_past_the_limits_are_431_before_the_head_ends() -> None:
+    many = b"".join(b"F%d: v\r\n" % i for i in range(150))
+    large = b"".join(b"F%d: %s\r\n" % (i, b"v" * 1000) for i in range(40))
+
+    async def main() -> None:
+        async with scripted(lambda head, n: _OK) as (proxy, _lb, backend):
+            for fields, cause in ((many, "too_many_headers"), (large, "headers_too_large")):
+                raw = await RawClient.connect(proxy.port)
+                try:
+                    await raw.send(b"GET / HTTP/1.1\r\nHost: x\r\n" + fields)  # no end yet
+                    status, answered, _ = await raw.response(5)  # well before the 10 s timeout
+                finally:
+                    raw.close()
+                assert (status, answered["x-loadbalancer-error"]) == (431, cause)
+            assert backend.heads == []  # nothing of them was forwarded
+
+    run(main)
+
+
+def test_a_sticky_key_may_come_from_a_field_that_the_connection_field_names() -> None:
+    from loadbalancer.serve._headers import read_request, sticky_key
+    from loadbalancer.serve._settings import Sticky
+
+    special = [(b"host", b"x"), (b"connection", b"x-user")]
+    head = read_request([b"X-User: 42\r\n", b"Accept: */*\r\n"], special, True)
+    assert head.fields == [b"Host: x\r\n", b"Accept: */*\r\n"]  # never forwarded: hop-by-hop
+    assert sticky_key(head, Sticky(header="X-User")) == "42"  # yet it pins the request

@@ -99,6 +99,7 @@ class RequestHead:
         "has_host",
         "host",
         "host_port",
+        "named",
         "special",
         "upgrade",
         "xff",
@@ -108,6 +109,7 @@ class RequestHead:
     def __init__(self) -> None:
         self.fields: list[bytes] = []  # "Name: value\r\n" lines kept for the upstream
         self.special: Sequence[tuple[bytes, bytes]] = ()  # the SPECIAL_FIELDS, lower-cased
+        self.named: Sequence[bytes] = ()  # lines dropped as the Connection field names them
         self.host = ""  # lower-case, without the port
         self.host_port = b""  # the Host field as given
         self.has_host = False  # a Host field came (perhaps empty: RFC 9110 7.2 allows it)
@@ -159,16 +161,20 @@ def valid_host(host: bytes) -> bool:
     return not port or (port.isdigit() and len(port) <= 5)
 
 
-@functools.lru_cache(maxsize=1024)
 def _host_name(host_port: bytes) -> str | None:
     """The name a Host value routes by (lower-case, without the port), or None if it is not
-    a valid one. Cached: a proxy sees the same few hosts again and again."""
+    a valid one."""
     host = host_port.strip()
     if not valid_host(host):
         return None
     if host.startswith(b"["):
         return host[: host.find(b"]") + 1].decode("latin-1").lower()
     return host.partition(b":")[0].decode("latin-1").lower()
+
+
+# A proxy sees the same few hosts again and again. Only names of a DNS name's length are
+# cached, so that the cache holds at most 256 x 255 bytes of what clients send.
+_known_host_name = functools.lru_cache(maxsize=256)(_host_name)
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -225,7 +231,8 @@ def read_request(
         raise BadRequestError(400, "bad_host")  # RFC 9112 3.2: exactly one Host in HTTP/1.1
     if head.chunked and not http11:
         raise BadRequestError(400, "bad_transfer_encoding")  # RFC 9112 6.1
-    routed = _host_name(head.host_port)
+    host_port = head.host_port
+    routed = _known_host_name(host_port) if len(host_port) <= 255 else _host_name(host_port)
     if routed is None:
         raise BadRequestError(400, "bad_host")
     head.host = routed
@@ -237,7 +244,10 @@ def read_request(
         elif token != b"keep-alive" and token not in _NEVER_NAMED:
             # A field the Connection header names is hop-by-hop too: drop it.
             drop = token + b":"
-            head.fields = kept = [f for f in kept if f[: len(drop)].lower() != drop]
+            named = [f for f in kept if f[: len(drop)].lower() == drop]
+            if named:  # kept aside for a sticky key, never forwarded
+                head.fields = kept = [f for f in kept if f[: len(drop)].lower() != drop]
+                head.named = [*head.named, *named]
     if not http11 and (connection is None or b"keep-alive" not in connection):
         head.close = True
     if head.upgrade is not None and (head.chunked or head.content_length):
@@ -256,7 +266,7 @@ def sticky_key(head: RequestHead, sticky: Sticky) -> str | None:
             if lower == header and value:
                 return value.decode("latin-1")
         prefix = header + b":"
-        for line in head.fields:
+        for line in (*head.fields, *head.named):
             if line[: len(prefix)].lower() == prefix:
                 value = line[len(prefix) : -2].strip()
                 if value:

@@ -582,6 +582,13 @@ class Exchange:
     def _respond(self, held: Held[Answer]) -> None:
         answer = held.result
         self.held = held
+        if answer.lost is not None:
+            # The upstream broke off after the head, before any of it was sent on (in the read
+            # that brought it): the server's failure, answered as one, not a head cut short.
+            held.ok = False
+            held.release()
+            self._failed(answer.lost)
+            return
         self.answer = answer
         self.status = answer.status
         head = self.head
@@ -664,7 +671,8 @@ class Exchange:
             held.release()
         if answer is not None and answer.conn is not None:
             answer.conn.finished(answer, self.body_complete)
-        self._record()
+        if self.settings.on_access is not None:  # checked here too: this runs per request
+            self._record()
         self.client.exchange_done(self, not self.close and self.body_complete)
 
     def response_lost(self, error: Exception) -> None:

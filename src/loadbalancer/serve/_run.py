@@ -344,6 +344,8 @@ class _Worker:
                 )
             for proxy in self.proxies:
                 proxy.reload(settings)
+            # What ``run`` froze includes what this reload replaced: collectable again.
+            gc.unfreeze()
             logging.getLogger("loadbalancer").setLevel(config.log_level.upper())
             self.config = config
             _log.info(

@@ -21,7 +21,7 @@ import httptools
 
 from ._headers import SPECIAL_FIELDS, BadRequestError, error_response, read_request, valid_host
 from ._proxy import Exchange, route
-from ._settings import Pool, ProxySettings
+from ._settings import Limits, Pool, ProxySettings
 from ._upstream import UpstreamPool
 
 __all__ = ["ProxyServer"]
@@ -175,10 +175,14 @@ class _ClientConnection(asyncio.Protocol):
             self._refuse(400, "bad_request")
         else:
             if self._state == _HEAD and not self.closed:
-                # llhttp buffers an incomplete field whole: bound what it may hold.
+                # A head still coming: its fields so far within the limits (checked per read,
+                # not per field), and what llhttp buffers of an incomplete field bounded.
                 self._head_bytes += len(data)
                 limits = self._server._settings.limits
-                if self._head_bytes > limits.max_request_line + limits.max_header_bytes + 4096:
+                over = self._fields_over(limits)
+                if over is not None:
+                    self._refuse(431, over)
+                elif self._head_bytes > limits.max_request_line + limits.max_header_bytes + 4096:
                     self._refuse(431 if self._target else 414, "head_too_large")
 
     def eof_received(self) -> bool | None:
@@ -253,13 +257,9 @@ class _ClientConnection(asyncio.Protocol):
         settings = server._settings
         kept = self._kept
         special = self._special
-        # The limits, counted as nginx does: every field line (name, ": ", value, CRLF). The
-        # bytes llhttp may hold meanwhile are bounded in ``data_received``.
-        limits = settings.limits
-        if len(kept) + len(special) > limits.max_headers:
-            raise BadRequestError(431, "too_many_headers")
-        if self._header_size + sum(map(len, kept)) > limits.max_header_bytes:
-            raise BadRequestError(431, "headers_too_large")
+        over = self._fields_over(settings.limits)
+        if over is not None:
+            raise BadRequestError(431, over)
         self._header_size = 0
         parser = self._parser
         method = parser.get_method()
@@ -300,6 +300,16 @@ class _ClientConnection(asyncio.Protocol):
             self.read_paused(True)
         if exchange.close and exchange.error_status:
             raise _StopError  # no byte more of this connection is read
+
+    def _fields_over(self, limits: Limits) -> str | None:
+        """Why the head's fields so far are over the limits, or None. Counted as nginx does:
+        every field line, its name, ": ", its value and CRLF."""
+        kept = self._kept
+        if len(kept) + len(self._special) > limits.max_headers:
+            return "too_many_headers"
+        if self._header_size + sum(map(len, kept)) > limits.max_header_bytes:
+            return "headers_too_large"
+        return None
 
     def _route(self, exchange: Exchange, host: str) -> None:
         target = exchange.target

@@ -171,6 +171,7 @@ class Answer:
         "ended",
         "length",
         "lines",
+        "lost",
         "no_body",
         "reason",
         "status",
@@ -196,6 +197,7 @@ class Answer:
         # but the hop-by-hop ones, those the upstream's Connection names, and the framing.
         self.lines = lines
         self.upgrade = upgrade  # the Upgrade field of a 101
+        self.lost: UpstreamError | None = None  # the connection broke before the body's end
         self.length = length
         self.chunked = chunked
         self.until_close = False
@@ -217,6 +219,8 @@ class Answer:
         self.buffered = 0
         if self.complete:
             consumer.response_end()
+        elif self.lost is not None:  # it broke before anyone was attached: told now
+            consumer.response_lost(self.lost)
 
     def abort(self) -> None:
         """Drop this answer: its connection (if still in use) is closed, never reused."""
@@ -423,6 +427,11 @@ class Connection(asyncio.Protocol):
         """A response starts: the fields gathered so far (a trailer's) are not its own."""
         if self._head_ended:  # bytes after a HEAD's answer, on the parser it left behind
             raise UpstreamInvalidError(f"{self.server} sent more after a HEAD's answer")
+        answer = self._answer
+        if answer is not None and answer.complete:
+            # A response nobody asked for, after a whole one (in the same read, else
+            # ``data_received`` refuses it): the answer stands, the connection is not reused.
+            self._keep_alive = False
         if self._lines or self._framing or self._name:  # a trailer's, or a head cut short
             self._lines = []
             self._framing = []
@@ -513,7 +522,7 @@ class Connection(asyncio.Protocol):
         if waiter is not None:
             if not waiter.done():
                 waiter.set_result(answer)
-        elif self._notify is not None:
+        elif self._notify is not None and self._ready is None:  # the first head is the answer
             self._ready = answer
 
     def on_body(self, body: bytes) -> None:
@@ -557,7 +566,7 @@ class Connection(asyncio.Protocol):
         """Tell whoever waits (a head or a body) that this connection failed, and close it."""
         waiter, self._waiter = self._waiter, None
         notify, self._notify = self._notify, None
-        self._ready = None  # a head not yet handed over is not: the error is
+        ready, self._ready = self._ready, None
         answer, self._answer = self._answer, None
         self._keep_alive = False
         if not self.closed and self.transport is not None:
@@ -566,10 +575,16 @@ class Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
         if notify is not None:
-            notify(None, error)
+            # A head parsed in this read, not yet handed over: a whole answer stands (what
+            # broke came after it); one cut short is the error, answered as one.
+            if ready is not None and ready.complete:
+                notify(ready, None)
+            else:
+                notify(None, error)
             return
         if answer is not None and not answer.complete:
             answer.conn = None
+            answer.lost = error  # told to a consumer that attaches later (see ``attach``)
             ended = answer.ended
             if ended is not None and not ended.done():
                 ended.set_exception(error)
