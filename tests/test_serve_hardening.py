@@ -1155,3 +1155,124 @@ def test_a_sticky_key_may_come_from_a_field_that_the_connection_field_names() ->
     head = read_request([b"X-User: 42\r\n", b"Accept: */*\r\n"], special, True)
     assert head.fields == [b"Host: x\r\n", b"Accept: */*\r\n"]  # never forwarded: hop-by-hop
     assert sticky_key(head, Sticky(header="X-User")) == "42"  # yet it pins the request
+
+
+@pytest.mark.parametrize(
+    "stray",
+    [
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 6\r\n\r\nforged",
+        b"HTTP/1.1 404 Not Fo",  # a head cut short
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 60\r\n\r\nforg",  # a body cut short
+    ],
+)
+def test_a_response_nobody_asked_for_after_a_streamed_answer_closes_its_connection(
+    stray: bytes,
+) -> None:
+    async def main() -> None:
+        head_forwarded = asyncio.Event()
+        connections = 0
+        writers: list[asyncio.StreamWriter] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            first = connections == 1
+            writers.append(writer)
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                while True:
+                    await reader.readuntil(b"\r\n\r\n")
+                    if first:
+                        first = False  # the head and some of the body; the rest comes later
+                        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nne")
+                        await writer.drain()
+                        await head_forwarded.wait()
+                        writer.write(b"xt" + stray)  # the body's end, and a stray response
+                    else:
+                        writer.write(_OK)
+                    await writer.drain()
+
+        backend = await asyncio.start_server(serve, "127.0.0.1", 0)
+        lb = LoadBalancer()
+        lb.replace([f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"])
+        server = ProxyServer(
+            ProxySettings(
+                pools={"p": Pool("p", lb, retry=RetryPolicy(attempts=1))}, routes=(Route("p"),)
+            )
+        )
+        await server.start("127.0.0.1", 0)
+        raw = await RawClient.connect(server.port)
+        try:
+            await raw.send(_GET)
+            await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\nne"), 5)
+            head_forwarded.set()
+            assert await asyncio.wait_for(raw.reader.readexactly(2), 5) == b"xt"
+            await raw.send(_GET)
+            assert await raw.response(5) == (200, {"content-length": "4"}, b"next")
+        finally:
+            raw.close()
+            await server.close()
+            backend.close()
+            for writer in writers:
+                writer.transport.abort()
+            await backend.wait_closed()
+        assert connections == 2  # the stray's connection was never reused
+        assert _stats(lb) == (0, 2, 0)
+
+    run(main)
+
+
+def test_a_head_cut_short_after_a_whole_answer_in_one_read_closes_its_connection() -> None:
+    def answer(head: bytes, n: int) -> bytes:
+        if n == 2:
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 404 Not Fo"
+        return _OK
+
+    async def main() -> None:
+        async with scripted(answer) as (proxy, lb, backend):
+            answers = await _in_turn(proxy.port, [_GET, _GET, _GET])
+            assert answers == [(200, b"next"), (200, b"hi"), (200, b"next")]
+            assert backend.connections == 2
+            assert _stats(lb) == (0, 3, 0)
+
+    run(main)
+
+
+def test_a_retried_answer_set_aside_and_cut_off_is_sent_as_itself_when_no_server_is_left() -> None:
+    busy = b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\nzz\r\n"
+
+    async def main() -> None:
+        async with scripted(lambda head, n: busy, attempts=2) as (proxy, _lb, _backend):
+            status, fields, body = await _exchange(proxy.port, _GET)
+            # The server's own 503, with what was kept of it (nothing), not a 502 of ours.
+            assert (status, body, "x-loadbalancer-error" in fields) == (503, b"", False)
+
+    run(main)
+
+
+def test_a_pipelined_head_after_a_large_body_in_one_read_is_not_too_large() -> None:
+    async def main() -> None:
+        async with scripted(lambda head, n: _OK) as (proxy, _lb, backend):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                body = b"x" * 60_000  # more than every head limit together
+                post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+                await raw.send(post + body + _GET[:20])  # and the start of the next head
+                assert (await raw.response(5))[0] == 200
+                await raw.send(_GET[20:])
+                assert await raw.response(5) == (200, {"content-length": "4"}, b"next")
+            finally:
+                raw.close()
+            assert len(backend.heads) == 2
+
+    run(main)
+
+
+def test_a_sticky_cookie_may_come_from_a_cookie_field_that_the_connection_field_names() -> None:
+    from loadbalancer.serve._headers import read_request, sticky_key
+    from loadbalancer.serve._settings import Sticky
+
+    head = read_request(
+        [b"Cookie: a=1; sid=zed\r\n"], [(b"host", b"x"), (b"connection", b"cookie")], True
+    )
+    assert head.fields == [b"Host: x\r\n"]
+    assert sticky_key(head, Sticky(cookie="sid")) == "zed"

@@ -261,18 +261,19 @@ def sticky_key(head: RequestHead, sticky: Sticky) -> str | None:
     """A request's sticky key: its ``sticky.header``, else its ``sticky.cookie``, else None."""
     header = None if sticky.header is None else sticky.header.lower().encode()
     cookie = None if sticky.cookie is None else sticky.cookie.encode()
+    lines = (*head.fields, *head.named) if head.named else head.fields
     if header is not None:
         for lower, value in head.special:
             if lower == header and value:
                 return value.decode("latin-1")
         prefix = header + b":"
-        for line in (*head.fields, *head.named):
+        for line in lines:
             if line[: len(prefix)].lower() == prefix:
                 value = line[len(prefix) : -2].strip()
                 if value:
                     return value.decode("latin-1")
     if cookie is not None:
-        for line in head.fields:
+        for line in lines:
             if line[:7].lower() == b"cookie:":
                 found = cookie_value(line[7:-2], cookie)
                 if found:

@@ -582,7 +582,7 @@ class Exchange:
     def _respond(self, held: Held[Answer]) -> None:
         answer = held.result
         self.held = held
-        if answer.lost is not None:
+        if answer.lost is not None and not answer.complete:
             # The upstream broke off after the head, before any of it was sent on (in the read
             # that brought it): the server's failure, answered as one, not a head cut short.
             held.ok = False

@@ -177,7 +177,12 @@ class _ClientConnection(asyncio.Protocol):
             if self._state == _HEAD and not self.closed:
                 # A head still coming: its fields so far within the limits (checked per read,
                 # not per field), and what llhttp buffers of an incomplete field bounded.
-                self._head_bytes += len(data)
+                if self._head_bytes < 0:
+                    # It began after another message in this read (a body, perhaps large):
+                    # counted from the next read. One read's slack, bounded by the read size.
+                    self._head_bytes = 0
+                else:
+                    self._head_bytes += len(data)
                 limits = self._server._settings.limits
                 over = self._fields_over(limits)
                 if over is not None:
@@ -227,9 +232,9 @@ class _ClientConnection(asyncio.Protocol):
         self._headers_done = False
         self._kept = []
         self._special = []
-        if self._state != _HEAD:
+        if self._state != _HEAD:  # after another message, in the same read
             self._state = _HEAD
-            self._head_bytes = 0
+            self._head_bytes = -1  # what of this read is its own is not known: see below
             self._head_started = self._since
 
     def on_url(self, url: bytes) -> None:

@@ -197,7 +197,9 @@ class Answer:
         # but the hop-by-hop ones, those the upstream's Connection names, and the framing.
         self.lines = lines
         self.upgrade = upgrade  # the Upgrade field of a 101
-        self.lost: UpstreamError | None = None  # the connection broke before the body's end
+        # The connection broke before the body's end, before anyone was attached (the exchange
+        # answers a 502 instead, unless ``buffer`` made it whole, empty).
+        self.lost: UpstreamError | None = None
         self.length = length
         self.chunked = chunked
         self.until_close = False
@@ -219,8 +221,6 @@ class Answer:
         self.buffered = 0
         if self.complete:
             consumer.response_end()
-        elif self.lost is not None:  # it broke before anyone was attached: told now
-            consumer.response_lost(self.lost)
 
     def abort(self) -> None:
         """Drop this answer: its connection (if still in use) is closed, never reused."""
@@ -427,10 +427,14 @@ class Connection(asyncio.Protocol):
         """A response starts: the fields gathered so far (a trailer's) are not its own."""
         if self._head_ended:  # bytes after a HEAD's answer, on the parser it left behind
             raise UpstreamInvalidError(f"{self.server} sent more after a HEAD's answer")
+        if self._waiter is None and self._notify is None:
+            # A response nobody asked for: after a whole one (perhaps in the read that ended
+            # it, the connection already given back), or on an idle connection.
+            raise UpstreamInvalidError(f"{self.server} sent a response nobody asked for")
         answer = self._answer
         if answer is not None and answer.complete:
-            # A response nobody asked for, after a whole one (in the same read, else
-            # ``data_received`` refuses it): the answer stands, the connection is not reused.
+            # The same, while the answer before it waits to be handed over (in this read):
+            # that answer stands, and the connection is not reused.
             self._keep_alive = False
         if self._lines or self._framing or self._name:  # a trailer's, or a head cut short
             self._lines = []
@@ -584,7 +588,7 @@ class Connection(asyncio.Protocol):
             return
         if answer is not None and not answer.complete:
             answer.conn = None
-            answer.lost = error  # told to a consumer that attaches later (see ``attach``)
+            answer.lost = error  # for the exchange that has yet to attach (see Exchange._respond)
             ended = answer.ended
             if ended is not None and not ended.done():
                 ended.set_exception(error)
