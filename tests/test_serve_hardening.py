@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import cast
 
@@ -1157,6 +1157,50 @@ def test_a_sticky_key_may_come_from_a_field_that_the_connection_field_names() ->
     assert sticky_key(head, Sticky(header="X-User")) == "42"  # yet it pins the request
 
 
+@asynccontextmanager
+async def raw_backend(
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """A backend on 127.0.0.1 whose every connection ``serve`` handles (until it returns or the
+    connection goes); yields its address, and aborts every connection after."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await serve(reader, writer)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        for writer in writers:
+            writer.transport.abort()
+        await server.wait_closed()
+
+
+@asynccontextmanager
+async def proxy_over(
+    address: str, *, limits: Limits | None = None
+) -> AsyncIterator[tuple[ProxyServer, LoadBalancer]]:
+    """A proxy whose one pool is the server at ``address``, with no retries."""
+    lb = LoadBalancer()
+    lb.replace([address])
+    server = ProxyServer(
+        ProxySettings(
+            pools={"p": Pool("p", lb, retry=RetryPolicy(attempts=1))},
+            routes=(Route("p"),),
+            limits=limits or Limits(),
+        )
+    )
+    await server.start("127.0.0.1", 0)
+    try:
+        yield server, lb
+    finally:
+        await server.close()
+
+
 @pytest.mark.parametrize(
     "stray",
     [
@@ -1171,50 +1215,34 @@ def test_a_response_nobody_asked_for_after_a_streamed_answer_closes_its_connecti
     async def main() -> None:
         head_forwarded = asyncio.Event()
         connections = 0
-        writers: list[asyncio.StreamWriter] = []
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             nonlocal connections
             connections += 1
             first = connections == 1
-            writers.append(writer)
-            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-                while True:
-                    await reader.readuntil(b"\r\n\r\n")
-                    if first:
-                        first = False  # the head and some of the body; the rest comes later
-                        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nne")
-                        await writer.drain()
-                        await head_forwarded.wait()
-                        writer.write(b"xt" + stray)  # the body's end, and a stray response
-                    else:
-                        writer.write(_OK)
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                if first:
+                    first = False  # the head and some of the body; the rest comes later
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nne")
                     await writer.drain()
+                    await head_forwarded.wait()
+                    writer.write(b"xt" + stray)  # the body's end, and a stray response
+                else:
+                    writer.write(_OK)
+                await writer.drain()
 
-        backend = await asyncio.start_server(serve, "127.0.0.1", 0)
-        lb = LoadBalancer()
-        lb.replace([f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"])
-        server = ProxyServer(
-            ProxySettings(
-                pools={"p": Pool("p", lb, retry=RetryPolicy(attempts=1))}, routes=(Route("p"),)
-            )
-        )
-        await server.start("127.0.0.1", 0)
-        raw = await RawClient.connect(server.port)
-        try:
-            await raw.send(_GET)
-            await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\nne"), 5)
-            head_forwarded.set()
-            assert await asyncio.wait_for(raw.reader.readexactly(2), 5) == b"xt"
-            await raw.send(_GET)
-            assert await raw.response(5) == (200, {"content-length": "4"}, b"next")
-        finally:
-            raw.close()
-            await server.close()
-            backend.close()
-            for writer in writers:
-                writer.transport.abort()
-            await backend.wait_closed()
+        async with raw_backend(serve) as address, proxy_over(address) as (proxy, lb):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(_GET)
+                await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\nne"), 5)
+                head_forwarded.set()
+                assert await asyncio.wait_for(raw.reader.readexactly(2), 5) == b"xt"
+                await raw.send(_GET)
+                assert await raw.response(5) == (200, {"content-length": "4"}, b"next")
+            finally:
+                raw.close()
         assert connections == 2  # the stray's connection was never reused
         assert _stats(lb) == (0, 2, 0)
 
@@ -1276,3 +1304,81 @@ def test_a_sticky_cookie_may_come_from_a_cookie_field_that_the_connection_field_
     )
     assert head.fields == [b"Host: x\r\n"]
     assert sticky_key(head, Sticky(cookie="sid")) == "zed"
+
+
+def test_a_pipelined_head_read_while_the_answer_before_it_waits_is_held_to_the_limits() -> None:
+    async def main() -> None:
+        received, answer = asyncio.Event(), asyncio.Event()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            received.set()
+            await answer.wait()
+            writer.write(_OK)
+            await writer.drain()
+            await reader.read()
+
+        limits = Limits(max_request_line=100, max_header_bytes=1000)
+        async with raw_backend(serve) as address, proxy_over(address, limits=limits) as (proxy, _):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(_GET)
+                await asyncio.wait_for(received.wait(), 5)
+                (client,) = proxy._connections
+                # The next head, in one read while the first waits for its answer: a field
+                # that never ends, past every limit. It is refused then, not left to grow.
+                await raw.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 20_000)
+
+                async def refused() -> None:
+                    while not client._stopped:  # the proxy reads no more of this connection
+                        await asyncio.sleep(0)
+
+                await asyncio.wait_for(refused(), 5)
+                answer.set()
+                status, fields, body = await raw.response(5)
+                assert (status, body, fields.get("connection")) == (200, b"next", "close")
+                assert await raw.closed()
+            finally:
+                raw.close()
+
+    run(main)
+
+
+def test_a_half_read_pipelined_head_keeps_its_header_timeout_once_the_answer_before_it_ends() -> (
+    None
+):
+    timeouts = Timeouts(client_header=1.0, keepalive=30.0)
+
+    async def main() -> None:
+        async with scripted(lambda head, n: _OK, timeouts=timeouts) as (proxy, _lb, _backend):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(_GET + b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # stalls
+                assert (await raw.response(5))[0] == 200
+                status, fields, _ = await raw.response(10)  # its header timeout: not 30 s idle
+            finally:
+                raw.close()
+            assert (status, fields["x-loadbalancer-error"]) == (408, "client_header_timeout")
+
+    run(main)
+
+
+def test_an_answer_before_the_whole_request_body_says_the_connection_closes() -> None:
+    async def main() -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")  # answered before the body is read
+            writer.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            await reader.read()
+
+        async with raw_backend(serve) as address, proxy_over(address) as (proxy, _):
+            raw = await RawClient.connect(proxy.port)
+            try:
+                await raw.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nxx")
+                status, fields, _ = await raw.response(5)
+                assert (status, fields.get("connection")) == (413, "close")
+                assert await raw.closed()
+            finally:
+                raw.close()
+
+    run(main)

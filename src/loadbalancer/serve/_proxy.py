@@ -594,8 +594,15 @@ class Exchange:
         head = self.head
         assert head is not None
         client = self.client
-        # Draining: the requests already read are answered, and the last one closes.
-        close = self.close or head.close or (client.draining and client.last(self))
+        # Draining: the requests already read are answered, and the last one closes. An answer
+        # that comes before the request's body has all been read closes too (the rest of the
+        # body is never read), and says so.
+        close = (
+            self.close
+            or head.close
+            or not self.body_complete
+            or (client.draining and client.last(self))
+        )
         tunnel = answer.tunnel and head.upgrade is not None
         length = answer.length
         chunked = False

@@ -48,6 +48,7 @@ class _ClientConnection(asyncio.Protocol):
 
     __slots__ = (
         "_current",
+        "_ended_in_read",
         "_head_bytes",
         "_head_started",
         "_header_size",
@@ -83,6 +84,7 @@ class _ClientConnection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Exchange] = deque()
         self._current: Exchange | None = None  # the exchange being parsed
+        self._ended_in_read = False  # a message ended in the read being parsed
         self._target = b""
         self._head_bytes = 0
         self._headers_done = False
@@ -153,6 +155,7 @@ class _ClientConnection(asyncio.Protocol):
             held.append(data)
             return
         now = self._since = self._loop.time()
+        self._ended_in_read = False
         if self._state == _IDLE:
             self._state = _HEAD
             self._head_bytes = 0
@@ -232,9 +235,11 @@ class _ClientConnection(asyncio.Protocol):
         self._headers_done = False
         self._kept = []
         self._special = []
-        if self._state != _HEAD:  # after another message, in the same read
+        if self._state != _HEAD:  # pipelined: its read began while another one was answered
             self._state = _HEAD
-            self._head_bytes = -1  # what of this read is its own is not known: see below
+            # After another message in this same read, what of the read is this head's is not
+            # known: it is counted from the next read (see ``data_received``).
+            self._head_bytes = -1 if self._ended_in_read else 0
             self._head_started = self._since
 
     def on_url(self, url: bytes) -> None:
@@ -379,6 +384,7 @@ class _ClientConnection(asyncio.Protocol):
         """The request is whole; the connection waits for the next one (or the answer)."""
         exchange = self._current
         self._current = None
+        self._ended_in_read = True
         self._state = _BUSY if self._queue else _IDLE
         if exchange is not None:
             exchange.request_end()
@@ -411,7 +417,7 @@ class _ClientConnection(asyncio.Protocol):
             self.read_paused(False)
         if queue:
             queue[0].start(inline=False)
-        elif self._current is None:
+        elif self._current is None and self._state != _HEAD:  # not half-way through a head
             self._state = _IDLE
             self._since = self._loop.time()
             if self.draining:
