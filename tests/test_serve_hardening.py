@@ -23,14 +23,19 @@ from .serve_backends import AsyncBackend, RawClient, ScriptedBackend, run, start
 
 
 @asynccontextmanager
-async def proxy_for(
-    backend: AsyncBackend, *, limits: Limits | None = None, timeouts: Timeouts | None = None
+async def proxy_over(
+    addresses: list[str],
+    *,
+    limits: Limits | None = None,
+    timeouts: Timeouts | None = None,
+    retry: RetryPolicy | None = None,
 ) -> AsyncIterator[tuple[ProxyServer, LoadBalancer]]:
-    """A proxy in front of ``backend``."""
+    """A proxy whose one pool is the servers at ``addresses``, retried as ``retry`` says
+    (the default policy if None)."""
     lb = LoadBalancer()
-    lb.replace([backend.address])
+    lb.replace(addresses)
     proxy_settings = ProxySettings(
-        pools={"p": Pool("p", lb)},
+        pools={"p": Pool("p", lb) if retry is None else Pool("p", lb, retry=retry)},
         routes=(Route("p"),),
         limits=limits or Limits(),
         timeouts=timeouts or Timeouts(),
@@ -41,6 +46,13 @@ async def proxy_for(
         yield server, lb
     finally:
         await server.close()
+
+
+def proxy_for(
+    backend: AsyncBackend, *, limits: Limits | None = None, timeouts: Timeouts | None = None
+) -> contextlib.AbstractAsyncContextManager[tuple[ProxyServer, LoadBalancer]]:
+    """A proxy in front of ``backend``."""
+    return proxy_over([backend.address], limits=limits, timeouts=timeouts)
 
 
 async def refused(
@@ -526,20 +538,14 @@ async def scripted(
     """A proxy in front of ``servers`` ``ScriptedBackend``s answering with ``answer`` (the
     first one yielded)."""
     backends = [await ScriptedBackend(answer).start() for _ in range(servers)]
-    backend = backends[0]
-    lb = LoadBalancer()
-    lb.replace([b.address for b in backends])
-    proxy_settings = ProxySettings(
-        pools={"p": Pool("p", lb, retry=RetryPolicy(attempts=attempts))},
-        routes=(Route("p"),),
-        timeouts=timeouts or Timeouts(),
-    )
-    server = ProxyServer(proxy_settings)
-    await server.start("127.0.0.1", 0)
     try:
-        yield server, lb, backend
+        async with proxy_over(
+            [b.address for b in backends],
+            timeouts=timeouts,
+            retry=RetryPolicy(attempts=attempts),
+        ) as (server, lb):
+            yield server, lb, backends[0]
     finally:
-        await server.close()
         for b in backends:
             await b.close()
 
@@ -563,6 +569,7 @@ async def _exchange(port: int, request: bytes) -> tuple[int, dict[str, str], byt
 
 
 _GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+_ONCE = RetryPolicy(attempts=1)  # no retry: what one attempt does is what the client sees
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"
 
 
@@ -1180,27 +1187,6 @@ async def raw_backend(
         await server.wait_closed()
 
 
-@asynccontextmanager
-async def proxy_over(
-    address: str, *, limits: Limits | None = None
-) -> AsyncIterator[tuple[ProxyServer, LoadBalancer]]:
-    """A proxy whose one pool is the server at ``address``, with no retries."""
-    lb = LoadBalancer()
-    lb.replace([address])
-    server = ProxyServer(
-        ProxySettings(
-            pools={"p": Pool("p", lb, retry=RetryPolicy(attempts=1))},
-            routes=(Route("p"),),
-            limits=limits or Limits(),
-        )
-    )
-    await server.start("127.0.0.1", 0)
-    try:
-        yield server, lb
-    finally:
-        await server.close()
-
-
 @pytest.mark.parametrize(
     "stray",
     [
@@ -1232,7 +1218,10 @@ def test_a_response_nobody_asked_for_after_a_streamed_answer_closes_its_connecti
                     writer.write(_OK)
                 await writer.drain()
 
-        async with raw_backend(serve) as address, proxy_over(address) as (proxy, lb):
+        async with (
+            raw_backend(serve) as address,
+            proxy_over([address], retry=RetryPolicy(attempts=1)) as (proxy, lb),
+        ):
             raw = await RawClient.connect(proxy.port)
             try:
                 await raw.send(_GET)
@@ -1319,7 +1308,10 @@ def test_a_pipelined_head_read_while_the_answer_before_it_waits_is_held_to_the_l
             await reader.read()
 
         limits = Limits(max_request_line=100, max_header_bytes=1000)
-        async with raw_backend(serve) as address, proxy_over(address, limits=limits) as (proxy, _):
+        async with (
+            raw_backend(serve) as address,
+            proxy_over([address], limits=limits) as (proxy, _),
+        ):
             raw = await RawClient.connect(proxy.port)
             try:
                 await raw.send(_GET)
@@ -1371,7 +1363,10 @@ def test_an_answer_before_the_whole_request_body_says_the_connection_closes() ->
             await writer.drain()
             await reader.read()
 
-        async with raw_backend(serve) as address, proxy_over(address) as (proxy, _):
+        async with (
+            raw_backend(serve) as address,
+            proxy_over([address], retry=RetryPolicy(attempts=1)) as (proxy, _),
+        ):
             raw = await RawClient.connect(proxy.port)
             try:
                 await raw.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nxx")

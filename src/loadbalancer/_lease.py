@@ -122,9 +122,7 @@ class Lease:
             # integrations end every attempt so): the checks and frames below, skipped.
             recorder = self._recorder
             try:
-                now = recorder.clock()
-                if now.__class__ is not float or now - now != 0.0:
-                    now = check_clock_reading(now)
+                now = recorder.now()
             except Exception:
                 self._end(True, None, self._stale_now())  # release first, as below
                 raise

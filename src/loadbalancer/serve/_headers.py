@@ -29,6 +29,7 @@ __all__ = [
     "request_head",
     "response_head",
     "sticky_key",
+    "tokens",
     "valid_host",
 ]
 
@@ -177,7 +178,8 @@ def _host_name(host_port: bytes) -> str | None:
 _known_host_name = functools.lru_cache(maxsize=256)(_host_name)
 
 
-def _tokens(value: bytes) -> list[bytes]:
+def tokens(value: bytes) -> list[bytes]:
+    """The lower-cased tokens of a comma-separated field value (Connection, Transfer-Encoding)."""
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
 
@@ -202,11 +204,11 @@ def read_request(
             kept.insert(0, b"Host: %s\r\n" % value)  # first, as RFC 9110 7.2 would have it
         elif lower in HOP_BY_HOP:
             if lower == b"connection":
-                connection = [*(connection or ()), *_tokens(value)]
+                connection = [*(connection or ()), *tokens(value)]
             elif lower == b"transfer-encoding":
                 # llhttp accepts a final coding of chunked after others (``gzip, chunked``);
                 # re-framing would then drop the inner coding, so only plain chunked passes.
-                if head.chunked or _tokens(value) != [b"chunked"]:
+                if head.chunked or tokens(value) != [b"chunked"]:
                     raise BadRequestError(400, "bad_transfer_encoding")
                 head.chunked = True
             elif lower == b"upgrade":

@@ -678,8 +678,7 @@ class Exchange:
             held.release()
         if answer is not None and answer.conn is not None:
             answer.conn.finished(answer, self.body_complete)
-        if self.settings.on_access is not None:  # checked here too: this runs per request
-            self._record()
+        self._record()
         self.client.exchange_done(self, not self.close and self.body_complete)
 
     def response_lost(self, error: Exception) -> None:

@@ -21,7 +21,7 @@ from typing import Protocol, cast, final
 
 import httptools
 
-from ._headers import HOP_BY_HOP
+from ._headers import HOP_BY_HOP, tokens
 
 __all__ = [
     "Answer",
@@ -485,10 +485,10 @@ class Connection(asyncio.Protocol):
             elif lower == b"connection":
                 if value == b"keep-alive":
                     continue  # what nearly every kept-alive upstream says
-                tokens = [t.strip().lower() for t in value.split(b",")]
-                if b"close" in tokens:
+                options = tokens(value)
+                if b"close" in options:
                     self._keep_alive = False
-                named = [t + b":" for t in tokens if t and t not in _CONNECTION_OPTIONS]
+                named = [t + b":" for t in options if t not in _CONNECTION_OPTIONS]
                 if named:  # fields the Connection field names are this hop's too: dropped
                     lines = [f for f in lines if not f.lower().startswith(tuple(named))]
             elif lower == b"upgrade":
