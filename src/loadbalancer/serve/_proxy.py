@@ -20,7 +20,6 @@ from loadbalancer import (
     Attempt,
     AttemptTimeoutError,
     HedgingPolicy,
-    Held,
     Lease,
     NoServersAvailableError,
     Verdict,
@@ -119,6 +118,7 @@ class Exchange:
         "_key",
         "_task",
         "answer",
+        "answered_by",
         "attempts",
         "body_bytes",
         "body_complete",
@@ -132,11 +132,12 @@ class Exchange:
         "error",
         "error_status",
         "head",
-        "held",
         "http11",
         "idempotent",
+        "lease",
         "loop",
         "method",
+        "ok",
         "outcome",
         "pool",
         "request_bytes",
@@ -185,7 +186,10 @@ class Exchange:
         # The first attempt made without the engine: its lease and connection.
         self._first: tuple[Lease, Connection] | None = None
         self.dispatched = False
-        self.held: Held[Answer] | None = None
+        # The answer's lease (None once it holds none: set aside, never retried) and outcome.
+        self.lease: Lease | None = None
+        self.ok: bool | None = None
+        self.answered_by: str | None = None  # the server whose answer is sent
         self.answer: Answer | None = None
         self.attempts = 0
         self.server: str | None = None
@@ -340,7 +344,7 @@ class Exchange:
             status = answer.status
             if status not in pool.retry_statuses:
                 # Never retried, so ``_classify``'s verdict comes to this, without its objects.
-                self._answer_held(Held(answer, lease, status not in pool.failure_statuses))
+                self._respond(answer, lease, status not in pool.failure_statuses)
                 return
             self._first_judged(lease, answer, None)
             return
@@ -414,7 +418,7 @@ class Exchange:
             self._failed(error)
             return None
         assert result is not None
-        self._answer_held(Held(result, lease, verdict.ok))
+        self._respond(result, lease, verdict.ok)
         return None
 
     # -- the engine's attempts ------------------------------------------------------------------
@@ -443,7 +447,7 @@ class Exchange:
         except Exception as error:
             self._failed(error)
             return
-        self._answer_held(held)
+        self._respond(held.result, held.lease, held.ok)
 
     def _failed(self, error: Exception) -> None:
         """The call's error, answered (unless the exchange is over)."""
@@ -465,16 +469,6 @@ class Exchange:
             _log.error("proxying %r failed", self.target, exc_info=error)
             self.outcome = "none"
             self.respond_error(502, "proxy_error")
-
-    def _answer_held(self, held: Held[Answer]) -> None:
-        try:
-            self._respond(held)
-        except Exception:
-            _log.exception("answering %r failed", self.target)
-            held.ok = None
-            held.release()
-            self.done = True
-            self.client.abort()
 
     async def _attempt(self, server: str) -> Answer:
         """One attempt on ``server``: a pooled connection (or a new one), the request sent,
@@ -579,77 +573,99 @@ class Exchange:
 
     # -- the response -----------------------------------------------------------------------
 
-    def _respond(self, held: Held[Answer]) -> None:
-        answer = held.result
-        self.held = held
-        if answer.lost is not None and not answer.complete:
-            # The upstream broke off after the head, before any of it was sent on (in the read
-            # that brought it): the server's failure, answered as one, not a head cut short.
-            held.ok = False
-            held.release()
-            self._failed(answer.lost)
-            return
-        self.answer = answer
-        self.status = answer.status
-        head = self.head
-        assert head is not None
-        client = self.client
-        # Draining: the requests already read are answered, and the last one closes. An answer
-        # that comes before the request's body has all been read closes too (the rest of the
-        # body is never read), and says so.
-        close = (
-            self.close
-            or head.close
-            or not self.body_complete
-            or (client.draining and client.last(self))
-        )
-        tunnel = answer.tunnel and head.upgrade is not None
-        length = answer.length
-        chunked = False
-        if tunnel:
-            close = False
-        elif answer.no_body or self.method == b"HEAD":
-            pass  # the upstream's Content-Length (of a HEAD) goes back unchanged
-        elif length is None:
-            if self.http11:
-                chunked = True
-            else:
-                close = True  # an HTTP/1.0 client reads to the close
-        if head.upgrade is not None and not tunnel:
-            close = True  # a refused upgrade: the client may already be sending frames
-        self.chunked_out = chunked
-        self.close = close
-        out = response_head(
-            answer.status,
-            answer.reason,
-            answer.lines,
-            length=length,
-            chunked=chunked,
-            close=close,
-            tunnel=tunnel,
-            upgrade=answer.upgrade,
-            keep_alive=not close and not self.http11,
-        )
-        body = answer.body
-        if body and not tunnel:
-            # What has arrived goes out with the head, in one write: one system call less.
-            answer.body = []
-            for piece in body:
-                self.bytes_sent += len(piece)
-                out += b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece
-        self.client.write(out)
-        conn = answer.conn
-        if tunnel:
-            self.client.start_tunnel(self)
-            if conn is not None:  # a client that floods a slow upstream is slowed down
-                self.upstreams.senders[conn] = self
-        if conn is not None and self.client.write_paused:
-            conn.pause_reading(True)  # the client is still slow from the previous answer
-        if answer.complete and not tunnel:
-            answer.consumer = self  # all of it written above: nothing more to hand over
-            self.response_end()
-        else:
+    def _respond(self, answer: Answer, lease: Lease | None, ok: bool | None) -> None:
+        """Send ``answer``, held by ``lease`` and judged ``ok``: its head and what has come of
+        its body go out in one write; a whole answer ends here, a longer one is handed the
+        rest as it comes. Should the proxy itself fail here, the lease ends with no outcome
+        and the client is cut off, never left waiting."""
+        self.lease = lease
+        self.ok = ok
+        self.answered_by = self.server if lease is None else lease.server
+        try:
+            if answer.lost is not None and not answer.complete:
+                # The upstream broke off after the head, before any of it was sent on (in the
+                # read that brought it): the server's failure, answered as one, not a head cut
+                # short.
+                self.ok = False
+                self._release()
+                self._failed(answer.lost)
+                return
+            self.answer = answer
+            self.status = answer.status
+            head = self.head
+            assert head is not None
+            client = self.client
+            # Draining: the requests already read are answered, and the last one closes. An
+            # answer that comes before the request's body has all been read closes too (the
+            # rest of the body is never read), and says so.
+            close = (
+                self.close
+                or head.close
+                or not self.body_complete
+                or (client.draining and client.last(self))
+            )
+            tunnel = answer.tunnel and head.upgrade is not None
+            length = answer.length
+            chunked = False
+            if tunnel:
+                close = False
+            elif answer.no_body or self.method == b"HEAD":
+                pass  # the upstream's Content-Length (of a HEAD) goes back unchanged
+            elif length is None:
+                if self.http11:
+                    chunked = True
+                else:
+                    close = True  # an HTTP/1.0 client reads to the close
+            if head.upgrade is not None and not tunnel:
+                close = True  # a refused upgrade: the client may already be sending frames
+            self.chunked_out = chunked
+            self.close = close
+            out = response_head(
+                answer.status,
+                answer.reason,
+                answer.lines,
+                length=length,
+                chunked=chunked,
+                close=close,
+                tunnel=tunnel,
+                upgrade=answer.upgrade,
+                keep_alive=not close and not self.http11,
+            )
+            whole = answer.complete and not answer.tunnel
+            body = answer.body
+            if body and not tunnel:
+                # What has arrived goes out with the head, in one write: one system call less.
+                answer.body = []
+                for piece in body:
+                    self.bytes_sent += len(piece)
+                    out += b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece
+            if whole and chunked:
+                out += _LAST_CHUNK
+            client.write(out)
+            conn = answer.conn
+            if whole:
+                answer.consumer = self  # all of it written above: nothing more to hand over
+                self._finish(answer)
+                return
+            if tunnel:
+                client.start_tunnel(self)
+                if conn is not None:  # a client that floods a slow upstream is slowed down
+                    self.upstreams.senders[conn] = self
+            if conn is not None and client.write_paused:
+                conn.pause_reading(True)  # the client is still slow from the previous answer
             answer.attach(self)
+        except Exception:
+            _log.exception("answering %r failed", self.target)
+            self.ok = None
+            self._release()
+            self.done = True
+            self.client.abort()
+
+    def _release(self) -> None:
+        """End the answer's lease with its outcome (harmless if it has ended)."""
+        lease = self.lease
+        if lease is not None:
+            lease.release(self.ok)
 
     def response_body(self, data: bytes) -> None:
         """A piece of the response body: forwarded at once (re-chunked when chunked)."""
@@ -667,34 +683,40 @@ class Exchange:
             return
         if self.chunked_out:
             self.client.write(_LAST_CHUNK)
-        held = self.held
         answer = self.answer
         if answer is not None and answer.tunnel:
             self._tunnel_closed()
-            return
+        else:
+            self._finish(answer)
+
+    def _finish(self, answer: Answer | None) -> None:
+        """The answer's last byte is written: the lease ends with its outcome, the upstream
+        connection goes back, the client goes on to its next request."""
         self.done = True
-        if held is not None:
-            self.outcome = "success" if held.ok else ("failure" if held.ok is False else "none")
-            held.release()
+        ok = self.ok
+        self.outcome = "success" if ok else ("failure" if ok is False else "none")
+        lease = self.lease
+        if lease is not None:
+            lease.release(ok)
         if answer is not None and answer.conn is not None:
             answer.conn.finished(answer, self.body_complete)
-        self._record()
+        if self.settings.on_access is not None:
+            self._record()
         self.client.exchange_done(self, not self.close and self.body_complete)
 
     def response_lost(self, error: Exception) -> None:
         """The upstream broke off mid-body: the server's failure; the client is cut off."""
         if self.done:
             return
-        held = self.held
         answer = self.answer
         if answer is not None and answer.tunnel:
             self._tunnel_closed()
             return
         self.done = True
-        if held is not None:
-            held.ok = False
+        if self.answered_by is not None:
+            self.ok = False
             self.outcome = "failure"
-            held.release()
+            self._release()
         self.error = getattr(error, "cause", "upstream_reset")
         self._record()
         self.client.abort()
@@ -728,10 +750,9 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        held = self.held
-        if held is not None:
-            self.outcome = "success" if held.ok else "failure"
-            held.release()
+        if self.answered_by is not None:
+            self.outcome = "success" if self.ok else "failure"
+            self._release()
         answer = self.answer
         if answer is not None:
             answer.abort()
@@ -753,22 +774,20 @@ class Exchange:
         if first is not None:
             self._first = None
             self._drop_first(*first, None)
-        held = self.held
         answer = self.answer
         if answer is not None and answer.tunnel:
-            self.outcome = "success" if held is not None and held.ok else "failure"
-            if held is not None:
-                held.release()
-        elif held is not None:
-            held.ok = None
+            self.outcome = "success" if self.ok else "failure"
+            self._release()
+        elif self.answered_by is not None:
+            self.ok = None
             self.outcome = "none"
-            held.release()
+            self._release()
         if answer is not None:
             answer.abort()
         sink = self.sink
         if sink is not None and not self.body_complete:
             sink.abort()  # the upstream would wait for the rest of a body that never comes
-        if self.dispatched or self.held is not None:
+        if self.dispatched or self.answered_by is not None:
             self._record()
 
     def refuse(self, status: int, cause: str) -> None:
@@ -820,12 +839,6 @@ class Exchange:
         self._record()
         self.client.exchange_done(self, not close)
 
-    def _answered_by(self) -> str | None:
-        held = self.held
-        if held is None:
-            return None
-        return self.server if held.lease is None else held.lease.server
-
     def _record(self) -> None:
         on_access = self.settings.on_access
         if on_access is None:
@@ -840,9 +853,9 @@ class Exchange:
             host=head.host if head is not None else "",
             status=self.status,
             pool=None if self.pool is None else self.pool.name,
-            upstream=self._answered_by(),
+            upstream=self.answered_by,
             attempts=self.attempts,
-            upstream_time=None if started is None or self.held is None else now - started,
+            upstream_time=None if started is None or self.answered_by is None else now - started,
             total_time=now - self.started,
             bytes_sent=self.bytes_sent,
             outcome="success"
