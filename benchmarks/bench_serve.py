@@ -16,7 +16,9 @@ moment on this shared machine hits every target alike.
    the median over rounds of each round's difference (target: <= 2 ms p99). Debian has no
    wrk2, so the fixed rate is wrk's own ``delay()`` hook pacing requests to a schedule (see
    ``_serve_rig``): wrk stays the one load generator, in C, with no Python client's own
-   jitter in the latencies it measures.
+   jitter in the latencies it measures. Beside them, each proxy's CPU busy share per worker
+   in those rounds (CPU time over the round's time): the nearer a worker is to fully busy,
+   the longer each burst of arrivals queues behind the ones before it.
 
 If nginx or wrk is missing, it installs nothing: it says how to (``make bench-serve`` does).
 """
@@ -72,6 +74,7 @@ class Target:
     peaks: list[Result] = field(default_factory=list)
     cpu_us: list[float] = field(default_factory=list)
     paced: list[Result] = field(default_factory=list)
+    busy: list[float] = field(default_factory=list)  # per paced round: CPU share per worker
 
     def best(self) -> Result:
         return max(self.peaks, key=lambda result: result.rps)
@@ -84,6 +87,15 @@ class Target:
             after = self.process.cpu_seconds()
             spent = sum(after) - sum(before)
             self.cpu_us.append(spent / max(result.requests, 1) * 1e6)
+
+    def paced_round(self, wrk: Wrk, rate: float, workers: int) -> None:
+        before = self.process.cpu_seconds() if self.process else (0.0, 0.0)
+        result = wrk.run(self.port, rate=rate)
+        self.paced.append(result)
+        if self.process is not None:
+            after = self.process.cpu_seconds()
+            seconds = result.requests / max(result.rps, 1.0)
+            self.busy.append((sum(after) - sum(before)) / max(seconds, 1e-9) / workers)
 
 
 def serve_argv(command: list[str], port: int, backends: list[str], workers: int) -> list[str]:
@@ -145,7 +157,7 @@ def measure(
         half = proxies[0].best().rps / 2
         for _ in range(rounds):
             for target in [direct, *proxies]:
-                target.paced.append(wrk.run(target.port, rate=half))
+                target.paced_round(wrk, half, workers)
     return direct, proxies[0], proxies[1], half
 
 
@@ -176,7 +188,7 @@ def print_workers(workers: int, direct: Target, nginx: Target, serve: Target, ha
     )
     print(
         f"  {f'at {half:.0f} req/s':<20} {'achieved':>8} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'+p50 ms':>8} {'+p99 ms':>8} {'failed':>7}"
+        f" {'+p50 ms':>8} {'+p99 ms':>8} {'failed':>7} {'CPU busy':>9}"
     )
     added_p99 = nginx_p99 = 0.0
     for target in (direct, nginx, serve):
@@ -185,6 +197,7 @@ def print_workers(workers: int, direct: Target, nginx: Target, serve: Target, ha
         p99 = statistics.median(result.p99_ms for result in target.paced)
         failed = sum(result.errors for result in target.paced)
         shown = " " * 18
+        busy = f"{statistics.median(target.busy):9.0%}" if target.busy else ""
         if target is not direct:
             plus50, plus99 = added(target, direct)
             shown = f" {plus50:+8.3f} {plus99:+8.3f}"
@@ -192,7 +205,7 @@ def print_workers(workers: int, direct: Target, nginx: Target, serve: Target, ha
                 added_p99 = plus99
             else:
                 nginx_p99 = plus99
-        print(f"  {target.name:<20} {rps:8.0f} {p50:8.3f} {p99:8.3f}{shown} {failed:7d}")
+        print(f"  {target.name:<20} {rps:8.0f} {p50:8.3f} {p99:8.3f}{shown} {failed:7d} {busy}")
         if rps < 0.95 * half:
             print(f"    ({target.name} fell behind the fixed rate: its latencies understate)")
     met_latency = added_p99 <= ADDED_P99_TARGET_MS
