@@ -344,7 +344,9 @@ class Exchange:
             status = answer.status
             if status not in pool.retry_statuses:
                 # Never retried, so ``_classify``'s verdict comes to this, without its objects.
-                self._respond(answer, lease, status not in pool.failure_statuses)
+                ok = status not in pool.failure_statuses
+                if not self._answer_whole(answer, lease, ok):
+                    self._respond(answer, lease, ok)
                 return
             self._first_judged(lease, answer, None)
             return
@@ -643,8 +645,7 @@ class Exchange:
                 out += _LAST_CHUNK
             client.write(out)
             conn = answer.conn
-            if whole:
-                answer.consumer = self  # all of it written above: nothing more to hand over
+            if whole:  # all of it written above: nothing to hand over
                 self._finish(answer)
                 return
             if tunnel:
@@ -660,6 +661,58 @@ class Exchange:
             self._release()
             self.done = True
             self.client.abort()
+
+    def _answer_whole(self, answer: Answer, lease: Lease, ok: bool) -> bool:
+        """The usual answer, sent and ended in one step: a first attempt's, whole in hand and
+        framed by its Content-Length, to a kept-alive HTTP/1.1 request read whole (on a
+        connection not draining). What ``_respond`` and ``_finish`` would do, without their
+        general cases; False, having done nothing, for any other answer."""
+        head = self.head
+        client = self.client
+        length = answer.length
+        if (
+            length is None
+            or not answer.complete
+            or answer.no_body
+            or answer.tunnel
+            or self.close
+            or not self.body_complete
+            or not self.http11
+            or client.draining
+            or head is None
+            or head.close
+            or head.upgrade is not None
+        ):
+            return False
+        self.lease = lease
+        self.ok = ok
+        self.answered_by = lease.server
+        self.answer = answer
+        self.status = answer.status
+        self.done = True
+        self.outcome = "success" if ok else "failure"
+        body = answer.body
+        data = body[0] if len(body) == 1 else b"".join(body)
+        answer.body = []
+        self.bytes_sent = len(data)
+        try:
+            # response_head's framing for this case: the upstream's length, kept alive.
+            client.write(
+                b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\n\r\n%s"
+                % (answer.status, answer.reason, b"".join(answer.lines), length, data)
+            )
+            lease.release(ok)
+            conn = answer.conn
+            if conn is not None:
+                conn.finished(answer)
+            if self.settings.on_access is not None:
+                self._record()
+            client.exchange_done(self, True)
+        except Exception:
+            _log.exception("answering %r failed", self.target)
+            lease.release(None)
+            client.abort()
+        return True
 
     def _release(self) -> None:
         """End the answer's lease with its outcome (harmless if it has ended)."""
@@ -698,8 +751,12 @@ class Exchange:
         lease = self.lease
         if lease is not None:
             lease.release(ok)
-        if answer is not None and answer.conn is not None:
-            answer.conn.finished(answer, self.body_complete)
+        if answer is not None:
+            # Not its consumer any more: an exchange and its answer, each naming the other,
+            # would be freed only by the cyclic collector, not as the request ends.
+            answer.consumer = None
+            if answer.conn is not None:
+                answer.conn.finished(answer, self.body_complete)
         if self.settings.on_access is not None:
             self._record()
         self.client.exchange_done(self, not self.close and self.body_complete)
