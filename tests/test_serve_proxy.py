@@ -138,6 +138,35 @@ def test_a_request_leaves_nothing_for_the_cyclic_collector(request_bytes: bytes)
     run(main)
 
 
+def test_a_client_leaving_mid_stream_leaves_nothing_for_the_cyclic_collector() -> None:
+    async def main() -> None:
+        (backend,) = await started(1)
+        lb = balancer([backend])
+        async with proxying(settings(lb)) as proxy:
+            gc.collect()
+            gc.disable()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                for _ in range(5):
+                    raw = await RawClient.connect(proxy.port)
+                    await raw.send(b"GET /sse?n=3 HTTP/1.1\r\nHost: x\r\n\r\n")
+                    await asyncio.wait_for(raw.reader.readuntil(b"data: 0\n\n"), 5)
+                    raw.close()
+                    await wait_for(lambda: in_flight(lb) == 0)
+                gc.collect()
+                # The request's own objects; the client connection and its parser name each
+                # other, and go with the collector once the connection closes.
+                request = {"Exchange", "Answer", "RequestHead", "Lease"}
+                ours = [type(o).__name__ for o in gc.garbage if type(o).__name__ in request]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+                gc.enable()
+            assert ours == []
+
+    run(main)
+
+
 def test_request_bodies_content_length_and_chunked_arrive_whole() -> None:
     async def main() -> None:
         (backend,) = await started(1)

@@ -660,6 +660,7 @@ class Exchange:
             self.ok = None
             self._release()
             self.done = True
+            answer.abort()  # its connection's state is in doubt: closed, not left open
             self.client.abort()
 
     def _answer_whole(self, answer: Answer, lease: Lease, ok: bool) -> bool:
@@ -711,6 +712,7 @@ class Exchange:
         except Exception:
             _log.exception("answering %r failed", self.target)
             lease.release(None)
+            answer.abort()  # its connection's state is in doubt: closed, not left open
             client.abort()
         return True
 
@@ -774,6 +776,8 @@ class Exchange:
             self.ok = False
             self.outcome = "failure"
             self._release()
+        if answer is not None:
+            answer.consumer = None  # it broke off: nothing more comes, and no cycle stays
         self.error = getattr(error, "cause", "upstream_reset")
         self._record()
         self.client.abort()
@@ -824,7 +828,7 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        task = self._task
+        task, self._task = self._task, None  # its frames name this exchange: no cycle kept
         if task is not None and not task.done():
             task.cancel()  # the engine ends the attempt's lease with no outcome
         first = self._first

@@ -223,7 +223,9 @@ class Answer:
             consumer.response_end()
 
     def abort(self) -> None:
-        """Drop this answer: its connection (if still in use) is closed, never reused."""
+        """Drop this answer: its connection (if still in use) is closed, never reused, and
+        nothing more is handed to its consumer (which no longer holds it in a cycle)."""
+        self.consumer = None
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.abort()
