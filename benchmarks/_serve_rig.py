@@ -264,13 +264,15 @@ def nginx_argv(workdir: Path, config: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Result:
-    """One wrk run: requests answered, achieved requests/s, latency percentiles (ms), failures."""
+    """One wrk run: requests answered, achieved requests/s, latency percentiles (ms), failures,
+    and the seconds wrk loaded for."""
 
     requests: int
     rps: float
     p50_ms: float
     p99_ms: float
     errors: int
+    seconds: float
 
 
 _RESULT = re.compile(
@@ -315,6 +317,7 @@ class Wrk:
         if done.returncode != 0 or match is None:
             raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()[:200]}")
         requests, duration_us, p50, p99, errors, non2xx = map(int, match.groups())
+        seconds = duration_us / 1e6
         return Result(
-            requests, requests / (duration_us / 1e6), p50 / 1000, p99 / 1000, errors + non2xx
+            requests, requests / seconds, p50 / 1000, p99 / 1000, errors + non2xx, seconds
         )

@@ -94,8 +94,9 @@ class Target:
         self.paced.append(result)
         if self.process is not None:
             after = self.process.cpu_seconds()
-            seconds = result.requests / max(result.rps, 1.0)
-            self.busy.append((sum(after) - sum(before)) / max(seconds, 1e-9) / workers)
+            # Over wrk's own duration: the CPU read around it also spans wrk's start and end,
+            # so the share is a little high, never low.
+            self.busy.append((sum(after) - sum(before)) / result.seconds / workers)
 
 
 def serve_argv(command: list[str], port: int, backends: list[str], workers: int) -> list[str]:
