@@ -1274,3 +1274,47 @@ def test_https_upstreams_are_verified_and_an_untrusted_one_is_502_upstream_tls(
                 )
 
         assert run(main) == (502, "upstream_tls", 200, tls_backend.name)
+
+
+def test_connections_that_close_leave_nothing_for_the_cyclic_collector() -> None:
+    """A client that does not keep alive, and an upstream that closes after its answer: each
+    connection goes with its reference count as it closes (its parser let go of it)."""
+
+    async def main() -> None:
+        upstream, address = await raw_backend(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        )
+        lb = LoadBalancer()
+        lb.register(address)
+        async with proxying(settings(lb)) as proxy:
+
+            async def once() -> None:
+                raw = await RawClient.connect(proxy.port)
+                await raw.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert (await raw.response())[0] == 200
+                assert await raw.reader.read() == b""  # the proxy closed, as it said
+                raw.close()
+                await wait_for(lambda: proxy.connections == 0)
+
+            await once()
+            gc.collect()
+            gc.disable()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                for _ in range(10):
+                    await once()
+                await asyncio.sleep(0)  # the upstream's connection_lost, called soon after
+                gc.collect()
+                ours = [
+                    type(o).__name__
+                    for o in gc.garbage
+                    if type(o).__module__.startswith("loadbalancer")
+                ]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+                gc.enable()
+            assert ours == []
+        upstream.close()
+
+    run(main)

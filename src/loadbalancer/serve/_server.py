@@ -213,6 +213,11 @@ class _ClientConnection(asyncio.Protocol):
         current = self._current
         if current is not None and current not in queue:
             current.cancel()
+        self._tunnel = self._current = None
+        # The parser holds this connection's callbacks: without it, the connection goes with
+        # its reference count, not with the cyclic collector (per request, for a client that
+        # does not keep alive). No byte is parsed after connection_lost.
+        del self._parser
 
     def pause_writing(self) -> None:
         """The client reads slower than the upstream answers: stop reading the upstream."""

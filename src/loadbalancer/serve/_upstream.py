@@ -406,8 +406,10 @@ class Connection(asyncio.Protocol):
         if answer is not None and answer.until_close and not answer.complete:
             self._keep_alive = False
             self.on_message_complete()
-            return
-        self._fail(UpstreamBrokenError(f"connection to {self.server} lost: {exc or 'closed'}"))
+        else:
+            self._fail(UpstreamBrokenError(f"connection to {self.server} lost: {exc or 'closed'}"))
+        # As the client connection's: the parser holds this connection's callbacks.
+        del self._parser
 
     def pause_writing(self) -> None:
         """The upstream reads the request body slower than the client sends it."""
