@@ -750,17 +750,14 @@ class Exchange:
         self.done = True
         ok = self.ok
         self.outcome = "success" if ok else ("failure" if ok is False else "none")
-        lease = self.lease
-        if lease is not None:
-            lease.release(ok)
+        self._release()
         if answer is not None:
             # Not its consumer any more: an exchange and its answer, each naming the other,
             # would be freed only by the cyclic collector, not as the request ends.
             answer.consumer = None
             if answer.conn is not None:
                 answer.conn.finished(answer, self.body_complete)
-        if self.settings.on_access is not None:
-            self._record()
+        self._record()
         self.client.exchange_done(self, not self.close and self.body_complete)
 
     def response_lost(self, error: Exception) -> None:
