@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from loadbalancer import (
     Verdict,
 )
 
+from .collector import left_for_the_collector
 from .fakes import FakeClock
 
 
@@ -314,3 +316,17 @@ def test_an_unhashable_exclude_is_refused_naming_exclude() -> None:
     lb, _ = balancer("a")
     with pytest.raises(TypeError, match="exclude"):
         lb.get(exclude=[["a"]])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("dead", [("a",), ("a", "b")], ids=["retried", "every_server_failed"])
+def test_a_failed_attempt_leaves_nothing_for_the_cyclic_collector(dead: tuple[str, ...]) -> None:
+    """A raised error's traceback holds the engine's frames: none may hold the error back."""
+    lb, _ = balancer("a", "b")
+    _, attempt = failing_on(*dead)
+    policy = RetryPolicy(attempts=2)
+    with left_for_the_collector() as ours:
+        for _ in range(4):
+            with contextlib.suppress(RefusedError):
+                lb.call(attempt, retry=policy)
+    assert sum(s.failures for s in lb.stats().values()) >= 2
+    assert ours == []

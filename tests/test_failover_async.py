@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -19,6 +20,8 @@ from loadbalancer import (
     Verdict,
 )
 from loadbalancer.testing import run
+
+from .collector import left_for_the_collector
 
 T = TypeVar("T")
 
@@ -330,3 +333,24 @@ def test_an_attempts_own_timeout_error_is_not_mistaken_for_the_per_try_timeout()
         assert not isinstance(seen[0], AttemptTimeoutError)
 
     in_virtual_time(main)
+
+
+@pytest.mark.parametrize("hedged", [False, True], ids=["one_by_one", "hedged"])
+@pytest.mark.parametrize("failing", [{"a"}, {"a", "b"}], ids=["retried", "every_server_failed"])
+def test_a_failed_attempt_leaves_nothing_for_the_cyclic_collector(
+    failing: set[str], hedged: bool
+) -> None:
+    """A raised error's traceback holds the engine's frames: none may hold the error back."""
+
+    async def main() -> list[str]:
+        lb = balancer("a", "b")
+        attempt = backends({"a": 0.01, "b": 0.02}, failing=frozenset(failing))
+        hedging = HedgingPolicy(delay=0.005) if hedged else None
+        with left_for_the_collector() as ours:
+            for _ in range(4):
+                with contextlib.suppress(ConnectionResetError):
+                    await lb.acall(attempt, retry=RetryPolicy(attempts=2), hedging=hedging)
+        assert sum(s.failures for s in lb.stats().values()) >= 4
+        return ours
+
+    assert in_virtual_time(main) == []

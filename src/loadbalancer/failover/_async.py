@@ -88,6 +88,7 @@ async def _one_by_one(
             result: T | None = first.result
             error: Exception | None = first.error
             verdict = first.verdict
+            first.clear()
             first = None
         else:
             server = lease.server
@@ -105,7 +106,8 @@ async def _one_by_one(
             verdict = tries.judge(lease, tries.number, result, error)
         delay = tries.retry_delay(lease, verdict, error)
         if delay is None:
-            return tries.answer(lease, verdict, result, error)
+            answering: Lease | None = lease
+            break
         if results is not None and error is None:
             try:
                 result = await results.set_aside(result)  # type: ignore[arg-type]  # a T
@@ -121,10 +123,17 @@ async def _one_by_one(
                 tries.discard(result)
             raise
         if retry is None:
-            return tries.answer(None, verdict, result, error)
+            answering = None  # the last lease ended with its verdict
+            break
         if error is None:
             tries.discard(result)  # superseded by the retry
         lease = retry
+    try:
+        return tries.answer(answering, verdict, result, error)
+    finally:
+        # An error raised from here holds this frame in its traceback: the frame lets go of
+        # it, or the two hold each other until the cyclic collector comes.
+        error = None
 
 
 @final
@@ -141,6 +150,13 @@ class _Judged(Generic[T]):
         self.result = result
         self.error = error
         self.verdict = v
+
+    def taken(self) -> tuple[Verdict, T | None, Exception | None]:
+        """Its verdict, result and error, which it lets go of: as the call's answer, an error
+        is raised with a traceback that holds the frames keeping this attempt."""
+        taken = self.verdict, self.result, self.error
+        self.result = self.error = None
+        return taken
 
 
 @final
@@ -264,6 +280,7 @@ async def _hedged(
                     next_hedge = None  # no token or no server: wait for those in flight
                 continue
             judged = flight.collect(done)
+            done.clear()  # judged: the tasks, holding their results, are no longer needed
             winner = next((entry for entry in judged if not entry.verdict.retry), None)
             for entry in judged:  # every lease but the winner's ends now
                 if entry is not winner:
@@ -273,7 +290,7 @@ async def _hedged(
                     if loser is not None and loser is not winner and loser.error is None:
                         tries.discard(loser.result)
                 last = None
-                return tries.answer(winner.lease, winner.verdict, winner.result, winner.error)
+                return tries.answer(winner.lease, *winner.taken())
             for replaced in (*judged[:-1], last):
                 if replaced is not None and replaced.error is None:
                     tries.discard(replaced.result)
@@ -289,7 +306,7 @@ async def _hedged(
         if last.error is not None and flight.refused:
             note_budget(last.error)
         answer, last = last, None
-        return tries.answer(None, answer.verdict, answer.result, answer.error)
+        return tries.answer(None, *answer.taken())
     finally:
         flight.abandon()
         if last is not None and last.error is None:

@@ -54,6 +54,12 @@ class FirstAttempt(Generic[T]):
         self.error = error
         self.verdict = verdict
 
+    def clear(self) -> None:
+        """Let go of the result and error once the engine has taken them: an error raised
+        from there holds, in its traceback, the frames that keep this first attempt."""
+        self.result = None
+        self.error = None
+
 
 class Results(Protocol[T]):
     """How ``call_held`` frees results that hold resources (an open response body)."""

@@ -141,7 +141,10 @@ class Tries(Generic[T]):
         if error is not None:
             if lease is not None:
                 lease.release(verdict.ok)
-            raise error
+            try:
+                raise error
+            finally:
+                error = None  # the traceback holds this frame: it must not hold the error
         if lease is not None and self.results is None:
             lease.release(verdict.ok)
             lease = None
@@ -178,6 +181,7 @@ def call(
             result: T | None = first.result
             error: Exception | None = first.error
             verdict = first.verdict
+            first.clear()
             first = None
         else:
             try:
@@ -191,7 +195,8 @@ def call(
             verdict = tries.judge(lease, tries.number, result, error)
         delay = tries.retry_delay(lease, verdict, error)
         if delay is None:
-            return tries.answer(lease, verdict, result, error)
+            answering: Lease | None = lease
+            break
         if results is not None and error is None:
             try:
                 result = results.set_aside(result)  # type: ignore[arg-type]  # no error: a T
@@ -207,7 +212,14 @@ def call(
                 tries.discard(result)
             raise
         if retry is None:
-            return tries.answer(None, verdict, result, error)
+            answering = None  # the last lease ended with its verdict
+            break
         if error is None:
             tries.discard(result)  # superseded by the retry
         lease = retry
+    try:
+        return tries.answer(answering, verdict, result, error)
+    finally:
+        # An error raised from here holds this frame in its traceback: the frame lets go of
+        # it, or the two hold each other until the cyclic collector comes.
+        error = None
