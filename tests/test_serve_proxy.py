@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -27,6 +26,7 @@ from loadbalancer.serve._settings import (
 )
 from loadbalancer.strategies.registry import STRATEGIES
 
+from .collector import left_for_the_collector
 from .serve_backends import AsyncBackend, RawClient, free_port, run, started
 
 
@@ -70,26 +70,6 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.005)
-
-
-@contextmanager
-def left_for_the_collector() -> Iterator[list[str]]:
-    """The names of the library's objects that only the cyclic collector would free (objects
-    in reference cycles) among those made in the block; filled as the block ends."""
-    found: list[str] = []
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds is kept, to be looked at
-    try:
-        yield found
-        gc.collect()
-        found += [
-            type(o).__name__ for o in gc.garbage if type(o).__module__.startswith("loadbalancer")
-        ]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
 
 
 def in_flight(lb: LoadBalancer) -> int:
@@ -162,6 +142,42 @@ def test_a_client_leaving_mid_stream_leaves_nothing_for_the_cyclic_collector() -
                     raw.close()
                     await wait_for(lambda: in_flight(lb) == 0 and proxy.connections == 0)
             assert ours == []
+
+    run(main)
+
+
+@pytest.mark.parametrize("case", ["refused_then_retried", "503_then_retried", "all_refused_502"])
+def test_a_retried_or_failed_request_leaves_nothing_for_the_cyclic_collector(case: str) -> None:
+    """A failed attempt's error holds its traceback, and so the frames it passed through:
+    none of them may hold the error back in turn (the first attempt, kept in the engine's
+    frames), or each failure waits for the cyclic collector."""
+
+    async def main() -> None:
+        bad, good = await started(2)
+        down = f"127.0.0.1:{free_port()}"
+        lb = LoadBalancer()
+        if case == "refused_then_retried":
+            lb.replace([down, good.address])
+        elif case == "503_then_retried":
+            bad.mode = "fail503"
+            lb.replace([bad.address, good.address])
+        else:
+            lb.replace([down])
+        retry = RetryPolicy(attempts=2, backoff_base=0)
+        expected = 502 if case == "all_refused_502" else 200
+        async with proxying(settings(lb, retry=retry)) as proxy:
+            raw = await RawClient.connect(proxy.port)
+            request = b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n"
+            await raw.send(request)
+            assert (await raw.response())[0] == expected
+            failed = sum(s.failures for s in lb.stats().values())
+            with left_for_the_collector() as ours:
+                for _ in range(10):
+                    await raw.send(request)
+                    assert (await raw.response())[0] == expected
+            raw.close()
+        assert sum(s.failures for s in lb.stats().values()) > failed  # failures were made
+        assert ours == []
 
     run(main)
 

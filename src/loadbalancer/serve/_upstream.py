@@ -298,7 +298,6 @@ class Connection(asyncio.Protocol):
         self.server = server
         self._loop = pool.loop
         self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
         self._answer: Answer | None = None
         # Who waits for the answer's head: a future (the engine's attempts), or a callback
         # (a first attempt, made without a task), called once the bytes at hand are parsed.
@@ -328,9 +327,13 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Keep the transport; Nagle off, so a small response head is not held back."""
+        """Keep the transport and make the parser; Nagle off, so a small response head is not
+        held back."""
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
+        # Made here, not in __init__: the parser holds this connection's callbacks, and a
+        # connection that never connects has no connection_lost to let go of it.
+        self._parser = httptools.HttpResponseParser(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):  # not TCP
