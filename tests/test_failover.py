@@ -20,6 +20,7 @@ from loadbalancer import (
     RetryPolicy,
     Verdict,
 )
+from loadbalancer.failover import FirstAttempt
 
 from .collector import left_for_the_collector
 from .fakes import FakeClock
@@ -318,15 +319,57 @@ def test_an_unhashable_exclude_is_refused_naming_exclude() -> None:
         lb.get(exclude=[["a"]])  # type: ignore[list-item]
 
 
-@pytest.mark.parametrize("dead", [("a",), ("a", "b")], ids=["retried", "every_server_failed"])
-def test_a_failed_attempt_leaves_nothing_for_the_cyclic_collector(dead: tuple[str, ...]) -> None:
+def _every_server_failing(lb: LoadBalancer) -> None:
+    lb.call(failing_on("a", "b")[1], retry=RetryPolicy(attempts=2))
+
+
+def _the_classifier_failing_on_the_retry(lb: LoadBalancer) -> None:
+    def classify(attempt: Attempt[str]) -> Verdict:
+        if attempt.number == 2:
+            raise ValueError("a broken classifier")
+        return Verdict(ok=attempt.error is None, retry=attempt.error is not None)
+
+    lb.call(failing_on("a", "b")[1], retry=RetryPolicy(attempts=2), classify=classify)
+
+
+def _a_first_attempt_made_by_the_caller(lb: LoadBalancer) -> None:
+    _, attempt = failing_on("a", "b")
+    lb.retry_budget.deposit()
+    lease = lb.acquire()
+    try:
+        attempt(lease.server)
+    except RefusedError as error:  # the caller's frame catches it: in its traceback
+        first: FirstAttempt[str] = FirstAttempt(lease, None, error, Verdict(ok=False, retry=True))
+    lb.call_held(attempt, results=_NothingHeld(), first=first)
+
+
+class _NothingHeld:
+    """Results that hold nothing to free."""
+
+    def set_aside(self, result: str) -> str:
+        return result
+
+    def discard(self, result: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "failing",
+    [
+        _every_server_failing,
+        _the_classifier_failing_on_the_retry,
+        _a_first_attempt_made_by_the_caller,
+    ],
+    ids=["every_server_failing", "classifier_failing_on_the_retry", "first_attempt_by_the_caller"],
+)
+def test_a_failed_call_leaves_nothing_for_the_cyclic_collector(
+    failing: Callable[[LoadBalancer], None],
+) -> None:
     """A raised error's traceback holds the engine's frames: none may hold the error back."""
-    lb, _ = balancer("a", "b")
-    _, attempt = failing_on(*dead)
-    policy = RetryPolicy(attempts=2)
+    balancers = [balancer("a", "b")[0] for _ in range(3)]
     with left_for_the_collector() as ours:
-        for _ in range(4):
-            with contextlib.suppress(RefusedError):
-                lb.call(attempt, retry=policy)
-    assert sum(s.failures for s in lb.stats().values()) >= 2
+        for lb in balancers:
+            with contextlib.suppress(RefusedError, ValueError):
+                failing(lb)
+    assert all(sum(s.failures for s in lb.stats().values()) >= 1 for lb in balancers)
     assert ours == []

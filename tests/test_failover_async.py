@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import pytest
 
 from loadbalancer import (
+    Attempt,
     AttemptTimeoutError,
     HedgingPolicy,
     LoadBalancer,
@@ -335,22 +336,69 @@ def test_an_attempts_own_timeout_error_is_not_mistaken_for_the_per_try_timeout()
     in_virtual_time(main)
 
 
-@pytest.mark.parametrize("hedged", [False, True], ids=["one_by_one", "hedged"])
-@pytest.mark.parametrize("failing", [{"a"}, {"a", "b"}], ids=["retried", "every_server_failed"])
-def test_a_failed_attempt_leaves_nothing_for_the_cyclic_collector(
-    failing: set[str], hedged: bool
+_HEDGING = HedgingPolicy(delay=0.005)
+
+
+def _refused_everywhere(**options: Any) -> Callable[[LoadBalancer], Awaitable[object]]:
+    def call(lb: LoadBalancer) -> Awaitable[object]:
+        attempt = backends({"a": 0.01, "b": 0.02}, failing=frozenset({"a", "b"}))
+        return lb.acall(attempt, retry=RetryPolicy(attempts=2), **options)
+
+    return call
+
+
+async def _timing_out_everywhere(lb: LoadBalancer, hedging: HedgingPolicy | None) -> object:
+    policy = RetryPolicy(attempts=2, per_try_timeout=0.01)
+    return await lb.acall(backends({"a": 10.0, "b": 10.0}), retry=policy, hedging=hedging)
+
+
+async def _cancelled_in_the_backoff(lb: LoadBalancer) -> None:
+    attempt = backends({}, failing=frozenset({"a", "b"}))
+    policy = RetryPolicy(attempts=2, backoff_base=10.0, rng=random.Random(3))  # 2.4 s
+    call = asyncio.ensure_future(lb.acall(attempt, retry=policy))
+    await asyncio.sleep(0.5)
+    assert len(attempt.calls) == 1  # the first attempt failed: the retry waits its backoff
+    call.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await call
+
+
+def _not_retried(attempt: Attempt[str]) -> Verdict:
+    return Verdict(ok=attempt.error is None, retry=False)
+
+
+@pytest.mark.parametrize(
+    "failing",
+    [
+        _refused_everywhere(),
+        _refused_everywhere(hedging=_HEDGING),
+        _refused_everywhere(hedging=_HEDGING, classify=_not_retried),
+        lambda lb: _timing_out_everywhere(lb, None),
+        lambda lb: _timing_out_everywhere(lb, _HEDGING),
+        _cancelled_in_the_backoff,
+    ],
+    ids=[
+        "every_server_failing",
+        "every_hedge_failing",
+        "a_hedge_failing_not_retried",
+        "every_attempt_timing_out",
+        "every_hedge_timing_out",
+        "cancelled_in_the_backoff",
+    ],
+)
+def test_a_failed_call_leaves_nothing_for_the_cyclic_collector(
+    failing: Callable[[LoadBalancer], Awaitable[object]],
 ) -> None:
     """A raised error's traceback holds the engine's frames: none may hold the error back."""
 
     async def main() -> list[str]:
-        lb = balancer("a", "b")
-        attempt = backends({"a": 0.01, "b": 0.02}, failing=frozenset(failing))
-        hedging = HedgingPolicy(delay=0.005) if hedged else None
+        balancers = [balancer("a", "b") for _ in range(3)]
         with left_for_the_collector() as ours:
-            for _ in range(4):
-                with contextlib.suppress(ConnectionResetError):
-                    await lb.acall(attempt, retry=RetryPolicy(attempts=2), hedging=hedging)
-        assert sum(s.failures for s in lb.stats().values()) >= 4
+            for lb in balancers:
+                with contextlib.suppress(ConnectionResetError, AttemptTimeoutError):
+                    await failing(lb)
+            await asyncio.sleep(1)  # abandoned hedges unwind
+        assert all(sum(s.failures for s in lb.stats().values()) >= 1 for lb in balancers)
         return ours
 
     assert in_virtual_time(main) == []

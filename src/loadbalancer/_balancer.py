@@ -941,7 +941,8 @@ class LoadBalancer:
         being retried (read its body, give its connection back), ``discard`` one replaced.
         ``first``: the caller already made the first attempt (``retry_budget.deposit()``,
         then ``acquire(key)``, then ``fn`` and ``classify``): the call goes on from its
-        verdict, as if the engine had made it.
+        verdict, as if the engine had made it, and takes its result and error (``first``
+        keeps neither, so an error raised from the call is not held back by it).
         """
         _check_call(fn, classify, retry, None)
         _check_results(results)
@@ -1009,7 +1010,8 @@ class LoadBalancer:
         A hedge that loses has its result (if any) discarded, in a task if need be.
         ``first``: the caller already made the first attempt (``retry_budget.deposit()``,
         then ``acquire(key)``, then ``fn`` and ``classify``): the call goes on from its
-        verdict, as if the engine had made it (not with ``hedging``).
+        verdict, as if the engine had made it (not with ``hedging``), and takes its result
+        and error, as ``call_held`` does.
         """
         _check_call(fn, classify, retry, hedging)
         _check_results(results)

@@ -43,9 +43,12 @@ if sys.version_info >= (3, 11):
             async with scope:
                 return await attempt
         except TimeoutError:
-            if scope.expired():
-                raise AttemptTimeoutError(f"attempt on {server} took over {timeout:g} s") from None
-            raise  # the attempt's own timeout, not the policy's
+            if not scope.expired():
+                raise  # the attempt's own timeout, not the policy's
+        # Raised outside the handler (no TimeoutError for its context) and without the scope:
+        # both hold this task, and a hedge's task holds its error in turn, as its result.
+        del scope
+        raise AttemptTimeoutError(f"attempt on {server} took over {timeout:g} s")
 
 else:
 
@@ -83,56 +86,54 @@ async def _one_by_one(
     """Retries one after another: the asyncio twin of ``_sync.call``, step for step; from
     ``first``'s verdict on, if the caller made the first attempt."""
     lease = tries.first() if first is None else first.lease
-    while True:
-        if first is not None:
-            result: T | None = first.result
-            error: Exception | None = first.error
-            verdict = first.verdict
-            first.clear()
-            first = None
-        else:
-            server = lease.server
-            try:  # _attempt, inlined: a coroutine less per attempt
-                if timeout is None:
-                    result = await fn(server)
-                else:
-                    result = await _timed(fn(server), timeout, server)
-                error = None
-            except Exception as exc:
-                result, error = None, exc
-            except BaseException:
-                lease.release(ok=None)  # the caller went away: nothing learnt about the server
-                raise
-            verdict = tries.judge(lease, tries.number, result, error)
-        delay = tries.retry_delay(lease, verdict, error)
-        if delay is None:
-            answering: Lease | None = lease
-            break
-        if results is not None and error is None:
-            try:
-                result = await results.set_aside(result)  # type: ignore[arg-type]  # a T
-            except BaseException:
-                tries.refund()  # set_aside freed the result, or failed trying
-                raise
-        try:
-            await asyncio.sleep(delay)
-            retry = tries.next_lease()
-        except BaseException:
-            tries.refund()  # cancelled while waiting: the retry never went out
-            if error is None:
-                tries.discard(result)
-            raise
-        if retry is None:
-            answering = None  # the last lease ended with its verdict
-            break
-        if error is None:
-            tries.discard(result)  # superseded by the retry
-        lease = retry
     try:
-        return tries.answer(answering, verdict, result, error)
+        while True:
+            if first is not None:
+                result: T | None = first.result
+                error: Exception | None = first.error
+                verdict = first.verdict
+                first.result = first.error = None  # taken: see the finally below
+                first = None
+            else:
+                server = lease.server
+                try:  # _attempt, inlined: a coroutine less per attempt
+                    if timeout is None:
+                        result = await fn(server)
+                    else:
+                        result = await _timed(fn(server), timeout, server)
+                    error = None
+                except Exception as exc:
+                    result, error = None, exc
+                except BaseException:
+                    lease.release(ok=None)  # the caller went away: nothing learnt about the server
+                    raise
+                verdict = tries.judge(lease, tries.number, result, error)
+            delay = tries.retry_delay(lease, verdict, error)
+            if delay is None:
+                return tries.answer(lease, verdict, result, error)
+            if results is not None and error is None:
+                try:
+                    result = await results.set_aside(result)  # type: ignore[arg-type]  # a T
+                except BaseException:
+                    tries.refund()  # set_aside freed the result, or failed trying
+                    raise
+            try:
+                await asyncio.sleep(delay)
+                retry = tries.next_lease()
+            except BaseException:
+                tries.refund()  # cancelled while waiting: the retry never went out
+                if error is None:
+                    tries.discard(result)
+                raise
+            if retry is None:
+                return tries.answer(None, verdict, result, error)
+            if error is None:
+                tries.discard(result)  # superseded by the retry
+            lease = retry
     finally:
-        # An error raised from here holds this frame in its traceback: the frame lets go of
-        # it, or the two hold each other until the cyclic collector comes.
+        # An error raised from here has this frame in its traceback: the frame must not hold
+        # it in turn (nor may the first attempt, which the callers' frames keep), or the two,
+        # and all they reach, wait for the cyclic collector.
         error = None
 
 

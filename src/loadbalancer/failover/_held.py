@@ -42,7 +42,8 @@ class Held(Generic[T]):
 
 @final
 class FirstAttempt(Generic[T]):
-    """A first attempt the caller made itself, for ``acall_held`` to go on from."""
+    """A first attempt the caller made itself, for ``call_held`` or ``acall_held`` to go on
+    from; the call takes its result and error (and leaves ``None`` in their place)."""
 
     __slots__ = ("error", "lease", "result", "verdict")
 
@@ -53,12 +54,6 @@ class FirstAttempt(Generic[T]):
         self.result = result
         self.error = error
         self.verdict = verdict
-
-    def clear(self) -> None:
-        """Let go of the result and error once the engine has taken them: an error raised
-        from there holds, in its traceback, the frames that keep this first attempt."""
-        self.result = None
-        self.error = None
 
 
 class Results(Protocol[T]):
