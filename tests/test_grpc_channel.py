@@ -6,6 +6,7 @@ passes the same behavioural tests as the sync channel.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import threading
@@ -27,6 +28,7 @@ from loadbalancer import (
 from loadbalancer.discovery import Discovery, FileSource
 from loadbalancer.integrations.grpc import GrpcPolicy, StickyKey
 
+from .collector import left_for_the_collector
 from .grpc_clients import AsyncClient, Client, SyncClient
 from .grpc_servers import SERVER_THREADS, STREAM, UNARY, EchoServer, echo_servers
 
@@ -456,3 +458,44 @@ def _wait_for(
             return
         event.wait(0.005)
     raise AssertionError(f"condition not met in {timeout:g} s: {what()}")
+
+
+# -- what a failed call leaves -----------------------------------------------------------------
+
+
+def test_a_retried_unary_call_leaves_nothing_for_the_cyclic_collector(
+    make_client: MakeClient, servers: list[EchoServer]
+) -> None:
+    """The first attempt's error, caught in the channel's frame, is not held there: the call's
+    objects go with their reference counts, not the cyclic collector."""
+    lb = balancer(servers, retry_budget=RetryBudget.unlimited())
+    client = make_client(lb)
+    client.unary()  # the backend channels made, outside the count
+    servers[0].mode = "unavailable"
+    before = stats_of(lb, servers[0]).failures
+    with left_for_the_collector() as ours:
+        for _ in range(6):
+            assert client.unary() is not None
+    assert stats_of(lb, servers[0]).failures > before  # first attempts failed, and were retried
+    assert ours == []
+
+
+@pytest.mark.parametrize("mode", ["unavailable", "not_found"])
+def test_a_failed_sync_unary_call_leaves_nothing_for_the_cyclic_collector(
+    servers: list[EchoServer], mode: str
+) -> None:
+    """Raised to the caller after every retry, or at once: held by none of the channel's frames."""
+    lb = balancer(servers, retry_budget=RetryBudget.unlimited())
+    client = SyncClient(lb)
+    try:
+        client.unary()
+        for server in servers:
+            server.mode = mode
+        with left_for_the_collector() as ours:
+            for _ in range(4):
+                with contextlib.suppress(grpc.RpcError):
+                    client.unary()
+    finally:
+        client.close()
+    assert sum(s.count() for s in servers) >= 5  # the calls reached the servers
+    assert ours == []

@@ -180,35 +180,38 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
         error: Exception | None = None
         try:
             try:
-                result = call_on(backend)
-            except Exception as failed:
-                error = failed
-            finally:
-                backends.leave(backend)
-            verdict = classify(Attempt(lease.server, 1, result, error))
-        except BaseException:  # interrupted, or a classifier that broke: no outcome
-            lease.release(None)
-            raise
-        if not verdict.retry or channel.policy.retry.attempts == 1:
-            lease.release(verdict.ok)
-            if error is not None:
-                raise error
-            assert result is not None
-            return result
-        try:
-            held = lb.call_held(
-                attempt,
-                results=_ANSWERS,
-                key=key,
-                retry=channel.policy.retry,
-                classify=classify,
-                first=FirstAttempt(lease, result, error, verdict),
-            )
-        except NoServersAvailableError as no_server:
-            raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(no_server)) from no_server
-        held.release()
-        answer: tuple[Any, grpc.Call | None] = held.result
-        return answer
+                try:
+                    result = call_on(backend)
+                except Exception as failed:
+                    error = failed
+                finally:
+                    backends.leave(backend)
+                verdict = classify(Attempt(lease.server, 1, result, error))
+            except BaseException:  # interrupted, or a classifier that broke: no outcome
+                lease.release(None)
+                raise
+            if not verdict.retry or channel.policy.retry.attempts == 1:
+                lease.release(verdict.ok)
+                if error is not None:
+                    raise error
+                assert result is not None
+                return result
+            try:
+                held = lb.call_held(
+                    attempt,
+                    results=_ANSWERS,
+                    key=key,
+                    retry=channel.policy.retry,
+                    classify=classify,
+                    first=FirstAttempt(lease, result, error, verdict),
+                )
+            except NoServersAvailableError as no_server:
+                raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(no_server)) from no_server
+            held.release()
+            answer: tuple[Any, grpc.Call | None] = held.result
+            return answer
+        finally:
+            error = None  # caught here, its traceback holds this frame: the frame lets go of it
 
     def __call__(
         self,

@@ -279,22 +279,22 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
                 # picked again for free, rather than costing an attempt and a retry token.
                 lease, backend = self._lease_one(key)
                 result: tuple[Any, Any] | None = None
-                error: Exception | None = None
+                failure: Exception | None = None
                 try:
                     try:
                         result = await call_on(backend)
                     except Exception as failed:
-                        error = failed
+                        failure = failed
                     finally:
                         backends.leave(backend)
-                    verdict = classify(Attempt(lease.server, 1, result, error))
+                    verdict = classify(Attempt(lease.server, 1, result, failure))
                 except BaseException:  # cancelled, or a classifier that broke: no outcome
                     lease.release(None)
                     raise
                 if not verdict.retry or policy.retry.attempts == 1:
                     lease.release(verdict.ok)
-                    if error is not None:
-                        raise error
+                    if failure is not None:
+                        raise failure
                     assert result is not None
                     return result
                 held = await lb.acall_held(
@@ -303,13 +303,15 @@ class _UnaryUnary(_Call, _UnaryUnaryBase):
                     key=key,
                     retry=policy.retry,
                     classify=classify,
-                    first=FirstAttempt(lease, result, error, verdict),
+                    first=FirstAttempt(lease, result, failure, verdict),
                 )
                 held.release()
                 answer: tuple[Any, Any] = held.result
                 return answer
             except (LocalRpcError, AttemptTimeoutError, NoServersAvailableError) as error:
                 raise _aio_error(error) from error
+            finally:
+                failure = None  # caught here, its traceback holds this frame: the frame lets go
 
         return _BalancedUnaryCall(attempts(), deadline)
 

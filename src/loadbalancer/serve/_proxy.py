@@ -386,7 +386,7 @@ class Exchange:
             lease.release(None)  # the client went away: nothing learnt about the server
             raise
         first = self._first_judged(lease, result, error)
-        error = None  # its traceback holds this frame, which awaits on: let go of it
+        error = None  # caught here, its traceback holds this frame: the frame lets go of it
         if first is not None:
             await self._run(None, first)
 
