@@ -147,7 +147,7 @@ def test_a_retry_only_for_a_retryable_code_before_commit_and_as_pushback_allows(
     assert verdict.ok == POLICY.outcome(code)
     allowed = code in POLICY.retryable_codes and not committed
     if pushback is not None and allowed:
-        allowed = pushback.isdigit()
+        allowed = pushback.isascii() and pushback.isdigit()  # "¹" is a digit to isdigit
     assert verdict.retry is allowed
     if verdict.retry and pushback is not None:
         assert verdict.retry_after == int(pushback) / 1000
