@@ -79,24 +79,28 @@ class Target:
     def best(self) -> Result:
         return max(self.peaks, key=lambda result: result.rps)
 
+    def _loaded(self, wrk: Wrk, rate: float | None) -> tuple[Result, float | None]:
+        """One wrk run, and the CPU seconds the proxy's processes spent over it (None for a
+        target with no process of ours: the backend directly)."""
+        if self.process is None:
+            return wrk.run(self.port, rate=rate), None
+        before = sum(self.process.cpu_seconds())
+        result = wrk.run(self.port, rate=rate)
+        return result, sum(self.process.cpu_seconds()) - before
+
     def peak_round(self, wrk: Wrk) -> None:
-        before = self.process.cpu_seconds() if self.process else (0.0, 0.0)
-        result = wrk.run(self.port)
+        result, spent = self._loaded(wrk, None)
         self.peaks.append(result)
-        if self.process is not None:
-            after = self.process.cpu_seconds()
-            spent = sum(after) - sum(before)
+        if spent is not None:
             self.cpu_us.append(spent / max(result.requests, 1) * 1e6)
 
     def paced_round(self, wrk: Wrk, rate: float, workers: int) -> None:
-        before = self.process.cpu_seconds() if self.process else (0.0, 0.0)
-        result = wrk.run(self.port, rate=rate)
+        result, spent = self._loaded(wrk, rate)
         self.paced.append(result)
-        if self.process is not None:
-            after = self.process.cpu_seconds()
+        if spent is not None:
             # Over wrk's own duration: the CPU read around it also spans wrk's start and end,
             # so the share is a little high, never low.
-            self.busy.append((sum(after) - sum(before)) / result.seconds / workers)
+            self.busy.append(spent / result.seconds / workers)
 
 
 def serve_argv(command: list[str], port: int, backends: list[str], workers: int) -> list[str]:
